@@ -1,0 +1,86 @@
+"""The running agent: settings, instruments, the /metrics server and installed integrations.
+
+:data:`current` is the one the hot path reads; it is None before ``init()``, after
+``shutdown()`` and when ``SIGHTLINE_DISABLED`` is set, and every hook then passes
+requests straight through to the app.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app, start_http_server
+from prometheus_client.process_collector import ProcessCollector
+
+from . import _safety, integrations
+from ._settings import Settings
+from .metrics import Metrics
+from .saturation import SaturationCollector
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+logger = logging.getLogger("sightline")
+
+current: Agent | None = None
+
+
+class Agent:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else REGISTRY
+        self.metrics = Metrics(settings, self.registry)
+        self.metrics_path: str | None = settings.metrics_path or None
+        self.metrics_app = make_wsgi_app(self.registry)
+        self.detected_capacity: int | None = None
+        self.saturation = SaturationCollector(self.capacity)
+        self.metrics.register(self.saturation)
+        if self.registry is not REGISTRY:
+            # The global registry carries prometheus-client's process collector already.
+            self.metrics.register(ProcessCollector(registry=None))
+        self.server: WSGIServer | None = None
+        self.integrations: list[integrations.Integration] = []
+
+    def capacity(self) -> int | None:
+        return self.settings.worker_capacity or self.detected_capacity
+
+    def start(self) -> None:
+        _safety.counter = self._count_internal_error
+        self.saturation.gc_pauses.install()
+        self.integrations = integrations.install_all(self, self.settings)
+        if self.settings.metrics_addr is not None:
+            self.server = serve_metrics(self.settings.metrics_addr, self.registry)
+
+    def _count_internal_error(self, where: str) -> None:
+        self.metrics.internal_errors.labels(where).inc()
+
+    def close(self) -> None:
+        integrations.uninstall_all(self.integrations)
+        self.saturation.gc_pauses.uninstall()
+        if self.server is not None:
+            server, self.server = self.server, None
+            with _safety.internal_errors("metrics.server.close"):
+                server.shutdown()
+                server.server_close()
+        self.metrics.close()
+        if _safety.counter == self._count_internal_error:
+            _safety.counter = None
+
+
+def serve_metrics(addr: tuple[str, int], registry: CollectorRegistry) -> Any:
+    """Serve /metrics from a daemon thread; a taken port is logged once and the app goes on."""
+    host, port = addr
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        logger.warning(
+            "sightline: cannot serve metrics on %s:%d (%s); the app runs on without them",
+            host, port, exc,
+        )
+        return None
+    return server
+
+
+lock = threading.RLock()

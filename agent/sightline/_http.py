@@ -1,0 +1,49 @@
+"""HTTP details shared by every server integration: method folding and proxy queue time."""
+
+from __future__ import annotations
+
+from .metrics import KNOWN_METHODS, OTHER_METHOD
+
+# Front proxies stamp the time they received the request as seconds, milliseconds,
+# microseconds or nanoseconds since the epoch; the magnitude tells which.
+_SCALES = ((1e17, 1e-9), (1e14, 1e-6), (1e11, 1e-3), (0.0, 1.0))
+# A wait longer than this is a clock problem, not a queue: ignore it.
+MAX_QUEUE_SECONDS = 3600.0
+
+
+def fold_method(method: str) -> str:
+    """The method as a bounded label: standard methods as they are, anything else ``_OTHER``."""
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
+def request_start(header: str) -> float | None:
+    """Parse ``X-Request-Start``/``X-Queue-Start`` (``t=1700000000.123``, ms, µs, ns).
+
+    Returns seconds since the epoch, or None for anything unparseable or non-positive.
+    """
+    value = header.strip()
+    if value.startswith("t="):
+        value = value[2:]
+    if not value or len(value) > 32:
+        return None
+    try:
+        stamp = float(value)
+    except ValueError:
+        return None
+    if not stamp > 0 or stamp == float("inf"):
+        return None
+    for threshold, scale in _SCALES:
+        if stamp >= threshold:
+            return stamp * scale
+    return None
+
+
+def queue_seconds(header: str, now: float) -> float | None:
+    """Seconds between the proxy's stamp and ``now``, or None if absent, garbage or negative."""
+    start = request_start(header)
+    if start is None:
+        return None
+    waited = now - start
+    if waited < 0 or waited > MAX_QUEUE_SECONDS:
+        return None
+    return waited

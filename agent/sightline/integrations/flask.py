@@ -1,0 +1,78 @@
+"""Flask: every app, created before or after ``init()``, goes through the WSGI core.
+
+``Flask.__call__`` is patched on the class, so all instances are covered whatever
+the import order, and middleware the app wraps around ``app.wsgi_app`` is timed too.
+The route template is taken where Flask matches the URL (``RequestContext.match_request``)
+and left in the environ: no Flask hooks, signals or ``flask.request`` proxy lookups
+run per request.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .. import _agent
+from . import DidNotEnable, Integration
+from .wsgi import ROUTE, SEEN, handle
+
+try:
+    from flask import Flask
+    from flask.ctx import RequestContext
+except ImportError:
+    raise DidNotEnable("flask is not installed") from None
+
+if not callable(getattr(RequestContext, "match_request", None)):
+    raise DidNotEnable("this Flask version has no RequestContext.match_request")
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from .._agent import Agent
+
+
+def _call(self: Flask, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+    agent = _agent.current
+    if agent is None or SEEN in environ:
+        return self.wsgi_app(environ, start_response)
+    return handle(agent, self.wsgi_app, environ, start_response, None)
+
+
+_original_match_request = RequestContext.match_request
+
+
+def _match_request(self: RequestContext) -> None:
+    _original_match_request(self)
+    rule = self.request.url_rule
+    if rule is not None:
+        # The string, not the request: Flask breaks the environ -> request cycle on
+        # teardown, and the core reads the route after that.
+        self.request.environ[ROUTE] = rule.rule
+
+
+class FlaskIntegration(Integration):
+    name = "flask"
+
+    def __init__(self) -> None:
+        self._patched = False
+
+    def install(self, agent: Agent) -> None:
+        if Flask.__call__ is _call:
+            return
+        # Patched on the class (not by swapping flask.Flask) so that apps created before
+        # init(), and subclasses that do not override __call__, are all instrumented.
+        self._original_call = Flask.__call__
+        Flask.__call__ = _call  # type: ignore[method-assign]
+        RequestContext.match_request = _match_request  # type: ignore[method-assign]
+        self._patched = True
+
+    def uninstall(self) -> None:
+        if not self._patched:
+            return
+        if Flask.__call__ is _call:
+            Flask.__call__ = self._original_call  # type: ignore[method-assign]
+        if RequestContext.match_request is _match_request:
+            RequestContext.match_request = _original_match_request  # type: ignore[method-assign]
+        self._patched = False
+
+
+INTEGRATION = FlaskIntegration

@@ -1,0 +1,272 @@
+"""Saturation of the process and its container, read at scrape time (never on the request path).
+
+What a request cannot see but a capacity planner needs: the CPU the container may
+really use (cgroup v2 ``cpu.max`` or v1 CFS quota, else the cores this process may
+run on), how often the kernel throttled it, the memory limit (cgroup, else the host),
+threads, garbage-collector pauses, and how many requests this process can serve at
+once. CPU seconds, resident memory and file descriptors come from prometheus-client's
+own ``ProcessCollector``, which the agent registers next to this one.
+
+The cgroup readers take a filesystem root so that tests can point them at a tree
+laid out like a v1 or v2 host.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from . import _safety
+
+# cgroup v1 reports "no limit" as a huge page-aligned number; anything this large is unlimited.
+_UNLIMITED = 1 << 60
+
+GC_PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class CpuStat:
+    periods: int
+    throttled_periods: int
+    throttled_seconds: float
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def cgroup_paths(root: str = "/") -> dict[str, str]:
+    """Map each controller ("" for the v2 unified hierarchy) to this process's cgroup path."""
+    text = _read(os.path.join(root, "proc/self/cgroup")) or ""
+    paths: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        for controller in parts[1].split(","):
+            paths[controller] = parts[2]
+    return paths
+
+
+def _candidate_dirs(root: str, mount: str, path: str) -> list[str]:
+    """Our cgroup directory and its ancestors, innermost first.
+
+    Inside a container the namespaced path is usually "/" and the files sit at the
+    mount point itself; on a host the path names a nested group whose parents may
+    carry the limit. Either way the effective limit is the smallest on the way up.
+    """
+    base = os.path.join(root, "sys/fs/cgroup", mount)
+    dirs = []
+    parts = [p for p in path.split("/") if p]
+    while True:
+        dirs.append(os.path.join(base, *parts))
+        if not parts:
+            break
+        parts.pop()
+    return dirs
+
+
+def _is_v2(root: str) -> bool:
+    return os.path.exists(os.path.join(root, "sys/fs/cgroup/cgroup.controllers"))
+
+
+def cpu_limit_cores(root: str = "/") -> float:
+    """CPU cores this process may use: the tightest cgroup quota, else the CPUs it may run on."""
+    limits: list[float] = []
+    paths = cgroup_paths(root)
+    if _is_v2(root):
+        for d in _candidate_dirs(root, "", paths.get("", "/")):
+            text = _read(os.path.join(d, "cpu.max"))
+            if text:
+                quota, _, period = text.partition(" ")
+                if quota != "max" and period:
+                    limits.append(int(quota) / int(period))
+    else:
+        for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+            for d in _candidate_dirs(root, mount, paths.get("cpu", "/")):
+                quota = _read(os.path.join(d, "cpu.cfs_quota_us"))
+                period = _read(os.path.join(d, "cpu.cfs_period_us"))
+                if quota and period and int(quota) > 0 and int(period) > 0:
+                    limits.append(int(quota) / int(period))
+            if limits:
+                break
+    try:
+        cores = float(len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        cores = float(os.cpu_count() or 1)
+    return min([cores, *limits])
+
+
+def cpu_stat(root: str = "/") -> CpuStat | None:
+    """CFS throttling counters of this process's cgroup, or None where the kernel keeps none."""
+    paths = cgroup_paths(root)
+    if _is_v2(root):
+        candidates = [(_candidate_dirs(root, "", paths.get("", "/"))[0], 1e-6, "throttled_usec")]
+    else:
+        candidates = [
+            (_candidate_dirs(root, mount, paths.get("cpu", "/"))[0], 1e-9, "throttled_time")
+            for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu")
+        ]
+    for directory, scale, time_key in candidates:
+        text = _read(os.path.join(directory, "cpu.stat"))
+        if text is None:
+            continue
+        fields = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+        if "nr_periods" not in fields:
+            continue
+        return CpuStat(
+            periods=int(fields["nr_periods"]),
+            throttled_periods=int(fields.get("nr_throttled", "0")),
+            throttled_seconds=int(fields.get(time_key, "0")) * scale,
+        )
+    return None
+
+
+def memory_limit_bytes(root: str = "/") -> int:
+    """The tightest cgroup memory limit on the way to the root, else the host's memory."""
+    limits: list[int] = []
+    paths = cgroup_paths(root)
+    if _is_v2(root):
+        for d in _candidate_dirs(root, "", paths.get("", "/")):
+            text = _read(os.path.join(d, "memory.max"))
+            if text and text != "max":
+                limits.append(int(text))
+    else:
+        for d in _candidate_dirs(root, "memory", paths.get("memory", "/")):
+            text = _read(os.path.join(d, "memory.limit_in_bytes"))
+            if text and 0 < int(text) < _UNLIMITED:
+                limits.append(int(text))
+    return min([psutil.virtual_memory().total, *limits])
+
+
+class GCPauses:
+    """Times every garbage collection through ``gc.callbacks`` (a few hundred ns each)."""
+
+    def __init__(self) -> None:
+        self._started: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._buckets = [[0] * (len(GC_PAUSE_BUCKETS) + 1) for _ in range(3)]
+        self._sums = [0.0, 0.0, 0.0]
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        try:
+            if phase == "start":
+                self._started[threading.get_ident()] = time.perf_counter()
+                return
+            started = self._started.pop(threading.get_ident(), None)
+            if started is None:
+                return
+            pause = time.perf_counter() - started
+            gen = min(int(info.get("generation", 0)), 2)
+            for i, bound in enumerate(GC_PAUSE_BUCKETS):
+                if pause <= bound:
+                    break
+            else:
+                i = len(GC_PAUSE_BUCKETS)
+            with self._lock:
+                self._buckets[gen][i] += 1
+                self._sums[gen] += pause
+        except Exception as exc:
+            _safety.report("saturation.gc", exc)
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def uninstall(self) -> None:
+        while self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(
+            "python_gc_pause_seconds",
+            "Time the interpreter stopped for garbage collection, per generation.",
+            labels=["generation"],
+        )
+        with self._lock:
+            snapshot = [(list(b), s) for b, s in zip(self._buckets, self._sums, strict=True)]
+        for gen, (counts, total) in enumerate(snapshot):
+            cumulative, buckets = 0, []
+            for bound, count in zip([*GC_PAUSE_BUCKETS, float("inf")], counts, strict=True):
+                cumulative += count
+                buckets.append((_le(bound), cumulative))
+            family.add_metric([str(gen)], buckets, total)
+        return family
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+class SaturationCollector(Collector):
+    """Collects the saturation signals at scrape time; see docs/metrics.md for each one."""
+
+    def __init__(self, capacity: Callable[[], int | None], root: str = "/") -> None:
+        self._capacity = capacity
+        self._root = root
+        self._process = psutil.Process()
+        self.gc_pauses = GCPauses()
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            yield from self._collect()
+        except Exception as exc:
+            _safety.report("saturation.collect", exc)
+
+    def _collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "process_cpu_limit_cores",
+            "CPU cores this process may use: the cgroup quota, else the CPUs it may run on.",
+            value=cpu_limit_cores(self._root),
+        )
+        stat = cpu_stat(self._root)
+        if stat is not None:
+            yield CounterMetricFamily(
+                "process_cpu_periods", "CFS scheduling periods elapsed for this cgroup.",
+                value=stat.periods,
+            )
+            yield CounterMetricFamily(
+                "process_cpu_throttled_periods",
+                "CFS periods in which this cgroup was throttled (its CPU quota ran out).",
+                value=stat.throttled_periods,
+            )
+            yield CounterMetricFamily(
+                "process_cpu_throttled_seconds",
+                "Time this cgroup's threads were held back by CPU throttling.",
+                value=stat.throttled_seconds,
+            )
+        yield GaugeMetricFamily(
+            "process_memory_limit_bytes",
+            "Memory this process may use: the cgroup limit, else the host's memory.",
+            value=memory_limit_bytes(self._root),
+        )
+        yield GaugeMetricFamily(
+            "process_threads", "Operating-system threads in this process.",
+            value=self._process.num_threads(),
+        )
+        yield self.gc_pauses.family()
+        capacity = self._capacity()
+        if capacity is not None:
+            yield GaugeMetricFamily(
+                "http_server_worker_capacity",
+                "Requests this process can serve at once (utilisation = active / capacity).",
+                value=capacity,
+            )

@@ -1,0 +1,73 @@
+"""Test helpers: driving WSGI apps the way a server does, free ports, exposition parsing."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+
+def call_wsgi(
+    app: Any, path: str = "/", method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[str, bytes]:
+    """Call a WSGI app like a server: start_response, iterate the body, then close() it."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": __import__("io").BytesIO(b""),
+        "wsgi.errors": __import__("sys").stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+    }
+    for name, value in (headers or {}).items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
+    status: list[str] = []
+
+    def start_response(s: str, h: Any, exc_info: Any = None) -> Any:
+        status.append(s)
+        return lambda data: None
+
+    body: Iterable[bytes] = app(environ, start_response)
+    try:
+        data = b"".join(body)
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    return status[-1], data
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def count(registry: CollectorRegistry, route: str, status: str, method: str = "GET") -> float:
+    """Requests recorded for one (method, route, status), 0 if none."""
+    value = registry.get_sample_value(
+        "http_server_request_duration_seconds_count",
+        {"http_request_method": method, "http_route": route, "http_response_status_code": status},
+    )
+    return value or 0.0
+
+
+def series(registry: CollectorRegistry, metric: str) -> list[dict[str, str]]:
+    """Label sets of a histogram's _count samples."""
+    return [
+        dict(sample.labels)
+        for family in registry.collect()
+        if family.name == metric
+        for sample in family.samples
+        if sample.name == metric + "_count"
+    ]
