@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client import CollectorRegistry
-
 import sightline
+from prometheus_client import CollectorRegistry
 from sightline import _safety
 
 

@@ -47,7 +47,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def binary(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+    path = shutil.which(name) or (
+        f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None
+    )
     if path is None:
         if os.environ.get("CI"):
             pytest.fail(f"{name} is not installed (.ci/run installs it)")
@@ -86,9 +88,15 @@ def prometheus(tmp_path: Path, targets: dict[str, str]) -> Iterator[Prometheus]:
     )
     log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        [exe, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            exe,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--enable-feature=exemplar-storage",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_for(f"http://127.0.0.1:{port}/-/ready", proc=proc)
@@ -99,16 +107,26 @@ def prometheus(tmp_path: Path, targets: dict[str, str]) -> Iterator[Prometheus]:
 
 
 @contextlib.contextmanager
-def gunicorn(
-    app: str, env: dict[str, str], args: list[str], tmp_path: Path
-) -> Iterator[str]:
+def gunicorn(app: str, env: dict[str, str], args: list[str], tmp_path: Path) -> Iterator[str]:
     """Run ``app`` (module:callable under tests/apps) in a real gunicorn; yields its base URL."""
     port = free_port()
     log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--chdir", str(ROOT), "-b", f"127.0.0.1:{port}",
-         *args, app],
-        env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--chdir",
+            str(ROOT),
+            "-b",
+            f"127.0.0.1:{port}",
+            *args,
+            app,
+        ],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
     )
     try:
         wait_for(f"http://127.0.0.1:{port}/health", proc=proc)

@@ -6,10 +6,9 @@ import os
 from typing import Any
 
 import pytest
+import sightline
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
-
-import sightline
 
 from .helpers import call_wsgi, count, series
 
@@ -30,9 +29,7 @@ def test_cardinality_guard_folds_past_the_cap(registry: CollectorRegistry) -> No
     labels = series(registry, DURATION)
     assert len(labels) == 4
     assert count(registry, "_overflow", "_overflow", method="_overflow") == 7
-    assert registry.get_sample_value(
-        "sightline_series_folded_total", {"metric": DURATION}
-    ) == 7
+    assert registry.get_sample_value("sightline_series_folded_total", {"metric": DURATION}) == 7
     call_wsgi(app, "/r1")
     assert count(registry, "/r1", "200") == 2, "label sets seen before the cap keep their series"
 
@@ -84,11 +81,10 @@ def test_target_info_carries_resource_attributes(
 ) -> None:
     """target_info exposes service name, version, environment, instance id and extra attributes."""
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=prod,team=pay")
-    sightline.init(service="checkout", service_version="1.4.2", registry=registry,
-                   metrics_addr="off")
-    [labels] = [
-        s.labels for f in registry.collect() if f.name == "target" for s in f.samples
-    ]
+    sightline.init(
+        service="checkout", service_version="1.4.2", registry=registry, metrics_addr="off"
+    )
+    [labels] = [s.labels for f in registry.collect() if f.name == "target" for s in f.samples]
     assert labels["service_name"] == "checkout"
     assert labels["service_version"] == "1.4.2"
     assert labels["deployment_environment_name"] == "prod"
@@ -109,4 +105,5 @@ def test_instance_id_is_renewed_after_fork() -> None:
         os._exit(0)
     os.waitpid(pid, 0)
     child = os.read(read, 100).decode()
-    assert child and child != parent
+    assert child
+    assert child != parent

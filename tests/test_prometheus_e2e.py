@@ -33,8 +33,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     metrics_port = free_port()
     env = {"SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{metrics_port}"}
     args = ["--workers", "1", "--threads", "4"]
-    with gunicorn("tests.apps.flask_app:application", env, args, tmp) as base, \
-            prometheus(tmp, {"app": f"127.0.0.1:{metrics_port}"}) as prom:
+    with (
+        gunicorn("tests.apps.flask_app:application", env, args, tmp) as base,
+        prometheus(tmp, {"app": f"127.0.0.1:{metrics_port}"}) as prom,
+    ):
         yield {"base": base, "prom": prom, "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
 
 
@@ -42,9 +44,7 @@ def wait_for_result(prom: Prometheus, promql: str, expected: Any, timeout: float
     """Poll a query until it returns ``expected`` (scrapes arrive every second)."""
     deadline = time.monotonic() + timeout
     while True:
-        got = {
-            tuple(sorted(r["metric"].items())): float(r["value"][1]) for r in prom.query(promql)
-        }
+        got = {tuple(sorted(r["metric"].items())): float(r["value"][1]) for r in prom.query(promql)}
         if got == expected or time.monotonic() > deadline:
             return got
         time.sleep(0.5)
@@ -66,20 +66,41 @@ def test_prometheus_sees_exact_golden_signals(stack: dict[str, Any]) -> None:
     assert request(f"{base}/users/1", method="BREW").status == 405
 
     expected = {
-        (("http_request_method", "GET"), ("http_response_status_code", "200"),
-         ("http_route", "/users/<int:uid>")): 4.0,
-        (("http_request_method", "GET"), ("http_response_status_code", "200"),
-         ("http_route", "/health")): 3.0 + 1.0,  # +1: the fixture's readiness probe
-        (("http_request_method", "POST"), ("http_response_status_code", "201"),
-         ("http_route", "/orders")): 2.0,
-        (("http_request_method", "GET"), ("http_response_status_code", "404"),
-         ("http_route", "_unmatched")): 2.0,
-        (("http_request_method", "GET"), ("http_response_status_code", "500"),
-         ("http_route", "/boom")): 1.0,
-        (("http_request_method", "GET"), ("http_response_status_code", "418"),
-         ("http_route", "/teapot/<kind>")): 1.0,
-        (("http_request_method", "_OTHER"), ("http_response_status_code", "405"),
-         ("http_route", "_unmatched")): 1.0,
+        (
+            ("http_request_method", "GET"),
+            ("http_response_status_code", "200"),
+            ("http_route", "/users/<int:uid>"),
+        ): 4.0,
+        (
+            ("http_request_method", "GET"),
+            ("http_response_status_code", "200"),
+            ("http_route", "/health"),
+        ): 3.0 + 1.0,  # +1: the fixture's readiness probe
+        (
+            ("http_request_method", "POST"),
+            ("http_response_status_code", "201"),
+            ("http_route", "/orders"),
+        ): 2.0,
+        (
+            ("http_request_method", "GET"),
+            ("http_response_status_code", "404"),
+            ("http_route", "_unmatched"),
+        ): 2.0,
+        (
+            ("http_request_method", "GET"),
+            ("http_response_status_code", "500"),
+            ("http_route", "/boom"),
+        ): 1.0,
+        (
+            ("http_request_method", "GET"),
+            ("http_response_status_code", "418"),
+            ("http_route", "/teapot/<kind>"),
+        ): 1.0,
+        (
+            ("http_request_method", "_OTHER"),
+            ("http_response_status_code", "405"),
+            ("http_route", "_unmatched"),
+        ): 1.0,
     }
     promql = (
         "sum by (http_request_method, http_route, http_response_status_code)"
@@ -107,7 +128,8 @@ def test_exemplar_of_a_traced_request_reaches_prometheus(stack: dict[str, Any]) 
         data = stack["prom"].get(
             "/api/v1/query_exemplars",
             query='http_server_request_duration_seconds_bucket{job="app"}',
-            start=f"{start:.3f}", end=f"{time.time() + 5:.3f}",
+            start=f"{start:.3f}",
+            end=f"{time.time() + 5:.3f}",
         )
         found = [
             {**group["seriesLabels"], **exemplar["labels"]}
@@ -138,9 +160,13 @@ def test_metrics_endpoint_negotiates_openmetrics_and_gzip(stack: dict[str, Any])
     """/metrics answers OpenMetrics when asked (as Prometheus does) and gzips on request."""
     import gzip
 
-    req = urllib.request.Request(stack["metrics"], headers={
-        "Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip",
-    })
+    req = urllib.request.Request(
+        stack["metrics"],
+        headers={
+            "Accept": "application/openmetrics-text; version=1.0.0",
+            "Accept-Encoding": "gzip",
+        },
+    )
     with urllib.request.urlopen(req, timeout=5) as response:
         assert response.headers["Content-Type"].startswith("application/openmetrics-text")
         assert response.headers["Content-Encoding"] == "gzip"
@@ -157,8 +183,9 @@ def test_taken_port_does_not_stop_the_app(tmp_path: Path) -> None:
         blocker.listen()
         port = blocker.getsockname()[1]
         env = {"SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{port}"}
-        with gunicorn("tests.apps.flask_app:application", env, ["--workers", "1"], tmp_path) \
-                as base:
+        with gunicorn(
+            "tests.apps.flask_app:application", env, ["--workers", "1"], tmp_path
+        ) as base:
             assert request(f"{base}/users/5").status == 200
         log = (tmp_path / "gunicorn.log").read_text()
     assert log.count(f"cannot serve metrics on 127.0.0.1:{port}") == 1

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from prometheus_client import CollectorRegistry
-
 import sightline
+from prometheus_client import CollectorRegistry
 from sightline import saturation
 
 
@@ -31,8 +30,11 @@ def test_cgroup_v2_limits_and_throttling(tmp_path: Path) -> None:
     write(tmp_path, "sys/fs/cgroup/kubepods/pod1/ctr/cpu.max", "50000 100000\n")
     write(tmp_path, "sys/fs/cgroup/kubepods/pod1/memory.max", "536870912\n")
     write(tmp_path, "sys/fs/cgroup/kubepods/pod1/ctr/memory.max", "max\n")
-    write(tmp_path, "sys/fs/cgroup/kubepods/pod1/ctr/cpu.stat",
-          "usage_usec 100\nnr_periods 40\nnr_throttled 7\nthrottled_usec 2500000\n")
+    write(
+        tmp_path,
+        "sys/fs/cgroup/kubepods/pod1/ctr/cpu.stat",
+        "usage_usec 100\nnr_periods 40\nnr_throttled 7\nthrottled_usec 2500000\n",
+    )
     assert saturation.cpu_limit_cores(str(tmp_path)) == 0.5
     assert saturation.memory_limit_bytes(str(tmp_path)) == 536870912
     assert saturation.cpu_stat(str(tmp_path)) == saturation.CpuStat(40, 7, 2.5)
@@ -52,12 +54,14 @@ def test_cgroup_v2_without_limits_falls_back(tmp_path: Path) -> None:
 
 def test_cgroup_v1_limits_and_throttling(tmp_path: Path) -> None:
     """On cgroup v1 the CFS quota, memory.limit_in_bytes and throttled_time (ns) are used."""
-    write(tmp_path, "proc/self/cgroup",
-          "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n0::/\n")
+    write(tmp_path, "proc/self/cgroup", "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n0::/\n")
     write(tmp_path, "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "150000\n")
     write(tmp_path, "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000\n")
-    write(tmp_path, "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.stat",
-          "nr_periods 10\nnr_throttled 3\nthrottled_time 1500000000\n")
+    write(
+        tmp_path,
+        "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.stat",
+        "nr_periods 10\nnr_throttled 3\nthrottled_time 1500000000\n",
+    )
     write(tmp_path, "sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes", "268435456\n")
     assert saturation.cpu_limit_cores(str(tmp_path)) == min(1.5, cores())
     assert saturation.memory_limit_bytes(str(tmp_path)) == 268435456
@@ -131,7 +135,6 @@ def test_gunicorn_capacity_from_its_config(options: dict[str, object], capacity:
     """Capacity follows gunicorn's worker class: sync 1, threads, or worker connections."""
     pytest.importorskip("gunicorn")
     from gunicorn.config import Config
-
     from sightline.integrations import gunicorn as integration
 
     cfg = Config()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 import sightline
 from sightline import ConfigError, Settings, _agent
 
@@ -34,10 +33,13 @@ def test_environment_then_overrides() -> None:
 
 def test_resource_attributes_fill_identity() -> None:
     """OTEL_RESOURCE_ATTRIBUTES supplies service name, version and environment (%-decoded)."""
-    s = Settings.load({
-        "OTEL_RESOURCE_ATTRIBUTES":
-            "service.name=shop,service.version=1.2,deployment.environment.name=prod,team=a%2Cb",
-    })
+    s = Settings.load(
+        {
+            "OTEL_RESOURCE_ATTRIBUTES": (
+                "service.name=shop,service.version=1.2,deployment.environment.name=prod,team=a%2Cb"
+            ),
+        }
+    )
     assert (s.service, s.service_version, s.environment) == ("shop", "1.2", "prod")
     assert ("team", "a,b") in s.resource_attributes
 

@@ -7,9 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
-
 import sightline
+from prometheus_client import CollectorRegistry
 from sightline import _http
 
 from .helpers import call_wsgi, count, series
@@ -86,10 +85,14 @@ def test_streaming_body_is_timed_until_closed(agent: CollectorRegistry) -> None:
     assert count(agent, "_unmatched", "200") == 1
     total = agent.get_sample_value(
         "http_server_request_duration_seconds_sum",
-        {"http_request_method": "GET", "http_route": "_unmatched",
-         "http_response_status_code": "200"},
+        {
+            "http_request_method": "GET",
+            "http_route": "_unmatched",
+            "http_response_status_code": "200",
+        },
     )
-    assert total is not None and total >= 0.06
+    assert total is not None
+    assert total >= 0.06
     body.close()  # type: ignore[attr-defined]
     assert count(agent, "_unmatched", "200") == 1, "a second close() records nothing more"
 
@@ -122,12 +125,25 @@ def test_queue_start_header_in_any_unit(agent: CollectorRegistry, unit: float) -
     call_wsgi(sightline.instrument_app(hello), headers={"X-Request-Start": f"t={value}"})
     assert agent.get_sample_value("http_server_request_queue_duration_seconds_count") == 1
     waited = agent.get_sample_value("http_server_request_queue_duration_seconds_sum")
-    assert waited is not None and 0.19 <= waited < 5
+    assert waited is not None
+    assert 0.19 <= waited < 5
 
 
 @pytest.mark.parametrize(
-    "header", ["", "t=", "garbage", "t=-5", "t=nan", "t=inf", "t=1e400", "t=99999999999999999999",
-               "t=" + "9" * 200, "t=0", "\x00\xff"],
+    "header",
+    [
+        "",
+        "t=",
+        "garbage",
+        "t=-5",
+        "t=nan",
+        "t=inf",
+        "t=1e400",
+        "t=99999999999999999999",
+        "t=" + "9" * 200,
+        "t=0",
+        "\x00\xff",
+    ],
 )
 def test_garbage_queue_header_is_ignored(agent: CollectorRegistry, header: str) -> None:
     """Unparseable, negative, future or absurd X-Queue-Start values are ignored silently."""
@@ -152,8 +168,11 @@ def test_metrics_served_from_the_app_path(registry: CollectorRegistry) -> None:
     assert status.startswith("200")
     assert b'http_server_request_duration_seconds_count{http_request_method="GET"' in body
     assert series(registry, "http_server_request_duration_seconds") == [
-        {"http_request_method": "GET", "http_route": "_unmatched",
-         "http_response_status_code": "200"}
+        {
+            "http_request_method": "GET",
+            "http_route": "_unmatched",
+            "http_response_status_code": "200",
+        }
     ], "the scrape itself is not recorded as a request"
 
 
@@ -183,7 +202,7 @@ def test_agent_failure_never_reaches_the_app(
     monkeypatch.setattr(_agent.current.metrics, "observe_request", explode)
     assert call_wsgi(sightline.instrument_app(hello)) == ("200 OK", b"hello")
     assert [str(e) for e in internal_errors] == ["agent bug"]
-    assert agent.get_sample_value(
-        "sightline_internal_errors_total", {"component": "wsgi.finish"}
-    ) == 1
+    assert (
+        agent.get_sample_value("sightline_internal_errors_total", {"component": "wsgi.finish"}) == 1
+    )
     assert agent.get_sample_value("http_server_active_requests") == 0

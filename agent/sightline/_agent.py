@@ -77,7 +77,9 @@ def serve_metrics(addr: tuple[str, int], registry: CollectorRegistry) -> Any:
     except OSError as exc:
         logger.warning(
             "sightline: cannot serve metrics on %s:%d (%s); the app runs on without them",
-            host, port, exc,
+            host,
+            port,
+            exc,
         )
         return None
     return server

@@ -64,7 +64,9 @@ def _address(raw: str) -> tuple[str, int] | None:
         return None
     host, sep, port_text = value.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError("expected HOST:PORT (e.g. 127.0.0.1:9464, 0.0.0.0:9464, [::1]:9464) or off")
+        raise ValueError(
+            "expected HOST:PORT (e.g. 127.0.0.1:9464, 0.0.0.0:9464, [::1]:9464) or off"
+        )
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not host:
@@ -88,7 +90,9 @@ def _integration_names(raw: str) -> tuple[str, ...]:
     names = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
     unknown = [n for n in names if n not in INTEGRATION_NAMES]
     if unknown:
-        raise ValueError(f"unknown integration {unknown[0]!r}; known: {', '.join(INTEGRATION_NAMES)}")
+        raise ValueError(
+            f"unknown integration {unknown[0]!r}; known: {', '.join(INTEGRATION_NAMES)}"
+        )
     return names
 
 
@@ -116,31 +120,73 @@ class _Spec:
 # One row per setting: the variables that set it (first wins), its parser, default and meaning.
 # docs/configuration.md lists every variable named here; a test keeps the two in step.
 SPECS: dict[str, _Spec] = {
-    "disabled": _Spec(("SIGHTLINE_DISABLED",), _bool, "false",
-                      "Turn the whole agent into a no-op."),
-    "service": _Spec(("SIGHTLINE_SERVICE", "OTEL_SERVICE_NAME"), _name, "unknown_service",
-                     "Service name (`service.name`); also read from OTEL_RESOURCE_ATTRIBUTES."),
-    "service_version": _Spec(("SIGHTLINE_SERVICE_VERSION",), _text, "",
-                             "Service version (`service.version`)."),
-    "environment": _Spec(("SIGHTLINE_ENVIRONMENT",), _text, "",
-                         "Deployment environment (`deployment.environment.name`)."),
-    "resource_attributes": _Spec(("OTEL_RESOURCE_ATTRIBUTES",), _resource_attributes, "",
-                                 "Extra resource attributes, `key=value,...` (values %-encoded)."),
-    "metrics_addr": _Spec(("SIGHTLINE_METRICS_ADDR",), _address, "127.0.0.1:9464",
-                          "Where the background /metrics server listens, or `off`."),
-    "metrics_path": _Spec(("SIGHTLINE_METRICS_PATH",), _url_path, "",
-                          "Serve metrics from the app itself on this path (e.g. /metrics)."),
-    "max_series": _Spec(("SIGHTLINE_MAX_SERIES",), _positive_int, "2000",
-                        "Label sets each metric may hold before folding into the overflow series."),
-    "worker_capacity": _Spec(("SIGHTLINE_WORKER_CAPACITY",), _optional_positive_int, "auto",
-                             "Requests this process can serve at once; `auto` detects it."),
-    "exemplars": _Spec(("SIGHTLINE_EXEMPLARS",), _bool, "true",
-                       "Attach the current trace to duration observations as an exemplar."),
-    "integrations": _Spec(("SIGHTLINE_INTEGRATIONS",), _integration_names, "",
-                          "Integrations to require (comma-separated); empty enables every one "
-                          "whose library is installed."),
-    "disabled_integrations": _Spec(("SIGHTLINE_DISABLED_INTEGRATIONS",), _integration_names, "",
-                                   "Integrations never to enable (comma-separated)."),
+    "disabled": _Spec(
+        ("SIGHTLINE_DISABLED",), _bool, "false", "Turn the whole agent into a no-op."
+    ),
+    "service": _Spec(
+        ("SIGHTLINE_SERVICE", "OTEL_SERVICE_NAME"),
+        _name,
+        "unknown_service",
+        "Service name (`service.name`); also read from OTEL_RESOURCE_ATTRIBUTES.",
+    ),
+    "service_version": _Spec(
+        ("SIGHTLINE_SERVICE_VERSION",), _text, "", "Service version (`service.version`)."
+    ),
+    "environment": _Spec(
+        ("SIGHTLINE_ENVIRONMENT",),
+        _text,
+        "",
+        "Deployment environment (`deployment.environment.name`).",
+    ),
+    "resource_attributes": _Spec(
+        ("OTEL_RESOURCE_ATTRIBUTES",),
+        _resource_attributes,
+        "",
+        "Extra resource attributes, `key=value,...` (values %-encoded).",
+    ),
+    "metrics_addr": _Spec(
+        ("SIGHTLINE_METRICS_ADDR",),
+        _address,
+        "127.0.0.1:9464",
+        "Where the background /metrics server listens, or `off`.",
+    ),
+    "metrics_path": _Spec(
+        ("SIGHTLINE_METRICS_PATH",),
+        _url_path,
+        "",
+        "Serve metrics from the app itself on this path (e.g. /metrics).",
+    ),
+    "max_series": _Spec(
+        ("SIGHTLINE_MAX_SERIES",),
+        _positive_int,
+        "2000",
+        "Label sets each metric may hold before folding into the overflow series.",
+    ),
+    "worker_capacity": _Spec(
+        ("SIGHTLINE_WORKER_CAPACITY",),
+        _optional_positive_int,
+        "auto",
+        "Requests this process can serve at once; `auto` detects it.",
+    ),
+    "exemplars": _Spec(
+        ("SIGHTLINE_EXEMPLARS",),
+        _bool,
+        "true",
+        "Attach the current trace to duration observations as an exemplar.",
+    ),
+    "integrations": _Spec(
+        ("SIGHTLINE_INTEGRATIONS",),
+        _integration_names,
+        "",
+        "Integrations to require (comma-separated); empty enables every one "
+        "whose library is installed.",
+    ),
+    "disabled_integrations": _Spec(
+        ("SIGHTLINE_DISABLED_INTEGRATIONS",),
+        _integration_names,
+        "",
+        "Integrations never to enable (comma-separated).",
+    ),
 }
 
 

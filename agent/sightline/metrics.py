@@ -35,11 +35,37 @@ STATUS = prometheus_label(http_attributes.HTTP_RESPONSE_STATUS_CODE)
 
 #: ``http.server.request.duration`` boundaries from OpenTelemetry's stable HTTP conventions.
 HTTP_DURATION_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
 )
 #: Time spent queued in front of the app (proxy → worker) can be far longer than a request.
 QUEUE_DURATION_BUCKETS = (
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
 )
 
 #: Route label of a request that matched no route template (404s, apps without a router).
@@ -103,33 +129,52 @@ class Metrics:
         self._registry = registry
         self._collectors: list[Collector] = []
 
-        self.series_folded = self._add(Counter(
-            "sightline_series_folded",
-            "Observations folded into a metric's overflow series by the cardinality guard.",
-            ["metric"], registry=None,
-        ))
-        self.internal_errors = self._add(Counter(
-            "sightline_internal_errors",
-            "Errors inside the agent that were suppressed instead of reaching the app.",
-            ["component"], registry=None,
-        ))
-        duration = self._add(Histogram(
-            "http_server_request_duration_seconds",
-            "Duration of HTTP server requests, until the response body is sent or closed.",
-            [METHOD, ROUTE, STATUS], buckets=HTTP_DURATION_BUCKETS, registry=None,
-        ))
+        self.series_folded = self._add(
+            Counter(
+                "sightline_series_folded",
+                "Observations folded into a metric's overflow series by the cardinality guard.",
+                ["metric"],
+                registry=None,
+            )
+        )
+        self.internal_errors = self._add(
+            Counter(
+                "sightline_internal_errors",
+                "Errors inside the agent that were suppressed instead of reaching the app.",
+                ["component"],
+                registry=None,
+            )
+        )
+        duration = self._add(
+            Histogram(
+                "http_server_request_duration_seconds",
+                "Duration of HTTP server requests, until the response body is sent or closed.",
+                [METHOD, ROUTE, STATUS],
+                buckets=HTTP_DURATION_BUCKETS,
+                registry=None,
+            )
+        )
         self.request_duration = GuardedMetric(
-            duration, "http_server_request_duration_seconds", settings.max_series,
+            duration,
+            "http_server_request_duration_seconds",
+            settings.max_series,
             self.series_folded,
         )
-        self.active_requests = self._add(Gauge(
-            "http_server_active_requests", "HTTP server requests in flight.", registry=None,
-        ))
-        self.queue_duration = self._add(Histogram(
-            "http_server_request_queue_duration_seconds",
-            "Time a request waited between the front proxy (X-Request-Start) and the app.",
-            buckets=QUEUE_DURATION_BUCKETS, registry=None,
-        ))
+        self.active_requests = self._add(
+            Gauge(
+                "http_server_active_requests",
+                "HTTP server requests in flight.",
+                registry=None,
+            )
+        )
+        self.queue_duration = self._add(
+            Histogram(
+                "http_server_request_queue_duration_seconds",
+                "Time a request waited between the front proxy (X-Request-Start) and the app.",
+                buckets=QUEUE_DURATION_BUCKETS,
+                registry=None,
+            )
+        )
         self._add(_TargetInfo(settings))
         for collector in self._collectors:
             registry.register(collector)
@@ -159,7 +204,10 @@ class Metrics:
                 ctx = span.get_span_context()
                 child.observe(
                     seconds,
-                    {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")},
+                    {
+                        "trace_id": format(ctx.trace_id, "032x"),
+                        "span_id": format(ctx.span_id, "016x"),
+                    },
                 )
                 return
         child.observe(seconds)
@@ -192,6 +240,7 @@ class _TargetInfo(Collector):
 
     def collect(self) -> Iterable[Metric]:
         yield InfoMetricFamily(
-            "target", "Resource attributes of this process, as in OpenTelemetry.",
+            "target",
+            "Resource attributes of this process, as in OpenTelemetry.",
             value=resource_labels(self._settings),
         )

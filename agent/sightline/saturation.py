@@ -13,6 +13,7 @@ laid out like a v1 or v2 host.
 
 from __future__ import annotations
 
+import bisect
 import gc
 import os
 import threading
@@ -102,10 +103,10 @@ def cpu_limit_cores(root: str = "/") -> float:
     else:
         for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
             for d in _candidate_dirs(root, mount, paths.get("cpu", "/")):
-                quota = _read(os.path.join(d, "cpu.cfs_quota_us"))
-                period = _read(os.path.join(d, "cpu.cfs_period_us"))
-                if quota and period and int(quota) > 0 and int(period) > 0:
-                    limits.append(int(quota) / int(period))
+                cfs_quota = _read(os.path.join(d, "cpu.cfs_quota_us"))
+                cfs_period = _read(os.path.join(d, "cpu.cfs_period_us"))
+                if cfs_quota and cfs_period and int(cfs_quota) > 0 and int(cfs_period) > 0:
+                    limits.append(int(cfs_quota) / int(cfs_period))
             if limits:
                 break
     try:
@@ -176,11 +177,7 @@ class GCPauses:
                 return
             pause = time.perf_counter() - started
             gen = min(int(info.get("generation", 0)), 2)
-            for i, bound in enumerate(GC_PAUSE_BUCKETS):
-                if pause <= bound:
-                    break
-            else:
-                i = len(GC_PAUSE_BUCKETS)
+            i = bisect.bisect_left(GC_PAUSE_BUCKETS, pause)
             with self._lock:
                 self._buckets[gen][i] += 1
                 self._sums[gen] += pause
@@ -240,7 +237,8 @@ class SaturationCollector(Collector):
         stat = cpu_stat(self._root)
         if stat is not None:
             yield CounterMetricFamily(
-                "process_cpu_periods", "CFS scheduling periods elapsed for this cgroup.",
+                "process_cpu_periods",
+                "CFS scheduling periods elapsed for this cgroup.",
                 value=stat.periods,
             )
             yield CounterMetricFamily(
@@ -259,7 +257,8 @@ class SaturationCollector(Collector):
             value=memory_limit_bytes(self._root),
         )
         yield GaugeMetricFamily(
-            "process_threads", "Operating-system threads in this process.",
+            "process_threads",
+            "Operating-system threads in this process.",
             value=self._process.num_threads(),
         )
         yield self.gc_pauses.family()

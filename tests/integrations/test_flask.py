@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
-
 import sightline
+from prometheus_client import CollectorRegistry
 
 from ..helpers import call_wsgi, count, series
 
@@ -66,8 +65,13 @@ def test_routes_are_templates_never_raw_paths(agent: CollectorRegistry) -> None:
     assert count(agent, "/gone/<name>", "410") == 1
     assert count(agent, "/stream", "200") == 1
     routes = {s["http_route"] for s in series(agent, "http_server_request_duration_seconds")}
-    assert routes == {"/users/<int:uid>", "/admin/items/<path:key>", "_unmatched", "/gone/<name>",
-                      "/stream"}
+    assert routes == {
+        "/users/<int:uid>",
+        "/admin/items/<path:key>",
+        "_unmatched",
+        "/gone/<name>",
+        "/stream",
+    }
 
 
 def test_view_exception_is_a_500(agent: CollectorRegistry) -> None:
@@ -143,7 +147,8 @@ def test_init_again_with_new_settings_restarts_cleanly() -> None:
     assert count(second, "/users/<int:uid>", "200") == 1
     names = [
         sample.labels["service_name"]
-        for family in second.collect() if family.name == "target"
+        for family in second.collect()
+        if family.name == "target"
         for sample in family.samples
     ]
     assert names == ["b"]

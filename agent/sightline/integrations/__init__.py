@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sightline")
 
 
-class DidNotEnable(Exception):  # noqa: N818 (it is a signal, not an error)
+class DidNotEnable(Exception):
     """The integration's library is missing or unsupported; the message says which."""
 
 

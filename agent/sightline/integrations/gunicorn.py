@@ -11,6 +11,7 @@ install time. ``SIGHTLINE_WORKER_CAPACITY`` overrides what is detected.
 from __future__ import annotations
 
 import sys
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from . import DidNotEnable, Integration
@@ -36,15 +37,15 @@ def capacity_from_config(cfg: Any) -> int:
 
 def find_config() -> Any | None:
     """The ``cfg`` of the gunicorn object (worker, arbiter or app) loading us, if any."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
-        candidate = frame.f_locals.get("self")
+        candidate: Any = frame.f_locals.get("self")
         module = type(candidate).__module__
         if module.startswith("gunicorn.") and hasattr(candidate, "cfg"):
             cfg = candidate.cfg
             if cfg is not None and hasattr(cfg, "worker_class_str"):
                 return cfg
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return None
 
 

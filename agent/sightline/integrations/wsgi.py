@@ -45,7 +45,8 @@ def handle(
     route_of: RouteOf | None,
 ) -> Iterable[bytes]:
     if agent.metrics_path is not None and environ.get("PATH_INFO") == agent.metrics_path:
-        return agent.metrics_app(environ, start_response)
+        served: Iterable[bytes] = agent.metrics_app(environ, start_response)
+        return served
     environ[SEEN] = True
     exchange = _Exchange(agent, environ, start_response, route_of)
     try:

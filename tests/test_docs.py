@@ -1,0 +1,56 @@
+"""Documentation is a contract: every setting and every metric appears in docs/."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import sightline
+from prometheus_client import CollectorRegistry
+from sightline._settings import SPECS
+
+from .helpers import call_wsgi
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def table_cells(page: str, column: int) -> set[str]:
+    """Backticked names in one column of every Markdown table row of a docs page."""
+    cells = set()
+    for line in (DOCS / page).read_text().splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            parts = line.split("|")
+            if len(parts) > column + 1:
+                cells.update(re.findall(r"`([^`]+)`", parts[column + 1]))
+    return cells
+
+
+def test_every_setting_is_in_the_configuration_table() -> None:
+    """Each setting's keyword and every variable that sets it is in docs/configuration.md."""
+    keywords = table_cells("configuration.md", 0)
+    variables = table_cells("configuration.md", 1)
+    for name, spec in SPECS.items():
+        assert name in keywords, f"setting {name} is missing from docs/configuration.md"
+        for var in spec.env:
+            assert var in variables, f"{var} is missing from docs/configuration.md"
+
+
+def test_every_exposed_metric_is_documented(registry: CollectorRegistry) -> None:
+    """Every metric family Sightline exposes, with the default registry's, is in docs/metrics.md."""
+    flask = pytest.importorskip("flask")
+    documented = table_cells("metrics.md", 0)
+    sightline.init(service="t", registry=registry, metrics_addr="off", worker_capacity=2)
+    app = flask.Flask("t")
+    call_wsgi(app, "/", headers={"X-Request-Start": "t=1"})
+    exposed = set()
+    for family in registry.collect():
+        for sample in family.samples:
+            if not sample.name.endswith("_created"):
+                exposed.add(
+                    re.sub(r"_(bucket|sum|count)$", "", sample.name)
+                    if family.type == "histogram"
+                    else sample.name
+                )
+    missing = sorted(exposed - documented)
+    assert not missing, f"undocumented metrics: {missing}"
