@@ -1,17 +1,16 @@
 """Per-request cost Sightline's metrics add to a Flask app, next to prometheus-flask-exporter.
 
-Each variant serves ``GET /users/42`` from a hello-world Flask app (route
-``/users/<int:uid>``) by calling its WSGI callable in-process, with no server or
-sockets, then iterates the body and calls ``close()`` on it as a WSGI server does
-(Sightline records a request on close). Variants, one entry each in :data:`VARIANTS`:
-``bare`` (plain Flask, the baseline), ``pfe`` (``prometheus_flask_exporter.PrometheusMetrics``
-with its defaults, a private registry and no ``/metrics`` route) and ``sightline``
-(``sightline.init()``, metrics only, no metrics server).
+Each variant serves ``GET /users/42`` from a hello-world Flask app (route ``/users/<int:uid>``)
+in-process, with no server or sockets: ``app(environ, start_response)``, then the body is
+iterated and closed as a WSGI server does (Sightline records a request on close). Variants are
+entries in :data:`VARIANTS`: ``bare`` (plain Flask, the baseline), ``pfe`` (prometheus-flask-
+exporter's ``PrometheusMetrics`` with its defaults, a private registry and no ``/metrics``
+route) and ``sightline`` (``sightline.init()``, metrics only, no metrics server).
 
-Each measurement runs in a fresh subprocess that warms up, then times ``--requests``
-requests with ``time.perf_counter_ns``. Rounds run the variants in rotating order. The
-report gives each variant's median µs/request and spread, the cost it adds over ``bare``
-(median of per-round differences) and that cost relative to prometheus-flask-exporter's.
+Each run is a fresh subprocess that warms up, then times ``--requests`` requests with
+``time.perf_counter_ns``. Rounds run the variants in rotating order. The report gives each
+variant's median µs/request and spread, the cost it adds over ``bare`` (median of per-round
+differences) and that cost relative to prometheus-flask-exporter's::
 
     python benchmarks/overhead.py                 # 12 rounds x 20000 requests
     python benchmarks/overhead.py --rounds 5 --requests 5000 --json
@@ -20,8 +19,10 @@ report gives each variant's median µs/request and spread, the cost it adds over
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -77,7 +78,10 @@ def setup_sightline() -> tuple[WSGIApp, Probe | None]:
     import sightline
 
     registry = CollectorRegistry()
-    sightline.init(service="bench", registry=registry, metrics_addr="off")
+    # Metrics only: where this Sightline also has traces and logs settings, turn them off.
+    known = {field.name for field in dataclasses.fields(sightline.Settings)}
+    off = {name: False for name in ("traces", "logs") if name in known}
+    sightline.init(service="bench", registry=registry, metrics_addr="off", **off)
     return hello_app(), samples(registry, "http_server_request_duration_seconds_count")
 
 
@@ -88,69 +92,63 @@ VARIANTS: dict[str, Setup] = {
 }
 
 
-def worker(variant: str, requests: int, warmup: int) -> dict[str, Any]:
-    """Set up one variant, check its response, warm up, then time ``requests`` requests."""
+def worker(variant: str, requests: int, warmup: int) -> float:
+    """Set up one variant, warm up, time ``requests`` requests, then check what was served."""
     app, recorded = VARIANTS[variant]()
     template = EnvironBuilder(path="/users/42", method="GET").get_environ()
     statuses: list[str] = []
 
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[..., None]:
-        return statuses.append
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[..., Any]:
+        statuses.append(status)
+        return statuses.append  # the write() callable, which Flask never calls
 
-    def run(n: int) -> None:
+    def run(n: int) -> bytes:
+        content = b""
         for _ in range(n):
             body = app(dict(template), start_response)
-            for _chunk in body:
-                pass
+            content = b"".join(body)
             close = getattr(body, "close", None)
             if close is not None:
                 close()
+        return content
 
-    body = app(dict(template), lambda status, *_: statuses.append(status))
-    content = b"".join(body)
-    getattr(body, "close", lambda: None)()
-    if statuses != ["200 OK"] or content != b"hello 42":
-        raise SystemExit(f"{variant}: unexpected response {statuses} {content!r}")
+    content = run(1)
     run(warmup)
+    statuses.clear()
     gc.collect()
     start = time.perf_counter_ns()
     run(requests)
     elapsed = time.perf_counter_ns() - start
-    return {
-        "us_per_request": elapsed / requests / 1000,
-        "recorded": recorded() if recorded is not None else None,
-        "expected": 1 + warmup + requests,
-    }
+    count = recorded() if recorded is not None else 1 + warmup + requests
+    if content != b"hello 42" or set(statuses) != {"200 OK"} or count != 1 + warmup + requests:
+        raise SystemExit(f"{variant}: got {set(statuses)} {content!r}, {count} recorded")
+    return elapsed / requests / 1000
 
 
 def measure(variant: str, requests: int, warmup: int) -> float:
+    """µs/request of one fresh worker process."""
     command = [sys.executable, __file__, "--worker", variant]
     command += ["--requests", str(requests), "--warmup", str(warmup)]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    if result["recorded"] is not None and result["recorded"] != result["expected"]:
-        print(f"warning: {variant} recorded {result['recorded']:.0f} requests", file=sys.stderr)
-    return float(result["us_per_request"])
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # stderr passes through
+    if done.returncode:
+        raise SystemExit(f"{variant} worker failed (exit status {done.returncode})")
+    return float(json.loads(done.stdout)["us_per_request"])
 
 
-def spread(values: list[float]) -> dict[str, float]:
+def spread(values: list[float]) -> dict[str, Any]:
     q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
-    median = statistics.median(values)
-    return {"median": median, "q1": q1, "q3": q3, "min": min(values), "max": max(values)}
+    return {"median": statistics.median(values), "q1": q1, "q3": q3, "values": values}
 
 
 def summarize(times: dict[str, list[float]]) -> dict[str, Any]:
+    base = times[BASELINE]
+    added = {name: [v - b for v, b in zip(t, base, strict=True)] for name, t in times.items()}
+    ref = statistics.median(added[REFERENCE]) if REFERENCE in added else 0.0
     variants: dict[str, Any] = {}
-    for name, values in times.items():
-        added = [v - b for v, b in zip(values, times[BASELINE], strict=True)]
-        variants[name] = {"us_per_request": spread(values), "added_us": spread(added)}
-        variants[name]["rounds"] = values
-    reference = variants.get(REFERENCE, {}).get("added_us", {}).get("median", 0.0)
-    for name, entry in variants.items():
-        added_median = entry["added_us"]["median"]
-        entry["vs_reference"] = added_median / reference if reference > 0 else None
-        if name == BASELINE:
-            entry["vs_reference"] = None
+    for name, t in times.items():
+        variants[name] = {"us_per_request": spread(t), "added_us": spread(added[name])}
+        ratio = variants[name]["added_us"]["median"] / ref if name != BASELINE and ref else None
+        variants[name]["vs_reference"] = ratio
     return variants
 
 
@@ -165,7 +163,7 @@ def run_rounds(names: list[str], rounds: int, requests: int, warmup: int) -> dic
     ratio = variants.get("sightline", {}).get("vs_reference")
     return {
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {platform.system()} {platform.release()}",
+        "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.platform()}",
         "versions": {lib: version(lib) for lib in LIBRARIES},
         "config": {"rounds": rounds, "requests": requests, "warmup": warmup},
         "variants": variants,
@@ -189,7 +187,7 @@ def table(report: dict[str, Any]) -> str:
         t, a = v["us_per_request"], v["added_us"]
         vs = "-" if v["vs_reference"] is None else f"{v['vs_reference']:.2f}x"
         lines.append(
-            f"| {name:<9} | {t['median']:6.2f} | {t['min']:6.2f}-{t['max']:<6.2f} "
+            f"| {name:<9} | {t['median']:6.2f} | {min(t['values']):6.2f}-{max(t['values']):<6.2f} "
             f"| {a['median']:+14.2f} | {a['q1']:+6.2f}-{a['q3']:<+6.2f} | {vs:>6} |"
         )
     if report["sightline_vs_pfe"] is not None:
@@ -211,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.requests, args.warmup)))
+        print(json.dumps({"us_per_request": worker(args.worker, args.requests, args.warmup)}))
         return
     names = list(dict.fromkeys([BASELINE, *args.variants]))
     report = run_rounds(names, args.rounds, args.requests, args.warmup)

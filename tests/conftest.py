@@ -32,6 +32,8 @@ def registry() -> CollectorRegistry:
 @pytest.fixture
 def agent(registry: CollectorRegistry) -> Iterator[CollectorRegistry]:
     """An agent with metrics only, in a fresh registry, no background server."""
-    sightline.init(service="test", registry=registry, metrics_addr="off")
+    sightline.init(
+        service="test", registry=registry, metrics_addr="off", traces=False, logs=False
+    )
     yield registry
     sightline.shutdown()

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app, start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
 from . import _safety, integrations
+from ._export import BatchQueue
 from ._settings import Settings
+from .logs import Logs
 from .metrics import Metrics
 from .saturation import SaturationCollector
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
+
+    from .tracing import Tracing
 
 logger = logging.getLogger("sightline")
 
@@ -42,6 +47,21 @@ class Agent:
             self.metrics.register(ProcessCollector(registry=None))
         self.server: WSGIServer | None = None
         self.integrations: list[integrations.Integration] = []
+        self.tracing: Tracing | None = None
+        self.logs: Logs | None = None
+        self.access_log = settings.access_log
+        if settings.traces:
+            # Imported only when used: without the SDK loaded, the request path can skip
+            # looking for a current span to use as an exemplar (see metrics.py).
+            from .tracing import Tracing
+
+            self.tracing = Tracing(settings, self.metrics.export_stats("traces"))
+            if self.tracing.queue is not None:
+                self.metrics.queues.queues["traces"] = self.tracing.queue
+        if settings.logs:
+            self.logs = Logs(settings, self.metrics.export_stats("logs"))
+            if self.logs.queue is not None:
+                self.metrics.queues.queues["logs"] = self.logs.queue
 
     def capacity(self) -> int | None:
         return self.settings.worker_capacity or self.detected_capacity
@@ -49,6 +69,8 @@ class Agent:
     def start(self) -> None:
         _safety.counter = self._count_internal_error
         self.saturation.gc_pauses.install()
+        if self.logs is not None:
+            self.logs.install()
         self.integrations = integrations.install_all(self, self.settings)
         if self.settings.metrics_addr is not None:
             self.server = serve_metrics(self.settings.metrics_addr, self.registry)
@@ -57,8 +79,25 @@ class Agent:
         self.metrics.internal_errors.labels(where).inc()
 
     def close(self) -> None:
+        """Undo everything; ends within SIGHTLINE_SHUTDOWN_TIMEOUT whatever the backends do."""
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        queues: list[BatchQueue[Any]] = []
+        if self.tracing is not None and self.tracing.queue is not None:
+            queues.append(self.tracing.queue)
+        if self.logs is not None and self.logs.queue is not None:
+            queues.append(self.logs.queue)
+        for queue in queues:  # both flush at once, sharing the budget
+            queue.begin_close(deadline)
         integrations.uninstall_all(self.integrations)
         self.saturation.gc_pauses.uninstall()
+        if self.logs is not None:
+            with _safety.internal_errors("logs.close"):
+                self.logs.close(deadline)
+        if self.tracing is not None:
+            with _safety.internal_errors("tracing.close"):
+                self.tracing.close(deadline)
+        for queue in queues:
+            queue.join(deadline)
         if self.server is not None:
             server, self.server = self.server, None
             with _safety.internal_errors("metrics.server.close"):

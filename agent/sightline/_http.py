@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.parse
+
 from .metrics import KNOWN_METHODS, OTHER_METHOD
 
 # Front proxies stamp the time they received the request as seconds, milliseconds,
@@ -47,3 +49,38 @@ def queue_seconds(header: str, now: float) -> float | None:
     if waited < 0 or waited > MAX_QUEUE_SECONDS:
         return None
     return waited
+
+
+#: Query-string keys whose values never reach a span: any key containing one of these.
+SENSITIVE_QUERY_WORDS = (
+    "token",
+    "password",
+    "passwd",
+    "secret",
+    "key",
+    "auth",
+    "session",
+    "signature",
+    "credential",
+    "jwt",
+)
+REDACTED = "REDACTED"
+
+
+def redact_query(query: str, extra_words: tuple[str, ...] = ()) -> str:
+    """The query string with the values of sensitive keys replaced by ``REDACTED``.
+
+    Keys are matched case-insensitively, percent-decoded, by substring (``api_key``,
+    ``X-Amz-Signature``); the rest of the string is kept byte for byte.
+    """
+    if not query:
+        return query
+    words = SENSITIVE_QUERY_WORDS + extra_words
+    parts = []
+    for part in query.split("&"):
+        key, sep, _value = part.partition("=")
+        name = urllib.parse.unquote_plus(key).lower()
+        if sep and any(word in name for word in words):
+            part = f"{key}={REDACTED}"
+        parts.append(part)
+    return "&".join(parts)

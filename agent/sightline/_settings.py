@@ -17,7 +17,17 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-INTEGRATION_NAMES = ("flask", "gunicorn")
+INTEGRATION_NAMES = ("flask", "gunicorn", "requests", "httpx", "urllib3")
+
+SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+LOKI_LABELS = ("service_name", "deployment_environment", "level", "logger", "service_version")
 
 
 class ConfigError(ValueError):
@@ -45,6 +55,97 @@ def _positive_int(raw: str) -> int:
 
 def _optional_positive_int(raw: str) -> int | None:
     return None if raw.strip().lower() in ("", "auto") else _positive_int(raw)
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("expected a positive number") from None
+    if not 0 < value < float("inf"):
+        raise ValueError("expected a positive number")
+    return value
+
+
+def _milliseconds(raw: str) -> float:
+    """OpenTelemetry durations are whole milliseconds; kept here in seconds."""
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError("expected a whole number of milliseconds") from None
+    if value < 0:
+        raise ValueError("expected a whole number of milliseconds")
+    return value / 1000.0
+
+
+def _ratio(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("expected a number from 0 to 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("expected a number from 0 to 1")
+    return value
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _url(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        return ""
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError("expected an http:// or https:// URL")
+    try:
+        parsed.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        raise ValueError("expected an http:// or https:// URL with a valid port") from None
+    return value
+
+
+def _headers(raw: str) -> tuple[tuple[str, str], ...]:
+    """``key=value,key=value`` (W3C baggage-like, %-encoded values) as in OTEL_*_HEADERS."""
+    pairs = []
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key = urllib.parse.unquote(key.strip())
+        if not sep or not key or any(ch in key for ch in " \t\r\n:"):
+            raise ValueError(f"expected key=value pairs separated by commas, got {item!r}")
+        value = urllib.parse.unquote(value.strip())
+        if any(ch in value for ch in "\r\n"):
+            raise ValueError("header values cannot contain line breaks")
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def _words(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in raw.split(",") if part.strip())
+
+
+def _loki_labels(raw: str) -> tuple[str, ...]:
+    names = _words(raw)
+    unknown = [n for n in names if n not in LOKI_LABELS]
+    if unknown:
+        raise ValueError(f"unknown label {unknown[0]!r}; allowed: {', '.join(LOKI_LABELS)}")
+    return names
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return value
 
 
 def _text(raw: str) -> str:
@@ -187,6 +288,139 @@ SPECS: dict[str, _Spec] = {
         "",
         "Integrations never to enable (comma-separated).",
     ),
+    "shutdown_timeout": _Spec(
+        ("SIGHTLINE_SHUTDOWN_TIMEOUT",),
+        _positive_float,
+        "5",
+        "Seconds shutdown() may take, flushing included.",
+    ),
+    # Traces
+    "traces": _Spec(("SIGHTLINE_TRACES",), _bool, "true", "Record and export server spans."),
+    "traces_sampler": _Spec(
+        ("OTEL_TRACES_SAMPLER",), _choice(*SAMPLERS), "parentbased_always_on", "Sampler."
+    ),
+    "traces_sampler_arg": _Spec(
+        ("OTEL_TRACES_SAMPLER_ARG",), _ratio, "1.0", "Ratio for the traceidratio samplers."
+    ),
+    "otlp_endpoint": _Spec(
+        ("OTEL_EXPORTER_OTLP_ENDPOINT",),
+        _url,
+        "http://localhost:4318",
+        "OTLP/HTTP base URL; traces go to /v1/traces under it.",
+    ),
+    "otlp_traces_endpoint": _Spec(
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",),
+        _url,
+        "",
+        "Full OTLP/HTTP traces URL (wins over the base URL).",
+    ),
+    "otlp_protocol": _Spec(
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        _choice("http/protobuf"),
+        "http/protobuf",
+        "OTLP protocol.",
+    ),
+    "otlp_headers": _Spec(
+        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"),
+        _headers,
+        "",
+        "Headers sent with every OTLP request.",
+    ),
+    "otlp_timeout": _Spec(
+        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        _milliseconds,
+        "10000",
+        "Timeout of one OTLP request (ms).",
+    ),
+    "otlp_compression": _Spec(
+        ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"),
+        _choice("gzip", "none"),
+        "gzip",
+        "OTLP request compression.",
+    ),
+    "bsp_max_queue_size": _Spec(
+        ("OTEL_BSP_MAX_QUEUE_SIZE",),
+        _positive_int,
+        "2048",
+        "Spans queued for export before new ones are dropped.",
+    ),
+    "bsp_schedule_delay": _Spec(
+        ("OTEL_BSP_SCHEDULE_DELAY",),
+        _milliseconds,
+        "5000",
+        "Longest wait between span exports (ms).",
+    ),
+    "bsp_max_export_batch_size": _Spec(
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE",), _positive_int, "512", "Spans per export request."
+    ),
+    "bsp_export_timeout": _Spec(
+        ("OTEL_BSP_EXPORT_TIMEOUT",),
+        _milliseconds,
+        "30000",
+        "Longest time one batch may spend in retries (ms).",
+    ),
+    "redact_query_keys": _Spec(
+        ("SIGHTLINE_REDACT_QUERY_KEYS",),
+        _words,
+        "",
+        "More query-string keys whose values are redacted in spans.",
+    ),
+    # Logs
+    "logs": _Spec(
+        ("SIGHTLINE_LOGS",),
+        _bool,
+        "true",
+        "Put trace ids on log records and add a stdout handler if none exists.",
+    ),
+    "log_format": _Spec(
+        ("SIGHTLINE_LOG_FORMAT",),
+        _choice("json", "text"),
+        "json",
+        "Format of the stdout handler Sightline adds.",
+    ),
+    "log_level": _Spec(
+        ("SIGHTLINE_LOG_LEVEL",),
+        _log_level,
+        "INFO",
+        "Root level set when Sightline adds the stdout handler.",
+    ),
+    "access_log": _Spec(
+        ("SIGHTLINE_ACCESS_LOG",),
+        _bool,
+        "false",
+        "One log line per request on the sightline.access logger.",
+    ),
+    "loki_url": _Spec(
+        ("SIGHTLINE_LOKI_URL",), _url, "", "Loki push URL; logs are shipped there when set."
+    ),
+    "loki_labels": _Spec(
+        ("SIGHTLINE_LOKI_LABELS",),
+        _loki_labels,
+        "service_name,deployment_environment,level",
+        "Loki stream labels.",
+    ),
+    "loki_username": _Spec(("SIGHTLINE_LOKI_USERNAME",), _text, "", "Basic-auth user."),
+    "loki_password": _Spec(("SIGHTLINE_LOKI_PASSWORD",), _text, "", "Basic-auth password."),
+    "loki_token": _Spec(("SIGHTLINE_LOKI_TOKEN",), _text, "", "Bearer token."),
+    "loki_tenant": _Spec(("SIGHTLINE_LOKI_TENANT",), _text, "", "X-Scope-OrgID tenant."),
+    "loki_buffer": _Spec(
+        ("SIGHTLINE_LOKI_BUFFER",),
+        _positive_int,
+        "10000",
+        "Log records queued for Loki before new ones are dropped.",
+    ),
+    "loki_batch_size": _Spec(
+        ("SIGHTLINE_LOKI_BATCH_SIZE",), _positive_int, "1000", "Records per push."
+    ),
+    "loki_batch_bytes": _Spec(
+        ("SIGHTLINE_LOKI_BATCH_BYTES",),
+        _positive_int,
+        "1048576",
+        "Uncompressed line bytes per push.",
+    ),
+    "loki_timeout": _Spec(
+        ("SIGHTLINE_LOKI_TIMEOUT",), _positive_float, "5", "Timeout of one push (s)."
+    ),
 }
 
 
@@ -211,6 +445,35 @@ class Settings:
     exemplars: bool
     integrations: tuple[str, ...]
     disabled_integrations: tuple[str, ...]
+    shutdown_timeout: float
+    traces: bool
+    traces_sampler: str
+    traces_sampler_arg: float
+    otlp_endpoint: str
+    otlp_traces_endpoint: str
+    otlp_protocol: str
+    otlp_headers: tuple[tuple[str, str], ...]
+    otlp_timeout: float
+    otlp_compression: str
+    bsp_max_queue_size: int
+    bsp_schedule_delay: float
+    bsp_max_export_batch_size: int
+    bsp_export_timeout: float
+    redact_query_keys: tuple[str, ...]
+    logs: bool
+    log_format: str
+    log_level: str
+    access_log: bool
+    loki_url: str
+    loki_labels: tuple[str, ...]
+    loki_username: str
+    loki_password: str
+    loki_token: str
+    loki_tenant: str
+    loki_buffer: int
+    loki_batch_size: int
+    loki_batch_bytes: int
+    loki_timeout: float
 
     @classmethod
     def load(
@@ -263,9 +526,9 @@ def _cast(var: str, spec: _Spec, raw: str) -> Any:
 def _cast_override(name: str, spec: _Spec, value: Any) -> Any:
     if isinstance(value, bool):
         raw = "true" if value else "false"
-    elif isinstance(value, (list, tuple)) and name in ("integrations", "disabled_integrations"):
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         raw = ",".join(str(v) for v in value)
-    elif isinstance(value, (str, int)):
+    elif isinstance(value, (str, int, float)):
         raw = str(value)
     else:
         raise ConfigError(f"invalid {name}={value!r}: expected a string or number")

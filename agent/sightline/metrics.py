@@ -2,14 +2,19 @@
 
 Names follow Prometheus conventions in base units; label names are OpenTelemetry's
 stable semantic-convention attribute names with dots turned into underscores.
-Labelled metrics go through :class:`GuardedMetric`, which caches children for the
-hot path and folds label sets past ``SIGHTLINE_MAX_SERIES`` into one overflow series.
+The request-path instruments (:class:`Histogram`, :class:`InFlight`) are lean
+collectors of their own; labelled ones fold label sets past ``SIGHTLINE_MAX_SERIES``
+into one overflow series.
 """
 
 from __future__ import annotations
 
+import itertools
+import sys
 import threading
-from collections.abc import Iterable
+import time
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -18,10 +23,17 @@ from opentelemetry.semconv.attributes import (
     http_attributes,
     service_attributes,
 )
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import InfoMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import (
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 
+from ._export import ExportStats
 from ._settings import Settings
 
 
@@ -75,51 +87,131 @@ OTHER_METHOD = "_OTHER"
 #: Every label of the one series that takes label sets past the cardinality cap.
 OVERFLOW = "_overflow"
 
+_SDK_TRACE = "opentelemetry.sdk.trace"
+
 KNOWN_METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 )
 
 
-class GuardedMetric:
-    """A labelled metric with cached children and a cap on distinct label sets.
+class Histogram(Collector):
+    """A labelled histogram built for the request path, with a cap on label sets.
 
-    ``child(key)`` costs one dict lookup once a label set has been seen. The first
-    ``max_series`` label sets get their own series; later ones share the overflow
-    series (every label ``_overflow``) and count into ``sightline_series_folded_total``.
+    prometheus-client's ``Histogram`` takes two locks and walks its buckets in Python
+    on every observation; this one finds the bucket with :func:`bisect.bisect_left` and
+    updates count, sum and exemplar under one lock. ``child(key)`` costs one dict lookup
+    once a label set has been seen. The first ``max_series`` label sets get their own
+    series; later ones share the overflow series (every label ``_overflow``) and count
+    into ``sightline_series_folded_total``.
     """
 
-    __slots__ = ("_children", "_folded", "_lock", "_max", "_metric", "_overflow", "name")
-
-    def __init__(self, metric: Any, name: str, max_series: int, folded: Counter) -> None:
-        self._metric = metric
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        max_series: int,
+        folded: Counter | None = None,
+    ) -> None:
         self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = tuple(buckets)
         self._max = max_series
-        self._children: dict[tuple[str, ...], Any] = {}
+        self._children: dict[tuple[str, ...], HistogramChild] = {}
+        self._overflow: HistogramChild | None = None
         self._lock = threading.Lock()
-        self._overflow: Any = None
         # Exposed from the start, so a query for folded samples finds a zero, not nothing.
-        self._folded = folded.labels(name)
+        self._folded = folded.labels(name) if folded is not None else None
 
-    def child(self, key: tuple[str, ...]) -> Any:
+    def child(self, key: tuple[str, ...]) -> HistogramChild:
         child = self._children.get(key)
         return child if child is not None else self._new_child(key)
 
-    def _new_child(self, key: tuple[str, ...]) -> Any:
+    def _new_child(self, key: tuple[str, ...]) -> HistogramChild:
         with self._lock:
             child = self._children.get(key)
             if child is not None:
                 return child
             if len(self._children) < self._max:
-                child = self._children[key] = self._metric.labels(*key)
+                child = self._children[key] = HistogramChild(self.bounds)
                 return child
             if self._overflow is None:
-                self._overflow = self._metric.labels(*([OVERFLOW] * len(key)))
-        self._folded.inc()
+                self._overflow = HistogramChild(self.bounds)
+        if self._folded is not None:
+            self._folded.inc()
         return self._overflow
 
     def series(self) -> int:
         """Label sets holding their own series (the overflow series not counted)."""
         return len(self._children)
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        children = list(self._children.items())
+        if self._overflow is not None:
+            children.append(((OVERFLOW,) * len(self.labelnames), self._overflow))
+        les = [repr(float(b)) for b in self.bounds] + ["+Inf"]
+        for key, child in children:
+            counts, total, exemplars = child.snapshot()
+            buckets: list[Any] = []
+            cumulative = 0
+            for i, le in enumerate(les):
+                cumulative += counts[i]
+                exemplar = exemplars[i]
+                buckets.append((le, cumulative, exemplar) if exemplar else (le, cumulative))
+            family.add_metric(list(key), buckets, total)
+        yield family
+
+
+class HistogramChild:
+    __slots__ = ("_lock", "bounds", "counts", "exemplars", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.exemplars: list[Exemplar | None] = [None] * (len(bounds) + 1)
+        self.total = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float, exemplar: dict[str, str] | None = None) -> None:
+        i = bisect_left(self.bounds, value)
+        with self._lock:
+            self.counts[i] += 1
+            self.total += value
+            if exemplar is not None:
+                self.exemplars[i] = Exemplar(exemplar, value, time.time())
+
+    def snapshot(self) -> tuple[list[int], float, list[Exemplar | None]]:
+        with self._lock:
+            return list(self.counts), self.total, list(self.exemplars)
+
+
+class InFlight(Collector):
+    """An unlabelled gauge of work in progress, costing one C call per change.
+
+    ``inc``/``dec`` advance two ``itertools.count`` objects (atomic under the GIL, no
+    lock, no Python frame); the gauge is their difference. Reading a count advances
+    it, but a scrape advances both equally, so the difference stays exact. "finished"
+    is read first, so a request ending mid-scrape can never make the value negative.
+    """
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._started = itertools.count()
+        self._finished = itertools.count()
+        self.inc = self._started.__next__
+        self.dec = self._finished.__next__
+
+    @property
+    def value(self) -> int:
+        finished = next(self._finished)
+        return next(self._started) - finished
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(self.name, self.documentation, value=self.value)
 
 
 class Metrics:
@@ -145,36 +237,62 @@ class Metrics:
                 registry=None,
             )
         )
-        duration = self._add(
+        self.exported = self._add(
+            Counter(
+                "sightline_exported",
+                "Spans or log records delivered to their backend.",
+                ["signal"],
+                registry=None,
+            )
+        )
+        self.dropped = self._add(
+            Counter(
+                "sightline_dropped",
+                "Spans or log records given up on, by reason.",
+                ["signal", "reason"],
+                registry=None,
+            )
+        )
+        self.retried = self._add(
+            Counter(
+                "sightline_export_retried",
+                "Spans or log records sent again after a failed attempt, by the failure.",
+                ["signal", "reason"],
+                registry=None,
+            )
+        )
+        self.export_failures = self._add(
+            Counter(
+                "sightline_export_failures",
+                "Failed export attempts (HTTP requests), by reason.",
+                ["signal", "reason"],
+                registry=None,
+            )
+        )
+        self.queues = self._add(_Queues())
+        self.request_duration = self._add(
             Histogram(
                 "http_server_request_duration_seconds",
                 "Duration of HTTP server requests, until the response body is sent or closed.",
                 [METHOD, ROUTE, STATUS],
-                buckets=HTTP_DURATION_BUCKETS,
-                registry=None,
+                HTTP_DURATION_BUCKETS,
+                settings.max_series,
+                self.series_folded,
             )
-        )
-        self.request_duration = GuardedMetric(
-            duration,
-            "http_server_request_duration_seconds",
-            settings.max_series,
-            self.series_folded,
         )
         self.active_requests = self._add(
-            Gauge(
-                "http_server_active_requests",
-                "HTTP server requests in flight.",
-                registry=None,
-            )
+            InFlight("http_server_active_requests", "HTTP server requests in flight.")
         )
         self.queue_duration = self._add(
             Histogram(
                 "http_server_request_queue_duration_seconds",
                 "Time a request waited between the front proxy (X-Request-Start) and the app.",
-                buckets=QUEUE_DURATION_BUCKETS,
-                registry=None,
+                [],
+                QUEUE_DURATION_BUCKETS,
+                1,
+                self.series_folded,
             )
-        )
+        ).child(())
         self._add(_TargetInfo(settings))
         for collector in self._collectors:
             registry.register(collector)
@@ -196,10 +314,21 @@ class Metrics:
                 pass
         self._collectors.clear()
 
-    def observe_request(self, method: str, route: str, status: str, seconds: float) -> None:
+    def export_stats(self, signal: str) -> ExportStats:
+        return ExportStats(signal, self.exported, self.dropped, self.retried, self.export_failures)
+
+    def observe_request(
+        self, method: str, route: str, status: str, seconds: float, span: Any = None
+    ) -> None:
+        """Record one request; a recording span (given, or current) becomes the exemplar."""
         child = self.request_duration.child((method, route, status))
         if self.exemplars:
-            span = trace.get_current_span()
+            if span is None:
+                # Without the SDK loaded no span can be recording: skip the context lookup.
+                if _SDK_TRACE not in sys.modules:
+                    child.observe(seconds)
+                    return
+                span = trace.get_current_span()
             if span.is_recording():
                 ctx = span.get_span_context()
                 child.observe(
@@ -244,3 +373,25 @@ class _TargetInfo(Collector):
             "Resource attributes of this process, as in OpenTelemetry.",
             value=resource_labels(self._settings),
         )
+
+
+class _Queues(Collector):
+    """Fill and bound of every export queue, read at scrape time."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, Any] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        items = GaugeMetricFamily(
+            "sightline_queue_items", "Items waiting in an export queue.", labels=["signal"]
+        )
+        capacity = GaugeMetricFamily(
+            "sightline_queue_capacity",
+            "Items an export queue holds before dropping new ones.",
+            labels=["signal"],
+        )
+        for signal, queue in list(self.queues.items()):
+            items.add_metric([signal], len(queue))
+            capacity.add_metric([signal], queue.max_items)
+        yield items
+        yield capacity

@@ -13,7 +13,6 @@ laid out like a v1 or v2 host.
 
 from __future__ import annotations
 
-import bisect
 import gc
 import os
 import threading
@@ -23,15 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import psutil
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import _safety
+from .metrics import Histogram
 
 # cgroup v1 reports "no limit" as a huge page-aligned number; anything this large is unlimited.
 _UNLIMITED = 1 << 60
@@ -159,13 +154,18 @@ def memory_limit_bytes(root: str = "/") -> int:
 
 
 class GCPauses:
-    """Times every garbage collection through ``gc.callbacks`` (a few hundred ns each)."""
+    """Times every garbage collection through ``gc.callbacks`` (well under a microsecond)."""
 
     def __init__(self) -> None:
         self._started: dict[int, float] = {}
-        self._lock = threading.Lock()
-        self._buckets = [[0] * (len(GC_PAUSE_BUCKETS) + 1) for _ in range(3)]
-        self._sums = [0.0, 0.0, 0.0]
+        self.histogram = Histogram(
+            "python_gc_pause_seconds",
+            "Time the interpreter stopped for garbage collection, per generation.",
+            ["generation"],
+            GC_PAUSE_BUCKETS,
+            max_series=3,
+        )
+        self._generations = [self.histogram.child((str(g),)) for g in range(3)]
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         try:
@@ -173,14 +173,9 @@ class GCPauses:
                 self._started[threading.get_ident()] = time.perf_counter()
                 return
             started = self._started.pop(threading.get_ident(), None)
-            if started is None:
-                return
-            pause = time.perf_counter() - started
-            gen = min(int(info.get("generation", 0)), 2)
-            i = bisect.bisect_left(GC_PAUSE_BUCKETS, pause)
-            with self._lock:
-                self._buckets[gen][i] += 1
-                self._sums[gen] += pause
+            if started is not None:
+                generation = min(max(int(info.get("generation", 0)), 0), 2)
+                self._generations[generation].observe(time.perf_counter() - started)
         except Exception as exc:
             _safety.report("saturation.gc", exc)
 
@@ -191,26 +186,6 @@ class GCPauses:
     def uninstall(self) -> None:
         while self in gc.callbacks:
             gc.callbacks.remove(self)
-
-    def family(self) -> HistogramMetricFamily:
-        family = HistogramMetricFamily(
-            "python_gc_pause_seconds",
-            "Time the interpreter stopped for garbage collection, per generation.",
-            labels=["generation"],
-        )
-        with self._lock:
-            snapshot = [(list(b), s) for b, s in zip(self._buckets, self._sums, strict=True)]
-        for gen, (counts, total) in enumerate(snapshot):
-            cumulative, buckets = 0, []
-            for bound, count in zip([*GC_PAUSE_BUCKETS, float("inf")], counts, strict=True):
-                cumulative += count
-                buckets.append((_le(bound), cumulative))
-            family.add_metric([str(gen)], buckets, total)
-        return family
-
-
-def _le(bound: float) -> str:
-    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 class SaturationCollector(Collector):
@@ -261,7 +236,7 @@ class SaturationCollector(Collector):
             "Operating-system threads in this process.",
             value=self._process.num_threads(),
         )
-        yield self.gc_pauses.family()
+        yield from self.gc_pauses.histogram.collect()
         capacity = self._capacity()
         if capacity is not None:
             yield GaugeMetricFamily(

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import trace
+from opentelemetry.semconv.attributes import error_attributes
+
 from .. import _agent
 from . import DidNotEnable, Integration
 from .wsgi import ROUTE, SEEN, handle
 
 try:
-    from flask import Flask
+    from flask import Flask, got_request_exception
     from flask.ctx import RequestContext
 except ImportError:
     raise DidNotEnable("flask is not installed") from None
@@ -49,6 +52,15 @@ def _match_request(self: RequestContext) -> None:
         self.request.environ[ROUTE] = rule.rule
 
 
+def _record_exception(sender: Flask, exception: BaseException, **extra: Any) -> None:
+    # Flask turns a view's exception into a 500 before the core sees the response; the
+    # signal (sent only on errors, so free otherwise) puts it on the request's span.
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.record_exception(exception)
+        span.set_attribute(error_attributes.ERROR_TYPE, type(exception).__qualname__)
+
+
 class FlaskIntegration(Integration):
     name = "flask"
 
@@ -63,6 +75,7 @@ class FlaskIntegration(Integration):
         self._original_call = Flask.__call__
         Flask.__call__ = _call  # type: ignore[method-assign]
         RequestContext.match_request = _match_request  # type: ignore[method-assign]
+        got_request_exception.connect(_record_exception)
         self._patched = True
 
     def uninstall(self) -> None:
@@ -72,6 +85,7 @@ class FlaskIntegration(Integration):
             Flask.__call__ = self._original_call  # type: ignore[method-assign]
         if RequestContext.match_request is _match_request:
             RequestContext.match_request = _original_match_request  # type: ignore[method-assign]
+        got_request_exception.disconnect(_record_exception)
         self._patched = False
 
 

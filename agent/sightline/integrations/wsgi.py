@@ -1,4 +1,4 @@
-"""The WSGI core: times every request and records its golden signals, once.
+"""The WSGI core: times, traces and records every request's golden signals, once.
 
 Framework integrations (Flask, Django) call :func:`handle` from the framework's own
 app callable and, once the framework has matched the request, put the route template
@@ -7,20 +7,31 @@ in the environ under :data:`ROUTE`; any WSGI app can be wrapped directly::
     app = sightline.instrument_app(app)
 
 Per request this costs two clock reads, a gauge up and down, one dict lookup for a
-cached histogram child and one small object that is both the ``start_response``
-hook and the response iterable, so a streamed body is timed until the server
-closes it. No framework hooks run and no framework proxies are touched.
+cached histogram child, a span (whose attributes are built only if it is recording)
+and one small object that is both the ``start_response`` hook and the response
+iterable, so a streamed body is timed until the server closes it. No framework hooks
+run and no framework proxies are touched.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.semconv.attributes import (
+    client_attributes,
+    http_attributes,
+    network_attributes,
+    server_attributes,
+    url_attributes,
+    user_agent_attributes,
+)
+
 from .. import _agent, _safety
-from .._http import fold_method, queue_seconds
-from ..metrics import UNMATCHED_ROUTE
+from .._http import queue_seconds, redact_query
+from ..metrics import KNOWN_METHODS, OTHER_METHOD, UNMATCHED_ROUTE
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -30,10 +41,10 @@ RouteOf = Callable[["WSGIEnvironment"], "str | None"]
 #: Set in the environ by the first layer that records a request, so nested or doubly
 #: wrapped apps (auto-patched and wrapped by hand, mounted sub-apps) record it once.
 SEEN = "sightline.recorded"
-
 #: Where framework integrations leave the matched route template for the core to read.
 ROUTE = "sightline.route"
 
+access_logger = logging.getLogger("sightline.access")
 _perf_counter = time.perf_counter
 
 
@@ -51,17 +62,65 @@ def handle(
     exchange = _Exchange(agent, environ, start_response, route_of)
     try:
         body = app(environ, exchange.start_response)
-    except BaseException:
-        exchange.finish(failed=True)
+    except BaseException as error:
+        exchange.finish(error)
         raise
     exchange.body = body
     return exchange
 
 
+def span_attributes(
+    environ: WSGIEnvironment, method: str, redact: tuple[str, ...]
+) -> dict[str, Any]:
+    """Stable HTTP server attributes of a request (built only for recording spans)."""
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    attributes: dict[str, Any] = {
+        http_attributes.HTTP_REQUEST_METHOD: method,
+        url_attributes.URL_PATH: path or "/",
+        url_attributes.URL_SCHEME: environ.get("wsgi.url_scheme", "http"),
+    }
+    raw_method = environ.get("REQUEST_METHOD", "GET")
+    if method == OTHER_METHOD:
+        attributes[http_attributes.HTTP_REQUEST_METHOD_ORIGINAL] = raw_method[:64]
+    query = environ.get("QUERY_STRING")
+    if query:
+        attributes[url_attributes.URL_QUERY] = redact_query(query, redact)
+    host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME")
+    if host:
+        name, sep, port = host.rpartition(":") if not host.endswith("]") else ("", "", "")
+        if sep and port.isdigit():
+            attributes[server_attributes.SERVER_ADDRESS] = name
+            attributes[server_attributes.SERVER_PORT] = int(port)
+        else:
+            attributes[server_attributes.SERVER_ADDRESS] = host
+    forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+    client = forwarded.split(",", 1)[0].strip() if forwarded else environ.get("REMOTE_ADDR")
+    if client:
+        attributes[client_attributes.CLIENT_ADDRESS] = client
+    agent = environ.get("HTTP_USER_AGENT")
+    if agent:
+        attributes[user_agent_attributes.USER_AGENT_ORIGINAL] = agent
+    protocol = environ.get("SERVER_PROTOCOL", "")
+    if protocol.startswith("HTTP/"):
+        attributes[network_attributes.NETWORK_PROTOCOL_VERSION] = protocol[5:]
+    return attributes
+
+
 class _Exchange:
     """One request in flight: captures the status, then records when the body is closed."""
 
-    __slots__ = ("_start_response", "agent", "body", "environ", "route_of", "started", "status")
+    __slots__ = (
+        "_start_response",
+        "agent",
+        "body",
+        "environ",
+        "method",
+        "route_of",
+        "span",
+        "started",
+        "status",
+        "token",
+    )
 
     def __init__(
         self,
@@ -77,6 +136,12 @@ class _Exchange:
         self.route_of = route_of
         self.status: str | None = None
         self.body: Iterable[bytes] | None = None
+        self.span: Any = None
+        self.token: object = None
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in KNOWN_METHODS:
+            method = OTHER_METHOD
+        self.method = method
         try:
             agent.metrics.active_requests.inc()
             header = environ.get("HTTP_X_REQUEST_START") or environ.get("HTTP_X_QUEUE_START")
@@ -84,6 +149,16 @@ class _Exchange:
                 waited = queue_seconds(header, time.time())
                 if waited is not None:
                     agent.metrics.queue_duration.observe(waited)
+            traces = agent.tracing
+            if traces is not None:
+                span, self.token = traces.start_server_span(
+                    method if method != OTHER_METHOD else "HTTP", traces.extract(environ)
+                )
+                self.span = span
+                if span.is_recording():
+                    span.set_attributes(
+                        span_attributes(environ, method, agent.settings.redact_query_keys)
+                    )
         except Exception as exc:
             _safety.report("wsgi.start", exc)
 
@@ -101,29 +176,56 @@ class _Exchange:
             if close is not None:
                 close()
         finally:
-            self.finish(failed=False)
+            self.finish(None)
 
-    def finish(self, failed: bool) -> None:
+    def finish(self, error: BaseException | None) -> None:
         if self.agent is None:  # closed twice
             return
         elapsed = _perf_counter() - self.started
         agent, self.agent = self.agent, None  # type: ignore[assignment]
+        span, self.span = self.span, None
+        code, route = "500", None
         try:
             agent.metrics.active_requests.dec()
             status = self.status
-            code = "500" if failed or status is None else status[:3]
+            if error is None and status is not None and status[:3].isdigit():
+                code = status[:3]
             environ = self.environ
             route = environ.get(ROUTE)
             if route is None and self.route_of is not None:
                 route = self.route_of(environ)
-            agent.metrics.observe_request(
-                fold_method(environ.get("REQUEST_METHOD", "GET")),
-                route or UNMATCHED_ROUTE,
-                code if code.isdigit() else "500",
-                elapsed,
-            )
+            label = route or UNMATCHED_ROUTE
+            agent.metrics.observe_request(self.method, label, code, elapsed, span)
+            if agent.access_log:
+                _access_log(self.method, label, code, elapsed)
         except Exception as exc:
             _safety.report("wsgi.finish", exc)
+        finally:
+            if span is not None and agent.tracing is not None:
+                try:
+                    agent.tracing.end_server_span(
+                        span, self.token, self.method, route, int(code), error
+                    )
+                except Exception as exc:
+                    _safety.report("wsgi.span", exc)
+
+
+def _access_log(method: str, route: str, code: str, elapsed: float) -> None:
+    """The optional access line, emitted while the request's span is still current."""
+    duration_ms = round(elapsed * 1000, 3)
+    access_logger.info(
+        "%s %s %s %.1fms",
+        method,
+        route,
+        code,
+        duration_ms,
+        extra={
+            "http_request_method": method,
+            "http_route": route,
+            "http_response_status_code": int(code),
+            "duration_ms": duration_ms,
+        },
+    )
 
 
 class SightlineMiddleware:

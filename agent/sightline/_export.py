@@ -1,0 +1,309 @@
+"""Getting telemetry out without ever making the app wait: a bounded queue and an HTTP pusher.
+
+:class:`BatchQueue` takes items from app threads in O(1) and never blocks them: past
+its bound, new items are dropped and counted (``drop newest``, as OpenTelemetry's
+batch processor and most log shippers do). One daemon thread drains it in batches
+capped by count and bytes, at least every ``interval`` seconds, and hands each batch
+to a send function. :func:`push` is that function's HTTP half: gzip, a timeout on
+every call, retries with exponential backoff and jitter on connection errors, 429
+and 5xx, none on other 4xx. Closing flushes what it can before a deadline and then
+gives up, so shutdown is bounded even when the backend is down or hung.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from prometheus_client import Counter
+
+from . import _safety
+
+logger = logging.getLogger("sightline")
+T = TypeVar("T")
+
+_WARN_EVERY_SECONDS = 60.0
+_last_warned: dict[tuple[str, str], float] = {}
+
+
+def warn_rate_limited(signal: str, cause: str, message: str, *args: object) -> None:
+    """Log a warning at most once a minute per (signal, cause): a dead backend is one line."""
+    key = (signal, cause)
+    now = time.monotonic()
+    last = _last_warned.get(key)
+    if last is None or now - last >= _WARN_EVERY_SECONDS:
+        _last_warned[key] = now
+        logger.warning(message, *args)
+
+
+class ExportStats:
+    """Self-metrics of one signal's export path (see docs/metrics.md)."""
+
+    def __init__(
+        self, signal: str, exported: Counter, dropped: Counter, retried: Counter, failures: Counter
+    ) -> None:
+        self.signal = signal
+        self._exported = exported.labels(signal)
+        self._dropped = dropped
+        self._retried = retried
+        self._failures = failures
+
+    def exported(self, n: int) -> None:
+        self._exported.inc(n)
+
+    def dropped(self, reason: str, n: int) -> None:
+        if n:
+            self._dropped.labels(self.signal, reason).inc(n)
+
+    def retried(self, reason: str, n: int) -> None:
+        self._retried.labels(self.signal, reason).inc(n)
+
+    def failed(self, reason: str) -> None:
+        self._failures.labels(self.signal, reason).inc()
+
+
+class PushError(Exception):
+    """A push that did not deliver; ``reason`` is a metric label, ``retry`` says if worth it."""
+
+    def __init__(self, reason: str, retry: bool, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.retry = retry
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    headers: Mapping[str, str]
+    timeout: float
+    gzip: bool = True
+
+
+def push_once(endpoint: Endpoint, body: bytes, content_type: str, timeout: float) -> None:
+    """POST once; raises :class:`PushError` classified for metrics and retry."""
+    headers = {"Content-Type": content_type, "User-Agent": "sightline", **endpoint.headers}
+    if endpoint.gzip:
+        body = gzip.compress(body, compresslevel=5)
+        headers["Content-Encoding"] = "gzip"
+    request = urllib.request.Request(endpoint.url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+    except urllib.error.HTTPError as error:
+        status = error.code
+        error.close()
+        if status == 429:
+            raise PushError("http_429", True, f"HTTP 429 from {endpoint.url}") from None
+        if status >= 500:
+            raise PushError("http_5xx", True, f"HTTP {status} from {endpoint.url}") from None
+        raise PushError("http_4xx", False, f"HTTP {status} from {endpoint.url}") from None
+    except TimeoutError:
+        raise PushError(
+            "timeout", True, f"no answer from {endpoint.url} in {timeout:.1f}s"
+        ) from None
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, (TimeoutError, socket.timeout)):
+            raise PushError(
+                "timeout", True, f"no answer from {endpoint.url} in {timeout:.1f}s"
+            ) from None
+        raise PushError(
+            "connection", True, f"cannot reach {endpoint.url}: {error.reason}"
+        ) from None
+    except (OSError, http.client.HTTPException) as error:
+        raise PushError("connection", True, f"cannot reach {endpoint.url}: {error}") from None
+
+
+class Retrying:
+    """Backoff policy: ``base * 2**attempt`` with full jitter, capped, for ``max_attempts``."""
+
+    def __init__(self, base: float = 0.5, cap: float = 10.0, max_attempts: int = 6) -> None:
+        self.base = base
+        self.cap = cap
+        self.max_attempts = max_attempts
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.cap, self.base * (2**attempt)))
+
+
+def push(
+    endpoint: Endpoint,
+    body: bytes,
+    content_type: str,
+    items: int,
+    stats: ExportStats,
+    stop: threading.Event,
+    deadline: Callable[[], float | None],
+    policy: Retrying,
+) -> bool:
+    """POST ``body`` holding ``items`` items, retrying as :class:`Retrying` says.
+
+    Returns True once delivered; False when dropped (counted in ``stats``). Never raises.
+    ``deadline()`` is the monotonic time by which everything must end (during shutdown).
+    """
+    for attempt in range(policy.max_attempts):
+        limit = deadline()
+        timeout = endpoint.timeout
+        if limit is not None:
+            timeout = min(timeout, limit - time.monotonic())
+            if timeout <= 0.05:
+                stats.dropped("shutdown", items)
+                return False
+        try:
+            push_once(endpoint, body, content_type, timeout)
+        except PushError as error:
+            stats.failed(error.reason)
+            warn_rate_limited(
+                stats.signal,
+                error.reason,
+                "sightline: %s export failed (%s); the app is not affected",
+                stats.signal,
+                error,
+            )
+            if not error.retry:
+                stats.dropped(error.reason, items)
+                return False
+            if attempt + 1 >= policy.max_attempts:
+                break
+            stats.retried(error.reason, items)
+            pause = policy.delay(attempt)
+            # During shutdown the stop event is set and wait() returns at once: the
+            # remaining attempts run back to back until the deadline ends them.
+            stop.wait(pause)
+            continue
+        stats.exported(items)
+        return True
+    stats.dropped("retries_exhausted", items)
+    return False
+
+
+class BatchQueue(Generic[T]):
+    """A bounded queue drained by one daemon thread into ``send(batch)``.
+
+    ``put`` never blocks and never raises. The thread is started lazily, and again in a
+    forked child (threads do not survive fork), so pre-forking servers work.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        send: Callable[[Sequence[T]], None],
+        stats: ExportStats,
+        max_items: int,
+        batch_items: int,
+        interval: float,
+        size_of: Callable[[T], int] | None = None,
+        batch_bytes: int | None = None,
+    ) -> None:
+        self.name = name
+        self._send = send
+        self.stats = stats
+        self.max_items = max_items
+        self._batch_items = batch_items
+        self._batch_bytes = batch_bytes
+        self._size_of = size_of
+        self._interval = interval
+        self._items: deque[T] = deque()
+        self._wake = threading.Event()
+        self.stopping = threading.Event()
+        self._deadline: float | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: T) -> None:
+        if self._closed:
+            self.stats.dropped("shutdown", 1)
+            return
+        if len(self._items) >= self.max_items:
+            self.stats.dropped("queue_full", 1)
+            return
+        self._items.append(item)
+        if self._thread is None or self._pid != os.getpid():
+            self._start()
+        elif len(self._items) >= self._batch_items:
+            self._wake.set()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._pid == os.getpid():
+                return
+            if self._pid != os.getpid():  # forked: the parent's thread and events are gone
+                self._pid = os.getpid()
+                self._wake = threading.Event()
+                self.stopping = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run, name=f"sightline-{self.name}", daemon=True
+            )
+            self._thread.start()
+
+    def deadline(self) -> float | None:
+        return self._deadline
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            self._drain()
+        self._drain()  # the final flush, bounded by the deadline close() set
+
+    def _drain(self) -> None:
+        while self._items:
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                self.stats.dropped("shutdown", len(self._items))
+                self._items.clear()
+                return
+            batch = self._take()
+            try:
+                self._send(batch)
+            except Exception as exc:
+                self.stats.dropped("internal_error", len(batch))
+                _safety.report(f"export.{self.name}", exc)
+
+    def _take(self) -> list[T]:
+        batch: list[T] = []
+        size = 0
+        items = self._items
+        while items and len(batch) < self._batch_items:
+            if self._size_of is not None and self._batch_bytes is not None:
+                item_size = self._size_of(items[0])
+                if batch and size + item_size > self._batch_bytes:
+                    break
+                size += item_size
+            batch.append(items.popleft())
+        return batch
+
+    def close(self, deadline: float) -> None:
+        """Flush what can be sent before ``deadline`` (monotonic), then stop. Bounded."""
+        self.begin_close(deadline)
+        self.join(deadline)
+
+    def begin_close(self, deadline: float) -> None:
+        """Stop taking items and start the final flush; :meth:`join` waits for it."""
+        self._closed = True
+        self._deadline = deadline
+        self.stopping.set()
+        self._wake.set()
+
+    def join(self, deadline: float) -> None:
+        thread = self._thread
+        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if thread is None or not thread.is_alive():
+            self.stats.dropped("shutdown", len(self._items))
+            self._items.clear()

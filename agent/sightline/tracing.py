@@ -1,0 +1,275 @@
+"""Traces: an OpenTelemetry SDK provider exporting OTLP/HTTP protobuf, and server spans.
+
+``init()`` configures tracing unless the app already installed an SDK tracer provider
+(then Sightline's server spans go to that provider and its exporters, and Sightline
+exports nothing itself). The standard variables are honoured: ``OTEL_TRACES_SAMPLER``
+and ``_ARG``, ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``, ``_HEADERS``, ``_TIMEOUT``,
+``_COMPRESSION`` (gzip by default) and ``OTEL_BSP_*``.
+
+Export runs through Sightline's own bounded queue and HTTP pusher rather than the
+SDK's batch processor and exporter: every dropped span is counted, retries are
+bounded and shutdown ends on time even with the collector hung (the SDK's exporter
+can block shutdown for over a minute). The global provider can be set only once per
+process, so it is created once, with a sampler and a processor that delegate to
+whatever the current ``init()`` configured; ``shutdown()`` turns both off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider, sampling
+from opentelemetry.semconv.attributes import (
+    deployment_attributes,
+    error_attributes,
+    http_attributes,
+    service_attributes,
+)
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from . import _resource, _safety
+from ._export import BatchQueue, Endpoint, ExportStats, Retrying, push
+from ._settings import Settings
+
+logger = logging.getLogger("sightline")
+
+HOST_NAME = "host.name"
+PROCESS_PID = "process.pid"
+
+
+def build_sampler(settings: Settings) -> sampling.Sampler:
+    name, ratio = settings.traces_sampler, settings.traces_sampler_arg
+    root: sampling.Sampler
+    if name.endswith("always_on"):
+        root = sampling.ALWAYS_ON
+    elif name.endswith("always_off"):
+        root = sampling.ALWAYS_OFF
+    else:
+        root = sampling.TraceIdRatioBased(ratio)
+    return sampling.ParentBased(root) if name.startswith("parentbased_") else root
+
+
+def resource_attributes(settings: Settings) -> dict[str, str | int]:
+    """The resource of this process now (instance id and pid change after fork)."""
+    attributes: dict[str, str | int] = dict(settings.resource_attributes)
+    attributes[service_attributes.SERVICE_NAME] = settings.service
+    if settings.service_version:
+        attributes[service_attributes.SERVICE_VERSION] = settings.service_version
+    if settings.environment:
+        attributes[deployment_attributes.DEPLOYMENT_ENVIRONMENT_NAME] = settings.environment
+    attributes[service_attributes.SERVICE_INSTANCE_ID] = _resource.instance_id()
+    attributes[HOST_NAME] = socket.gethostname()
+    attributes[PROCESS_PID] = os.getpid()
+    return attributes
+
+
+class _DelegatingSampler(sampling.Sampler):
+    def __init__(self) -> None:
+        self.delegate: sampling.Sampler = sampling.ALWAYS_OFF
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> sampling.SamplingResult:
+        return self.delegate.should_sample(*args, **kwargs)
+
+    def get_description(self) -> str:
+        return f"Sightline({self.delegate.get_description()})"
+
+
+class _QueueProcessor(SpanProcessor):
+    """Hands each ended, sampled span to the current export queue (if any)."""
+
+    def __init__(self) -> None:
+        self.queue: BatchQueue[ReadableSpan] | None = None
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        queue = self.queue
+        if queue is not None and span.context is not None and span.context.trace_flags.sampled:
+            queue.put(span)
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class _Provider(TracerProvider):
+    def _handle_fork(self) -> None:
+        # The SDK re-detects the resource after fork on a thread pool, which can hang a
+        # forked child (seen with SDK 1.45). Sightline writes this process's resource
+        # into every export instead, so the child only needs a fresh lock.
+        self._tracers_lock = threading.Lock()
+
+
+_lock = threading.Lock()
+_provider: TracerProvider | None = None
+_sampler = _DelegatingSampler()
+_processor = _QueueProcessor()
+
+
+def _own_provider() -> TracerProvider:
+    global _provider
+    with _lock:
+        if _provider is None:
+            _provider = _Provider(
+                sampler=_sampler, resource=Resource.get_empty(), shutdown_on_exit=False
+            )
+            _provider.add_span_processor(_processor)
+            trace.set_tracer_provider(_provider)
+        return _provider
+
+
+class OtlpSender:
+    """Encodes a batch of spans as OTLP protobuf and pushes it with retries."""
+
+    def __init__(self, settings: Settings, stats: ExportStats) -> None:
+        url = settings.otlp_traces_endpoint or settings.otlp_endpoint.rstrip("/") + "/v1/traces"
+        self.endpoint = Endpoint(
+            url=url,
+            headers=dict(settings.otlp_headers),
+            timeout=settings.otlp_timeout,
+            gzip=settings.otlp_compression == "gzip",
+        )
+        self.settings = settings
+        self.stats = stats
+        # Retries stop once a batch has spent OTEL_BSP_EXPORT_TIMEOUT in them.
+        self.policy = Retrying(base=0.5, cap=min(10.0, settings.bsp_export_timeout), max_attempts=6)
+        self.queue: BatchQueue[ReadableSpan] | None = None
+
+    def __call__(self, batch: Sequence[ReadableSpan]) -> None:
+        request = encode_spans(batch)
+        resource = [
+            KeyValue(key=key, value=_any_value(value))
+            for key, value in resource_attributes(self.settings).items()
+        ]
+        # The provider outlives init() and fork; the wire carries this process's identity.
+        for resource_spans in request.resource_spans:
+            del resource_spans.resource.attributes[:]
+            resource_spans.resource.attributes.extend(resource)
+        assert self.queue is not None
+        push(
+            self.endpoint,
+            request.SerializeToString(),
+            "application/x-protobuf",
+            len(batch),
+            self.stats,
+            self.queue.stopping,
+            self.queue.deadline,
+            self.policy,
+        )
+
+
+def _any_value(value: str | int) -> AnyValue:
+    return AnyValue(int_value=value) if isinstance(value, int) else AnyValue(string_value=value)
+
+
+class _EnvironGetter(Getter[Any]):
+    """Reads propagation headers from a WSGI environ (``traceparent`` -> ``HTTP_TRACEPARENT``)."""
+
+    def get(self, carrier: Any, key: str) -> list[str] | None:
+        value = carrier.get("HTTP_" + key.upper().replace("-", "_"))
+        return [value] if isinstance(value, str) else None
+
+    def keys(self, carrier: Any) -> list[str]:
+        return [k[5:].lower().replace("_", "-") for k in carrier if k.startswith("HTTP_")]
+
+
+environ_getter = _EnvironGetter()
+
+
+class Tracing:
+    """What one ``init()`` set up for traces; :meth:`close` undoes it within a deadline."""
+
+    def __init__(self, settings: Settings, stats: ExportStats) -> None:
+        self.settings = settings
+        existing = trace.get_tracer_provider()
+        self.queue: BatchQueue[ReadableSpan] | None = None
+        if isinstance(existing, TracerProvider) and existing is not _provider:
+            logger.debug("sightline: using the app's tracer provider; it exports the spans")
+            provider = existing
+        else:
+            provider = _own_provider()
+            sender = OtlpSender(settings, stats)
+            self.queue = BatchQueue(
+                "traces",
+                sender,
+                stats,
+                max_items=settings.bsp_max_queue_size,
+                batch_items=settings.bsp_max_export_batch_size,
+                interval=settings.bsp_schedule_delay,
+            )
+            sender.queue = self.queue
+            _sampler.delegate = build_sampler(settings)
+            _processor.queue = self.queue
+        self.tracer = provider.get_tracer("sightline")
+        # The environ keys of the propagator's headers: a request carrying none of them
+        # skips extraction entirely.
+        self.header_keys = tuple(
+            "HTTP_" + field.upper().replace("-", "_")
+            for field in propagate.get_global_textmap().fields
+        )
+
+    def extract(self, carrier: Any) -> Context | None:
+        """The parent context from a WSGI environ, or None when no propagation header came."""
+        for key in self.header_keys:
+            if key in carrier:
+                return propagate.extract(carrier, getter=environ_getter)
+        return None
+
+    def start_server_span(self, name: str, parent: Context | None) -> tuple[Any, object]:
+        """Start the SERVER span of a request and make it current; returns (span, token)."""
+        span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
+        token = context.attach(trace.set_span_in_context(span, parent))
+        return span, token
+
+    @staticmethod
+    def end_server_span(
+        span: Any,
+        token: object,
+        method: str,
+        route: str | None,
+        status: int,
+        error: BaseException | None,
+    ) -> None:
+        """Name the span after the route, set its outcome, end it and restore the context."""
+        try:
+            if span.is_recording():
+                if route is not None:
+                    span.update_name(f"{method} {route}")
+                    span.set_attribute(http_attributes.HTTP_ROUTE, route)
+                span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status)
+                if error is not None:
+                    span.record_exception(error)
+                    span.set_attribute(error_attributes.ERROR_TYPE, type(error).__qualname__)
+                    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+                elif status >= 500:
+                    # A framework may have named the exception already (Flask's signal).
+                    if error_attributes.ERROR_TYPE not in (getattr(span, "attributes", None) or {}):
+                        span.set_attribute(error_attributes.ERROR_TYPE, str(status))
+                    span.set_status(Status(StatusCode.ERROR))
+            span.end()
+        finally:
+            try:
+                context.detach(token)  # type: ignore[arg-type]
+            except Exception as exc:
+                _safety.report("tracing.detach", exc)
+
+    def close(self, deadline: float) -> None:
+        if self.queue is not None:
+            if _processor.queue is self.queue:
+                _processor.queue = None
+                _sampler.delegate = sampling.ALWAYS_OFF
+            self.queue.close(deadline)
