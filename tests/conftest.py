@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sightline
@@ -32,8 +33,16 @@ def registry() -> CollectorRegistry:
 @pytest.fixture
 def agent(registry: CollectorRegistry) -> Iterator[CollectorRegistry]:
     """An agent with metrics only, in a fresh registry, no background server."""
-    sightline.init(
-        service="test", registry=registry, metrics_addr="off", traces=False, logs=False
-    )
+    sightline.init(service="test", registry=registry, metrics_addr="off", traces=False, logs=False)
     yield registry
     sightline.shutdown()
+
+
+@pytest.fixture
+def backend() -> Iterator[Any]:
+    """A loopback OTLP/Loki receiver (see tests/receivers.py)."""
+    from .receivers import Backend
+
+    server = Backend().start()
+    yield server
+    server.stop()

@@ -10,14 +10,18 @@ from prometheus_client import CollectorRegistry
 
 
 def call_wsgi(
-    app: Any, path: str = "/", method: str = "GET", headers: dict[str, str] | None = None
+    app: Any,
+    path: str = "/",
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    query: str = "",
 ) -> tuple[str, bytes]:
     """Call a WSGI app like a server: start_response, iterate the body, then close() it."""
     environ: dict[str, Any] = {
         "REQUEST_METHOD": method,
         "PATH_INFO": path,
         "SCRIPT_NAME": "",
-        "QUERY_STRING": "",
+        "QUERY_STRING": query,
         "SERVER_NAME": "localhost",
         "SERVER_PORT": "80",
         "SERVER_PROTOCOL": "HTTP/1.1",

@@ -10,6 +10,10 @@ from . import DidNotEnable
 from ._clients import ClientIntegration
 
 try:
+    import httpx  # noqa: F401 (the instrumented library itself must be there)
+except ImportError:
+    raise DidNotEnable("httpx is not installed") from None
+try:
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 except ImportError:
     raise DidNotEnable("opentelemetry-instrumentation-httpx is not installed") from None

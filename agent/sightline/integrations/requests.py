@@ -10,6 +10,10 @@ from . import DidNotEnable
 from ._clients import ClientIntegration
 
 try:
+    import requests  # noqa: F401 (the instrumented library itself must be there)
+except ImportError:
+    raise DidNotEnable("requests is not installed") from None
+try:
     from opentelemetry.instrumentation.requests import RequestsInstrumentor
 except ImportError:
     raise DidNotEnable("opentelemetry-instrumentation-requests is not installed") from None

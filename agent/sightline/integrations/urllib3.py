@@ -10,6 +10,10 @@ from . import DidNotEnable
 from ._clients import ClientIntegration
 
 try:
+    import urllib3  # noqa: F401 (the instrumented library itself must be there)
+except ImportError:
+    raise DidNotEnable("urllib3 is not installed") from None
+try:
     from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
 except ImportError:
     raise DidNotEnable("opentelemetry-instrumentation-urllib3 is not installed") from None

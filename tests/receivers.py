@@ -1,0 +1,139 @@
+"""Loopback backends that decode what Sightline really sends: OTLP/HTTP protobuf and Loki push.
+
+One :class:`Backend` serves both ``/v1/traces`` (decoded with ``opentelemetry-proto``)
+and ``/loki/api/v1/push`` (Loki's JSON push body), and can misbehave on demand:
+answer a scripted sequence of error statuses, or accept connections and never answer.
+It is a test double for Tempo/the Collector and Loki, which cannot run here; it checks
+the wire format, not those servers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from .helpers import free_port
+
+
+class Backend:
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.trace_requests: list[ExportTraceServiceRequest] = []
+        self.loki_pushes: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.script: list[int] = []  # statuses to answer before succeeding
+        self.answered: list[int] = []
+        self.hang = threading.Event()  # while set, requests are accepted and never answered
+        self._release = threading.Event()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- lifecycle
+    def start(self) -> Backend:
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                backend._handle(self)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    # -- what arrived
+    def spans(self) -> list[tuple[dict[str, Any], Span]]:
+        """Every span received, with its resource attributes."""
+        with self._lock:
+            requests = list(self.trace_requests)
+        found = []
+        for request in requests:
+            for resource_spans in request.resource_spans:
+                resource = attributes(resource_spans.resource.attributes)
+                for scope in resource_spans.scope_spans:
+                    found.extend((resource, span) for span in scope.spans)
+        return found
+
+    def log_entries(self) -> list[tuple[dict[str, str], str, str, dict[str, str]]]:
+        """Every (labels, ts, line, structured metadata) received."""
+        with self._lock:
+            pushes = list(self.loki_pushes)
+        entries = []
+        for push in pushes:
+            for stream in push["streams"]:
+                for value in stream["values"]:
+                    metadata = value[2] if len(value) > 2 else {}
+                    entries.append((stream["stream"], value[0], value[1], metadata))
+        return entries
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            time.sleep(0.05)
+        return condition()
+
+    # -- serving
+    def _handle(self, request: BaseHTTPRequestHandler) -> None:
+        length = int(request.headers.get("Content-Length") or 0)
+        body = request.rfile.read(length)
+        if self.hang.is_set():
+            self._release.wait(60)
+            return
+        with self._lock:
+            self.headers.append({k.lower(): v for k, v in request.headers.items()})
+            status = self.script.pop(0) if self.script else 0
+        if status:
+            self.answered.append(status)
+            self._answer(request, status)
+            return
+        if request.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        if request.path == "/v1/traces":
+            message = ExportTraceServiceRequest()
+            message.ParseFromString(body)
+            with self._lock:
+                self.trace_requests.append(message)
+            self._answer(request, 200)
+        elif request.path == "/loki/api/v1/push":
+            assert request.headers.get("Content-Type") == "application/json"
+            with self._lock:
+                self.loki_pushes.append(json.loads(body))
+            self._answer(request, 204)
+        else:
+            self._answer(request, 404)
+
+    @staticmethod
+    def _answer(request: BaseHTTPRequestHandler, status: int) -> None:
+        request.send_response(status)
+        request.send_header("Content-Length", "0")
+        request.end_headers()
+
+
+def attributes(pairs: Any) -> dict[str, Any]:
+    """OTLP KeyValues as a plain dict."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        kind = pair.value.WhichOneof("value")
+        result[pair.key] = getattr(pair.value, kind) if kind else None
+    return result

@@ -1,0 +1,306 @@
+"""Logs: one JSON renderer, trace ids on records, a polite stdout handler, Loki shipping."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+import sightline
+from prometheus_client import CollectorRegistry
+from sightline.logs import JsonFormatter
+
+from .helpers import call_wsgi
+from .receivers import Backend
+
+
+def render(**extra: Any) -> dict[str, Any]:
+    record = logging.getLogger("shop.orders").makeRecord(
+        "shop.orders",
+        logging.WARNING,
+        __file__,
+        1,
+        "order %s failed",
+        ("A-1",),
+        None,
+        extra=extra,
+    )
+    return json.loads(JsonFormatter(service="shop", environment="prod").format(record))
+
+
+def test_json_document_fields() -> None:
+    """A record renders as one JSON object with ts (RFC 3339 UTC), level, logger and message."""
+    doc = render(order_id=42)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", doc["ts"])
+    assert {k: doc[k] for k in ("level", "logger", "message", "service", "env", "order_id")} == {
+        "level": "WARNING",
+        "logger": "shop.orders",
+        "message": "order A-1 failed",
+        "service": "shop",
+        "env": "prod",
+        "order_id": 42,
+    }
+    assert "trace_id" not in doc
+
+
+def test_unserialisable_extras_never_fail() -> None:
+    """Objects, sets, NaN, non-string keys and cycles in extras are rendered, never raised."""
+    cycle: list[Any] = []
+    cycle.append(cycle)
+
+    class Thing:
+        def __repr__(self) -> str:
+            return "<Thing>"
+
+    doc = render(thing=Thing(), tags={"a"}, ratio=float("nan"), by_pair={(1, 2): "x"}, loop=cycle)
+    assert doc["thing"] == "<Thing>"
+    assert doc["tags"] == "{'a'}"
+    assert doc["ratio"] == "nan"
+    assert doc["by_pair"] == "{(1, 2): 'x'}"
+    assert doc["loop"] == "[[...]]"
+
+
+def test_exception_is_structured() -> None:
+    """exc_info renders as type, message and the stack."""
+    logger = logging.getLogger("shop")
+    try:
+        raise ValueError("bad input")
+    except ValueError:
+        record = logger.makeRecord("shop", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    doc = json.loads(JsonFormatter(service="shop").format(record))
+    assert doc["exception"]["type"] == "ValueError"
+    assert doc["exception"]["message"] == "bad input"
+    assert "raise ValueError" in doc["exception"]["stack"]
+
+
+def test_records_carry_the_request_span_ids(backend: Backend, registry: CollectorRegistry) -> None:
+    """A log call inside a request has the request span's ids; outside a span it has none."""
+    flask = pytest.importorskip("flask")
+    sightline.init(service="shop", registry=registry, metrics_addr="off", otlp_endpoint=backend.url)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("shop.view")
+    keep = Keep()
+    logger.addHandler(keep)
+    try:
+        app = flask.Flask("shop")
+
+        @app.route("/users/<int:uid>")
+        def user(uid: int) -> str:
+            logger.warning("inside")
+            return "ok"
+
+        call_wsgi(app, "/users/1")
+        logger.warning("outside")
+    finally:
+        logger.removeHandler(keep)
+    sightline.shutdown()
+    [(_, span)] = backend.spans()
+    inside, outside = records
+    assert inside.otelTraceID == span.trace_id.hex()  # type: ignore[attr-defined]
+    assert inside.otelSpanID == span.span_id.hex()  # type: ignore[attr-defined]
+    assert json.loads(JsonFormatter().format(inside))["trace_id"] == span.trace_id.hex()
+    assert outside.otelTraceID == ""  # type: ignore[attr-defined]
+    assert "trace_id" not in json.loads(JsonFormatter().format(outside))
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SIGHTLINE_METRICS_ADDR": "off", "SIGHTLINE_TRACES": "false", **env},
+    )
+
+
+def test_stdout_handler_added_only_without_handlers() -> None:
+    """With no root handler, init() adds a JSON stdout handler at INFO; shutdown removes it."""
+    result = run_python("""
+        import logging, sightline
+        sightline.init(service="shop")
+        logging.getLogger("shop").info("hello %s", "there", extra={"k": 1})
+        sightline.shutdown()
+        root = logging.getLogger()
+        print("after:", len(root.handlers), logging.getLevelName(root.level))
+    """)
+    assert result.returncode == 0, result.stderr
+    first, after = result.stdout.splitlines()
+    doc = json.loads(first)
+    assert (doc["message"], doc["service"], doc["k"], doc["level"]) == (
+        "hello there",
+        "shop",
+        1,
+        "INFO",
+    )
+    assert after == "after: 0 WARNING"
+
+
+def test_existing_handlers_are_left_alone() -> None:
+    """If the app configured logging first, init() adds no handler and changes no level."""
+    result = run_python("""
+        import logging, sys, sightline
+        logging.basicConfig(stream=sys.stdout, level=logging.WARNING, format="APP %(message)s")
+        sightline.init(service="shop")
+        logging.getLogger("x").warning("one")
+        logging.getLogger("x").info("hidden")
+        print("handlers:", len(logging.getLogger().handlers))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["APP one", "handlers: 1"]
+
+
+def test_basic_config_after_init_works_without_duplicates() -> None:
+    """logging.basicConfig() after init() takes effect, and no line is printed twice."""
+    result = run_python("""
+        import logging, sys, sightline
+        sightline.init(service="shop")
+        log = logging.getLogger("app")
+        log.info("before")
+        logging.basicConfig(stream=sys.stdout, level=logging.DEBUG,
+                            format="PLAIN %(levelname)s %(message)s")
+        log.debug("after")
+        sightline.shutdown()
+        log.debug("after shutdown")
+    """)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert json.loads(lines[0])["message"] == "before"
+    assert lines[1:] == ["PLAIN DEBUG after", "PLAIN DEBUG after shutdown"]
+
+
+def test_text_format() -> None:
+    """SIGHTLINE_LOG_FORMAT=text prints readable lines that still carry trace ids."""
+    result = run_python(
+        """
+        import logging, sightline
+        sightline.init(service="shop")
+        logging.getLogger("app").warning("plain")
+    """,
+        SIGHTLINE_LOG_FORMAT="text",
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"\S+ \S+ WARNING app \[trace_id= span_id=\] plain", result.stdout.strip())
+
+
+def test_shutdown_restores_logging(registry: CollectorRegistry) -> None:
+    """shutdown() restores the record factory, basicConfig and the handlers it added."""
+    factory = logging.getLogRecordFactory()
+    basic_config = logging.basicConfig
+    handlers = list(logging.getLogger().handlers)
+    sightline.init(
+        service="s",
+        registry=registry,
+        metrics_addr="off",
+        traces=False,
+        loki_url="http://127.0.0.1:9",
+    )
+    assert logging.getLogRecordFactory() is not factory
+    sightline.shutdown()
+    assert logging.getLogRecordFactory() is factory
+    assert logging.basicConfig is basic_config
+    assert logging.getLogger().handlers == handlers
+
+
+def test_loki_push_format(backend: Backend, registry: CollectorRegistry) -> None:
+    """Loki gets the JSON line, exactly the allowed labels, and trace ids as metadata."""
+    sightline.init(
+        service="shop",
+        environment="prod",
+        registry=registry,
+        metrics_addr="off",
+        traces=False,
+        loki_url=backend.url,
+        loki_tenant="team-a",
+        loki_username="u",
+        loki_password="p",
+    )
+    logger = logging.getLogger("shop.loki")
+    logger.warning("first %d", 1, extra={"order": "A-1"})
+    logger.error("second")
+    sightline.shutdown()
+    entries = backend.log_entries()
+    lines = {
+        json.loads(line)["message"]: (labels, ts, metadata)
+        for labels, ts, line, metadata in entries
+    }
+    assert set(lines) >= {"first 1", "second"}
+    labels, ts, metadata = lines["first 1"]
+    assert labels == {"service_name": "shop", "deployment_environment": "prod", "level": "warning"}
+    assert lines["second"][0]["level"] == "error"
+    assert ts.isdigit()
+    assert len(ts) == 19
+    assert metadata == {}
+    [first] = [json.loads(line) for _, _, line, _ in entries if "first" in line]
+    assert first["order"] == "A-1"
+    headers = backend.headers[0]
+    assert headers["x-scope-orgid"] == "team-a"
+    assert headers["authorization"] == "Basic dTpw"
+    assert headers["content-encoding"] == "gzip"
+    assert registry.get_sample_value("sightline_exported_total", {"signal": "logs"}) is None, (
+        "the registry was unregistered at shutdown"
+    )
+
+
+def test_loki_streams_with_equal_values_stay_apart(
+    backend: Backend, registry: CollectorRegistry
+) -> None:
+    """Streams whose label values coincide but whose keys differ are not merged."""
+    sightline.init(
+        service="s",
+        registry=registry,
+        metrics_addr="off",
+        traces=False,
+        loki_url=backend.url,
+        loki_labels="logger,level",
+    )
+    logging.getLogger("error").warning("a")  # values {error, warning}
+    logging.getLogger("warning").error("b")  # the same values under the other keys
+    sightline.shutdown()
+    streams = {json.loads(e[2])["message"]: e[0] for e in backend.log_entries()}
+    assert streams == {
+        "a": {"logger": "error", "level": "warning"},
+        "b": {"logger": "warning", "level": "error"},
+    }
+
+
+def test_access_log_line(backend: Backend, registry: CollectorRegistry) -> None:
+    """SIGHTLINE_ACCESS_LOG adds one line per request with route, status, duration, trace ids."""
+    sightline.init(
+        service="shop",
+        registry=registry,
+        metrics_addr="off",
+        traces=True,
+        otlp_endpoint=backend.url,
+        loki_url=backend.url,
+        access_log=True,
+    )
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("201 Created", [])
+        return [b""]
+
+    call_wsgi(sightline.instrument_app(app, route_of=lambda e: "/orders"), "/orders", method="POST")
+    sightline.shutdown()
+    [doc] = [
+        json.loads(line)
+        for labels, _, line, _ in backend.log_entries()
+        if json.loads(line)["logger"] == "sightline.access"
+    ]
+    [(_, span)] = backend.spans()
+    assert doc["http_route"] == "/orders"
+    assert doc["http_response_status_code"] == 201
+    assert doc["http_request_method"] == "POST"
+    assert doc["duration_ms"] >= 0
+    assert doc["trace_id"] == span.trace_id.hex()
