@@ -170,6 +170,29 @@ def test_unsampled_requests_export_nothing(backend: Backend, registry: Collector
     assert registry.get_sample_value("sightline_exported_total", {"signal": "traces"}) is None
 
 
+def test_attributes_are_built_only_for_recording_spans(
+    backend: Backend, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unsampled request never builds span attributes; a sampled one does, once."""
+    from sightline.integrations import wsgi
+
+    calls: list[str] = []
+    original = wsgi.span_attributes
+
+    def counting(environ: Any, method: str, redact: tuple[str, ...]) -> dict[str, Any]:
+        calls.append(environ["PATH_INFO"])
+        return original(environ, method, redact)
+
+    monkeypatch.setattr(wsgi, "span_attributes", counting)
+    start(backend, registry, traces_sampler="always_off")
+    call_wsgi(make_app(), "/users/1")
+    assert calls == []
+    sightline.shutdown()
+    start(backend, registry, traces_sampler="always_on")
+    call_wsgi(make_app(), "/users/2")
+    assert calls == ["/users/2"]
+
+
 def test_exemplar_is_the_server_span(backend: Backend, registry: CollectorRegistry) -> None:
     """The duration exemplar names the exported server span."""
     start(backend, registry)

@@ -301,9 +301,19 @@ class BatchQueue(Generic[T]):
         self._wake.set()
 
     def join(self, deadline: float) -> None:
+        """Wait for the final flush until ``deadline``; whatever is still queued is dropped.
+
+        A send still hung at the deadline is left to its daemon thread (its timeout ends
+        it; the process may exit first), so this never waits past the deadline.
+        """
         thread = self._thread
         if thread is not None and thread.is_alive() and self._pid == os.getpid():
             thread.join(max(0.0, deadline - time.monotonic()))
-        if thread is None or not thread.is_alive():
-            self.stats.dropped("shutdown", len(self._items))
-            self._items.clear()
+        left = 0
+        while True:
+            try:
+                self._items.popleft()
+            except IndexError:
+                break
+            left += 1
+        self.stats.dropped("shutdown", left)
