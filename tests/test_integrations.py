@@ -128,3 +128,22 @@ def test_config_error_from_init_leaves_nothing_behind(registry: CollectorRegistr
         sightline.init(service="t", registry=registry, max_series=0)
     assert _agent.current is None
     assert list(registry.collect()) == []
+
+
+def test_client_instrumentation_is_removed_on_shutdown(registry: CollectorRegistry) -> None:
+    """init() instruments requests for outgoing traces; shutdown() restores it exactly."""
+    requests = pytest.importorskip("requests")
+    pytest.importorskip("opentelemetry.instrumentation.requests")
+    original = requests.Session.send
+    sightline.init(service="t", registry=registry, metrics_addr="off", logs=False)
+    assert requests.Session.send is not original
+    sightline.shutdown()
+    assert requests.Session.send is original
+
+
+def test_client_instrumentation_left_off_without_tracing(registry: CollectorRegistry) -> None:
+    """With traces off, outgoing HTTP libraries are not touched."""
+    requests = pytest.importorskip("requests")
+    original = requests.Session.send
+    sightline.init(service="t", registry=registry, metrics_addr="off", traces=False)
+    assert requests.Session.send is original
