@@ -147,3 +147,20 @@ def test_client_instrumentation_left_off_without_tracing(registry: CollectorRegi
     original = requests.Session.send
     sightline.init(service="t", registry=registry, metrics_addr="off", traces=False)
     assert requests.Session.send is original
+
+
+@pytest.mark.internal_errors_expected
+def test_metric_name_clash_leaves_the_app_alone(
+    registry: CollectorRegistry, internal_errors: list[BaseException]
+) -> None:
+    """If the app already registered a metric of the same name, init() reports it, starts
+    nothing, raises nothing, and leaves the app's metric in place."""
+    from prometheus_client import Gauge
+
+    theirs = Gauge("http_server_active_requests", "the app's own", registry=registry)
+    sightline.init(service="t", registry=registry, metrics_addr="off")
+    assert _agent.current is None
+    assert len(internal_errors) == 1
+    theirs.set(3)
+    assert registry.get_sample_value("http_server_active_requests") == 3
+    assert registry.get_sample_value("target_info", {"service_name": "t"}) is None

@@ -14,7 +14,9 @@ def test_wheel_contents(tmp_path: Path) -> None:
     """`pip wheel .` builds a wheel with every module, py.typed and the console script."""
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     [wheel] = tmp_path.glob("sightline-*.whl")

@@ -41,27 +41,31 @@ class Agent:
         self.metrics_app = make_wsgi_app(self.registry)
         self.detected_capacity: int | None = None
         self.saturation = SaturationCollector(self.capacity)
-        self.metrics.register(self.saturation)
-        if self.registry is not REGISTRY:
-            # The global registry carries prometheus-client's process collector already.
-            self.metrics.register(ProcessCollector(registry=None))
         self.server: WSGIServer | None = None
         self.integrations: list[integrations.Integration] = []
         self.tracing: Tracing | None = None
         self.logs: Logs | None = None
         self.access_log = settings.access_log
-        if settings.traces:
-            # Imported only when used: without the SDK loaded, the request path can skip
-            # looking for a current span to use as an exemplar (see metrics.py).
-            from .tracing import Tracing
+        try:
+            self.metrics.register(self.saturation)
+            if self.registry is not REGISTRY:
+                # The global registry carries prometheus-client's process collector already.
+                self.metrics.register(ProcessCollector(registry=None))
+            if settings.traces:
+                # Imported only when used: without the SDK loaded, the request path can skip
+                # looking for a current span to use as an exemplar (see metrics.py).
+                from .tracing import Tracing
 
-            self.tracing = Tracing(settings, self.metrics.export_stats("traces"))
-            if self.tracing.queue is not None:
-                self.metrics.queues.queues["traces"] = self.tracing.queue
-        if settings.logs:
-            self.logs = Logs(settings, self.metrics.export_stats("logs"))
-            if self.logs.queue is not None:
-                self.metrics.queues.queues["logs"] = self.logs.queue
+                self.tracing = Tracing(settings, self.metrics.export_stats("traces"))
+                if self.tracing.queue is not None:
+                    self.metrics.queues.queues["traces"] = self.tracing.queue
+            if settings.logs:
+                self.logs = Logs(settings, self.metrics.export_stats("logs"))
+                if self.logs.queue is not None:
+                    self.metrics.queues.queues["logs"] = self.logs.queue
+        except BaseException:
+            self.metrics.close()  # leave the registry as it was
+            raise
 
     def capacity(self) -> int | None:
         return self.settings.worker_capacity or self.detected_capacity

@@ -227,6 +227,8 @@ class BatchQueue(Generic[T]):
         return len(self._items)
 
     def put(self, item: T) -> None:
+        if self._pid != os.getpid():
+            self._after_fork()
         if self._closed:
             self.stats.dropped("shutdown", 1)
             return
@@ -234,19 +236,26 @@ class BatchQueue(Generic[T]):
             self.stats.dropped("queue_full", 1)
             return
         self._items.append(item)
-        if self._thread is None or self._pid != os.getpid():
+        if self._thread is None:
             self._start()
         elif len(self._items) >= self._batch_items:
             self._wake.set()
 
+    def _after_fork(self) -> None:
+        # Threads do not survive fork; what was queued belongs to the parent, which sends it.
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._items = deque()
+            self._wake = threading.Event()
+            self.stopping = threading.Event()
+            self._thread = None
+
     def _start(self) -> None:
         with self._lock:
-            if self._thread is not None and self._pid == os.getpid():
+            if self._thread is not None:
                 return
-            if self._pid != os.getpid():  # forked: the parent's thread and events are gone
-                self._pid = os.getpid()
-                self._wake = threading.Event()
-                self.stopping = threading.Event()
             self._thread = threading.Thread(
                 target=self._run, name=f"sightline-{self.name}", daemon=True
             )

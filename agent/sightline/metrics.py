@@ -94,7 +94,15 @@ KNOWN_METHODS = frozenset(
 )
 
 
-class Histogram(Collector):
+class Described(Collector):
+    """A custom collector whose names the registry learns at registration, so a name the
+    app registered already is refused there instead of doubling series at scrape time."""
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self.collect())
+
+
+class Histogram(Described):
     """A labelled histogram built for the request path, with a cap on label sets.
 
     prometheus-client's ``Histogram`` takes two locks and walks its buckets in Python
@@ -188,7 +196,7 @@ class HistogramChild:
             return list(self.counts), self.total, list(self.exemplars)
 
 
-class InFlight(Collector):
+class InFlight(Described):
     """An unlabelled gauge of work in progress, costing one C call per change.
 
     ``inc``/``dec`` advance two ``itertools.count`` objects (atomic under the GIL, no
@@ -294,8 +302,15 @@ class Metrics:
             )
         ).child(())
         self._add(_TargetInfo(settings))
-        for collector in self._collectors:
-            registry.register(collector)
+        registered: list[Collector] = []
+        try:
+            for collector in self._collectors:
+                registry.register(collector)
+                registered.append(collector)
+        except ValueError:  # a name the app registered already: take nothing, leave theirs
+            for collector in registered:
+                registry.unregister(collector)
+            raise
         self.exemplars = settings.exemplars
 
     def _add(self, collector: Any) -> Any:
@@ -361,7 +376,7 @@ def resource_labels(settings: Settings) -> dict[str, str]:
     return labels
 
 
-class _TargetInfo(Collector):
+class _TargetInfo(Described):
     """``target_info``, built at scrape time so a forked worker shows its own instance id."""
 
     def __init__(self, settings: Settings) -> None:
@@ -375,7 +390,7 @@ class _TargetInfo(Collector):
         )
 
 
-class _Queues(Collector):
+class _Queues(Described):
     """Fill and bound of every export queue, read at scrape time."""
 
     def __init__(self) -> None:

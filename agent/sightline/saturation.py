@@ -23,10 +23,9 @@ from typing import Any
 
 import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from . import _safety
-from .metrics import Histogram
+from .metrics import Described, Histogram
 
 # cgroup v1 reports "no limit" as a huge page-aligned number; anything this large is unlimited.
 _UNLIMITED = 1 << 60
@@ -188,7 +187,7 @@ class GCPauses:
             gc.callbacks.remove(self)
 
 
-class SaturationCollector(Collector):
+class SaturationCollector(Described):
     """Collects the saturation signals at scrape time; see docs/metrics.md for each one."""
 
     def __init__(self, capacity: Callable[[], int | None], root: str = "/") -> None:
