@@ -299,3 +299,34 @@ def test_trace_joins_two_apps_over_http(backend: Backend, tmp_path: Any) -> None
         }
         assert by_service["b"][3]["span_id"] == b_server.span_id.hex()
         assert by_service["a"][3]["span_id"] == a_server.span_id.hex()
+
+
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+def test_forked_worker_exports_with_its_own_identity(
+    backend: Backend, registry: CollectorRegistry
+) -> None:
+    """Spans from a forked child carry the child's pid and a new service.instance.id."""
+    import os
+
+    from sightline import _resource
+
+    start(backend, registry)
+    call_wsgi(make_app(), "/users/1")  # the parent's export thread is running
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (child)
+        code = 1
+        try:
+            call_wsgi(make_app(), "/users/2")
+            sightline.shutdown()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    sightline.shutdown()
+    by_path = {attributes(s.attributes)["url.path"]: r for r, s in server_spans(backend)}
+    assert set(by_path) == {"/users/1", "/users/2"}, "each span exported once, by its process"
+    assert by_path["/users/1"]["process.pid"] == os.getpid()
+    assert by_path["/users/2"]["process.pid"] == pid
+    assert by_path["/users/1"]["service.instance.id"] == _resource.instance_id()
+    assert by_path["/users/2"]["service.instance.id"] != _resource.instance_id()
