@@ -1,35 +1,61 @@
-"""Per-request cost Sightline's metrics add to a Flask app, next to prometheus-flask-exporter.
+"""Per-request cost Sightline adds to a Flask app, next to the stacks it replaces.
 
 Each variant serves ``GET /users/42`` from a hello-world Flask app (route ``/users/<int:uid>``)
 in-process, with no server or sockets: ``app(environ, start_response)``, then the body is
 iterated and closed as a WSGI server does (Sightline records a request on close). Variants are
-entries in :data:`VARIANTS`: ``bare`` (plain Flask, the baseline), ``pfe`` (prometheus-flask-
-exporter's ``PrometheusMetrics`` with its defaults, a private registry and no ``/metrics``
-route) and ``sightline`` (``sightline.init()``, metrics only, no metrics server).
+entries in :data:`VARIANTS`, grouped into the suites of :data:`SUITES`:
 
-Each run is a fresh subprocess that warms up, then times ``--requests`` requests with
-``time.perf_counter_ns``. Rounds run the variants in rotating order. The report gives each
-variant's median µs/request and spread, the cost it adds over ``bare`` (median of per-round
-differences) and that cost relative to prometheus-flask-exporter's::
+``metrics``
+    ``bare`` (plain Flask, the baseline), ``pfe`` (prometheus-flask-exporter's
+    ``PrometheusMetrics`` with its defaults, a private registry and no ``/metrics`` route) and
+    ``sightline`` (``sightline.init()``, metrics only, no metrics server).
+``full``
+    Metrics, traces and one JSON log line per request. The view logs ``served user`` with
+    ``extra={"uid": uid}`` in every variant: ``bare_log`` (plain Flask, the line through a plain
+    formatter; the baseline), ``incumbent`` (OpenTelemetry's Flask instrumentation and SDK with
+    a batch processor and the OTLP/HTTP exporter, prometheus-flask-exporter, python-json-logger
+    with a trace-id filter), ``sightline_full`` (``sightline.init()`` with traces and logs) and
+    both again sampling 10% of traces (``incumbent_10pct``, ``sightline_10pct``). Spans go to
+    a loopback OTLP/HTTP sink in the worker process, so export runs in a background thread of
+    the process being timed, as in production; the worker flushes after timing and checks
+    what the sink received.
+``log``
+    One ``logger.info`` call with trace ids rendered to JSON, inside a recording span, in a
+    tight loop: Sightline's record factory and formatter (``log_sightline``) against
+    python-json-logger with a trace-id filter (``log_jsonlogger``).
 
-    python benchmarks/overhead.py                 # 12 rounds x 20000 requests
-    python benchmarks/overhead.py --rounds 5 --requests 5000 --json
+Each run is a fresh subprocess that checks its variant works, warms up, then times
+``--requests`` requests (log calls, in the ``log`` suite) with ``time.perf_counter_ns``. Rounds
+run a suite's variants in rotating order. The report gives each variant's median µs and spread,
+the cost it adds over the suite's baseline (median of per-round differences) and that cost
+relative to the stack it is compared with::
+
+    python benchmarks/overhead.py                       # every suite, about 2 minutes
+    python benchmarks/overhead.py --suite metrics       # 12 rounds x 20000 requests
+    python benchmarks/overhead.py --suite full --rounds 5 --requests 2000 --json
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import gzip
+import io
 import json
+import logging
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import version
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import Flask
 from prometheus_client import CollectorRegistry
@@ -37,23 +63,45 @@ from werkzeug.test import EnvironBuilder
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Probe = Callable[[], float]
-#: A setup builds the app to call and, for instrumented variants, a count of recorded requests.
-Setup = Callable[[], tuple[WSGIApp, Probe | None]]
 
-BASELINE = "bare"
-REFERENCE = "pfe"
-#: Sightline's target: add at most this fraction of what prometheus-flask-exporter adds.
-TARGET_RATIO = 0.25
-LIBRARIES = ("flask", "werkzeug", "prometheus-client", "prometheus-flask-exporter", "sightline")
+#: The line the view logs in the ``full`` suite, and the ``log`` suite's call.
+LOG_MESSAGE, LOG_UID = "served user", 42
+#: python-json-logger's fields in the incumbent stack; the filter below fills the ids.
+JSONLOGGER_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s %(trace_id)s %(span_id)s"
+HEX_ID = re.compile(r"[0-9a-f]+\Z")
+#: Spans either stack buffers for export (OTEL_BSP_MAX_QUEUE_SIZE's default for both).
+QUEUE_SIZE = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", "2048"))
 
 
-def hello_app() -> Flask:
+class Variant(NamedTuple):
+    """What a setup built: the app and how the worker checks it did its job."""
+
+    app: WSGIApp
+    #: Requests the variant recorded in its metrics, read after the timed requests.
+    recorded: Probe | None = None
+    #: The handler the view's log line goes through; one line is captured and checked.
+    log: logging.StreamHandler[Any] | None = None
+    #: Flushes the spans after the timed requests; returns how many the sink received.
+    exported: Callable[[], int] | None = None
+    #: The fraction of requests the variant samples into exported spans.
+    sampled: float = 1.0
+
+
+Setup = Callable[[], Variant]
+
+
+def hello_app(log_line: bool = False) -> Flask:
     app = Flask("bench")
+    log = logging.getLogger("bench")
 
-    @app.route("/users/<int:uid>")
     def user(uid: int) -> str:
         return f"hello {uid}"
 
+    def user_logged(uid: int) -> str:
+        log.info(LOG_MESSAGE, extra={"uid": uid})
+        return f"hello {uid}"
+
+    app.add_url_rule("/users/<int:uid>", "user", user_logged if log_line else user)
     return app
 
 
@@ -61,37 +109,246 @@ def samples(registry: CollectorRegistry, name: str) -> Probe:
     return lambda: sum(s.value for m in registry.collect() for s in m.samples if s.name == name)
 
 
-def setup_bare() -> tuple[WSGIApp, Probe | None]:
-    return hello_app(), None
+def setup_bare() -> Variant:
+    return Variant(hello_app())
 
 
-def setup_pfe() -> tuple[WSGIApp, Probe | None]:
+def setup_pfe() -> Variant:
     from prometheus_flask_exporter import PrometheusMetrics
 
     registry, app = CollectorRegistry(), hello_app()
     PrometheusMetrics(app, path=None, registry=registry)  # path=None: no /metrics route
-    return app, samples(registry, "flask_http_request_total")
+    return Variant(app, samples(registry, "flask_http_request_total"))
 
 
-def setup_sightline() -> tuple[WSGIApp, Probe | None]:
+def setup_sightline() -> Variant:
     import sightline
 
     registry = CollectorRegistry()
     sightline.init(service="bench", registry=registry, metrics_addr="off", traces=False, logs=False)
-    return hello_app(), samples(registry, "http_server_request_duration_seconds_count")
+    return Variant(hello_app(), samples(registry, "http_server_request_duration_seconds_count"))
+
+
+class Sink:
+    """A loopback OTLP/HTTP receiver: answers every POST with 200 and keeps the bodies.
+
+    Bodies are decoded only when :meth:`spans` is called, after the timed requests.
+    """
+
+    def __init__(self) -> None:
+        self.bodies: list[tuple[str, bytes]] = []
+        bodies = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as exporters expect
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                bodies.append((self.headers.get("Content-Encoding", ""), body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def spans(self) -> int:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        count = 0
+        for encoding, body in self.bodies:
+            request = ExportTraceServiceRequest.FromString(
+                gzip.decompress(body) if encoding == "gzip" else body
+            )
+            for resource_spans in request.resource_spans:
+                count += sum(len(scope.spans) for scope in resource_spans.scope_spans)
+        return count
+
+
+class TraceIdFilter(logging.Filter):
+    """The usual way to put trace ids on records for python-json-logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from opentelemetry import trace  # imported here: the metrics suite never loads it
+
+        self.current_span = trace.get_current_span
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = self.current_span().get_span_context()
+        if ctx.is_valid:
+            record.trace_id = format(ctx.trace_id, "032x")
+            record.span_id = format(ctx.span_id, "016x")
+        else:
+            record.trace_id = record.span_id = ""
+        return True
+
+
+def jsonlogger_handler() -> logging.StreamHandler[Any]:
+    from pythonjsonlogger.json import JsonFormatter
+
+    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 (lives with the process)
+    handler.addFilter(TraceIdFilter())
+    handler.setFormatter(JsonFormatter(JSONLOGGER_FORMAT))
+    return handler
+
+
+def on_root(handler: logging.StreamHandler[Any]) -> logging.StreamHandler[Any]:
+    """Log through the root logger at INFO, where Sightline puts its own handler."""
+    root = logging.getLogger()
+    if root.handlers:
+        raise SystemExit(f"the root logger has handlers already: {root.handlers}")
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    return handler
+
+
+def setup_bare_log() -> Variant:
+    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    return Variant(hello_app(log_line=True), log=on_root(handler))
+
+
+def setup_incumbent(ratio: float | None = None) -> Variant:
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+    from prometheus_flask_exporter import PrometheusMetrics
+
+    sink = Sink()
+    provider = TracerProvider(
+        sampler=ParentBased(ALWAYS_ON if ratio is None else TraceIdRatioBased(ratio)),
+        resource=Resource.create({"service.name": "bench"}),
+    )
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{sink.url}/v1/traces"))
+    )
+    trace.set_tracer_provider(provider)
+    registry, app = CollectorRegistry(), hello_app(log_line=True)
+    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
+    PrometheusMetrics(app, path=None, registry=registry)
+    handler = on_root(jsonlogger_handler())
+
+    def exported() -> int:
+        provider.shutdown()  # flushes the batch processor, then shuts the exporter down
+        return sink.spans()
+
+    return Variant(
+        app,
+        samples(registry, "flask_http_request_total"),
+        handler,
+        exported,
+        1.0 if ratio is None else ratio,
+    )
+
+
+def setup_sightline_full(ratio: float | None = None) -> Variant:
+    import sightline
+
+    sink = Sink()
+    if logging.getLogger().handlers:
+        raise SystemExit("the root logger has handlers: Sightline would not add its own")
+    # Sightline's own handler writes JSON lines to sys.stdout; the worker's result does not.
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+    sampler: dict[str, Any] = {"traces_sampler": "parentbased_always_on"}
+    if ratio is not None:
+        sampler = {"traces_sampler": "parentbased_traceidratio", "traces_sampler_arg": ratio}
+    registry = CollectorRegistry()
+    sightline.init(
+        service="bench",
+        registry=registry,
+        metrics_addr="off",
+        otlp_endpoint=sink.url,
+        logs=True,
+        **sampler,
+    )
+    from sightline.logs import JsonFormatter
+
+    handlers = logging.getLogger().handlers
+    if len(handlers) != 1 or not isinstance(getattr(handlers[0], "formatter", None), JsonFormatter):
+        raise SystemExit(f"sightline: expected its JSON handler on the root logger: {handlers}")
+    assert isinstance(handlers[0], logging.StreamHandler)
+
+    def exported() -> int:
+        sightline.shutdown()  # flushes the span queue before it returns
+        return sink.spans()
+
+    return Variant(
+        hello_app(log_line=True),
+        samples(registry, "http_server_request_duration_seconds_count"),
+        handlers[0],
+        exported,
+        1.0 if ratio is None else ratio,
+    )
 
 
 VARIANTS: dict[str, Setup] = {
     "bare": setup_bare,
     "pfe": setup_pfe,
     "sightline": setup_sightline,
+    "bare_log": setup_bare_log,
+    "incumbent": setup_incumbent,
+    "incumbent_10pct": lambda: setup_incumbent(0.1),
+    "sightline_full": setup_sightline_full,
+    "sightline_10pct": lambda: setup_sightline_full(0.1),
 }
 
 
-def worker(variant: str, requests: int, warmup: int) -> float:
-    """Set up one variant, warm up, time ``requests`` requests, then check what was served."""
-    app, recorded = VARIANTS[variant]()
-    template = EnvironBuilder(path="/users/42", method="GET").get_environ()
+def check_log_line(name: str, handler: logging.StreamHandler[Any], text: str) -> None:
+    """One line per request, with the message, the extra field and (in JSON) the trace ids."""
+    lines = text.splitlines()
+    problem = None
+    if len(lines) != 1:
+        problem = f"{len(lines)} lines for one request"
+    elif type(handler.formatter) is logging.Formatter:
+        problem = None if lines[0] == LOG_MESSAGE else "not the message"
+    else:
+        doc = json.loads(lines[0])
+        trace_id, span_id = doc.get("trace_id", ""), doc.get("span_id", "")
+        if doc.get("message") != LOG_MESSAGE or doc.get("uid") != LOG_UID:
+            problem = "no message or uid"
+        elif len(trace_id) != 32 or not HEX_ID.match(trace_id) or not int(trace_id, 16):
+            problem = "no trace id"
+        elif len(span_id) != 16 or not HEX_ID.match(span_id) or not int(span_id, 16):
+            problem = "no span id"
+    if problem is not None:
+        raise SystemExit(f"{name}: bad log line ({problem}): {text!r}")
+
+
+def check_exported(name: str, spans: int, total: int, sampled: float) -> None:
+    """The sink received the spans the variant sampled, short of what its queue dropped.
+
+    Both stacks buffer :data:`QUEUE_SIZE` spans and drop spans past that when the export
+    thread falls behind; the flush after the timed requests delivers what is buffered.
+    """
+    expected = total * sampled
+    if sampled >= 1.0:
+        ok = min(total, QUEUE_SIZE) <= spans <= total
+    elif total >= 1000 and expected * 1.5 < QUEUE_SIZE:
+        # Five standard deviations and more from the expected count fails.
+        ok = abs(spans - expected) < expected / 2
+    else:
+        ok = 0 < spans <= total
+    if not ok:
+        raise SystemExit(f"{name}: the sink received {spans} spans for {total} requests")
+
+
+def worker(name: str, requests: int, warmup: int) -> dict[str, Any]:
+    """Set up one variant, check it, warm up, time ``requests`` requests, check what it did."""
+    variant = VARIANTS[name]()
+    app = variant.app
+    template = EnvironBuilder(path=f"/users/{LOG_UID}", method="GET").get_environ()
     statuses: list[str] = []
 
     def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[..., Any]:
@@ -108,27 +365,172 @@ def worker(variant: str, requests: int, warmup: int) -> float:
                 close()
         return content
 
-    content = run(1)
+    if variant.log is not None:
+        stream = variant.log.setStream(io.StringIO())
+        content = run(1)
+        captured = variant.log.setStream(stream)
+        assert isinstance(captured, io.StringIO)
+        check_log_line(name, variant.log, captured.getvalue())
+    else:
+        content = run(1)
     run(warmup)
     statuses.clear()
     gc.collect()
     start = time.perf_counter_ns()
     run(requests)
     elapsed = time.perf_counter_ns() - start
-    count = recorded() if recorded is not None else 1 + warmup + requests
-    if content != b"hello 42" or set(statuses) != {"200 OK"} or count != 1 + warmup + requests:
-        raise SystemExit(f"{variant}: got {set(statuses)} {content!r}, {count} recorded")
-    return elapsed / requests / 1000
+    total = 1 + warmup + requests
+    count = variant.recorded() if variant.recorded is not None else total
+    if content != b"hello 42" or set(statuses) != {"200 OK"} or count != total:
+        raise SystemExit(f"{name}: got {set(statuses)} {content!r}, {count} recorded")
+    result: dict[str, Any] = {"us_per_request": elapsed / requests / 1000}
+    if variant.exported is not None:
+        result["spans"] = spans = variant.exported()
+        result["spans_share"] = spans / total
+        check_exported(name, spans, total, variant.sampled)
+    return result
 
 
-def measure(variant: str, requests: int, warmup: int) -> float:
-    """µs/request of one fresh worker process."""
-    command = [sys.executable, __file__, "--worker", variant]
+def log_sightline() -> logging.StreamHandler[Any]:
+    from sightline.logs import JsonFormatter, TraceIdFactory
+
+    logging.setLogRecordFactory(TraceIdFactory(logging.getLogRecordFactory()))
+    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115
+    handler.setFormatter(JsonFormatter(service="bench"))
+    return handler
+
+
+LOG_VARIANTS: dict[str, Callable[[], logging.StreamHandler[Any]]] = {
+    "log_sightline": log_sightline,
+    "log_jsonlogger": jsonlogger_handler,
+}
+
+
+def log_worker(name: str, calls: int, warmup: int) -> dict[str, Any]:
+    """µs per ``logger.info("msg %s", 1, extra={"k": 1})`` inside a recording span."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    handler = LOG_VARIANTS[name]()
+    logger = logging.getLogger("bench")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    tracer = TracerProvider().get_tracer("bench")
+    with tracer.start_as_current_span("request") as span:
+        if not span.is_recording():
+            raise SystemExit(f"{name}: the span is not recording")
+        ctx = span.get_span_context()
+        stream = handler.setStream(io.StringIO())
+        logger.info("msg %s", 1, extra={"k": 1})
+        captured = handler.setStream(stream)
+        assert isinstance(captured, io.StringIO)
+        doc = json.loads(captured.getvalue())
+        expected = {
+            "trace_id": format(ctx.trace_id, "032x"),
+            "span_id": format(ctx.span_id, "016x"),
+        }
+        if {k: doc.get(k) for k in (*expected, "message", "k")} != {
+            **expected,
+            "message": "msg 1",
+            "k": 1,
+        }:
+            raise SystemExit(f"{name}: bad log line {captured.getvalue()!r}")
+        info = logger.info
+        for _ in range(warmup):
+            info("msg %s", 1, extra={"k": 1})
+        gc.collect()
+        start = time.perf_counter_ns()
+        for _ in range(calls):
+            info("msg %s", 1, extra={"k": 1})
+        elapsed = time.perf_counter_ns() - start
+    return {"us_per_request": elapsed / calls / 1000}
+
+
+@dataclass(frozen=True)
+class Suite:
+    title: str
+    variants: tuple[str, ...]
+    #: Each variant's added cost is taken over this one; None compares times directly.
+    baseline: str | None
+    #: variant -> the variant whose (added) cost it is compared with.
+    references: Mapping[str, str]
+    #: variant -> the product target for that comparison's ratio.
+    targets: Mapping[str, float]
+    rounds: int
+    requests: int
+    warmup: int
+    libraries: tuple[str, ...]
+    unit: str = "request"
+    #: Whether meeting a target means a ratio below it (rather than at most it).
+    strict: bool = False
+    target_text: dict[str, str] = field(default_factory=dict)
+
+
+SUITES: dict[str, Suite] = {
+    "metrics": Suite(
+        title="Metrics: Sightline vs prometheus-flask-exporter",
+        variants=("bare", "pfe", "sightline"),
+        baseline="bare",
+        references={"pfe": "pfe", "sightline": "pfe"},
+        targets={"sightline": 0.25},
+        rounds=12,
+        requests=20000,
+        warmup=2000,
+        libraries=("flask", "werkzeug", "prometheus-client", "prometheus-flask-exporter"),
+        target_text={"sightline": "0.25x"},
+    ),
+    "full": Suite(
+        title="Full stack: metrics, traces and a JSON log line per request",
+        variants=("bare_log", "incumbent", "incumbent_10pct", "sightline_full", "sightline_10pct"),
+        baseline="bare_log",
+        references={
+            "incumbent": "incumbent",
+            "incumbent_10pct": "incumbent_10pct",
+            "sightline_full": "incumbent",
+            "sightline_10pct": "incumbent_10pct",
+        },
+        targets={"sightline_full": 0.25, "sightline_10pct": 1 / 6},
+        rounds=12,
+        requests=5000,
+        warmup=1000,
+        libraries=(
+            "flask",
+            "werkzeug",
+            "prometheus-client",
+            "prometheus-flask-exporter",
+            "opentelemetry-sdk",
+            "opentelemetry-instrumentation-flask",
+            "opentelemetry-exporter-otlp-proto-http",
+            "python-json-logger",
+        ),
+        target_text={"sightline_full": "0.25x", "sightline_10pct": "1/6x (0.167x)"},
+    ),
+    "log": Suite(
+        title="Log call with trace ids, rendered to JSON",
+        variants=("log_sightline", "log_jsonlogger"),
+        baseline=None,
+        references={"log_sightline": "log_jsonlogger", "log_jsonlogger": "log_jsonlogger"},
+        targets={"log_sightline": 1.0},
+        rounds=7,
+        requests=100000,
+        warmup=5000,
+        libraries=("opentelemetry-sdk", "python-json-logger"),
+        unit="call",
+        strict=True,
+        target_text={"log_sightline": "below 1x"},
+    ),
+}
+
+
+def measure(name: str, requests: int, warmup: int) -> dict[str, Any]:
+    """One fresh worker process: µs per request (or log call), and spans it exported."""
+    command = [sys.executable, __file__, "--worker", name]
     command += ["--requests", str(requests), "--warmup", str(warmup)]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # stderr passes through
     if done.returncode:
-        raise SystemExit(f"{variant} worker failed (exit status {done.returncode})")
-    return float(json.loads(done.stdout)["us_per_request"])
+        raise SystemExit(f"{name} worker failed (exit status {done.returncode})")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 def spread(values: list[float]) -> dict[str, Any]:
@@ -136,80 +538,193 @@ def spread(values: list[float]) -> dict[str, Any]:
     return {"median": statistics.median(values), "q1": q1, "q3": q3, "values": values}
 
 
-def summarize(times: dict[str, list[float]]) -> dict[str, Any]:
-    base = times[BASELINE]
-    added = {name: [v - b for v, b in zip(t, base, strict=True)] for name, t in times.items()}
-    ref = statistics.median(added[REFERENCE]) if REFERENCE in added else 0.0
+def summarize(suite: Suite, times: dict[str, list[float]]) -> dict[str, Any]:
+    """Per variant: times, added cost over the baseline, and ratio to its reference."""
     variants: dict[str, Any] = {}
     for name, t in times.items():
-        variants[name] = {"us_per_request": spread(t), "added_us": spread(added[name])}
-        ratio = variants[name]["added_us"]["median"] / ref if name != BASELINE and ref else None
-        variants[name]["vs_reference"] = ratio
+        base = times[suite.baseline] if suite.baseline is not None else [0.0] * len(t)
+        added = [v - b for v, b in zip(t, base, strict=True)]
+        variants[name] = {"us_per_request": spread(t), "added_us": spread(added)}
+    for name, entry in variants.items():
+        reference = suite.references.get(name)
+        ratio = None
+        if name != suite.baseline and reference in variants:
+            ref = variants[reference]["added_us"]["median"]
+            ratio = entry["added_us"]["median"] / ref if ref else None
+        entry["vs_reference"] = ratio
     return variants
 
 
-def run_rounds(names: list[str], rounds: int, requests: int, warmup: int) -> dict[str, Any]:
+def compare(suite: Suite, variants: dict[str, Any]) -> list[dict[str, Any]]:
+    comparisons = []
+    for name, target in suite.targets.items():
+        if name not in variants or suite.references[name] not in variants:
+            continue
+        ratio = variants[name]["vs_reference"]
+        meets = ratio is not None and (ratio < target if suite.strict else ratio <= target)
+        comparisons.append(
+            {
+                "variant": name,
+                "reference": suite.references[name],
+                "ratio": ratio,
+                "target": target,
+                "strict": suite.strict,
+                "meets_target": meets,
+            }
+        )
+    return comparisons
+
+
+def run_rounds(
+    suite_name: str, names: list[str], rounds: int, requests: int, warmup: int
+) -> dict[str, Any]:
+    suite = SUITES[suite_name]
     times: dict[str, list[float]] = {name: [] for name in names}
+    shares: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            times[name].append(measure(name, requests, warmup))
+            result = measure(name, requests, warmup)
+            times[name].append(result["us_per_request"])
+            if "spans_share" in result:
+                shares[name].append(result["spans_share"])
         done = "  ".join(f"{name} {times[name][-1]:.2f}" for name in names)
-        print(f"round {r + 1}/{rounds}: {done}", file=sys.stderr)
-    variants = summarize(times)
-    ratio = variants.get("sightline", {}).get("vs_reference")
-    return {
+        print(f"{suite_name} round {r + 1}/{rounds}: {done}", file=sys.stderr)
+    variants = summarize(suite, times)
+    for name, share in shares.items():
+        if share:  # spans the sink received, per request served
+            variants[name]["spans_exported"] = spread(share)
+    comparisons = compare(suite, variants)
+    report = {
+        "suite": suite_name,
+        "title": suite.title,
         "python": platform.python_version(),
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.platform()}",
-        "versions": {lib: version(lib) for lib in LIBRARIES},
+        "versions": {lib: version(lib) for lib in (*suite.libraries, "sightline")},
         "config": {"rounds": rounds, "requests": requests, "warmup": warmup},
+        "baseline": suite.baseline,
         "variants": variants,
-        "sightline_vs_pfe": ratio,
-        "target": TARGET_RATIO,
-        "meets_target": ratio is not None and ratio <= TARGET_RATIO,
+        "comparisons": comparisons,
     }
+    if suite_name == "metrics":  # the fields this suite has always reported
+        first = comparisons[0] if comparisons else {}
+        report["sightline_vs_pfe"] = first.get("ratio")
+        report["target"] = suite.targets["sightline"]
+        report["meets_target"] = bool(first.get("meets_target"))
+    return report
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table, columns padded; every column but the first aligned right."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        padded = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ("-" if i == 0 else ":") for i, w in enumerate(widths))
+    return [line(header), rule + "|", *(line(row) for row in rows)]
 
 
 def table(report: dict[str, Any]) -> str:
+    suite = SUITES[report["suite"]]
     config, versions = report["config"], report["versions"]
-    lines = [
-        f"Python {report['python']} ({report['machine']})",
-        ", ".join(f"{lib} {v}" for lib, v in versions.items()),
-        f"{config['rounds']} rounds x {config['requests']} requests, GET /users/42, us/request",
-        "",
-        f"| variant   | median | min-max       | added (median) | added IQR     | vs {REFERENCE} |",
-        "|-----------|-------:|---------------|---------------:|---------------|-------:|",
-    ]
+    references = {r for n, r in suite.references.items() if n in report["variants"]}
+    vs = f"vs {references.pop()}" if len(references) == 1 else "vs ref"
+    what = "requests, GET /users/42" if suite.unit == "request" else "calls"
+    header = ["variant", "median", "min-max"]
+    if suite.baseline is not None:
+        header += ["added (median)", "added IQR"]
+    else:
+        header += ["IQR"]
+    spans = any("spans_exported" in v for v in report["variants"].values())
+    if spans:
+        header += ["spans exported"]
+    rows = []
     for name, v in report["variants"].items():
         t, a = v["us_per_request"], v["added_us"]
-        vs = "-" if v["vs_reference"] is None else f"{v['vs_reference']:.2f}x"
-        lines.append(
-            f"| {name:<9} | {t['median']:6.2f} | {min(t['values']):6.2f}-{max(t['values']):<6.2f} "
-            f"| {a['median']:+14.2f} | {a['q1']:+6.2f}-{a['q3']:<+6.2f} | {vs:>6} |"
-        )
-    if report["sightline_vs_pfe"] is not None:
-        verdict = "meets" if report["meets_target"] else "misses"
-        lines.append(
-            f"\nSightline adds {report['sightline_vs_pfe']:.2f}x of what prometheus-flask-exporter"
-            f" adds (target: at most {TARGET_RATIO}x; {verdict} the target)."
-        )
+        row = [name, f"{t['median']:.2f}", f"{min(t['values']):.2f}-{max(t['values']):.2f}"]
+        if suite.baseline is not None:
+            row += [f"{a['median']:+.2f}", f"{a['q1']:+.2f} to {a['q3']:+.2f}"]
+        else:
+            row += [f"{t['q1']:.2f}-{t['q3']:.2f}"]
+        if spans:
+            share = v.get("spans_exported")
+            row += ["-" if share is None else f"{share['median']:.0%}"]
+        row += ["-" if v["vs_reference"] is None else f"{v['vs_reference']:.2f}x"]
+        rows.append(row)
+    lines = [
+        report["title"],
+        f"Python {report['python']} ({report['machine']})",
+        ", ".join(f"{lib} {v}" for lib, v in versions.items()),
+        f"{config['rounds']} rounds x {config['requests']} {what}, us/{suite.unit}",
+        "",
+        *markdown([*header, vs], rows),
+    ]
+    if spans:
+        lines.append("(spans exported: spans the sink received per request served, median)")
+    if report["comparisons"]:
+        lines.append("")
+    for c in report["comparisons"]:
+        verdict = "meets" if c["meets_target"] else "misses"
+        ratio = "n/a" if c["ratio"] is None else f"{c['ratio']:.2f}x"
+        target = suite.target_text.get(c["variant"], f"{c['target']:.2f}x")
+        if suite.baseline is not None:
+            claim = f"{c['variant']} adds {ratio} of what {c['reference']} adds"
+            target = f"at most {target}"
+        else:
+            claim = f"{c['variant']} costs {ratio} of what {c['reference']} costs"
+        lines.append(f"{claim} (target: {target}; {verdict} the target).")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--requests", type=int, default=20000, help="timed requests per run")
-    parser.add_argument("--warmup", type=int, default=2000)
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument(
+        "--suite", choices=["all", *SUITES], default="all", help="which comparison to run"
+    )
+    parser.add_argument("--rounds", type=int, help="default: 12 (7 for the log suite)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        help="timed requests (log calls) per run; default: metrics 20000, full 5000, log 100000",
+    )
+    parser.add_argument("--warmup", type=int, help="default: metrics 2000, full 1000, log 5000")
+    every = [*VARIANTS, *LOG_VARIANTS]
+    parser.add_argument(
+        "--variants", nargs="+", choices=every, help="run only these (and baselines)"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=every, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps({"us_per_request": worker(args.worker, args.requests, args.warmup)}))
+        out = sys.stdout  # a variant may point sys.stdout elsewhere
+        run = log_worker if args.worker in LOG_VARIANTS else worker
+        print(json.dumps(run(args.worker, args.requests, args.warmup)), file=out, flush=True)
         return
-    names = list(dict.fromkeys([BASELINE, *args.variants]))
-    report = run_rounds(names, args.rounds, args.requests, args.warmup)
-    print(json.dumps(report, indent=2) if args.json else table(report))
+    reports = {}
+    for name, suite in SUITES.items():
+        if args.suite not in ("all", name):
+            continue
+        chosen = [v for v in suite.variants if args.variants is None or v in args.variants]
+        if not chosen:
+            continue
+        if suite.baseline is not None:
+            chosen = list(dict.fromkeys([suite.baseline, *chosen]))
+        reports[name] = run_rounds(
+            name,
+            chosen,
+            args.rounds or suite.rounds,
+            args.requests or suite.requests,
+            args.warmup if args.warmup is not None else suite.warmup,
+        )
+    if args.json:
+        only = next(iter(reports.values())) if len(reports) == 1 else reports
+        print(json.dumps(only, indent=2))
+    else:
+        print("\n\n".join(table(report) for report in reports.values()))
 
 
 if __name__ == "__main__":
