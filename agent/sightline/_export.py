@@ -25,7 +25,7 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter
 
@@ -59,13 +59,20 @@ class ExportStats:
         self._dropped = dropped
         self._retried = retried
         self._failures = failures
+        # Drops can come once per item from app threads: their children are cached.
+        self._children: dict[tuple[str, str], Any] = {}
 
     def exported(self, n: int) -> None:
         self._exported.inc(n)
 
     def dropped(self, reason: str, n: int) -> None:
         if n:
-            self._dropped.labels(self.signal, reason).inc(n)
+            child = self._children.get(("dropped", reason))
+            if child is None:
+                child = self._children[("dropped", reason)] = self._dropped.labels(
+                    self.signal, reason
+                )
+            child.inc(n)
 
     def retried(self, reason: str, n: int) -> None:
         self._retried.labels(self.signal, reason).inc(n)

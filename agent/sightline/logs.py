@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import json.encoder
 import logging
 import sys
 import time
@@ -68,12 +69,17 @@ class TraceIdFactory:
     def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
         record = self.previous(*args, **kwargs)
         if self.active:
-            ctx = trace.get_current_span().get_span_context()
-            if ctx.is_valid:
-                record.otelTraceID = format(ctx.trace_id, "032x")
-                record.otelSpanID = format(ctx.span_id, "016x")
+            span = trace.get_current_span()
+            ids: tuple[str, str] | None = getattr(span, "hex_ids", None)
+            if ids is not None:  # Sightline's request span: formatted once per request
+                record.otelTraceID, record.otelSpanID = ids
             else:
-                record.otelTraceID = record.otelSpanID = ""
+                ctx = span.get_span_context()
+                if ctx.is_valid:
+                    record.otelTraceID = format(ctx.trace_id, "032x")
+                    record.otelSpanID = format(ctx.span_id, "016x")
+                else:
+                    record.otelTraceID = record.otelSpanID = ""
         return record
 
 
@@ -104,59 +110,74 @@ class JsonFormatter(logging.Formatter):
         self.service = service
         self.environment = environment
         self._clock = _Clock()
+        self._identity = ',"service":' + _quote(service)
+        if environment:
+            self._identity += ',"env":' + _quote(environment)
 
     def format(self, record: logging.LogRecord) -> str:
         # A record shipped to Loki and printed to stdout is rendered once.
-        cached = record.__dict__.get(_CACHE)
+        attrs = record.__dict__
+        cached = attrs.get(_CACHE)
         if cached is not None and cached[0] is self:
             return cached[1]  # type: ignore[no-any-return]
-        doc: dict[str, Any] = {
-            "ts": self._clock(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "service": self.service,
-        }
-        if self.environment:
-            doc["env"] = self.environment
-        trace_id = record.__dict__.get(TRACE_ID)
+        # The fixed keys are written directly (strings escaped by the json module's C
+        # escaper); only the exception and `extra` values go through the encoder.
+        parts = [
+            '{"ts":"',
+            self._clock(record.created),
+            '","level":',
+            _quote(record.levelname),
+            ',"logger":',
+            _quote(record.name),
+            ',"message":',
+            _quote(record.getMessage()),
+            self._identity,
+        ]
+        trace_id = attrs.get(TRACE_ID)
         if trace_id:
-            doc["trace_id"] = trace_id
-            doc["span_id"] = record.__dict__.get(SPAN_ID, "")
+            parts += [',"trace_id":"', trace_id, '","span_id":"', attrs.get(SPAN_ID, ""), '"']
         if record.exc_info and record.exc_info[0] is not None:
             kind, value, tb = record.exc_info
-            doc["exception"] = {
+            exception = {
                 "type": kind.__qualname__,
                 "message": str(value),
                 "stack": "".join(traceback.format_exception(kind, value, tb)),
             }
+            parts += [',"exception":', _value(exception)]
         elif record.exc_text:
-            doc["exception"] = {"type": "", "message": "", "stack": record.exc_text}
+            exception = {"type": "", "message": "", "stack": record.exc_text}
+            parts += [',"exception":', _value(exception)]
         if record.stack_info:
-            doc["stack_info"] = record.stack_info
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and key not in doc:
-                doc[key] = value
-        rendered = _dumps(doc)
-        record.__dict__[_CACHE] = (self, rendered)
+            parts += [',"stack_info":', _quote(record.stack_info)]
+        for key, value in attrs.items():
+            if key not in _STANDARD and key not in _CORE_KEYS:
+                parts += [",", _quote(str(key)), ":", _value(value)]
+        parts.append("}")
+        rendered = "".join(parts)
+        attrs[_CACHE] = (self, rendered)
         return rendered
 
 
-def _dumps(doc: dict[str, Any]) -> str:
+# One encoder for every record: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(
+    default=repr, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+).encode
+_quote = json.encoder.encode_basestring  # the C escaper where available
+
+
+def _value(value: Any) -> str:
+    """One JSON value; what JSON cannot hold (NaN, non-string keys, cycles) as its repr."""
+    kind = value.__class__
+    if kind is str:
+        return _quote(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is bool or value is None:
+        return "true" if value is True else "false" if value is False else "null"
     try:
-        return json.dumps(
-            doc, default=repr, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        )
+        return _encode(value)
     except (TypeError, ValueError, RecursionError):
-        # Non-string keys, NaN, or a cycle somewhere in an extra: repr just that value.
-        safe: dict[str, Any] = {}
-        for key, value in doc.items():
-            try:
-                json.dumps(value, default=repr, allow_nan=False)
-                safe[str(key)] = value
-            except (TypeError, ValueError, RecursionError):
-                safe[str(key)] = repr(value)
-        return json.dumps(safe, default=repr, ensure_ascii=False, separators=(",", ":"))
+        return _quote(repr(value))
 
 
 TEXT_FORMAT = (

@@ -345,16 +345,19 @@ class Metrics:
                     return
                 span = trace.get_current_span()
             if span.is_recording():
-                ctx = span.get_span_context()
-                child.observe(
-                    seconds,
-                    {
-                        "trace_id": format(ctx.trace_id, "032x"),
-                        "span_id": format(ctx.span_id, "016x"),
-                    },
-                )
+                trace_id, span_id = hex_ids(span)
+                child.observe(seconds, {"trace_id": trace_id, "span_id": span_id})
                 return
         child.observe(seconds)
+
+
+def hex_ids(span: Any) -> tuple[str, str]:
+    """A span's (trace_id, span_id) in hex; Sightline's own spans have them formatted once."""
+    ids: tuple[str, str] | None = getattr(span, "hex_ids", None)
+    if ids is None:
+        ctx = span.get_span_context()
+        ids = (format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"))
+    return ids
 
 
 def resource_labels(settings: Settings) -> dict[str, str]:

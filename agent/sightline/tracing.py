@@ -27,7 +27,9 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.propagators.textmap import Getter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider, sampling
 from opentelemetry.semconv.attributes import (
@@ -41,6 +43,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import _resource, _safety
 from ._export import BatchQueue, Endpoint, ExportStats, Retrying, push
 from ._settings import Settings
+from ._spans import Sampling, ServerSpan, encode
 
 logger = logging.getLogger("sightline")
 
@@ -89,7 +92,7 @@ class _QueueProcessor(SpanProcessor):
     """Hands each ended, sampled span to the current export queue (if any)."""
 
     def __init__(self) -> None:
-        self.queue: BatchQueue[ReadableSpan] | None = None
+        self.queue: BatchQueue[Any] | None = None
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         pass
@@ -147,10 +150,14 @@ class OtlpSender:
         self.stats = stats
         # Retries stop once a batch has spent OTEL_BSP_EXPORT_TIMEOUT in them.
         self.policy = Retrying(base=0.5, cap=min(10.0, settings.bsp_export_timeout), max_attempts=6)
-        self.queue: BatchQueue[ReadableSpan] | None = None
+        self.queue: BatchQueue[Any] | None = None
 
-    def __call__(self, batch: Sequence[ReadableSpan]) -> None:
-        request = encode_spans(batch)
+    def __call__(self, batch: Sequence[Any]) -> None:
+        own = [span for span in batch if isinstance(span, ServerSpan)]
+        sdk = [span for span in batch if not isinstance(span, ServerSpan)]
+        request = encode_spans(sdk) if sdk else ExportTraceServiceRequest()
+        if own:
+            request.resource_spans.append(ResourceSpans(scope_spans=[encode(own)]))
         resource = [
             KeyValue(key=key, value=_any_value(value))
             for key, value in resource_attributes(self.settings).items()
@@ -196,7 +203,9 @@ class Tracing:
     def __init__(self, settings: Settings, stats: ExportStats) -> None:
         self.settings = settings
         existing = trace.get_tracer_provider()
-        self.queue: BatchQueue[ReadableSpan] | None = None
+        self.queue: BatchQueue[Any] | None = None
+        # Set when Sightline owns the provider: the request span is then a ServerSpan.
+        self.sampling: Sampling | None = None
         if isinstance(existing, TracerProvider) and existing is not _provider:
             logger.debug("sightline: using the app's tracer provider; it exports the spans")
             provider = existing
@@ -214,6 +223,7 @@ class Tracing:
             sender.queue = self.queue
             _sampler.delegate = build_sampler(settings)
             _processor.queue = self.queue
+            self.sampling = Sampling(settings.traces_sampler, settings.traces_sampler_arg)
         self.tracer = provider.get_tracer("sightline")
         # The environ keys of the propagator's headers: a request carrying none of them
         # skips extraction entirely.
@@ -231,7 +241,19 @@ class Tracing:
 
     def start_server_span(self, name: str, parent: Context | None) -> tuple[Any, object]:
         """Start the SERVER span of a request and make it current; returns (span, token)."""
-        span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
+        span: Any
+        if parent is None:
+            parent = context.get_current()  # an outer span (another middleware) is the parent
+        if self.sampling is not None and self.queue is not None:
+            parent_span = trace.get_current_span(parent).get_span_context()
+            span = ServerSpan(
+                name,
+                parent_span if parent_span.is_valid else None,
+                self.sampling,
+                self.queue.put,
+            )
+        else:
+            span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
         token = context.attach(trace.set_span_in_context(span, parent))
         return span, token
 

@@ -1,0 +1,247 @@
+"""The request's SERVER span, built for the hot path, and its OTLP encoding.
+
+Every request gets a span, so its cost is paid per request: the SDK's span validates
+each attribute under a lock, consults a sampler chain, copies itself into a readable
+span when it ends and keeps ~3 KB alive per queued span. :class:`ServerSpan` is a
+plain OpenTelemetry API span: ids from ``random.getrandbits``, the sampling decision
+inline (the same six samplers, with the SDK's trace-id-ratio rule), attributes in a
+dict, and the ended span goes straight onto the export queue, to be encoded as OTLP
+protobuf by the export thread. Spans the app or the client instrumentations create
+inside it are SDK spans parented on it as usual (only its context is needed).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.proto.common.v1.common_pb2 import (
+    AnyValue,
+    ArrayValue,
+    InstrumentationScope,
+    KeyValue,
+)
+from opentelemetry.proto.trace.v1 import trace_pb2
+from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.util import types
+
+from ._version import __version__
+
+_UNSET = Status(StatusCode.UNSET)
+_NO_TRACE_STATE = TraceState()
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_TRACE_ID_LIMIT = (1 << 64) - 1
+MAX_ATTRIBUTES = 128
+MAX_EVENTS = 128
+_getrandbits = random.getrandbits
+_time_ns = time.time_ns
+
+
+class Sampling:
+    """OTEL_TRACES_SAMPLER's six samplers as one inline decision.
+
+    ``parentbased_*`` follows a valid parent's sampled flag (remote or local, as the
+    SDK's defaults do) and otherwise applies the root rule; ``traceidratio`` samples
+    when the trace id's low 64 bits fall under ``ratio * 2**64``, as the SDK does, so
+    services sampling the same ratio agree on the same traces.
+    """
+
+    def __init__(self, sampler: str, ratio: float) -> None:
+        self.parent_based = sampler.startswith("parentbased_")
+        root = sampler.removeprefix("parentbased_")
+        self.bound = {
+            "always_on": _TRACE_ID_LIMIT + 1,
+            "always_off": 0,
+            "traceidratio": round(ratio * (_TRACE_ID_LIMIT + 1)),
+        }[root]
+
+    def sampled(self, parent: SpanContext | None, trace_id: int) -> bool:
+        if self.parent_based and parent is not None:
+            return parent.trace_flags.sampled
+        return (trace_id & _TRACE_ID_LIMIT) < self.bound
+
+
+class ServerSpan(trace.Span):
+    """A SERVER span; see the module docstring. Unsampled, every setter is a no-op."""
+
+    def __init__(
+        self,
+        name: str,
+        parent: SpanContext | None,
+        sampling: Sampling,
+        on_end: Callable[[ServerSpan], None] | None,
+    ) -> None:
+        if parent is not None:
+            trace_id = parent.trace_id
+            trace_state = parent.trace_state
+            self.parent_span_id = parent.span_id
+            self.remote_parent = parent.is_remote
+        else:
+            trace_id = _getrandbits(128) or 1
+            trace_state = _NO_TRACE_STATE
+            self.parent_span_id = 0
+            self.remote_parent = False
+        sampled = sampling.sampled(parent, trace_id)
+        self._context = SpanContext(
+            trace_id,
+            _getrandbits(64) or 1,
+            False,
+            _SAMPLED if sampled else _NOT_SAMPLED,
+            trace_state,
+        )
+        self._recording = sampled
+        self._hex: tuple[str, str] | None = None
+        self.end_ns = 0
+        if sampled:  # an unsampled span is only a context: skip everything else
+            self._on_end = on_end
+            self.name = name
+            self.start_ns = _time_ns()
+            self.status = _UNSET
+            self.attributes: dict[str, Any] = {}
+            self.events: list[tuple[str, int, Mapping[str, Any]]] = []
+
+    @property
+    def hex_ids(self) -> tuple[str, str]:
+        """(trace_id, span_id) as 32 and 16 hex digits, formatted once per span."""
+        if self._hex is None:
+            ctx = self._context
+            self._hex = (
+                ctx.trace_id.to_bytes(16, "big").hex(),
+                ctx.span_id.to_bytes(8, "big").hex(),
+            )
+        return self._hex
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return self._recording
+
+    def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        if self._recording:
+            if not self.attributes and len(attributes) <= MAX_ATTRIBUTES:
+                self.attributes = dict(attributes)
+                return
+            for key, value in attributes.items():
+                self.set_attribute(key, value)
+
+    def set_attribute(self, key: str, value: types.AnyValue) -> None:
+        if self._recording and (key in self.attributes or len(self.attributes) < MAX_ATTRIBUTES):
+            self.attributes[key] = value
+
+    def add_event(
+        self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
+    ) -> None:
+        if self._recording and len(self.events) < MAX_EVENTS:
+            self.events.append((name, timestamp or _time_ns(), dict(attributes or {})))
+
+    def update_name(self, name: str) -> None:
+        if self._recording:
+            self.name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if not self._recording or self.status.status_code is StatusCode.OK:
+            return  # OK is final, as the specification says
+        if isinstance(status, Status):
+            self.status = status
+        else:
+            self.status = Status(status, description)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: types.Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        if not self._recording:
+            return
+        event: dict[str, Any] = {
+            "exception.type": type(exception).__qualname__,
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(
+                traceback.format_exception(type(exception), exception, exception.__traceback__)
+            ),
+        }
+        event.update(attributes or {})
+        self.add_event("exception", event, timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._recording:
+            self._recording = False  # ended spans take no more changes
+            self.end_ns = end_time or _time_ns()
+            if self._on_end is not None:
+                self._on_end(self)
+
+
+def any_value(value: Any) -> AnyValue:
+    if isinstance(value, str):
+        return AnyValue(string_value=value)
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        if -(1 << 63) <= value < (1 << 63):
+            return AnyValue(int_value=value)
+        return AnyValue(string_value=str(value))
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    if isinstance(value, bytes):
+        return AnyValue(bytes_value=value)
+    if isinstance(value, (list, tuple)):
+        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
+    return AnyValue(string_value=repr(value))
+
+
+def key_values(attributes: Mapping[str, Any]) -> list[KeyValue]:
+    return [KeyValue(key=str(k), value=any_value(v)) for k, v in attributes.items()]
+
+
+_STATUS = {
+    StatusCode.UNSET: trace_pb2.Status.STATUS_CODE_UNSET,
+    StatusCode.OK: trace_pb2.Status.STATUS_CODE_OK,
+    StatusCode.ERROR: trace_pb2.Status.STATUS_CODE_ERROR,
+}
+# OTLP span flags: the low byte is the W3C trace flags; bit 8 says whether the parent's
+# remoteness is known, bit 9 that it is remote.
+_HAS_IS_REMOTE = 0x100
+_IS_REMOTE = 0x200
+
+
+def encode(spans: Sequence[ServerSpan]) -> trace_pb2.ScopeSpans:
+    """The spans as one OTLP ScopeSpans message, scope ``sightline``."""
+    return trace_pb2.ScopeSpans(
+        scope=InstrumentationScope(name="sightline", version=__version__),
+        spans=list(_encode_all(spans)),
+    )
+
+
+def _encode_all(spans: Iterable[ServerSpan]) -> Iterable[trace_pb2.Span]:
+    for span in spans:
+        ctx = span.get_span_context()
+        flags = int(ctx.trace_flags) | _HAS_IS_REMOTE
+        if span.remote_parent:
+            flags |= _IS_REMOTE
+        yield trace_pb2.Span(
+            trace_id=ctx.trace_id.to_bytes(16, "big"),
+            span_id=ctx.span_id.to_bytes(8, "big"),
+            parent_span_id=span.parent_span_id.to_bytes(8, "big") if span.parent_span_id else b"",
+            trace_state=ctx.trace_state.to_header(),
+            name=span.name,
+            kind=trace_pb2.Span.SPAN_KIND_SERVER,
+            start_time_unix_nano=span.start_ns,
+            end_time_unix_nano=span.end_ns,
+            attributes=key_values(span.attributes),
+            events=[
+                trace_pb2.Span.Event(name=name, time_unix_nano=ts, attributes=key_values(attrs))
+                for name, ts, attrs in span.events
+            ],
+            status=trace_pb2.Status(
+                code=_STATUS[span.status.status_code], message=span.status.description or ""
+            ),
+            flags=flags,
+        )
