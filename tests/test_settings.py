@@ -127,3 +127,36 @@ def test_disabled_agent_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     sightline.init(service="x")
     assert _agent.current is None
     assert flask.Flask.__call__ is original
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"OTEL_BSP_SCHEDULE_DELAY": "0"}, "OTEL_BSP_SCHEDULE_DELAY"),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "0"}, "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://exa mple.com:4318"},
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318?a=1"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://c"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        (
+            {"OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20%E2%82%AC"},
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ),
+        ({"OTEL_EXPORTER_OTLP_HEADERS": "bad name=x"}, "OTEL_EXPORTER_OTLP_HEADERS"),
+        ({"OTEL_EXPORTER_OTLP_HEADERS": "x=a%0Db"}, "OTEL_EXPORTER_OTLP_HEADERS"),
+        ({"SIGHTLINE_LOKI_TOKEN": "tok\u20ac"}, "SIGHTLINE_LOKI_TOKEN"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=a%0Ab"}, "OTEL_RESOURCE_ATTRIBUTES"),
+        ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4096"}, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"),
+        ({"SIGHTLINE_LOKI_BUFFER": "10"}, "SIGHTLINE_LOKI_BATCH_SIZE"),
+        ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER"),
+        ({"OTEL_TRACES_SAMPLER_ARG": "1.5"}, "OTEL_TRACES_SAMPLER_ARG"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        ({"SIGHTLINE_LOKI_LABELS": "service_name,trace_id"}, "SIGHTLINE_LOKI_LABELS"),
+    ],
+)
+def test_export_settings_that_could_never_work_are_refused(env: dict[str, str], name: str) -> None:
+    """Export settings that would fail every request (or spin) are configuration errors."""
+    with pytest.raises(ConfigError, match=name):
+        Settings.load(env)

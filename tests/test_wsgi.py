@@ -206,3 +206,20 @@ def test_agent_failure_never_reaches_the_app(
         agent.get_sample_value("sightline_internal_errors_total", {"component": "wsgi.finish"}) == 1
     )
     assert agent.get_sample_value("http_server_active_requests") == 0
+
+
+@pytest.mark.internal_errors_expected
+def test_broken_route_of_still_counts_the_request(
+    agent: CollectorRegistry, internal_errors: list[BaseException]
+) -> None:
+    """A route_of that raises or returns a non-string leaves the request counted, unmatched."""
+    from prometheus_client import generate_latest
+
+    def raising(environ: dict[str, Any]) -> str:
+        raise LookupError("no router")
+
+    call_wsgi(sightline.instrument_app(hello, route_of=raising))
+    call_wsgi(sightline.instrument_app(hello, route_of=lambda environ: 42))  # type: ignore[arg-type,return-value]
+    assert count(agent, "_unmatched", "200") == 2
+    assert b"http_server_request_duration_seconds_count" in generate_latest(agent)
+    assert [type(e) for e in internal_errors] == [LookupError]

@@ -8,6 +8,7 @@ requests straight through to the app.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,7 @@ class Agent:
         self.detected_capacity: int | None = None
         self.saturation = SaturationCollector(self.capacity)
         self.server: WSGIServer | None = None
+        self.server_pid = 0
         self.integrations: list[integrations.Integration] = []
         self.tracing: Tracing | None = None
         self.logs: Logs | None = None
@@ -78,6 +80,7 @@ class Agent:
         self.integrations = integrations.install_all(self, self.settings)
         if self.settings.metrics_addr is not None:
             self.server = serve_metrics(self.settings.metrics_addr, self.registry)
+            self.server_pid = os.getpid()
 
     def _count_internal_error(self, where: str) -> None:
         self.metrics.internal_errors.labels(where).inc()
@@ -92,6 +95,14 @@ class Agent:
             queues.append(self.logs.queue)
         for queue in queues:  # both flush at once, sharing the budget
             queue.begin_close(deadline)
+        if self.server is not None:  # stopped while the queues flush: inside the budget
+            server, self.server = self.server, None
+            with _safety.internal_errors("metrics.server.close"):
+                if self.server_pid == os.getpid():
+                    server.shutdown()  # waits for serve_forever, at most its 0.5 s poll
+                # In a forked child the serving thread does not exist: shutdown() would
+                # wait for it forever. Closing the inherited socket is all there is to do.
+                server.server_close()
         integrations.uninstall_all(self.integrations)
         self.saturation.gc_pauses.uninstall()
         if self.logs is not None:
@@ -102,11 +113,6 @@ class Agent:
                 self.tracing.close(deadline)
         for queue in queues:
             queue.join(deadline)
-        if self.server is not None:
-            server, self.server = self.server, None
-            with _safety.internal_errors("metrics.server.close"):
-                server.shutdown()
-                server.server_close()
         self.metrics.close()
         if _safety.counter == self._count_internal_error:
             _safety.counter = None

@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter
 
-from . import _safety
+from . import _fork, _safety
 
 logger = logging.getLogger("sightline")
 T = TypeVar("T")
@@ -61,12 +61,14 @@ class ExportStats:
         self._failures = failures
         # Drops can come once per item from app threads: their children are cached.
         self._children: dict[tuple[str, str], Any] = {}
+        self.closed = False
 
     def exported(self, n: int) -> None:
-        self._exported.inc(n)
+        if not self.closed:
+            self._exported.inc(n)
 
     def dropped(self, reason: str, n: int) -> None:
-        if n:
+        if n and not self.closed:
             child = self._children.get(("dropped", reason))
             if child is None:
                 child = self._children[("dropped", reason)] = self._dropped.labels(
@@ -75,10 +77,12 @@ class ExportStats:
             child.inc(n)
 
     def retried(self, reason: str, n: int) -> None:
-        self._retried.labels(self.signal, reason).inc(n)
+        if not self.closed:
+            self._retried.labels(self.signal, reason).inc(n)
 
     def failed(self, reason: str) -> None:
-        self._failures.labels(self.signal, reason).inc()
+        if not self.closed:
+            self._failures.labels(self.signal, reason).inc()
 
 
 class PushError(Exception):
@@ -130,6 +134,10 @@ def push_once(endpoint: Endpoint, body: bytes, content_type: str, timeout: float
         ) from None
     except (OSError, http.client.HTTPException) as error:
         raise PushError("connection", True, f"cannot reach {endpoint.url}: {error}") from None
+    except ValueError as error:  # a URL or header the HTTP client refuses: retrying won't help
+        raise PushError(
+            "invalid_request", False, f"cannot send to {endpoint.url}: {error}"
+        ) from None
 
 
 class Retrying:
@@ -229,13 +237,13 @@ class BatchQueue(Generic[T]):
         self._pid = os.getpid()
         self._closed = False
         self._lock = threading.Lock()
+        self._in_flight = 0
+        _fork.track(self)
 
     def __len__(self) -> int:
         return len(self._items)
 
     def put(self, item: T) -> None:
-        if self._pid != os.getpid():
-            self._after_fork()
         if self._closed:
             self.stats.dropped("shutdown", 1)
             return
@@ -249,15 +257,15 @@ class BatchQueue(Generic[T]):
             self._wake.set()
 
     def _after_fork(self) -> None:
-        # Threads do not survive fork; what was queued belongs to the parent, which sends it.
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            self._items = deque()
-            self._wake = threading.Event()
-            self.stopping = threading.Event()
-            self._thread = None
+        # Threads do not survive fork and a lock may have been held by one of them; what
+        # was queued belongs to the parent, which sends it.
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._items = deque()
+        self._wake = threading.Event()
+        self.stopping = threading.Event()
+        self._thread = None
+        self._in_flight = 0
 
     def _start(self) -> None:
         with self._lock:
@@ -281,15 +289,16 @@ class BatchQueue(Generic[T]):
     def _drain(self) -> None:
         while self._items:
             if self._deadline is not None and time.monotonic() >= self._deadline:
-                self.stats.dropped("shutdown", len(self._items))
-                self._items.clear()
-                return
+                return  # join() counts what is left
             batch = self._take()
+            self._in_flight = len(batch)
             try:
                 self._send(batch)
             except Exception as exc:
                 self.stats.dropped("internal_error", len(batch))
                 _safety.report(f"export.{self.name}", exc)
+            finally:
+                self._in_flight = 0
 
     def _take(self) -> list[T]:
         batch: list[T] = []
@@ -323,7 +332,7 @@ class BatchQueue(Generic[T]):
         it; the process may exit first), so this never waits past the deadline.
         """
         thread = self._thread
-        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+        if thread is not None and thread.is_alive():
             thread.join(max(0.0, deadline - time.monotonic()))
         left = 0
         while True:
@@ -332,4 +341,11 @@ class BatchQueue(Generic[T]):
             except IndexError:
                 break
             left += 1
-        self.stats.dropped("shutdown", left)
+        if thread is not None and thread.is_alive():
+            # A batch still being sent is given up on: counted now, and the stats stop
+            # listening, so a late outcome is not counted twice.
+            left += self._in_flight
+            self.stats.dropped("shutdown", left)
+            self.stats.closed = True
+        else:
+            self.stats.dropped("shutdown", left)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -68,13 +69,14 @@ def _positive_float(raw: str) -> float:
 
 
 def _milliseconds(raw: str) -> float:
-    """OpenTelemetry durations are whole milliseconds; kept here in seconds."""
+    """OpenTelemetry durations are whole milliseconds; kept here in seconds. Zero would
+    mean an export thread spinning or a request that cannot succeed, so it is refused."""
     try:
         value = int(raw.strip())
     except ValueError:
-        raise ValueError("expected a whole number of milliseconds") from None
-    if value < 0:
-        raise ValueError("expected a whole number of milliseconds")
+        raise ValueError("expected a positive whole number of milliseconds") from None
+    if value < 1:
+        raise ValueError("expected a positive whole number of milliseconds")
     return value / 1000.0
 
 
@@ -102,9 +104,13 @@ def _url(raw: str) -> str:
     value = raw.strip()
     if not value:
         return ""
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("expected a URL without spaces or control characters")
     parsed = urllib.parse.urlsplit(value)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValueError("expected an http:// or https:// URL")
+    if parsed.query or parsed.fragment:
+        raise ValueError("expected a URL without a query string or fragment")
     try:
         parsed.port  # noqa: B018 (raises on a bad port)
     except ValueError:
@@ -112,20 +118,34 @@ def _url(raw: str) -> str:
     return value
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _header_value(value: str) -> str:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("header values must be Latin-1 text") from None
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("header values cannot contain control characters")
+    return value
+
+
+def _header_text(raw: str) -> str:
+    return _header_value(raw.strip())
+
+
 def _headers(raw: str) -> tuple[tuple[str, str], ...]:
-    """``key=value,key=value`` (W3C baggage-like, %-encoded values) as in OTEL_*_HEADERS."""
+    """``key=value,key=value`` (%-encoded values) as in OTEL_EXPORTER_OTLP_HEADERS."""
     pairs = []
     for item in raw.split(","):
         if not item.strip():
             continue
         key, sep, value = item.partition("=")
         key = urllib.parse.unquote(key.strip())
-        if not sep or not key or any(ch in key for ch in " \t\r\n:"):
-            raise ValueError(f"expected key=value pairs separated by commas, got {item!r}")
-        value = urllib.parse.unquote(value.strip())
-        if any(ch in value for ch in "\r\n"):
-            raise ValueError("header values cannot contain line breaks")
-        pairs.append((key, value))
+        if not sep or not _TOKEN.fullmatch(key):
+            raise ValueError(f"expected name=value pairs with valid header names, got {item!r}")
+        pairs.append((key, _header_value(urllib.parse.unquote(value.strip()))))
     return tuple(pairs)
 
 
@@ -399,10 +419,10 @@ SPECS: dict[str, _Spec] = {
         "service_name,deployment_environment,level",
         "Loki stream labels.",
     ),
-    "loki_username": _Spec(("SIGHTLINE_LOKI_USERNAME",), _text, "", "Basic-auth user."),
-    "loki_password": _Spec(("SIGHTLINE_LOKI_PASSWORD",), _text, "", "Basic-auth password."),
-    "loki_token": _Spec(("SIGHTLINE_LOKI_TOKEN",), _text, "", "Bearer token."),
-    "loki_tenant": _Spec(("SIGHTLINE_LOKI_TENANT",), _text, "", "X-Scope-OrgID tenant."),
+    "loki_username": _Spec(("SIGHTLINE_LOKI_USERNAME",), _header_text, "", "Basic-auth user."),
+    "loki_password": _Spec(("SIGHTLINE_LOKI_PASSWORD",), _header_text, "", "Basic-auth password."),
+    "loki_token": _Spec(("SIGHTLINE_LOKI_TOKEN",), _header_text, "", "Bearer token."),
+    "loki_tenant": _Spec(("SIGHTLINE_LOKI_TENANT",), _header_text, "", "X-Scope-OrgID tenant."),
     "loki_buffer": _Spec(
         ("SIGHTLINE_LOKI_BUFFER",),
         _positive_int,
@@ -505,7 +525,7 @@ class Settings:
         # OTEL_RESOURCE_ATTRIBUTES fills what no dedicated setting gave.
         for name, key in (("service", "service.name"), ("service_version", "service.version")):
             if name not in explicit and resource.get(key):
-                values[name] = resource[key]
+                values[name] = _cast("OTEL_RESOURCE_ATTRIBUTES", SPECS[name], resource[key])
         if "environment" not in explicit:
             values["environment"] = resource.get(
                 "deployment.environment.name", resource.get("deployment.environment", "")
@@ -513,6 +533,16 @@ class Settings:
         # Serving metrics from the app replaces the background server unless both are asked for.
         if values["metrics_path"] and "metrics_addr" not in explicit:
             values["metrics_addr"] = None
+        # A batch can never be bigger than the queue it is taken from (as the SDK insists).
+        for batch, queue in (
+            ("bsp_max_export_batch_size", "bsp_max_queue_size"),
+            ("loki_batch_size", "loki_buffer"),
+        ):
+            if values[batch] > values[queue]:
+                raise ConfigError(
+                    f"invalid {SPECS[batch].env[0]}={values[batch]}: larger than "
+                    f"{SPECS[queue].env[0]}={values[queue]}"
+                )
         return cls(**values)
 
 

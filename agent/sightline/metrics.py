@@ -33,6 +33,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 
+from . import _fork
 from ._export import ExportStats
 from ._settings import Settings
 
@@ -121,6 +122,7 @@ class Histogram(Described):
         buckets: Sequence[float],
         max_series: int,
         folded: Counter | None = None,
+        locked: bool = True,
     ) -> None:
         self.name = name
         self.documentation = documentation
@@ -132,6 +134,14 @@ class Histogram(Described):
         self._lock = threading.Lock()
         # Exposed from the start, so a query for folded samples finds a zero, not nothing.
         self._folded = folded.labels(name) if folded is not None else None
+        self._child_class = HistogramChild if locked else UnlockedHistogramChild
+        _fork.track(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        for child in [*self._children.values(), self._overflow]:
+            if child is not None:
+                child._lock = threading.Lock()
 
     def child(self, key: tuple[str, ...]) -> HistogramChild:
         child = self._children.get(key)
@@ -143,10 +153,10 @@ class Histogram(Described):
             if child is not None:
                 return child
             if len(self._children) < self._max:
-                child = self._children[key] = HistogramChild(self.bounds)
+                child = self._children[key] = self._child_class(self.bounds)
                 return child
             if self._overflow is None:
-                self._overflow = HistogramChild(self.bounds)
+                self._overflow = self._child_class(self.bounds)
         if self._folded is not None:
             self._folded.inc()
         return self._overflow
@@ -196,6 +206,24 @@ class HistogramChild:
             return list(self.counts), self.total, list(self.exemplars)
 
 
+class UnlockedHistogramChild(HistogramChild):
+    """For observations made only from ``gc.callbacks``, which never run concurrently.
+
+    A lock there could deadlock: a collection can start while the scraping thread holds
+    the lock and allocates, and its callback would then wait on that same thread.
+    """
+
+    __slots__ = ()
+
+    def observe(self, value: float, exemplar: dict[str, str] | None = None) -> None:
+        i = bisect_left(self.bounds, value)
+        self.counts[i] += 1
+        self.total += value
+
+    def snapshot(self) -> tuple[list[int], float, list[Exemplar | None]]:
+        return list(self.counts), self.total, list(self.exemplars)
+
+
 class InFlight(Described):
     """An unlabelled gauge of work in progress, costing one C call per change.
 
@@ -210,13 +238,19 @@ class InFlight(Described):
         self.documentation = documentation
         self._started = itertools.count()
         self._finished = itertools.count()
+        self._read_lock = threading.Lock()  # two scrapes at once must not interleave reads
+        _fork.track(self)
         self.inc = self._started.__next__
         self.dec = self._finished.__next__
 
+    def _after_fork(self) -> None:
+        self._read_lock = threading.Lock()
+
     @property
     def value(self) -> int:
-        finished = next(self._finished)
-        return next(self._started) - finished
+        with self._read_lock:
+            finished = next(self._finished)
+            return next(self._started) - finished
 
     def collect(self) -> Iterable[Metric]:
         yield GaugeMetricFamily(self.name, self.documentation, value=self.value)

@@ -163,6 +163,7 @@ class GCPauses:
             ["generation"],
             GC_PAUSE_BUCKETS,
             max_series=3,
+            locked=False,  # see UnlockedHistogramChild
         )
         self._generations = [self.histogram.child((str(g),)) for g in range(3)]
 

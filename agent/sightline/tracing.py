@@ -44,6 +44,7 @@ from . import _resource, _safety
 from ._export import BatchQueue, Endpoint, ExportStats, Retrying, push
 from ._settings import Settings
 from ._spans import Sampling, ServerSpan, encode
+from .metrics import OTHER_METHOD
 
 logger = logging.getLogger("sightline")
 
@@ -270,7 +271,8 @@ class Tracing:
         try:
             if span.is_recording():
                 if route is not None:
-                    span.update_name(f"{method} {route}")
+                    # Non-standard methods are named "HTTP", as the conventions say.
+                    span.update_name(f"{method if method != OTHER_METHOD else 'HTTP'} {route}")
                     span.set_attribute(http_attributes.HTTP_ROUTE, route)
                 span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status)
                 if error is not None:

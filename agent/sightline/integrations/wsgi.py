@@ -190,10 +190,9 @@ class _Exchange:
             status = self.status
             if error is None and status is not None and status[:3].isdigit():
                 code = status[:3]
-            environ = self.environ
-            route = environ.get(ROUTE)
+            route = self.environ.get(ROUTE)
             if route is None and self.route_of is not None:
-                route = self.route_of(environ)
+                route = _user_route(self.route_of, self.environ)
             label = route or UNMATCHED_ROUTE
             agent.metrics.observe_request(self.method, label, code, elapsed, span)
             if agent.access_log:
@@ -208,6 +207,16 @@ class _Exchange:
                     )
                 except Exception as exc:
                     _safety.report("wsgi.span", exc)
+
+
+def _user_route(route_of: RouteOf, environ: WSGIEnvironment) -> str | None:
+    """The app's own ``route_of``: anything but a string (or an error) means no route."""
+    try:
+        route = route_of(environ)
+    except Exception as exc:
+        _safety.report("wsgi.route_of", exc)
+        return None
+    return route if isinstance(route, str) else None
 
 
 def _access_log(method: str, route: str, code: str, elapsed: float) -> None:
