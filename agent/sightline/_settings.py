@@ -377,7 +377,7 @@ SPECS: dict[str, _Spec] = {
         ("OTEL_BSP_EXPORT_TIMEOUT",),
         _milliseconds,
         "30000",
-        "Longest time one batch may spend in retries (ms).",
+        "Longest backoff between two retries of a batch (ms).",
     ),
     "redact_query_keys": _Spec(
         ("SIGHTLINE_REDACT_QUERY_KEYS",),

@@ -149,7 +149,7 @@ class OtlpSender:
         )
         self.settings = settings
         self.stats = stats
-        # Retries stop once a batch has spent OTEL_BSP_EXPORT_TIMEOUT in them.
+        # OTEL_BSP_EXPORT_TIMEOUT caps the backoff between two attempts.
         self.policy = Retrying(base=0.5, cap=min(10.0, settings.bsp_export_timeout), max_attempts=6)
         self.queue: BatchQueue[Any] | None = None
 
