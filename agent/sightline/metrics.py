@@ -19,9 +19,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.semconv.attributes import (
-    deployment_attributes,
     http_attributes,
-    service_attributes,
 )
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import (
@@ -398,18 +396,12 @@ def resource_labels(settings: Settings) -> dict[str, str]:
     """``target_info`` labels: the resource attributes, dots turned into underscores."""
     from . import _resource
 
-    attributes = dict(settings.resource_attributes)
-    attributes[service_attributes.SERVICE_NAME] = settings.service
-    if settings.service_version:
-        attributes[service_attributes.SERVICE_VERSION] = settings.service_version
-    if settings.environment:
-        attributes[deployment_attributes.DEPLOYMENT_ENVIRONMENT_NAME] = settings.environment
-    attributes[service_attributes.SERVICE_INSTANCE_ID] = _resource.instance_id()
+    attributes = _resource.attributes(settings)
     labels: dict[str, str] = {}
     for key, value in attributes.items():
         label = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in key)
         if label and not label[0].isdigit() and not label.startswith("__"):
-            labels[label] = value
+            labels[label] = str(value)
     return labels
 
 

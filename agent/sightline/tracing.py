@@ -17,8 +17,6 @@ whatever the current ``init()`` configured; ``shutdown()`` turns both off.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -33,10 +31,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider, sampling
 from opentelemetry.semconv.attributes import (
-    deployment_attributes,
     error_attributes,
     http_attributes,
-    service_attributes,
 )
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -47,9 +43,6 @@ from ._spans import Sampling, ServerSpan, encode
 from .metrics import OTHER_METHOD
 
 logger = logging.getLogger("sightline")
-
-HOST_NAME = "host.name"
-PROCESS_PID = "process.pid"
 
 
 def build_sampler(settings: Settings) -> sampling.Sampler:
@@ -62,20 +55,6 @@ def build_sampler(settings: Settings) -> sampling.Sampler:
     else:
         root = sampling.TraceIdRatioBased(ratio)
     return sampling.ParentBased(root) if name.startswith("parentbased_") else root
-
-
-def resource_attributes(settings: Settings) -> dict[str, str | int]:
-    """The resource of this process now (instance id and pid change after fork)."""
-    attributes: dict[str, str | int] = dict(settings.resource_attributes)
-    attributes[service_attributes.SERVICE_NAME] = settings.service
-    if settings.service_version:
-        attributes[service_attributes.SERVICE_VERSION] = settings.service_version
-    if settings.environment:
-        attributes[deployment_attributes.DEPLOYMENT_ENVIRONMENT_NAME] = settings.environment
-    attributes[service_attributes.SERVICE_INSTANCE_ID] = _resource.instance_id()
-    attributes[HOST_NAME] = socket.gethostname()
-    attributes[PROCESS_PID] = os.getpid()
-    return attributes
 
 
 class _DelegatingSampler(sampling.Sampler):
@@ -161,7 +140,7 @@ class OtlpSender:
             request.resource_spans.append(ResourceSpans(scope_spans=[encode(own)]))
         resource = [
             KeyValue(key=key, value=_any_value(value))
-            for key, value in resource_attributes(self.settings).items()
+            for key, value in _resource.attributes(self.settings).items()
         ]
         # The provider outlives init() and fork; the wire carries this process's identity.
         for resource_spans in request.resource_spans:
