@@ -18,7 +18,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-INTEGRATION_NAMES = ("flask", "gunicorn", "requests", "httpx", "urllib3")
+INTEGRATION_NAMES = ("flask", "django", "gunicorn", "requests", "httpx", "urllib3")
 
 SAMPLERS = (
     "always_on",

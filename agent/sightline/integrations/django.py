@@ -1,0 +1,95 @@
+"""Django (WSGI deployments): every request goes through the WSGI core.
+
+``WSGIHandler.__call__`` is patched on the class, so ``init()`` may run in
+``settings.py``, ``wsgi.py`` or ``manage.py``, before or after the handler exists. The
+route template is taken where Django resolves the URL (``BaseHandler.resolve_request``):
+``ResolverMatch.route`` is the full pattern, prefixes from ``include()`` joined in
+(``api/users/<int:pk>/``), left in the environ for the core. Exceptions Django turns
+into its 500 page are recorded on the request's span through the
+``got_request_exception`` signal, sent only on errors.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry.semconv.attributes import error_attributes
+
+from .. import _agent
+from . import DidNotEnable, Integration
+from .wsgi import ROUTE, SEEN, handle
+
+try:
+    from django.core.handlers.base import BaseHandler
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.core.signals import got_request_exception
+except ImportError:
+    raise DidNotEnable("django is not installed") from None
+
+if not callable(getattr(BaseHandler, "resolve_request", None)):
+    raise DidNotEnable("this Django version has no BaseHandler.resolve_request (needs 3.2+)")
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from .._agent import Agent
+
+_original_call = WSGIHandler.__call__
+_original_resolve = BaseHandler.resolve_request
+
+
+def _call(self: WSGIHandler, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+    agent = _agent.current
+    if agent is None or SEEN in environ:
+        return _original_call(self, environ, start_response)
+    return handle(agent, _original_call.__get__(self), environ, start_response, None)
+
+
+def _resolve_request(self: BaseHandler, request: Any) -> Any:
+    match = _original_resolve(self, request)
+    route = getattr(match, "route", None)
+    if route is not None:
+        # request.META is the WSGI environ the core reads after the response.
+        request.META[ROUTE] = route
+    return match
+
+
+def _record_exception(sender: Any, request: Any = None, **extra: Any) -> None:
+    import sys
+
+    exception = sys.exc_info()[1]
+    span = trace.get_current_span()
+    if exception is not None and span.is_recording():
+        span.record_exception(exception)
+        span.set_attribute(error_attributes.ERROR_TYPE, type(exception).__qualname__)
+
+
+class DjangoIntegration(Integration):
+    name = "django"
+
+    def __init__(self) -> None:
+        self._patched = False
+
+    def install(self, agent: Agent) -> None:
+        if WSGIHandler.__call__ is _call:
+            return
+        # Patched on the classes, never by swapping module attributes, so import order
+        # does not matter (see the module docstring).
+        WSGIHandler.__call__ = _call
+        BaseHandler.resolve_request = _resolve_request
+        got_request_exception.connect(_record_exception, dispatch_uid="sightline")
+        self._patched = True
+
+    def uninstall(self) -> None:
+        if not self._patched:
+            return
+        if WSGIHandler.__call__ is _call:
+            WSGIHandler.__call__ = _original_call
+        if BaseHandler.resolve_request is _resolve_request:
+            BaseHandler.resolve_request = _original_resolve
+        got_request_exception.disconnect(dispatch_uid="sightline")
+        self._patched = False
+
+
+INTEGRATION = DjangoIntegration
