@@ -134,3 +134,34 @@ def gunicorn(app: str, env: dict[str, str], args: list[str], tmp_path: Path) -> 
     finally:
         stop(proc)
         log.close()
+
+
+@contextlib.contextmanager
+def uvicorn(app: str, env: dict[str, str], args: list[str], tmp_path: Path) -> Iterator[str]:
+    """Run ``app`` in a real uvicorn on a loopback port; yields its base URL."""
+    port = free_port()
+    log = open(tmp_path / "uvicorn.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            *args,
+            app,
+        ],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+        log.close()

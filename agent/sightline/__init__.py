@@ -13,8 +13,10 @@ standard ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES``; keyword arguments
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _agent, _safety
@@ -22,10 +24,7 @@ from ._settings import ConfigError, Settings
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIApplication
     from prometheus_client import CollectorRegistry
-
-    from .integrations.wsgi import RouteOf
 
 __all__ = ["ConfigError", "Settings", "__version__", "init", "instrument_app", "shutdown"]
 
@@ -93,15 +92,21 @@ def _stop() -> None:
             agent.close()
 
 
-def instrument_app(app: WSGIApplication, route_of: RouteOf | None = None) -> WSGIApplication:
-    """Wrap any WSGI app so its requests are recorded, even if its framework is unknown.
+def instrument_app(app: Any, route_of: Callable[[Any], str | None] | None = None) -> Any:
+    """Wrap any WSGI or ASGI app so its requests are recorded, whatever its framework.
 
-    ``route_of(environ)`` may return the matched route template; without it, every
-    request is labelled ``http_route="_unmatched"``. Wrapping an app whose framework
-    is already instrumented (or wrapping twice) still records each request once::
+    ``route_of(environ_or_scope)`` may return the matched route template; without it,
+    every request is labelled ``http_route="_unmatched"``. Wrapping an app whose
+    framework is already instrumented (or wrapping twice) still records each request
+    once::
 
         application = sightline.instrument_app(application)
     """
+    # An ASGI app is a coroutine function, or an object whose __call__ is one.
+    if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(type(app).__call__):
+        from .integrations.asgi import SightlineASGIMiddleware
+
+        return SightlineASGIMiddleware(app, route_of)
     from .integrations.wsgi import SightlineMiddleware
 
     return SightlineMiddleware(app, route_of)

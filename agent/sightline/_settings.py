@@ -18,7 +18,15 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-INTEGRATION_NAMES = ("flask", "django", "gunicorn", "requests", "httpx", "urllib3")
+INTEGRATION_NAMES = (
+    "flask",
+    "django",
+    "starlette",
+    "gunicorn",
+    "requests",
+    "httpx",
+    "urllib3",
+)
 
 SAMPLERS = (
     "always_on",

@@ -207,10 +207,17 @@ class Tracing:
         self.tracer = provider.get_tracer("sightline")
         # The environ keys of the propagator's headers: a request carrying none of them
         # skips extraction entirely.
-        self.header_keys = tuple(
-            "HTTP_" + field.upper().replace("-", "_")
-            for field in propagate.get_global_textmap().fields
-        )
+        fields = propagate.get_global_textmap().fields
+        self.header_keys = tuple("HTTP_" + f.upper().replace("-", "_") for f in fields)
+        self.header_names = frozenset(f.lower().encode("latin-1") for f in fields)
+
+    def extract_headers(self, headers: Any) -> Context | None:
+        """The parent context from ASGI headers (``[(name, value), ...]`` as bytes)."""
+        names = self.header_names
+        if not any(name in names for name, _ in headers):
+            return None
+        carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers}
+        return propagate.extract(carrier)
 
     def extract(self, carrier: Any) -> Context | None:
         """The parent context from a WSGI environ, or None when no propagation header came."""
@@ -265,10 +272,12 @@ class Tracing:
                     span.set_status(Status(StatusCode.ERROR))
             span.end()
         finally:
-            try:
-                context.detach(token)  # type: ignore[arg-type]
-            except Exception as exc:
-                _safety.report("tracing.detach", exc)
+            # With no token the caller detaches (ASGI: in the task that attached).
+            if token is not None:
+                try:
+                    context.detach(token)  # type: ignore[arg-type]
+                except Exception as exc:
+                    _safety.report("tracing.detach", exc)
 
     def close(self, deadline: float) -> None:
         if self.queue is not None:
