@@ -105,6 +105,7 @@ class Agent:
                 server.server_close()
         integrations.uninstall_all(self.integrations)
         self.saturation.gc_pauses.uninstall()
+        self.saturation.loop_lag.stopped = True
         if self.logs is not None:
             with _safety.internal_errors("logs.close"):
                 self.logs.close(deadline)

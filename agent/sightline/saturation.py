@@ -13,10 +13,12 @@ laid out like a v1 or v2 host.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -188,6 +190,52 @@ class GCPauses:
             gc.callbacks.remove(self)
 
 
+LOOP_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LOOP_LAG_INTERVAL = 0.5
+
+
+class LoopLag:
+    """How late the asyncio event loop runs a timer: a blocked loop delays every request.
+
+    The first request the ASGI core sees on a loop starts a timer on it that re-arms
+    itself every half second and records how late it fired; nothing runs per request
+    but an identity check.
+    """
+
+    def __init__(self) -> None:
+        self.histogram = Histogram(
+            "asyncio_event_loop_lag_seconds",
+            "How late the event loop ran a timer due now: time the loop was blocked.",
+            [],
+            LOOP_LAG_BUCKETS,
+            max_series=1,
+        )
+        self._child = self.histogram.child(())
+        self._loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+        self._last: asyncio.AbstractEventLoop | None = None
+        self.stopped = False
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is self._last:
+            return
+        self._last = loop
+        if loop not in self._loops:
+            self._loops.add(loop)
+            self._arm(loop)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        due = loop.time() + LOOP_LAG_INTERVAL
+        loop.call_at(due, self._fire, loop, due)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        try:
+            self._child.observe(max(0.0, loop.time() - due))
+            if not self.stopped and not loop.is_closed():
+                self._arm(loop)
+        except Exception as exc:
+            _safety.report("saturation.loop_lag", exc)
+
+
 class SaturationCollector(Described):
     """Collects the saturation signals at scrape time; see docs/metrics.md for each one."""
 
@@ -196,6 +244,7 @@ class SaturationCollector(Described):
         self._root = root
         self._process = psutil.Process()
         self.gc_pauses = GCPauses()
+        self.loop_lag = LoopLag()
 
     def collect(self) -> Iterable[Metric]:
         try:
@@ -237,6 +286,7 @@ class SaturationCollector(Described):
             value=self._process.num_threads(),
         )
         yield from self.gc_pauses.histogram.collect()
+        yield from self.loop_lag.histogram.collect()
         capacity = self._capacity()
         if capacity is not None:
             yield GaugeMetricFamily(

@@ -237,3 +237,24 @@ def test_asgi_server_span(registry: CollectorRegistry, backend: Any) -> None:
     assert attrs["server.address"] == "shop"
     assert attrs["client.address"] == "10.1.2.3"
     assert attrs["user_agent.original"] == "probe"
+
+
+def test_event_loop_lag_is_measured(fastapi_app: Any, registry: CollectorRegistry) -> None:
+    """A loop blocked for 0.3 s shows up in asyncio_event_loop_lag_seconds."""
+    import time as time_module
+
+    async def scenario() -> None:
+        await _call(fastapi_app, "/users/1")  # the first request starts the timer
+        await asyncio.sleep(0.1)
+        time_module.sleep(0.8)  # block the loop past the timer's due time
+        await asyncio.sleep(0.1)
+
+    asyncio.run(scenario())
+    lag_sum = registry.get_sample_value("asyncio_event_loop_lag_seconds_sum") or 0.0
+    slow = registry.get_sample_value("asyncio_event_loop_lag_seconds_bucket", {"le": "0.25"})
+    total = registry.get_sample_value("asyncio_event_loop_lag_seconds_count")
+    assert total is not None
+    assert total >= 1
+    assert lag_sum >= 0.3
+    assert slow is not None
+    assert slow < total, "the late firing falls above 0.25 s"

@@ -11,6 +11,7 @@ wrapped directly with ``sightline.instrument_app(app)``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -174,6 +175,7 @@ async def handle(
     route_of: RouteOf | None,
 ) -> None:
     scope[SEEN] = True
+    agent.saturation.loop_lag.watch(asyncio.get_running_loop())
     exchange = _Exchange(agent, scope, route_of)
 
     async def send_wrapper(message: Message) -> None:
