@@ -107,26 +107,10 @@ def prometheus(tmp_path: Path, targets: dict[str, str]) -> Iterator[Prometheus]:
 
 
 @contextlib.contextmanager
-def gunicorn(app: str, env: dict[str, str], args: list[str], tmp_path: Path) -> Iterator[str]:
-    """Run ``app`` (module:callable under tests/apps) in a real gunicorn; yields its base URL."""
-    port = free_port()
-    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115 (closed below)
+def _serve(command: list[str], port: int, env: dict[str, str], log_path: Path) -> Iterator[str]:
+    log = open(log_path, "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--chdir",
-            str(ROOT),
-            "-b",
-            f"127.0.0.1:{port}",
-            *args,
-            app,
-        ],
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
+        command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
     )
     try:
         wait_for(f"http://127.0.0.1:{port}/health", proc=proc)
@@ -137,31 +121,58 @@ def gunicorn(app: str, env: dict[str, str], args: list[str], tmp_path: Path) -> 
 
 
 @contextlib.contextmanager
+def gunicorn(app: str, env: dict[str, str], args: list[str], tmp_path: Path) -> Iterator[str]:
+    """Run ``app`` (module:callable under tests/apps) in a real gunicorn; yields its base URL."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--chdir",
+        str(ROOT),
+        "-b",
+        f"127.0.0.1:{port}",
+        *args,
+        app,
+    ]
+    with _serve(command, port, env, tmp_path / "gunicorn.log") as url:
+        yield url
+
+
+@contextlib.contextmanager
 def uvicorn(app: str, env: dict[str, str], args: list[str], tmp_path: Path) -> Iterator[str]:
     """Run ``app`` in a real uvicorn on a loopback port; yields its base URL."""
     port = free_port()
-    log = open(tmp_path / "uvicorn.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            *args,
-            app,
-        ],
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        *args,
+        app,
+    ]
+    with _serve(command, port, env, tmp_path / "uvicorn.log") as url:
+        yield url
+
+
+def counts_by_route(prom: Prometheus, expected: dict[tuple[str, str], float]) -> dict[Any, float]:
+    """Requests per (route, status) in PromQL, polled until they equal ``expected`` (30 s)."""
+    promql = (
+        "sum by (http_route, http_response_status_code)"
+        ' (http_server_request_duration_seconds_count{job="app"})'
     )
-    try:
-        wait_for(f"http://127.0.0.1:{port}/health", proc=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
-        log.close()
+    deadline = time.monotonic() + 30
+    while True:
+        got = {
+            (r["metric"]["http_route"], r["metric"]["http_response_status_code"]): float(
+                r["value"][1]
+            )
+            for r in prom.query(promql)
+        }
+        if got == expected or time.monotonic() > deadline:
+            return got
+        time.sleep(0.5)

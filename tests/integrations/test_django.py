@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import sightline
 
 from ..helpers import free_port
-from ..servers import gunicorn, prometheus
+from ..servers import counts_by_route, gunicorn, prometheus
 
 django = pytest.importorskip("django")
 
@@ -52,22 +51,7 @@ def test_django_routes_counted_exactly(tmp_path: Path) -> None:
             ("_unmatched", "404"): 2.0,
             ("health", "200"): 1.0,  # the fixture's readiness probe
         }
-        promql = (
-            "sum by (http_route, http_response_status_code)"
-            ' (http_server_request_duration_seconds_count{job="app"})'
-        )
-        deadline = time.monotonic() + 30
-        got: dict[Any, float] = {}
-        while time.monotonic() < deadline:
-            got = {
-                (r["metric"]["http_route"], r["metric"]["http_response_status_code"]): float(
-                    r["value"][1]
-                )
-                for r in prom.query(promql)
-            }
-            if got == expected:
-                break
-            time.sleep(0.5)
+        got = counts_by_route(prom, expected)
         assert got == expected
         [capacity] = prom.query('http_server_worker_capacity{job="app"}')
         assert capacity["value"][1] == "1", "a sync worker serves one request at a time"

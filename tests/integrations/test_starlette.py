@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,7 +13,7 @@ import sightline
 from prometheus_client import CollectorRegistry
 
 from ..helpers import count, free_port
-from ..servers import prometheus, uvicorn
+from ..servers import counts_by_route, prometheus, uvicorn
 
 pytest.importorskip("fastapi")
 
@@ -162,22 +161,7 @@ def test_fastapi_under_uvicorn_counted_exactly(tmp_path: Path) -> None:
             ("/boom", "500"): 1.0,
             ("/health", "200"): 1.0,  # the fixture's readiness probe
         }
-        promql = (
-            "sum by (http_route, http_response_status_code)"
-            ' (http_server_request_duration_seconds_count{job="app"})'
-        )
-        deadline = time.monotonic() + 30
-        got: dict[Any, float] = {}
-        while time.monotonic() < deadline:
-            got = {
-                (r["metric"]["http_route"], r["metric"]["http_response_status_code"]): float(
-                    r["value"][1]
-                )
-                for r in prom.query(promql)
-            }
-            if got == expected:
-                break
-            time.sleep(0.5)
+        got = counts_by_route(prom, expected)
         assert got == expected
 
 
