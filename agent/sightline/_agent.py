@@ -13,7 +13,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    make_asgi_app,
+    make_wsgi_app,
+    start_http_server,
+)
 from prometheus_client.process_collector import ProcessCollector
 
 from . import _safety, integrations
@@ -40,6 +46,7 @@ class Agent:
         self.metrics = Metrics(settings, self.registry)
         self.metrics_path: str | None = settings.metrics_path or None
         self.metrics_app = make_wsgi_app(self.registry)
+        self.metrics_asgi = make_asgi_app(self.registry)
         self.detected_capacity: int | None = None
         self.saturation = SaturationCollector(self.capacity)
         self.server: WSGIServer | None = None

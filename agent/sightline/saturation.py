@@ -212,13 +212,14 @@ class LoopLag:
         )
         self._child = self.histogram.child(())
         self._loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-        self._last: asyncio.AbstractEventLoop | None = None
+        self._last: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self.stopped = False
 
     def watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        if loop is self._last:
+        last = self._last
+        if last is not None and last() is loop:
             return
-        self._last = loop
+        self._last = weakref.ref(loop)
         if loop not in self._loops:
             self._loops.add(loop)
             self._arm(loop)

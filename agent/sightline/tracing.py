@@ -216,7 +216,12 @@ class Tracing:
         names = self.header_names
         if not any(name in names for name, _ in headers):
             return None
-        carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers}
+        carrier: dict[str, str] = {}
+        for name, value in headers:
+            key = name.decode("latin-1")
+            text = value.decode("latin-1")
+            # Repeated headers (several tracestate lines) are one comma-separated list.
+            carrier[key] = f"{carrier[key]},{text}" if key in carrier else text
         return propagate.extract(carrier)
 
     def extract(self, carrier: Any) -> Context | None:

@@ -242,3 +242,49 @@ def test_event_loop_lag_is_measured(fastapi_app: Any, registry: CollectorRegistr
     assert lag_sum >= 0.3
     assert slow is not None
     assert slow < total, "the late firing falls above 0.25 s"
+
+
+def test_mount_templates_never_values(registry: CollectorRegistry) -> None:
+    """A mount with a path parameter contributes its template, not the matched value."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    sightline.init(service="t", registry=registry, metrics_addr="off", traces=False, logs=False)
+
+    async def item(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"raw"})
+
+    app = Starlette(
+        routes=[
+            Mount("/tenant/{tenant}", routes=[Route("/items/{id}", item)]),
+            Mount("/files/{owner}", app=raw),
+        ]
+    )
+    results = asgi_calls(
+        app,
+        "/tenant/acme/items/1",
+        "/tenant/globex/items/2",
+        "/files/ann/a.txt",
+        "/files/bob/b.txt",
+    )
+    assert [status for status, _ in results] == [200, 200, 200, 200]
+    assert count(registry, "/tenant/{tenant}/items/{id}", "200") == 2
+    assert count(registry, "/files/{owner}/{path:path}", "200") == 2
+
+
+def test_metrics_path_served_by_an_asgi_app(registry: CollectorRegistry) -> None:
+    """With SIGHTLINE_METRICS_PATH an ASGI app answers the scrape itself, unrecorded."""
+    from ..apps.fastapi_routes import build
+
+    sightline.init(
+        service="t", registry=registry, metrics_path="/metrics", traces=False, logs=False
+    )
+    status, body = asgi_calls(build(), "/users/1", "/metrics")[1]
+    assert status == 200
+    assert b'http_route="/users/{uid}"' in body
+    assert b'http_route="/metrics"' not in body

@@ -174,8 +174,16 @@ async def handle(
     send: Send,
     route_of: RouteOf | None,
 ) -> None:
+    if agent.metrics_path is not None and scope.get("path") == agent.metrics_path:
+        await agent.metrics_asgi(scope, receive, send)
+        return
     scope[SEEN] = True
-    agent.saturation.loop_lag.watch(asyncio.get_running_loop())
+    try:
+        agent.saturation.loop_lag.watch(asyncio.get_running_loop())
+    except RuntimeError:
+        pass  # not an asyncio loop (trio): no lag timer, everything else as usual
+    except Exception as exc:
+        _safety.report("asgi.loop_lag", exc)
     exchange = _Exchange(agent, scope, route_of)
 
     async def send_wrapper(message: Message) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.semconv.attributes import error_attributes
 
-from .. import _agent
+from .. import _agent, _safety
 from . import DidNotEnable, Integration
 from .wsgi import ROUTE, SEEN, handle
 
@@ -58,11 +58,14 @@ def _resolve_request(self: BaseHandler, request: Any) -> Any:
 def _record_exception(sender: Any, request: Any = None, **extra: Any) -> None:
     import sys
 
-    exception = sys.exc_info()[1]
-    span = trace.get_current_span()
-    if exception is not None and span.is_recording():
-        span.record_exception(exception)
-        span.set_attribute(error_attributes.ERROR_TYPE, type(exception).__qualname__)
+    try:
+        exception = sys.exc_info()[1]
+        span = trace.get_current_span()
+        if exception is not None and span.is_recording():
+            span.record_exception(exception)
+            span.set_attribute(error_attributes.ERROR_TYPE, type(exception).__qualname__)
+    except Exception as exc:  # Django sends this signal unguarded: never break its 500 page
+        _safety.report("django.exception", exc)
 
 
 class DjangoIntegration(Integration):

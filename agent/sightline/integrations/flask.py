@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.semconv.attributes import error_attributes
 
-from .. import _agent
+from .. import _agent, _safety
 from . import DidNotEnable, Integration
 from .wsgi import ROUTE, SEEN, handle
 
@@ -55,10 +55,13 @@ def _match_request(self: RequestContext) -> None:
 def _record_exception(sender: Flask, exception: BaseException, **extra: Any) -> None:
     # Flask turns a view's exception into a 500 before the core sees the response; the
     # signal (sent only on errors, so free otherwise) puts it on the request's span.
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.record_exception(exception)
-        span.set_attribute(error_attributes.ERROR_TYPE, type(exception).__qualname__)
+    try:
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.record_exception(exception)
+            span.set_attribute(error_attributes.ERROR_TYPE, type(exception).__qualname__)
+    except Exception as exc:  # blinker sends unguarded: never break Flask's error handling
+        _safety.report("flask.exception", exc)
 
 
 class FlaskIntegration(Integration):

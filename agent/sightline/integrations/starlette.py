@@ -3,10 +3,12 @@
 ``Starlette.__call__`` is patched on the class (FastAPI's own ``__call__`` ends in it),
 so apps created before or after ``init()`` are covered and the core sits outside every
 user middleware. The route template is read from the scope once the response is sent:
-Starlette's router leaves the matched route in ``scope["route"]``, and mounts add
-their prefix to ``root_path``; FastAPI's ``APIRouter`` prefixes are already part of
-each route's path. A request answered by a mounted app that has no routes of its own
-(static files, a wrapped WSGI app) is labelled ``<mount>/{path:path}``.
+Starlette's router leaves the matched route in ``scope["route"]``; each ``Mount`` a
+request passes adds its path *template* (``Mount.handle`` is patched for that, since
+``root_path`` holds the matched values, e.g. a tenant name); FastAPI's ``APIRouter``
+prefixes are already part of each route's path. A request answered by a mounted app
+without routes of its own (static files, a wrapped WSGI app) is labelled
+``<mount>/{path:path}``.
 """
 
 from __future__ import annotations
@@ -23,11 +25,20 @@ try:
 except ImportError:
     raise DidNotEnable("starlette is not installed") from None
 
+_fastapi: Any
+try:
+    from fastapi import FastAPI as _fastapi
+except ImportError:
+    _fastapi = None
+
 if TYPE_CHECKING:
     from .._agent import Agent
 
-_original_call = Starlette.__call__
+#: The path templates of the mounts a request went through, joined.
+MOUNTS = "sightline.mounts"
 _FASTAPI_TELEMETRY = "fastapi.telemetry"
+# What install() replaced, restored by uninstall(); read by the patched methods.
+_saved: dict[str, Any] = {}
 
 
 def route_of(scope: Scope) -> str | None:
@@ -35,28 +46,25 @@ def route_of(scope: Scope) -> str | None:
     path = getattr(route, "path", None)
     if not isinstance(path, str):
         return None
-    root = scope.get("root_path", "")
-    prefix = root[len(scope.get("app_root_path", "")) :] if root else ""
-    if isinstance(route, Mount):
+    prefix = scope.get(MOUNTS, "")
+    if isinstance(route, Mount):  # its path is in the prefix already
         return f"{prefix}/{{path:path}}"
-    return prefix + path
+    return prefix + path  # type: ignore[no-any-return]
 
 
 async def _call(self: Starlette, scope: Scope, receive: Receive, send: Send) -> None:
+    original = _saved["starlette"]
     agent = _agent.current
     if agent is None or scope.get("type") != "http" or SEEN in scope:
-        await _original_call(self, scope, receive, send)
+        await original(self, scope, receive, send)
         return
-    await handle(agent, _original_call.__get__(self), scope, receive, send, route_of)
+    await handle(agent, original.__get__(self), scope, receive, send, route_of)
 
 
-_fastapi: Any
-try:
-    from fastapi import FastAPI as _fastapi
-
-    _original_fastapi_call: Any = _fastapi.__call__
-except ImportError:
-    _fastapi = None
+async def _mount_handle(self: Mount, scope: Scope, receive: Receive, send: Send) -> None:
+    if SEEN in scope:
+        scope[MOUNTS] = scope.get(MOUNTS, "") + self.path
+    await _saved["mount"](self, scope, receive, send)
 
 
 async def _fastapi_call(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
@@ -65,29 +73,32 @@ async def _fastapi_call(self: Any, scope: Scope, receive: Receive, send: Send) -
     # marker FastAPI itself sets to keep mounted apps from observing a request again.
     if _agent.current is not None and scope.get("type") == "http":
         scope.setdefault(_FASTAPI_TELEMETRY, None)
-    await _original_fastapi_call(self, scope, receive, send)
+    await _saved["fastapi"](self, scope, receive, send)
 
 
 class StarletteIntegration(Integration):
     name = "starlette"
 
-    def __init__(self) -> None:
-        self._patched = False
-
     def install(self, agent: Agent) -> None:
         if Starlette.__call__ is _call:
             return
+        # Patched on the classes (never by swapping module attributes); what was there
+        # at install time, perhaps another library's patch, is what uninstall restores.
+        _saved["starlette"] = Starlette.__call__
+        _saved["mount"] = Mount.handle
         Starlette.__call__ = _call  # type: ignore[method-assign]
+        Mount.handle = _mount_handle  # type: ignore[method-assign]
         if _fastapi is not None:
+            _saved["fastapi"] = _fastapi.__call__
             _fastapi.__call__ = _fastapi_call
-        self._patched = True
 
     def uninstall(self) -> None:
-        if self._patched and Starlette.__call__ is _call:
-            Starlette.__call__ = _original_call  # type: ignore[method-assign]
-        if self._patched and _fastapi is not None and _fastapi.__call__ is _fastapi_call:
-            _fastapi.__call__ = _original_fastapi_call
-        self._patched = False
+        if Starlette.__call__ is _call:
+            Starlette.__call__ = _saved["starlette"]  # type: ignore[method-assign]
+        if Mount.handle is _mount_handle:
+            Mount.handle = _saved["mount"]  # type: ignore[method-assign]
+        if _fastapi is not None and _fastapi.__call__ is _fastapi_call:
+            _fastapi.__call__ = _saved["fastapi"]
 
 
 INTEGRATION = StarletteIntegration
