@@ -35,19 +35,20 @@ if TYPE_CHECKING:
 
     from .._agent import Agent
 
-_original_call = WSGIHandler.__call__
-_original_resolve = BaseHandler.resolve_request
+# What install() replaced (perhaps another library's patch), restored by uninstall().
+_saved: dict[str, Any] = {}
 
 
 def _call(self: WSGIHandler, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+    original = _saved["call"]
     agent = _agent.current
     if agent is None or SEEN in environ:
-        return _original_call(self, environ, start_response)
-    return handle(agent, _original_call.__get__(self), environ, start_response, None)
+        return original(self, environ, start_response)
+    return handle(agent, original.__get__(self), environ, start_response, None)
 
 
 def _resolve_request(self: BaseHandler, request: Any) -> Any:
-    match = _original_resolve(self, request)
+    match = _saved["resolve"](self, request)
     route = getattr(match, "route", None)
     if route is not None:
         # request.META is the WSGI environ the core reads after the response.
@@ -79,6 +80,8 @@ class DjangoIntegration(Integration):
             return
         # Patched on the classes, never by swapping module attributes, so import order
         # does not matter (see the module docstring).
+        _saved["call"] = WSGIHandler.__call__
+        _saved["resolve"] = BaseHandler.resolve_request
         WSGIHandler.__call__ = _call
         BaseHandler.resolve_request = _resolve_request
         got_request_exception.connect(_record_exception, dispatch_uid="sightline")
@@ -88,9 +91,9 @@ class DjangoIntegration(Integration):
         if not self._patched:
             return
         if WSGIHandler.__call__ is _call:
-            WSGIHandler.__call__ = _original_call
+            WSGIHandler.__call__ = _saved["call"]
         if BaseHandler.resolve_request is _resolve_request:
-            BaseHandler.resolve_request = _original_resolve
+            BaseHandler.resolve_request = _saved["resolve"]
         got_request_exception.disconnect(dispatch_uid="sightline")
         self._patched = False
 

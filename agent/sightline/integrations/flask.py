@@ -40,11 +40,12 @@ def _call(self: Flask, environ: WSGIEnvironment, start_response: StartResponse) 
     return handle(agent, self.wsgi_app, environ, start_response, None)
 
 
-_original_match_request = RequestContext.match_request
+# What install() replaced (perhaps another library's patch), restored by uninstall().
+_saved: dict[str, Any] = {}
 
 
 def _match_request(self: RequestContext) -> None:
-    _original_match_request(self)
+    _saved["match_request"](self)
     rule = self.request.url_rule
     if rule is not None:
         # The string, not the request: Flask breaks the environ -> request cycle on
@@ -77,6 +78,7 @@ class FlaskIntegration(Integration):
         # init(), and subclasses that do not override __call__, are all instrumented.
         self._original_call = Flask.__call__
         Flask.__call__ = _call  # type: ignore[method-assign]
+        _saved["match_request"] = RequestContext.match_request
         RequestContext.match_request = _match_request  # type: ignore[method-assign]
         got_request_exception.connect(_record_exception)
         self._patched = True
@@ -87,7 +89,7 @@ class FlaskIntegration(Integration):
         if Flask.__call__ is _call:
             Flask.__call__ = self._original_call  # type: ignore[method-assign]
         if RequestContext.match_request is _match_request:
-            RequestContext.match_request = _original_match_request  # type: ignore[method-assign]
+            RequestContext.match_request = _saved["match_request"]  # type: ignore[method-assign]
         got_request_exception.disconnect(_record_exception)
         self._patched = False
 
