@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -157,6 +158,16 @@ def uvicorn(app: str, env: dict[str, str], args: list[str], tmp_path: Path) -> I
     ]
     with _serve(command, port, env, tmp_path / "uvicorn.log") as url:
         yield url
+
+
+def status_of(url: str) -> int:
+    """GET ``url`` and return the status, reading the body (errors included)."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            response.read()
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
 
 
 def counts_by_route(prom: Prometheus, expected: dict[tuple[str, str], float]) -> dict[Any, float]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +9,9 @@ import pytest
 import sightline
 
 from ..helpers import free_port
-from ..servers import counts_by_route, gunicorn, prometheus
+from ..servers import counts_by_route, gunicorn, prometheus, status_of
 
 django = pytest.importorskip("django")
-
-
-def get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
 
 
 def test_django_routes_counted_exactly(tmp_path: Path) -> None:
@@ -41,10 +31,10 @@ def test_django_routes_counted_exactly(tmp_path: Path) -> None:
         prometheus(tmp_path, {"app": f"127.0.0.1:{metrics_port}"}) as prom,
     ):
         for pk in (1, 2, 3):
-            assert get(f"{base}/api/users/{pk}/") == 200
-        assert get(f"{base}/api/boom/") == 500
-        assert get(f"{base}/nope/at/all") == 404
-        assert get(f"{base}/api/users/x/") == 404
+            assert status_of(f"{base}/api/users/{pk}/") == 200
+        assert status_of(f"{base}/api/boom/") == 500
+        assert status_of(f"{base}/nope/at/all") == 404
+        assert status_of(f"{base}/api/users/x/") == 404
         expected = {
             ("api/users/<int:pk>/", "200"): 3.0,
             ("api/boom/", "500"): 1.0,

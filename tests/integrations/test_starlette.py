@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +11,7 @@ import sightline
 from prometheus_client import CollectorRegistry
 
 from ..helpers import count, free_port
-from ..servers import counts_by_route, prometheus, uvicorn
+from ..servers import counts_by_route, prometheus, status_of, uvicorn
 
 pytest.importorskip("fastapi")
 
@@ -27,7 +25,13 @@ async def _calls(app: Any, paths: tuple[str, ...]) -> list[tuple[int, bytes]]:
     return [await _call(app, path) for path in paths]
 
 
-async def _call(app: Any, path: str) -> tuple[int, bytes]:
+async def _call(
+    app: Any,
+    path: str,
+    query: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    client: tuple[str, int] = ("127.0.0.1", 5000),
+) -> tuple[int, bytes]:
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -36,10 +40,10 @@ async def _call(app: Any, path: str) -> tuple[int, bytes]:
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query,
         "root_path": "",
-        "headers": [(b"host", b"test")],
-        "client": ("127.0.0.1", 5000),
+        "headers": headers or [(b"host", b"test")],
+        "client": client,
         "server": ("127.0.0.1", 80),
     }
     sent: list[dict[str, Any]] = []
@@ -129,15 +133,6 @@ def test_shutdown_restores_starlette(registry: CollectorRegistry) -> None:
     assert Starlette.__call__ is original
 
 
-def get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            response.read()
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-
-
 def test_fastapi_under_uvicorn_counted_exactly(tmp_path: Path) -> None:
     """FastAPI under a real uvicorn, scraped by Prometheus: exact counts per template."""
     pytest.importorskip("uvicorn")
@@ -148,11 +143,11 @@ def test_fastapi_under_uvicorn_counted_exactly(tmp_path: Path) -> None:
         prometheus(tmp_path, {"app": f"127.0.0.1:{metrics_port}"}) as prom,
     ):
         for uid in (1, 2):
-            assert get(f"{base}/users/{uid}") == 200
-        assert get(f"{base}/api/v1/items/x") == 200
-        assert get(f"{base}/sub/things/9") == 200
-        assert get(f"{base}/missing") == 404
-        assert get(f"{base}/boom") == 500
+            assert status_of(f"{base}/users/{uid}") == 200
+        assert status_of(f"{base}/api/v1/items/x") == 200
+        assert status_of(f"{base}/sub/things/9") == 200
+        assert status_of(f"{base}/missing") == 404
+        assert status_of(f"{base}/boom") == 500
         expected = {
             ("/users/{uid}", "200"): 2.0,
             ("/api/v1/items/{item_id}", "200"): 1.0,
@@ -183,31 +178,10 @@ def test_asgi_server_span(registry: CollectorRegistry, backend: Any) -> None:
         (b"traceparent", f"00-{trace_id}-{parent}-01".encode()),
     ]
 
-    async def one() -> None:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": "/users/5",
-            "raw_path": b"/users/5",
-            "query_string": b"token=abc&x=1",
-            "root_path": "",
-            "headers": scope_headers,
-            "client": ("10.1.2.3", 5000),
-            "server": ("127.0.0.1", 8000),
-        }
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            pass
-
-        await app(scope, receive, send)
-
-    asyncio.run(one())
+    status, _ = asyncio.run(
+        _call(app, "/users/5", b"token=abc&x=1", scope_headers, ("10.1.2.3", 5000))
+    )
+    assert status == 200
     sightline.shutdown()
     # One SERVER span: FastAPI's own telemetry stands aside for Sightline's.
     [(_, span)] = [(r, s) for r, s in backend.spans() if s.kind == Span.SPAN_KIND_SERVER]
