@@ -3,6 +3,9 @@
 One :class:`Backend` serves both ``/v1/traces`` (decoded with ``opentelemetry-proto``)
 and ``/loki/api/v1/push`` (Loki's JSON push body), and can misbehave on demand:
 answer a scripted sequence of error statuses, or accept connections and never answer.
+With ``keep_alive`` it speaks HTTP/1.1 and keeps connections open, as the Collector and
+Loki do; ``drop_idle`` then closes each one after answering without saying so, as a
+backend or load balancer timing out idle connections does.
 It is a test double for Tempo/the Collector and Loki, which cannot run here; it checks
 the wire format, not those servers.
 """
@@ -13,6 +16,7 @@ import gzip
 import json
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -24,12 +28,18 @@ from .helpers import free_port
 
 
 class Backend:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, keep_alive: bool = False, drop_idle: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.trace_requests: list[ExportTraceServiceRequest] = []
         self.loki_pushes: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.targets: list[str] = []  # request targets as sent (absolute through a proxy)
+        self.peers: list[tuple[str, int]] = []  # the client address of each request
+        self.keep_alive = keep_alive
+        self.drop_idle = drop_idle
         self.script: list[int] = []  # statuses to answer before succeeding
         self.answered: list[int] = []
         self.hang = threading.Event()  # while set, requests are accepted and never answered
@@ -42,11 +52,15 @@ class Backend:
         backend = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if self.keep_alive else "HTTP/1.0"
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
             def do_POST(self) -> None:
                 backend._handle(self)
+                if backend.drop_idle:
+                    self.close_connection = True
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
@@ -102,6 +116,8 @@ class Backend:
             return
         with self._lock:
             self.headers.append({k.lower(): v for k, v in request.headers.items()})
+            self.targets.append(request.path)
+            self.peers.append(request.client_address)
             status = self.script.pop(0) if self.script else 0
         if status:
             self.answered.append(status)
@@ -109,13 +125,14 @@ class Backend:
             return
         if request.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
-        if request.path == "/v1/traces":
+        path = urllib.parse.urlsplit(request.path).path
+        if path == "/v1/traces":
             message = ExportTraceServiceRequest()
             message.ParseFromString(body)
             with self._lock:
                 self.trace_requests.append(message)
             self._answer(request, 200)
-        elif request.path == "/loki/api/v1/push":
+        elif path == "/loki/api/v1/push":
             assert request.headers.get("Content-Type") == "application/json"
             with self._lock:
                 self.loki_pushes.append(json.loads(body))

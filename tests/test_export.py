@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
@@ -103,8 +103,21 @@ def test_close_is_bounded_when_send_hangs(registry: CollectorRegistry) -> None:
     assert get(registry, "dropped", signal="traces", reason="shutdown") == 20
 
 
-def endpoint(url: str, timeout: float = 1.0) -> Endpoint:
-    return Endpoint(url=url + "/loki/api/v1/push", headers={}, timeout=timeout)
+_opened: list[Endpoint] = []
+
+
+def endpoint(url: str, timeout: float = 1.0, path: str = "/loki/api/v1/push") -> Endpoint:
+    """An endpoint closed (with its kept-alive connection) when the test ends."""
+    opened = Endpoint(url=url + path, headers={}, timeout=timeout)
+    _opened.append(opened)
+    return opened
+
+
+@pytest.fixture(autouse=True)
+def _close_endpoints() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
 
 
 def test_push_retries_then_delivers(registry: CollectorRegistry, backend: Backend) -> None:
@@ -181,6 +194,77 @@ def test_push_times_out_on_a_silent_backend(registry: CollectorRegistry, backend
     assert not ok
     assert time.monotonic() - started < 2
     assert get(registry, "failures", signal="logs", reason="timeout") == 2
+
+
+def deliver(endpoint: Endpoint, stats: ExportStats, times: int = 1) -> bool:
+    return all(
+        push(
+            endpoint,
+            b'{"streams":[]}',
+            "application/json",
+            1,
+            stats,
+            threading.Event(),
+            lambda: None,
+            Retrying(base=0.01, cap=0.02, max_attempts=2),
+        )
+        for _ in range(times)
+    )
+
+
+def test_pushes_reuse_one_connection(registry: CollectorRegistry) -> None:
+    """Against a keep-alive backend, successive pushes travel over one TCP connection."""
+    backend = Backend(keep_alive=True).start()
+    try:
+        stats = make_stats(registry)
+        assert deliver(endpoint(backend.url), stats, times=4)
+        assert len(backend.loki_pushes) == 4
+        assert len(set(backend.peers)) == 1
+    finally:
+        backend.stop()
+
+
+def test_push_reopens_a_connection_the_backend_closed(registry: CollectorRegistry) -> None:
+    """A kept-alive connection the backend closed while idle is reopened: nothing fails."""
+    backend = Backend(keep_alive=True, drop_idle=True).start()
+    try:
+        stats = make_stats(registry)
+        target = endpoint(backend.url)
+        for _ in range(3):
+            assert deliver(target, stats)
+            time.sleep(0.05)  # let the close reach the client side
+        assert len(backend.loki_pushes) == 3
+        assert len(set(backend.peers)) == 3
+        assert get(registry, "failures", signal="logs", reason="connection") == 0
+        assert get(registry, "exported", signal="logs") == 3
+    finally:
+        backend.stop()
+
+
+def test_push_goes_through_the_environment_proxy(
+    registry: CollectorRegistry, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With HTTP_PROXY set, an http endpoint is reached through the proxy, by absolute URL."""
+    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://user:p%40ss@" + backend.url.removeprefix("http://"))
+    url = "http://loki.example.invalid:3100/loki/api/v1/push"
+    assert deliver(endpoint(url, path=""), make_stats(registry))
+    assert backend.targets == [url]
+    assert backend.headers[0]["proxy-authorization"] == "Basic dXNlcjpwQHNz"  # user:p@ss
+    assert len(backend.loki_pushes) == 1
+
+
+def test_push_bypasses_the_proxy_for_no_proxy_hosts(
+    registry: CollectorRegistry, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host listed in NO_PROXY is reached directly even with HTTP_PROXY set."""
+    for name in ("no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert deliver(endpoint(backend.url), make_stats(registry))
+    assert backend.targets == ["/loki/api/v1/push"]
 
 
 def test_warnings_are_rate_limited(

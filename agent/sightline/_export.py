@@ -12,19 +12,18 @@ gives up, so shutdown is bounded even when the backend is down or hung.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import http.client
 import logging
 import os
 import random
-import socket
 import threading
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter
@@ -94,50 +93,114 @@ class PushError(Exception):
         self.retry = retry
 
 
-@dataclass(frozen=True)
 class Endpoint:
-    url: str
-    headers: Mapping[str, str]
-    timeout: float
-    gzip: bool = True
+    """Where one signal is pushed, over one keep-alive HTTP(S) connection.
 
+    The connection is opened on first use, reused while the backend keeps it open and
+    dropped after any failure, so a push costs no TCP or TLS handshake in the steady
+    state. ``HTTP(S)_PROXY`` and ``NO_PROXY`` are honoured as urllib honours them.
+    Only the export thread of one queue posts to an endpoint; after fork the child
+    starts without the parent's connection.
+    """
 
-def push_once(endpoint: Endpoint, body: bytes, content_type: str, timeout: float) -> None:
-    """POST once; raises :class:`PushError` classified for metrics and retry."""
-    headers = {"Content-Type": content_type, "User-Agent": "sightline", **endpoint.headers}
-    if endpoint.gzip:
-        body = gzip.compress(body, compresslevel=5)
-        headers["Content-Encoding"] = "gzip"
-    request = urllib.request.Request(endpoint.url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-    except urllib.error.HTTPError as error:
-        status = error.code
-        error.close()
+    def __init__(
+        self, url: str, headers: Mapping[str, str], timeout: float, gzip: bool = True
+    ) -> None:
+        self.url = url
+        self.headers = dict(headers)
+        self.timeout = timeout
+        self.gzip = gzip
+        self._connection: http.client.HTTPConnection | None = None
+        self._target = "/"
+        _fork.track(self)
+
+    def _after_fork(self) -> None:
+        self.close()  # closes this process's copy of the parent's socket, not the parent's
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    def post(self, body: bytes, content_type: str, timeout: float) -> None:
+        """POST once; raises :class:`PushError` classified for metrics and retry."""
+        headers = {"Content-Type": content_type, "User-Agent": "sightline", **self.headers}
+        if self.gzip:
+            body = gzip.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        url = self.url
+        try:
+            status = self._exchange(body, headers, timeout)
+        except TimeoutError:
+            raise PushError("timeout", True, f"no answer from {url} in {timeout:.1f}s") from None
+        except (OSError, http.client.HTTPException) as error:
+            raise PushError("connection", True, f"cannot reach {url}: {error}") from None
+        except ValueError as error:  # a URL or header the HTTP client refuses: retrying won't help
+            raise PushError("invalid_request", False, f"cannot send to {url}: {error}") from None
+        if 200 <= status < 300:
+            return
         if status == 429:
-            raise PushError("http_429", True, f"HTTP 429 from {endpoint.url}") from None
+            raise PushError("http_429", True, f"HTTP 429 from {url}")
         if status >= 500:
-            raise PushError("http_5xx", True, f"HTTP {status} from {endpoint.url}") from None
-        raise PushError("http_4xx", False, f"HTTP {status} from {endpoint.url}") from None
-    except TimeoutError:
-        raise PushError(
-            "timeout", True, f"no answer from {endpoint.url} in {timeout:.1f}s"
-        ) from None
-    except urllib.error.URLError as error:
-        if isinstance(error.reason, (TimeoutError, socket.timeout)):
-            raise PushError(
-                "timeout", True, f"no answer from {endpoint.url} in {timeout:.1f}s"
-            ) from None
-        raise PushError(
-            "connection", True, f"cannot reach {endpoint.url}: {error.reason}"
-        ) from None
-    except (OSError, http.client.HTTPException) as error:
-        raise PushError("connection", True, f"cannot reach {endpoint.url}: {error}") from None
-    except ValueError as error:  # a URL or header the HTTP client refuses: retrying won't help
-        raise PushError(
-            "invalid_request", False, f"cannot send to {endpoint.url}: {error}"
-        ) from None
+            raise PushError("http_5xx", True, f"HTTP {status} from {url}")
+        # Other 4xx, and redirects (not followed): sending the same again won't help.
+        raise PushError("http_4xx", False, f"HTTP {status} from {url}")
+
+    def _exchange(self, body: bytes, headers: dict[str, str], timeout: float) -> int:
+        connection = self._connection
+        if connection is not None:
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
+            try:
+                return self._send(connection, body, headers)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                pass  # the backend closed the idle connection: once more on a fresh one
+        connection, self._target, extra = self._connect(timeout)
+        self._connection = connection
+        return self._send(connection, body, {**headers, **extra})
+
+    def _send(
+        self, connection: http.client.HTTPConnection, body: bytes, headers: dict[str, str]
+    ) -> int:
+        try:
+            connection.request("POST", self._target, body, headers)
+            response = connection.getresponse()
+            response.read()
+        except BaseException:
+            self._connection = None
+            connection.close()
+            raise
+        if response.will_close:
+            self._connection = None
+            connection.close()
+        return response.status
+
+    def _connect(self, timeout: float) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+        """A new connection, the request target and the headers a plain-HTTP proxy needs."""
+        split = urllib.parse.urlsplit(self.url)
+        host = split.hostname
+        if split.scheme not in ("http", "https") or not host:
+            raise ValueError(f"not an http(s) URL: {self.url!r}")
+        port = split.port  # ValueError for a port out of range
+        target = urllib.parse.urlunsplit(("", "", split.path or "/", split.query, ""))
+        tls = split.scheme == "https"
+        proxy = urllib.request.getproxies().get(split.scheme)
+        if not proxy or urllib.request.proxy_bypass(host):
+            kind = http.client.HTTPSConnection if tls else http.client.HTTPConnection
+            return kind(host, port, timeout=timeout), target, {}
+        via = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        auth: dict[str, str] = {}
+        if via.username is not None:
+            user = urllib.parse.unquote(via.username)
+            secret = urllib.parse.unquote(via.password or "")
+            token = base64.b64encode(f"{user}:{secret}".encode()).decode()
+            auth["Proxy-Authorization"] = f"Basic {token}"
+        if tls:  # tunnelled through CONNECT: the proxy never sees the request
+            tunnel = http.client.HTTPSConnection(via.hostname or "", via.port, timeout=timeout)
+            tunnel.set_tunnel(host, port, headers=auth)
+            return tunnel, target, {}
+        plain = http.client.HTTPConnection(via.hostname or "", via.port, timeout=timeout)
+        return plain, self.url, auth  # a plain-HTTP proxy is sent the absolute URL
 
 
 class Retrying:
@@ -176,7 +239,7 @@ def push(
                 stats.dropped("shutdown", items)
                 return False
         try:
-            push_once(endpoint, body, content_type, timeout)
+            endpoint.post(body, content_type, timeout)
         except PushError as error:
             stats.failed(error.reason)
             warn_rate_limited(
@@ -220,8 +283,10 @@ class BatchQueue(Generic[T]):
         interval: float,
         size_of: Callable[[T], int] | None = None,
         batch_bytes: int | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
+        self._on_stop = on_stop
         self._send = send
         self.stats = stats
         self.max_items = max_items
@@ -285,6 +350,9 @@ class BatchQueue(Generic[T]):
             self._wake.clear()
             self._drain()
         self._drain()  # the final flush, bounded by the deadline close() set
+        if self._on_stop is not None:
+            with _safety.internal_errors(f"export.{self.name}.stop"):
+                self._on_stop()
 
     def _drain(self) -> None:
         while self._items:

@@ -1,13 +1,14 @@
-"""The request's SERVER span, built for the hot path, and its OTLP encoding.
+"""The request's SERVER span, built for the hot path.
 
 Every request gets a span, so its cost is paid per request: the SDK's span validates
 each attribute under a lock, consults a sampler chain, copies itself into a readable
 span when it ends and keeps ~3 KB alive per queued span. :class:`ServerSpan` is a
 plain OpenTelemetry API span: ids from ``random.getrandbits``, the sampling decision
 inline (the same six samplers, with the SDK's trace-id-ratio rule), attributes in a
-dict, and the ended span goes straight onto the export queue, to be encoded as OTLP
-protobuf by the export thread. Spans the app or the client instrumentations create
-inside it are SDK spans parented on it as usual (only its context is needed).
+dict, and the ended span goes straight onto the export queue, to be written as OTLP
+protobuf by the export thread (``_otlp.py``). Spans the app or the client
+instrumentations create inside it are SDK spans parented on it as usual (only its
+context is needed).
 """
 
 from __future__ import annotations
@@ -15,21 +16,12 @@ from __future__ import annotations
 import random
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.proto.common.v1.common_pb2 import (
-    AnyValue,
-    ArrayValue,
-    InstrumentationScope,
-    KeyValue,
-)
-from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.util import types
-
-from ._version import __version__
 
 _UNSET = Status(StatusCode.UNSET)
 _NO_TRACE_STATE = TraceState()
@@ -177,71 +169,3 @@ class ServerSpan(trace.Span):
             self.end_ns = end_time or _time_ns()
             if self._on_end is not None:
                 self._on_end(self)
-
-
-def any_value(value: Any) -> AnyValue:
-    if isinstance(value, str):
-        return AnyValue(string_value=value)
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        if -(1 << 63) <= value < (1 << 63):
-            return AnyValue(int_value=value)
-        return AnyValue(string_value=str(value))
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, bytes):
-        return AnyValue(bytes_value=value)
-    if isinstance(value, (list, tuple)):
-        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
-    return AnyValue(string_value=repr(value))
-
-
-def key_values(attributes: Mapping[str, Any]) -> list[KeyValue]:
-    return [KeyValue(key=str(k), value=any_value(v)) for k, v in attributes.items()]
-
-
-_STATUS = {
-    StatusCode.UNSET: trace_pb2.Status.STATUS_CODE_UNSET,
-    StatusCode.OK: trace_pb2.Status.STATUS_CODE_OK,
-    StatusCode.ERROR: trace_pb2.Status.STATUS_CODE_ERROR,
-}
-# OTLP span flags: the low byte is the W3C trace flags; bit 8 says whether the parent's
-# remoteness is known, bit 9 that it is remote.
-_HAS_IS_REMOTE = 0x100
-_IS_REMOTE = 0x200
-
-
-def encode(spans: Sequence[ServerSpan]) -> trace_pb2.ScopeSpans:
-    """The spans as one OTLP ScopeSpans message, scope ``sightline``."""
-    return trace_pb2.ScopeSpans(
-        scope=InstrumentationScope(name="sightline", version=__version__),
-        spans=list(_encode_all(spans)),
-    )
-
-
-def _encode_all(spans: Iterable[ServerSpan]) -> Iterable[trace_pb2.Span]:
-    for span in spans:
-        ctx = span.get_span_context()
-        flags = int(ctx.trace_flags) | _HAS_IS_REMOTE
-        if span.remote_parent:
-            flags |= _IS_REMOTE
-        yield trace_pb2.Span(
-            trace_id=ctx.trace_id.to_bytes(16, "big"),
-            span_id=ctx.span_id.to_bytes(8, "big"),
-            parent_span_id=span.parent_span_id.to_bytes(8, "big") if span.parent_span_id else b"",
-            trace_state=ctx.trace_state.to_header(),
-            name=span.name,
-            kind=trace_pb2.Span.SPAN_KIND_SERVER,
-            start_time_unix_nano=span.start_ns,
-            end_time_unix_nano=span.end_ns,
-            attributes=key_values(span.attributes),
-            events=[
-                trace_pb2.Span.Event(name=name, time_unix_nano=ts, attributes=key_values(attrs))
-                for name, ts, attrs in span.events
-            ],
-            status=trace_pb2.Status(
-                code=_STATUS[span.status.status_code], message=span.status.description or ""
-            ),
-            flags=flags,
-        )

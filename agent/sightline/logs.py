@@ -299,6 +299,7 @@ class Logs:
                 batch_items=settings.loki_batch_size,
                 interval=1.0,
                 size_of=lambda item: len(item[2]) + 64,
+                on_stop=sender.endpoint.close,
                 batch_bytes=settings.loki_batch_bytes,
             )
             sender.queue = self.queue

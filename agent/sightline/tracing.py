@@ -25,9 +25,7 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider, sampling
 from opentelemetry.semconv.attributes import (
@@ -36,10 +34,10 @@ from opentelemetry.semconv.attributes import (
 )
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from . import _resource, _safety
+from . import _otlp, _resource, _safety
 from ._export import BatchQueue, Endpoint, ExportStats, Retrying, push
 from ._settings import Settings
-from ._spans import Sampling, ServerSpan, encode
+from ._spans import Sampling, ServerSpan
 from .metrics import OTHER_METHOD
 
 logger = logging.getLogger("sightline")
@@ -135,21 +133,22 @@ class OtlpSender:
     def __call__(self, batch: Sequence[Any]) -> None:
         own = [span for span in batch if isinstance(span, ServerSpan)]
         sdk = [span for span in batch if not isinstance(span, ServerSpan)]
-        request = encode_spans(sdk) if sdk else ExportTraceServiceRequest()
-        if own:
-            request.resource_spans.append(ResourceSpans(scope_spans=[encode(own)]))
-        resource = [
-            KeyValue(key=key, value=_any_value(value))
-            for key, value in _resource.attributes(self.settings).items()
-        ]
         # The provider outlives init() and fork; the wire carries this process's identity.
-        for resource_spans in request.resource_spans:
-            del resource_spans.resource.attributes[:]
-            resource_spans.resource.attributes.extend(resource)
+        resource = _resource.attributes(self.settings)
+        body = b""
+        if sdk:
+            request = encode_spans(sdk)
+            pairs = [KeyValue(key=k, value=_any_value(v)) for k, v in resource.items()]
+            for resource_spans in request.resource_spans:
+                del resource_spans.resource.attributes[:]
+                resource_spans.resource.attributes.extend(pairs)
+            body = request.SerializeToString()
+        if own:  # serialised requests concatenate into one holding both
+            body += _otlp.resource_spans(resource, own)
         assert self.queue is not None
         push(
             self.endpoint,
-            request.SerializeToString(),
+            body,
             "application/x-protobuf",
             len(batch),
             self.stats,
@@ -199,6 +198,7 @@ class Tracing:
                 max_items=settings.bsp_max_queue_size,
                 batch_items=settings.bsp_max_export_batch_size,
                 interval=settings.bsp_schedule_delay,
+                on_stop=sender.endpoint.close,
             )
             sender.queue = self.queue
             _sampler.delegate = build_sampler(settings)
