@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import textwrap
@@ -164,3 +165,115 @@ def test_metric_name_clash_leaves_the_app_alone(
     theirs.set(3)
     assert registry.get_sample_value("http_server_active_requests") == 3
     assert registry.get_sample_value("target_info", {"service_name": "t"}) is None
+
+
+def run_fresh(code: str) -> dict[str, str]:
+    """Run ``code`` in a fresh interpreter; returns its ``key: value`` output lines."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+
+
+def test_init_imports_no_framework_the_app_did_not_import() -> None:
+    """init() leaves installed but unimported frameworks unimported; each is instrumented
+    as soon as the app imports it (Flask, then FastAPI with its own telemetry kept off)."""
+    pytest.importorskip("flask")
+    pytest.importorskip("fastapi")
+    pytest.importorskip("django")
+    out = run_fresh("""
+        import sys
+        import sightline
+        from prometheus_client import CollectorRegistry
+        registry = CollectorRegistry()
+        sightline.init(registry=registry, metrics_addr="off", traces=False, logs=False)
+        frameworks = ("flask", "django", "fastapi", "starlette", "httpx")
+        print("loaded after init:", [m for m in frameworks if m in sys.modules])
+
+        import flask
+        app = flask.Flask("t")
+        app.add_url_rule("/users/<int:uid>", "u", lambda uid: "ok")
+        body = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/users/7", "SERVER_NAME": "t",
+                    "SERVER_PORT": "80", "wsgi.url_scheme": "http"}, lambda *a: None)
+        list(body)
+        body.close()
+        print("flask count:", registry.get_sample_value(
+            "http_server_request_duration_seconds_count",
+            {"http_request_method": "GET", "http_route": "/users/<int:uid>",
+             "http_response_status_code": "200"}))
+        loaders = (flask.__loader__, flask.__spec__.loader)
+        print("flask loader:", " ".join(type(loader).__name__ for loader in loaders))
+
+        import fastapi
+        from sightline.integrations import starlette as hooks
+        print("fastapi patched:", fastapi.FastAPI.__call__ is hooks._fastapi_call)
+        from sightline import _agent
+        print("integrations:", sorted(i.name for i in _agent.current.integrations))
+        print("django loaded:", "django" in sys.modules)
+        sightline.shutdown()
+        from sightline import integrations
+        print("watching after shutdown:", integrations.watcher in sys.meta_path)
+        print("flask restored:", flask.Flask.__call__.__module__)
+    """)
+    assert out["loaded after init"] == "[]"
+    assert float(out["flask count"]) == 1
+    assert out["flask loader"] == "SourceFileLoader SourceFileLoader"
+    assert out["fastapi patched"] == "True"
+    assert out["integrations"] == "['flask', 'starlette']"
+    assert out["django loaded"] == "False"
+    assert out["watching after shutdown"] == "False"
+    assert out["flask restored"] == "flask.app"
+
+
+def test_import_watcher_runs_callbacks_after_the_import(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watched module's callback runs after its code ran, and again after a reload (which
+    re-creates classes an integration patched); a failing import is the app's own error,
+    unchanged, and runs no callback."""
+    (tmp_path / "sl_watched.py").write_text("VALUE = 42\n")
+    (tmp_path / "sl_broken.py").write_text("raise ImportError('the app is broken')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen: list[Any] = []
+    watcher = integrations.ImportWatcher()
+    watcher.watch("sl_watched", lambda: seen.append(sys.modules["sl_watched"].VALUE))
+    watcher.watch("sl_broken", lambda: seen.append("broken"))
+    try:
+        import sl_watched  # type: ignore[import-not-found]
+
+        assert seen == [42]
+        import sl_watched  # type: ignore[import-not-found]  # noqa: F811 (cached: no callback)
+
+        sys.modules["sl_watched"].VALUE = 0
+        importlib.reload(sl_watched)
+        with pytest.raises(ImportError, match="the app is broken"):
+            import sl_broken  # type: ignore[import-not-found]  # noqa: F401
+    finally:
+        watcher.unwatch_all()
+        for name in ("sl_watched", "sl_broken"):
+            sys.modules.pop(name, None)
+    assert seen == [42, 42]
+    assert watcher not in sys.meta_path
+
+
+@pytest.mark.internal_errors_expected
+def test_a_failing_callback_never_fails_the_apps_import(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, internal_errors: list[BaseException]
+) -> None:
+    """A callback that raises is reported by the safety net; the app's import succeeds."""
+    (tmp_path / "sl_fine.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    watcher = integrations.ImportWatcher()
+
+    def explode() -> None:
+        raise RuntimeError("hook bug")
+
+    watcher.watch("sl_fine", explode)
+    try:
+        import sl_fine  # type: ignore[import-not-found]
+    finally:
+        watcher.unwatch_all()
+        sys.modules.pop("sl_fine", None)
+    assert sl_fine.VALUE == 1
+    assert [str(e) for e in internal_errors] == ["hook bug"]

@@ -13,6 +13,7 @@ without routes of its own (static files, a wrapped WSGI app) is labelled
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from .. import _agent
@@ -25,11 +26,6 @@ try:
 except ImportError:
     raise DidNotEnable("starlette is not installed") from None
 
-_fastapi: Any
-try:
-    from fastapi import FastAPI as _fastapi
-except ImportError:
-    _fastapi = None
 
 if TYPE_CHECKING:
     from .._agent import Agent
@@ -76,29 +72,39 @@ async def _fastapi_call(self: Any, scope: Scope, receive: Receive, send: Send) -
     await _saved["fastapi"](self, scope, receive, send)
 
 
+def _fastapi_class() -> Any:
+    """FastAPI's app class if the app imported FastAPI (never imported from here).
+
+    Installing runs again once ``fastapi`` has been imported, which happens after
+    Starlette's import when FastAPI is what imports Starlette.
+    """
+    return getattr(sys.modules.get("fastapi.applications"), "FastAPI", None)
+
+
 class StarletteIntegration(Integration):
     name = "starlette"
 
     def install(self, agent: Agent) -> None:
-        if Starlette.__call__ is _call:
-            return
         # Patched on the classes (never by swapping module attributes); what was there
         # at install time, perhaps another library's patch, is what uninstall restores.
-        _saved["starlette"] = Starlette.__call__
-        _saved["mount"] = Mount.handle
-        Starlette.__call__ = _call  # type: ignore[method-assign]
-        Mount.handle = _mount_handle  # type: ignore[method-assign]
-        if _fastapi is not None:
-            _saved["fastapi"] = _fastapi.__call__
-            _fastapi.__call__ = _fastapi_call
+        if Starlette.__call__ is not _call:
+            _saved["starlette"] = Starlette.__call__
+            _saved["mount"] = Mount.handle
+            Starlette.__call__ = _call  # type: ignore[method-assign]
+            Mount.handle = _mount_handle  # type: ignore[method-assign]
+        fastapi = _fastapi_class()
+        if fastapi is not None and fastapi.__call__ is not _fastapi_call:
+            _saved["fastapi"] = fastapi.__call__
+            fastapi.__call__ = _fastapi_call
 
     def uninstall(self) -> None:
         if Starlette.__call__ is _call:
             Starlette.__call__ = _saved["starlette"]  # type: ignore[method-assign]
         if Mount.handle is _mount_handle:
             Mount.handle = _saved["mount"]  # type: ignore[method-assign]
-        if _fastapi is not None and _fastapi.__call__ is _fastapi_call:
-            _fastapi.__call__ = _saved["fastapi"]
+        fastapi = _fastapi_class()
+        if fastapi is not None and fastapi.__call__ is _fastapi_call:
+            fastapi.__call__ = _saved["fastapi"]
 
 
 INTEGRATION = StarletteIntegration
