@@ -78,9 +78,23 @@ def test_exception_is_structured() -> None:
     assert "raise ValueError" in doc["exception"]["stack"]
 
 
-def test_records_carry_the_request_span_ids(backend: Backend, registry: CollectorRegistry) -> None:
-    """A log call inside a request has the request span's ids; outside a span it has none."""
+@pytest.mark.parametrize("context_access", ["direct", "api"])
+def test_records_carry_the_request_span_ids(
+    backend: Backend,
+    registry: CollectorRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    context_access: str,
+) -> None:
+    """A log call inside a request has the request span's ids, one inside an app's own span
+    that span's ids; outside a span it has none. The same holds when the context is not the
+    default ContextVar runtime (then Sightline goes through the OpenTelemetry API)."""
     flask = pytest.importorskip("flask")
+    from opentelemetry import trace
+    from sightline import _spans, tracing
+
+    if context_access == "api":
+        monkeypatch.setattr(_spans, "context_var", lambda: None)
+        monkeypatch.setattr(tracing, "context_var", lambda: None)
     sightline.init(service="shop", registry=registry, metrics_addr="off", otlp_endpoint=backend.url)
     records: list[logging.LogRecord] = []
 
@@ -97,6 +111,8 @@ def test_records_carry_the_request_span_ids(backend: Backend, registry: Collecto
         @app.route("/users/<int:uid>")
         def user(uid: int) -> str:
             logger.warning("inside")
+            with trace.get_tracer("shop").start_as_current_span("load user"):
+                logger.warning("in the app's span")
             return "ok"
 
         call_wsgi(app, "/users/1")
@@ -104,10 +120,14 @@ def test_records_carry_the_request_span_ids(backend: Backend, registry: Collecto
     finally:
         logger.removeHandler(keep)
     sightline.shutdown()
-    [(_, span)] = backend.spans()
-    inside, outside = records
+    spans = {s.name: s for _, s in backend.spans()}
+    span, child = spans["GET /users/<int:uid>"], spans["load user"]
+    inside, in_child, outside = records
     assert inside.otelTraceID == span.trace_id.hex()  # type: ignore[attr-defined]
     assert inside.otelSpanID == span.span_id.hex()  # type: ignore[attr-defined]
+    assert child.parent_span_id == span.span_id
+    assert in_child.otelTraceID == span.trace_id.hex()  # type: ignore[attr-defined]
+    assert in_child.otelSpanID == child.span_id.hex()  # type: ignore[attr-defined]
     assert json.loads(JsonFormatter().format(inside))["trace_id"] == span.trace_id.hex()
     assert outside.otelTraceID == ""  # type: ignore[attr-defined]
     assert "trace_id" not in json.loads(JsonFormatter().format(outside))

@@ -17,9 +17,12 @@ import random
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import context, trace
+from opentelemetry.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.util import types
 
@@ -27,11 +30,43 @@ _UNSET = Status(StatusCode.UNSET)
 _NO_TRACE_STATE = TraceState()
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_flags = {True: _SAMPLED, False: _NOT_SAMPLED}
 _TRACE_ID_LIMIT = (1 << 64) - 1
 MAX_ATTRIBUTES = 128
 MAX_EVENTS = 128
 _getrandbits = random.getrandbits
 _time_ns = time.time_ns
+_new_tuple = tuple.__new__
+# The key the API keeps the current span under (opentelemetry.trace.propagation).
+SPAN_KEY: str = trace.propagation._SPAN_KEY
+
+
+def context_var() -> ContextVar[Context] | None:
+    """The ContextVar holding OpenTelemetry's current context, or None if the app
+    configured another runtime context (``OTEL_PYTHON_CONTEXT``).
+
+    Reading and setting it directly skips four layers of API calls per request; the
+    public API reads and writes the very same variable, so both views always agree.
+    """
+    runtime = getattr(context, "_RUNTIME_CONTEXT", None)
+    if type(runtime) is ContextVarsRuntimeContext:
+        variable = getattr(runtime, "_current_context", None)
+        if isinstance(variable, ContextVar):
+            return variable
+    return None
+
+
+def current_span_reader() -> Callable[[], Any]:
+    """A function returning what the current context holds as its span (None if nothing).
+
+    Anything but a :class:`ServerSpan` is best checked through the API, which also
+    copes with a context holding something that is not a span.
+    """
+    variable = context_var()
+    if variable is None:
+        return trace.get_current_span
+    get = variable.get
+    return lambda: get().get(SPAN_KEY)
 
 
 class Sampling:
@@ -79,12 +114,10 @@ class ServerSpan(trace.Span):
             self.parent_span_id = 0
             self.remote_parent = False
         sampled = sampling.sampled(parent, trace_id)
-        self._context = SpanContext(
-            trace_id,
-            _getrandbits(64) or 1,
-            False,
-            _SAMPLED if sampled else _NOT_SAMPLED,
-            trace_state,
+        # SpanContext's own __new__ only adds the is_valid test, true by construction.
+        self._context = _new_tuple(
+            SpanContext,
+            (trace_id, _getrandbits(64) or 1, False, _flags[sampled], trace_state, True),
         )
         self._recording = sampled
         self._hex: tuple[str, str] | None = None

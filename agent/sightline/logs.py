@@ -31,6 +31,7 @@ from opentelemetry import trace
 
 from ._export import BatchQueue, Endpoint, ExportStats, Retrying, push
 from ._settings import Settings
+from ._spans import current_span_reader
 
 TRACE_ID = "otelTraceID"
 SPAN_ID = "otelSpanID"
@@ -65,21 +66,22 @@ class TraceIdFactory:
     def __init__(self, previous: Callable[..., logging.LogRecord]) -> None:
         self.previous = previous
         self.active = True
+        self._current_span = current_span_reader()
 
     def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
         record = self.previous(*args, **kwargs)
         if self.active:
-            span = trace.get_current_span()
+            span = self._current_span()
             ids: tuple[str, str] | None = getattr(span, "hex_ids", None)
             if ids is not None:  # Sightline's request span: formatted once per request
                 record.otelTraceID, record.otelSpanID = ids
+                return record
+            ctx = trace.get_current_span().get_span_context() if span is not None else None
+            if ctx is not None and ctx.is_valid:
+                record.otelTraceID = format(ctx.trace_id, "032x")
+                record.otelSpanID = format(ctx.span_id, "016x")
             else:
-                ctx = span.get_span_context()
-                if ctx.is_valid:
-                    record.otelTraceID = format(ctx.trace_id, "032x")
-                    record.otelSpanID = format(ctx.span_id, "016x")
-                else:
-                    record.otelTraceID = record.otelSpanID = ""
+                record.otelTraceID = record.otelSpanID = ""
         return record
 
 

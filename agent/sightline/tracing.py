@@ -37,7 +37,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import _otlp, _resource, _safety
 from ._export import BatchQueue, Endpoint, ExportStats, Retrying, push
 from ._settings import Settings
-from ._spans import Sampling, ServerSpan
+from ._spans import SPAN_KEY, Sampling, ServerSpan, context_var
 from .metrics import OTHER_METHOD
 
 logger = logging.getLogger("sightline")
@@ -205,6 +205,7 @@ class Tracing:
             _processor.queue = self.queue
             self.sampling = Sampling(settings.traces_sampler, settings.traces_sampler_arg)
         self.tracer = provider.get_tracer("sightline")
+        self._context = context_var()
         # The environ keys of the propagator's headers: a request carrying none of them
         # skips extraction entirely.
         fields = propagate.get_global_textmap().fields
@@ -234,6 +235,23 @@ class Tracing:
     def start_server_span(self, name: str, parent: Context | None) -> tuple[Any, object]:
         """Start the SERVER span of a request and make it current; returns (span, token)."""
         span: Any
+        variable = self._context
+        if variable is not None and self.sampling is not None and self.queue is not None:
+            # The same steps as below, without the API's layers (see _spans.context_var).
+            current = variable.get()
+            if parent is None:
+                parent = current
+            outer = parent.get(SPAN_KEY)
+            outer_ctx = None
+            if outer is not None and isinstance(outer, trace.Span):
+                outer_ctx = outer.get_span_context()
+            span = ServerSpan(
+                name,
+                outer_ctx if outer_ctx is not None and outer_ctx.is_valid else None,
+                self.sampling,
+                self.queue.put,
+            )
+            return span, variable.set(Context({**parent, SPAN_KEY: span}))
         if parent is None:
             parent = context.get_current()  # an outer span (another middleware) is the parent
         if self.sampling is not None and self.queue is not None:
@@ -249,8 +267,8 @@ class Tracing:
         token = context.attach(trace.set_span_in_context(span, parent))
         return span, token
 
-    @staticmethod
     def end_server_span(
+        self,
         span: Any,
         token: object,
         method: str,
@@ -280,7 +298,10 @@ class Tracing:
             # With no token the caller detaches (ASGI: in the task that attached).
             if token is not None:
                 try:
-                    context.detach(token)  # type: ignore[arg-type]
+                    if self._context is not None:
+                        self._context.reset(token)  # type: ignore[arg-type]
+                    else:
+                        context.detach(token)  # type: ignore[arg-type]
                 except Exception as exc:
                     _safety.report("tracing.detach", exc)
 
