@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     make_asgi_app,
     make_wsgi_app,
-    start_http_server,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.process_collector import ProcessCollector
 
-from . import _safety, integrations
+from . import _multiprocess, _safety, integrations
 from ._export import BatchQueue
 from ._settings import Settings
 from .logs import Logs
@@ -49,8 +51,11 @@ class Agent:
         self.metrics_asgi = make_asgi_app(self.registry)
         self.detected_capacity: int | None = None
         self.saturation = SaturationCollector(self.capacity)
-        self.server: WSGIServer | None = None
-        self.server_pid = 0
+        self.metrics_server: WSGIServer | None = None
+        self.metrics_server_pid = 0
+        #: The multi-process server this process is part of, as an integration found it.
+        self.server: _multiprocess.Server | None = None
+        self.snapshots: _multiprocess.Snapshots | None = None
         self.integrations: list[integrations.Integration] = []
         self.tracing: Tracing | None = None
         self.logs: Logs | None = None
@@ -85,9 +90,28 @@ class Agent:
         if self.logs is not None:
             self.logs.install()
         self.integrations = integrations.install_all(self, self.settings)
+        scrape = self.registry
+        if self.settings.multiprocess != "off":
+            with _safety.internal_errors("multiprocess.start"):
+                scrape = self._start_snapshots()
         if self.settings.metrics_addr is not None:
-            self.server = serve_metrics(self.settings.metrics_addr, self.registry)
-            self.server_pid = os.getpid()
+            self.metrics_server = serve_metrics(
+                self.settings.metrics_addr, scrape, shared=self.snapshots is not None
+            )
+            self.metrics_server_pid = os.getpid()
+
+    def _start_snapshots(self) -> CollectorRegistry:
+        """Decide the process model: alone, or one of a server's processes (one seam)."""
+        directory = _multiprocess.directory_for(self.server)
+        if directory is None:
+            return self.registry
+        self.snapshots = _multiprocess.Snapshots(directory, self.registry, self.server)
+        self.snapshots.start()
+        scrape = _multiprocess.aggregate_registry(self.snapshots)
+        self.metrics_app = make_wsgi_app(scrape)
+        self.metrics_asgi = make_asgi_app(scrape)
+        logger.debug("sightline: metrics merged across the server's processes in %s", directory)
+        return scrape
 
     def _count_internal_error(self, where: str) -> None:
         self.metrics.internal_errors.labels(where).inc()
@@ -102,10 +126,10 @@ class Agent:
             queues.append(self.logs.queue)
         for queue in queues:  # both flush at once, sharing the budget
             queue.begin_close(deadline)
-        if self.server is not None:  # stopped while the queues flush: inside the budget
-            server, self.server = self.server, None
+        if self.metrics_server is not None:  # stopped while the queues flush: in the budget
+            server, self.metrics_server = self.metrics_server, None
             with _safety.internal_errors("metrics.server.close"):
-                if self.server_pid == os.getpid():
+                if self.metrics_server_pid == os.getpid():
                     server.shutdown()  # waits for serve_forever, at most its 0.5 s poll
                 # In a forked child the serving thread does not exist: shutdown() would
                 # wait for it forever. Closing the inherited socket is all there is to do.
@@ -121,16 +145,44 @@ class Agent:
                 self.tracing.close(deadline)
         for queue in queues:
             queue.join(deadline)
+        if self.snapshots is not None:  # the last numbers of this process, for the server's
+            self.snapshots.close()
         self.metrics.close()
         if _safety.counter == self._count_internal_error:
             _safety.counter = None
 
 
-def serve_metrics(addr: tuple[str, int], registry: CollectorRegistry) -> Any:
-    """Serve /metrics from a daemon thread; a taken port is logged once and the app goes on."""
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per scrape on stderr helps nobody
+
+
+def serve_metrics(addr: tuple[str, int], registry: CollectorRegistry, shared: bool) -> Any:
+    """Serve /metrics from a daemon thread; a taken port is logged once and the app goes on.
+
+    ``shared``: every process of a multi-process server listens on the port
+    (``SO_REUSEPORT``) and any of them answers a scrape with the server-wide view, so
+    the endpoint outlives each recycled worker.
+    """
     host, port = addr
     try:
-        server, _thread = start_http_server(port, addr=host, registry=registry)
+        # The family of the address asked for (an IPv6 one needs AF_INET6).
+        family, _, _, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        host = str(sockaddr[0])
+
+        class Server(ThreadingWSGIServer):
+            address_family = family
+
+            def server_bind(self) -> None:
+                if shared:
+                    self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                super().server_bind()
+
+        server = make_server(
+            host, port, make_wsgi_app(registry), Server, handler_class=_QuietHandler
+        )
     except OSError as exc:
         logger.warning(
             "sightline: cannot serve metrics on %s:%d (%s); the app runs on without them",
@@ -139,6 +191,7 @@ def serve_metrics(addr: tuple[str, int], registry: CollectorRegistry) -> Any:
             exc,
         )
         return None
+    threading.Thread(target=server.serve_forever, name="sightline-metrics", daemon=True).start()
     return server
 
 

@@ -21,8 +21,11 @@ def track(obj: Any) -> None:
 
 
 def _after_in_child() -> None:
+    from . import _safety
+
     for obj in list(_objects):
-        obj._after_fork()
+        with _safety.internal_errors(f"fork.{type(obj).__name__}"):  # one failing, not all
+            obj._after_fork()
 
 
 os.register_at_fork(after_in_child=_after_in_child)

@@ -23,6 +23,7 @@ INTEGRATION_NAMES = (
     "django",
     "starlette",
     "gunicorn",
+    "uvicorn",
     "requests",
     "httpx",
     "urllib3",
@@ -297,6 +298,12 @@ SPECS: dict[str, _Spec] = {
         "auto",
         "Requests this process can serve at once; `auto` detects it.",
     ),
+    "multiprocess": _Spec(
+        ("SIGHTLINE_MULTIPROCESS",),
+        _choice("auto", "off"),
+        "auto",
+        "Merge the metrics of a multi-process server's workers; `off` serves each alone.",
+    ),
     "exemplars": _Spec(
         ("SIGHTLINE_EXEMPLARS",),
         _bool,
@@ -470,6 +477,7 @@ class Settings:
     metrics_path: str
     max_series: int
     worker_capacity: int | None
+    multiprocess: str
     exemplars: bool
     integrations: tuple[str, ...]
     disabled_integrations: tuple[str, ...]

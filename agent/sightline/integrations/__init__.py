@@ -68,6 +68,7 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
     "django": ("django",),
     "starlette": ("starlette", "fastapi"),
     "gunicorn": ("gunicorn",),
+    "uvicorn": ("uvicorn",),
     "requests": ("requests",),
     "httpx": ("httpx",),
     "urllib3": ("urllib3",),

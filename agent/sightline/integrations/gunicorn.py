@@ -1,23 +1,29 @@
-"""gunicorn: learn how many requests this worker can serve at once.
+"""gunicorn: which server this process belongs to, and what one worker can serve.
+
+``init()`` runs while gunicorn loads the app (in the worker, or in the master with
+``--preload``), so the gunicorn objects loading it are on the call stack; their
+``cfg`` answers once, at install time. The integration reports the server to the
+agent, which then merges the metrics of all its workers (see ``_multiprocess``):
+a worker's server is its parent, the master; with ``--preload`` this is the master.
 
 Utilisation is in-flight requests over capacity, and capacity depends on the worker
 class: a sync worker serves one request, a gthread worker ``--threads``, an async
-worker (gevent, eventlet, uvicorn) up to ``--worker-connections``. ``init()`` runs
-while gunicorn loads the app (in the worker, or in the master with ``--preload``), so
-the gunicorn object loading it is on the call stack; its ``cfg`` answers once, at
-install time. ``SIGHTLINE_WORKER_CAPACITY`` overrides what is detected.
+worker (gevent, eventlet, uvicorn) up to ``--worker-connections``.
+``SIGHTLINE_WORKER_CAPACITY`` overrides what is detected.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from .._multiprocess import Server
 from . import DidNotEnable, Integration
 
 try:
-    import gunicorn  # noqa: F401 (only its presence is needed)
+    from gunicorn.workers.base import Worker
 except ImportError:
     raise DidNotEnable("gunicorn is not installed") from None
 
@@ -35,28 +41,40 @@ def capacity_from_config(cfg: Any) -> int:
     return max(1, int(getattr(cfg, "worker_connections", 1000)))
 
 
-def find_config() -> Any | None:
-    """The ``cfg`` of the gunicorn object (worker, arbiter or app) loading us, if any."""
+def find_config() -> tuple[Any, bool] | None:
+    """The ``cfg`` of the gunicorn objects loading us, and whether a worker is loading
+    us (rather than the master, with ``--preload``); None outside gunicorn."""
     frame: FrameType | None = sys._getframe(1)
+    cfg: Any = None
+    in_worker = False
     while frame is not None:
         candidate: Any = frame.f_locals.get("self")
-        module = type(candidate).__module__
-        if module.startswith("gunicorn.") and hasattr(candidate, "cfg"):
-            cfg = candidate.cfg
-            if cfg is not None and hasattr(cfg, "worker_class_str"):
-                return cfg
+        if isinstance(candidate, Worker):  # also uvicorn's UvicornWorker, a subclass
+            in_worker = True
+        if cfg is None and type(candidate).__module__.startswith("gunicorn."):
+            found = getattr(candidate, "cfg", None)
+            if found is not None and hasattr(found, "worker_class_str"):
+                cfg = found
         frame = frame.f_back
-    return None
+    return (cfg, in_worker) if cfg is not None else None
 
 
 class GunicornIntegration(Integration):
     name = "gunicorn"
 
     def install(self, agent: Agent) -> None:
-        if agent.settings.worker_capacity is not None:
+        found = find_config()
+        if found is None:
             return
-        cfg = find_config()
-        if cfg is not None:
+        cfg, in_worker = found
+        if agent.server is None:
+            agent.server = Server(
+                "gunicorn",
+                os.getppid() if in_worker else os.getpid(),
+                workers=int(getattr(cfg, "workers", 1)),
+                worker=in_worker,
+            )
+        if agent.settings.worker_capacity is None:
             agent.detected_capacity = capacity_from_config(cfg)
 
     def uninstall(self) -> None:
