@@ -108,7 +108,7 @@ def prometheus(tmp_path: Path, targets: dict[str, str]) -> Iterator[Prometheus]:
 
 
 @contextlib.contextmanager
-def _serve(command: list[str], port: int, env: dict[str, str], log_path: Path) -> Iterator[str]:
+def serve(command: list[str], port: int, env: dict[str, str], log_path: Path) -> Iterator[str]:
     log = open(log_path, "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
@@ -136,7 +136,7 @@ def gunicorn(app: str, env: dict[str, str], args: list[str], tmp_path: Path) -> 
         *args,
         app,
     ]
-    with _serve(command, port, env, tmp_path / "gunicorn.log") as url:
+    with serve(command, port, env, tmp_path / "gunicorn.log") as url:
         yield url
 
 
@@ -156,7 +156,7 @@ def uvicorn(app: str, env: dict[str, str], args: list[str], tmp_path: Path) -> I
         *args,
         app,
     ]
-    with _serve(command, port, env, tmp_path / "uvicorn.log") as url:
+    with serve(command, port, env, tmp_path / "uvicorn.log") as url:
         yield url
 
 

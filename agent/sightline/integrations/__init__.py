@@ -234,10 +234,15 @@ class _Deferred:
         logger.debug("sightline: %s integration installed on import", self.name)
 
 
+#: Integrations waiting for their library to be imported (uninstall_all stops the wait).
+_waiting: list[_Deferred] = []
+
+
 def _defer(
     agent: Agent, name: str, triggers: tuple[str, ...], installed: list[Integration]
 ) -> None:
     deferred = _Deferred(agent, name, installed)
+    _waiting.append(deferred)
     for module in triggers:
         watcher.watch(module, deferred)
     logger.debug(
@@ -246,7 +251,8 @@ def _defer(
 
 
 def uninstall_all(installed: list[Integration]) -> None:
-    watcher.unwatch_all()
+    while _waiting:
+        watcher.unwatch(_waiting.pop())
     for integration in reversed(installed):
         with _safety.internal_errors(f"integrations.{integration.name}.uninstall"):
             integration.uninstall()

@@ -1,0 +1,1 @@
+"""Put on PYTHONPATH by ``sightline run``: its ``sitecustomize`` starts the agent."""

@@ -1,0 +1,195 @@
+"""`sightline run -- COMMAND`: unmodified programs instrumented from the environment alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .helpers import free_port
+from .receivers import Backend
+from .servers import ROOT, serve, status_of
+
+
+def launcher() -> list[str]:
+    exe = shutil.which("sightline")
+    return [exe] if exe else [sys.executable, "-m", "sightline.cli"]
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def count_line(text: str, needle: str) -> float:
+    """The value of the first exposition line containing every part of ``needle``."""
+    parts = needle.split("*")
+    for line in text.splitlines():
+        if all(part in line for part in parts) and not line.startswith("#"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_gunicorn_app_that_never_imports_sightline(tmp_path: Path, backend: Backend) -> None:
+    """`sightline run -- gunicorn` on an app file with no Sightline in it: every worker has
+    merged route metrics, spans reach the collector and logs are JSON with trace ids, in
+    Loki too."""
+    pytest.importorskip("gunicorn")
+    pytest.importorskip("flask")
+    port, metrics_port = free_port(), free_port()
+    command = [
+        *launcher(),
+        "run",
+        "--service",
+        "plain",
+        "--",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--chdir",
+        str(ROOT),
+        "-b",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "2",
+        "tests.apps.plain_app:app",
+    ]
+    env = {
+        "SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": backend.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "SIGHTLINE_LOKI_URL": backend.url,
+        "TMPDIR": str(tmp_path),
+    }
+    log = tmp_path / "gunicorn.log"
+    with serve(command, port, env, log) as base:
+        for uid in range(20):
+            assert status_of(f"{base}/users/{uid}") == 200
+        time.sleep(1.5)  # one snapshot interval: every worker's numbers are in
+        text = scrape(metrics_port)
+        assert (
+            count_line(text, 'http_server_request_duration_seconds_count{*"/users/<int:uid>"') == 20
+        )
+        assert count_line(text, "server_workers_live") == 2
+        assert backend.wait_for(lambda: len(backend.spans()) >= 21)
+        assert backend.wait_for(lambda: len(backend.log_entries()) >= 20)
+    names = {span.name for _, span in backend.spans()}
+    assert "GET /users/<int:uid>" in names
+    assert {resource["service.name"] for resource, _ in backend.spans()} == {"plain"}
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    looked_up = [line for line in lines if line.get("message") == "looked up user"]
+    assert len(looked_up) == 20
+    assert all(len(line["trace_id"]) == 32 and line["service"] == "plain" for line in looked_up)
+    span_traces = {span.trace_id.hex() for _, span in backend.spans()}
+    assert {line["trace_id"] for line in looked_up} <= span_traces
+    loki = [entry for entry in backend.log_entries() if "looked up user" in entry[2]]
+    assert len(loki) == 20
+    assert all(entry[3]["trace_id"] in span_traces for entry in loki)
+
+
+def test_uvicorn_workers_under_the_launcher(tmp_path: Path) -> None:
+    """`sightline run -- uvicorn --workers 2`: init() runs in each worker, not the supervisor,
+    and the workers' metrics are merged."""
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("fastapi")
+    port, metrics_port = free_port(), free_port()
+    command = [
+        *launcher(),
+        "run",
+        "--",
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--no-access-log",
+        "tests.apps.fastapi_routes:build",
+        "--factory",
+    ]
+    env = {
+        "SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
+        "SIGHTLINE_TRACES": "false",
+        "TMPDIR": str(tmp_path),
+    }
+    with serve(command, port, env, tmp_path / "uvicorn.log") as base:
+        for uid in range(10):
+            assert status_of(f"{base}/users/{uid}") == 200
+        time.sleep(1.5)
+        text = scrape(metrics_port)
+    assert count_line(text, 'http_server_request_duration_seconds_count{*"/users/{uid}"') == 10
+    assert count_line(text, "server_workers_live") == 2
+    assert count_line(text, "server_workers_configured") == 2
+
+
+def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*launcher(), "run", "--", sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "SIGHTLINE_METRICS_ADDR": "off", **env},
+    )
+
+
+def test_plain_python_program(backend: Backend) -> None:
+    """`sightline run -- python ...` instruments a script at start-up; its spans are
+    flushed at exit."""
+    pytest.importorskip("flask")
+    result = run_python(
+        """
+        from werkzeug.test import Client
+        from tests.apps.plain_app import app
+        response = Client(app).get("/users/3")
+        assert response.status_code == 200
+        response.close()  # the request ends, as a server ends it
+        """,
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": backend.url, "SIGHTLINE_SERVICE": "script"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert [span.name for _, span in backend.spans()] == ["GET /users/<int:uid>"]
+
+
+def test_an_existing_sitecustomize_still_runs(tmp_path: Path) -> None:
+    """A sitecustomize the environment had before is run after Sightline's."""
+    (tmp_path / "sitecustomize.py").write_text("import builtins\nbuiltins.CUSTOMIZED = True\n")
+    result = run_python(
+        "import builtins, sys; print(getattr(builtins, 'CUSTOMIZED', False),"
+        " 'sightline' in sys.modules)",
+        {"PYTHONPATH": str(tmp_path), "SIGHTLINE_TRACES": "false", "SIGHTLINE_LOGS": "false"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]
+
+
+def test_bad_settings_stop_the_launch() -> None:
+    """Invalid settings are refused before the command runs, naming variable and value."""
+    result = run_python("print('ran')", {"SIGHTLINE_MAX_SERIES": "lots"})
+    assert result.returncode == 2
+    assert "ran" not in result.stdout
+    assert "SIGHTLINE_MAX_SERIES" in result.stderr
+    assert "lots" in result.stderr
+
+
+def test_a_missing_command_is_reported() -> None:
+    """A command that does not exist ends the launcher with 127 and says why."""
+    result = subprocess.run(
+        [*launcher(), "run", "--", "no-such-program-here"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 127
+    assert "cannot run no-such-program-here" in result.stderr
