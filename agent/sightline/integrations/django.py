@@ -1,10 +1,11 @@
-"""Django (WSGI deployments): every request goes through the WSGI core.
+"""Django, WSGI and ASGI deployments: every request goes through the WSGI or ASGI core.
 
-``WSGIHandler.__call__`` is patched on the class, so ``init()`` may run in
-``settings.py``, ``wsgi.py`` or ``manage.py``, before or after the handler exists. The
-route template is taken where Django resolves the URL (``BaseHandler.resolve_request``):
-``ResolverMatch.route`` is the full pattern, prefixes from ``include()`` joined in
-(``api/users/<int:pk>/``), left in the environ for the core. Exceptions Django turns
+``WSGIHandler.__call__`` and ``ASGIHandler.__call__`` are patched on the classes, so
+``init()`` may run in ``settings.py``, ``wsgi.py``, ``asgi.py`` or ``manage.py``,
+before or after the handler exists. The route template is taken where Django resolves
+the URL (``BaseHandler.resolve_request``, used by both handlers): ``ResolverMatch.route``
+is the full pattern, prefixes from ``include()`` joined in (``api/users/<int:pk>/``),
+left in the WSGI environ or the ASGI scope for the core. Exceptions Django turns
 into its 500 page are recorded on the request's span through the
 ``got_request_exception`` signal, sent only on errors.
 """
@@ -17,10 +18,11 @@ from opentelemetry import trace
 from opentelemetry.semconv.attributes import error_attributes
 
 from .. import _agent, _safety
-from . import DidNotEnable, Integration
+from . import DidNotEnable, Integration, asgi
 from .wsgi import ROUTE, SEEN, handle
 
 try:
+    from django.core.handlers.asgi import ASGIHandler
     from django.core.handlers.base import BaseHandler
     from django.core.handlers.wsgi import WSGIHandler
     from django.core.signals import got_request_exception
@@ -47,12 +49,29 @@ def _call(self: WSGIHandler, environ: WSGIEnvironment, start_response: StartResp
     return handle(agent, original.__get__(self), environ, start_response, None)
 
 
+async def _asgi_call(self: ASGIHandler, scope: Any, receive: Any, send: Any) -> None:
+    original = _saved["asgi"]
+    agent = _agent.current
+    if agent is None or scope.get("type") != "http" or asgi.SEEN in scope:
+        await original(self, scope, receive, send)
+        return
+    await asgi.handle(agent, original.__get__(self), scope, receive, send, _route_in_scope)
+
+
+def _route_in_scope(scope: Any) -> str | None:
+    route = scope.get(ROUTE)
+    return route if isinstance(route, str) else None
+
+
 def _resolve_request(self: BaseHandler, request: Any) -> Any:
     match = _saved["resolve"](self, request)
     route = getattr(match, "route", None)
     if route is not None:
-        # request.META is the WSGI environ the core reads after the response.
-        request.META[ROUTE] = route
+        scope = getattr(request, "scope", None)  # an ASGIRequest keeps the server's scope
+        if isinstance(scope, dict):
+            scope[ROUTE] = route
+        else:  # request.META is the WSGI environ the core reads after the response
+            request.META[ROUTE] = route
     return match
 
 
@@ -81,8 +100,10 @@ class DjangoIntegration(Integration):
         # Patched on the classes, never by swapping module attributes, so import order
         # does not matter (see the module docstring).
         _saved["call"] = WSGIHandler.__call__
+        _saved["asgi"] = ASGIHandler.__call__
         _saved["resolve"] = BaseHandler.resolve_request
         WSGIHandler.__call__ = _call
+        ASGIHandler.__call__ = _asgi_call
         BaseHandler.resolve_request = _resolve_request
         got_request_exception.connect(_record_exception, dispatch_uid="sightline")
         self._patched = True
@@ -92,6 +113,8 @@ class DjangoIntegration(Integration):
             return
         if WSGIHandler.__call__ is _call:
             WSGIHandler.__call__ = _saved["call"]
+        if ASGIHandler.__call__ is _asgi_call:
+            ASGIHandler.__call__ = _saved["asgi"]
         if BaseHandler.resolve_request is _resolve_request:
             BaseHandler.resolve_request = _saved["resolve"]
         got_request_exception.disconnect(dispatch_uid="sightline")
