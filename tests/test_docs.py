@@ -52,3 +52,24 @@ def test_every_exposed_metric_is_documented(registry: CollectorRegistry) -> None
             exposed.discard(family.name)
     missing = sorted(exposed - documented)
     assert not missing, f"undocumented metrics: {missing}"
+
+
+def test_merged_view_families_are_documented(tmp_path: Path) -> None:
+    """The families a multi-process scrape adds (server_workers_*) are in docs/metrics.md."""
+    import os
+
+    from sightline._multiprocess import Server, Snapshots, aggregate_registry
+
+    server = Server("gunicorn", os.getpid(), workers=2)
+    merged = aggregate_registry(Snapshots(tmp_path, CollectorRegistry(), server))
+    added = {family.name for family in merged.collect()}
+    assert added == {"server_workers_configured", "server_workers_live", "server_workers_busy"}
+    assert added <= table_cells("metrics.md", 0)
+
+
+def test_links_between_pages_resolve() -> None:
+    """Every relative link in README.md and docs/ points at a file that exists."""
+    pages = [DOCS.parent / "README.md", *DOCS.glob("*.md")]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
