@@ -262,3 +262,51 @@ def test_metrics_path_served_by_an_asgi_app(registry: CollectorRegistry) -> None
     assert status == 200
     assert b'http_route="/users/{uid}"' in body
     assert b'http_route="/metrics"' not in body
+
+
+def test_log_records_carry_the_span_in_async_views_and_thread_pools(
+    registry: CollectorRegistry, backend: Any
+) -> None:
+    """Log lines from an async view, a sync view (run in FastAPI's thread pool) and a
+    function the async view hands to a thread all carry their request's span ids."""
+    import logging
+
+    from fastapi import FastAPI
+
+    sightline.init(service="t", registry=registry, metrics_addr="off", otlp_endpoint=backend.url)
+    app = FastAPI()
+    log = logging.getLogger("views")
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    @app.get("/async")
+    async def in_async() -> str:
+        log.warning("async view")
+        await asyncio.to_thread(log.warning, "handed to a thread")
+        return "ok"
+
+    @app.get("/sync")
+    def in_pool() -> str:
+        log.warning("sync view")
+        return "ok"
+
+    keep = Keep()
+    log.addHandler(keep)
+    try:
+        assert asyncio.run(_calls(app, ("/async", "/sync")))[0][0] == 200
+    finally:
+        log.removeHandler(keep)
+    sightline.shutdown()
+    spans = {span.name: span for _, span in backend.spans()}
+    by_message = {record.getMessage(): record for record in records}
+    for message, name in (
+        ("async view", "GET /async"),
+        ("handed to a thread", "GET /async"),
+        ("sync view", "GET /sync"),
+    ):
+        record = by_message[message]
+        assert record.otelTraceID == spans[name].trace_id.hex(), message  # type: ignore[attr-defined]
+        assert record.otelSpanID == spans[name].span_id.hex(), message  # type: ignore[attr-defined]
