@@ -286,3 +286,24 @@ def test_a_closed_process_keeps_its_last_snapshot(tmp_path: Path) -> None:
     scrape(aggregate_registry(snapshots))  # writes this process's snapshot first, normally
     document = json.loads(snapshots.path.read_text())
     assert [f["name"] for f in document["families"]] == ["jobs"]
+
+
+def test_prometheus_multiproc_dir_is_honoured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR set, snapshots live in a subdirectory of it, even with
+    no server detected, and processes sharing it are merged."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    directory = _multiprocess.directory_for(None)
+    assert directory == tmp_path / "sightline"
+    run_and_exit(directory, 6)
+    merged = aggregate_registry(Snapshots(directory, CollectorRegistry(), None))
+    assert scrape(merged)[("jobs_total", (("queue", "a"),))] == 6
+
+
+def test_no_server_and_no_directory_means_a_single_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Outside gunicorn/uvicorn workers and without PROMETHEUS_MULTIPROC_DIR nothing is shared."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    assert _multiprocess.directory_for(None) is None
