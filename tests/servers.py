@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -187,3 +188,58 @@ def counts_by_route(prom: Prometheus, expected: dict[tuple[str, str], float]) ->
         if got == expected or time.monotonic() > deadline:
             return got
         time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def redis(tmp_path: Path) -> Iterator[str]:
+    """Start a real redis-server (Debian package) on a loopback port; yields its URL."""
+    exe = binary("redis-server")
+    port = free_port()
+    log = open(tmp_path / "redis.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+                    probe.sendall(b"PING\r\n")
+                    if probe.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop(proc)
+        log.close()
+
+
+@contextlib.contextmanager
+def process(command: list[str], env: dict[str, str], log_path: Path) -> Iterator[Any]:
+    """Run a long-lived process (a worker) from the repository root; stopped on exit."""
+    log = open(log_path, "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+    )
+    try:
+        yield proc
+    finally:
+        stop(proc)
+        log.close()

@@ -29,7 +29,7 @@ from ._export import BatchQueue
 from ._settings import Settings
 from .logs import Logs
 from .metrics import Metrics
-from .saturation import SaturationCollector
+from .saturation import QueueDepths, SaturationCollector
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -51,6 +51,7 @@ class Agent:
         self.metrics_asgi = make_asgi_app(self.registry)
         self.detected_capacity: int | None = None
         self.saturation = SaturationCollector(self.capacity)
+        self.queue_depths = QueueDepths(settings.queue_sample_interval)
         self.metrics_server: WSGIServer | None = None
         self.metrics_server_pid = 0
         #: The multi-process server this process is part of, as an integration found it.
@@ -62,6 +63,7 @@ class Agent:
         self.access_log = settings.access_log
         try:
             self.metrics.register(self.saturation)
+            self.metrics.register(self.queue_depths)
             if self.registry is not REGISTRY:
                 # The global registry carries prometheus-client's process collector already.
                 self.metrics.register(ProcessCollector(registry=None))
@@ -100,6 +102,17 @@ class Agent:
             )
             self.metrics_server_pid = os.getpid()
 
+    def join_server(self, server: _multiprocess.Server) -> None:
+        """Become the main process of a multi-process server, after init() (a Celery worker
+        learns its pool once it starts): from now on the metrics served are merged."""
+        if self.snapshots is not None or self.settings.multiprocess == "off":
+            return
+        self.server = server
+        with _safety.internal_errors("multiprocess.join"):
+            scrape = self._start_snapshots()
+            if self.metrics_server is not None:
+                self.metrics_server.set_app(make_wsgi_app(scrape))
+
     def _start_snapshots(self) -> CollectorRegistry:
         """Decide the process model: alone, or one of a server's processes (one seam)."""
         directory = _multiprocess.directory_for(self.server)
@@ -137,6 +150,7 @@ class Agent:
         integrations.uninstall_all(self.integrations)
         self.saturation.gc_pauses.uninstall()
         self.saturation.loop_lag.stopped = True
+        self.queue_depths.close()
         if self.logs is not None:
             with _safety.internal_errors("logs.close"):
                 self.logs.close(deadline)

@@ -24,6 +24,7 @@ INTEGRATION_NAMES = (
     "starlette",
     "gunicorn",
     "uvicorn",
+    "celery",
     "requests",
     "httpx",
     "urllib3",
@@ -304,6 +305,12 @@ SPECS: dict[str, _Spec] = {
         "auto",
         "Merge the metrics of a multi-process server's workers; `off` serves each alone.",
     ),
+    "queue_sample_interval": _Spec(
+        ("SIGHTLINE_QUEUE_SAMPLE_INTERVAL",),
+        _positive_float,
+        "5",
+        "Seconds between two readings of the background-task queues' depth.",
+    ),
     "exemplars": _Spec(
         ("SIGHTLINE_EXEMPLARS",),
         _bool,
@@ -478,6 +485,7 @@ class Settings:
     max_series: int
     worker_capacity: int | None
     multiprocess: str
+    queue_sample_interval: float
     exemplars: bool
     integrations: tuple[str, ...]
     disabled_integrations: tuple[str, ...]

@@ -331,6 +331,13 @@ class Logs:
         # handlers must not change what an app's later basicConfig() call does.
         logging.basicConfig = self._basic_config
 
+    def reattach(self) -> None:
+        """Put the Loki handler back if a framework cleared the root logger's handlers
+        (Celery's worker does, unless ``worker_hijack_root_logger`` is off)."""
+        root = logging.getLogger()
+        if self.loki is not None and self.loki not in root.handlers:
+            root.addHandler(self.loki)
+
     def _basic_config(self, **kwargs: Any) -> None:
         root = logging.getLogger()
         original = self._original_basic_config or _pristine_basic_config

@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.semconv.attributes import (
     http_attributes,
 )
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
@@ -78,6 +78,48 @@ QUEUE_DURATION_BUCKETS = (
     30.0,
     60.0,
 )
+
+#: Background tasks run from milliseconds to many minutes.
+TASK_DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+)
+#: A backlog can keep tasks waiting for hours.
+TASK_WAIT_BUCKETS = (
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    1800.0,
+    3600.0,
+    7200.0,
+)
+TASK_LABELS = ("task_system", "task_queue", "task_name")
 
 #: Route label of a request that matched no route template (404s, apps without a router).
 UNMATCHED_ROUTE = "_unmatched"
@@ -333,6 +375,50 @@ class Metrics:
                 self.series_folded,
             )
         ).child(())
+        self.task_duration = self._add(
+            Histogram(
+                "worker_task_duration_seconds",
+                "Time a background task ran, by outcome.",
+                [*TASK_LABELS, "task_outcome"],
+                TASK_DURATION_BUCKETS,
+                settings.max_series,
+                self.series_folded,
+            )
+        )
+        self.task_wait = self._add(
+            Histogram(
+                "worker_task_wait_seconds",
+                "Time a background task waited between being published and starting.",
+                TASK_LABELS,
+                TASK_WAIT_BUCKETS,
+                settings.max_series,
+                self.series_folded,
+            )
+        )
+        self.tasks_published = self._add(
+            Counter(
+                "worker_tasks_published",
+                "Background tasks published (sent to a queue).",
+                TASK_LABELS,
+                registry=None,
+            )
+        )
+        self.tasks_active = self._add(
+            Gauge(
+                "worker_tasks_active",
+                "Background tasks running in this process.",
+                ["task_system"],
+                registry=None,
+            )
+        )
+        self.worker_capacity = self._add(
+            Gauge(
+                "worker_capacity",
+                "Background tasks this worker can run at once (its concurrency).",
+                ["task_system"],
+                registry=None,
+            )
+        )
         self._add(_TargetInfo(settings))
         registered: list[Collector] = []
         try:

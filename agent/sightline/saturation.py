@@ -26,7 +26,8 @@ from typing import Any
 import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from . import _safety
+from . import _fork, _safety
+from ._export import warn_rate_limited
 from .metrics import Described, Histogram
 
 # cgroup v1 reports "no limit" as a huge page-aligned number; anything this large is unlimited.
@@ -295,3 +296,99 @@ class SaturationCollector(Described):
                 "Requests this process can serve at once (utilisation = active / capacity).",
                 value=capacity,
             )
+
+
+#: How a queue's depth and the age of its oldest message are read (None: not known).
+DepthReader = Callable[[], float]
+AgeReader = Callable[[], "float | None"]
+
+
+class QueueDepths(Described):
+    """The depth of the queues background workers consume, and where the broker can tell,
+    the age of the oldest waiting message.
+
+    A daemon thread reads every tracked queue every ``interval`` seconds, so a slow or
+    unreachable broker never touches a task or a scrape: the scrape shows the last
+    reading. A queue whose reading fails is left out until it succeeds again (an absent
+    series, not a stale one). A forked child (a pre-fork pool's worker) does not sample:
+    its parent does, once for the whole worker.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._sources: dict[tuple[str, str], tuple[DepthReader, AgeReader | None]] = {}
+        self._values: dict[tuple[str, str], tuple[float, float | None]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        _fork.track(self)
+
+    def track(
+        self, system: str, queue: str, depth: DepthReader, age: AgeReader | None = None
+    ) -> None:
+        with self._lock:
+            self._sources[(system, queue)] = (depth, age)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="sightline-queues", daemon=True
+                )
+                self._thread.start()
+
+    def untrack(self, system: str, queue: str) -> None:
+        with self._lock:
+            self._sources.pop((system, queue), None)
+            self._values.pop((system, queue), None)
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.interval):
+                return
+
+    def sample(self) -> None:
+        with self._lock:
+            sources = list(self._sources.items())
+        for key, (depth, age) in sources:
+            try:
+                value = (float(depth()), age() if age is not None else None)
+            except Exception as exc:
+                self._values.pop(key, None)
+                warn_rate_limited(
+                    "queues",
+                    type(exc).__name__,
+                    "sightline: cannot read the depth of %s queue %r (%s); retrying",
+                    key[0],
+                    key[1],
+                    exc,
+                )
+                continue
+            if key in self._sources:
+                self._values[key] = value
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _after_fork(self) -> None:
+        self._sources = {}
+        self._values = {}
+        self._thread = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterable[Metric]:
+        depth = GaugeMetricFamily(
+            "worker_queue_depth",
+            "Messages waiting in a background-task queue (sampled off the task path).",
+            labels=["task_system", "task_queue"],
+        )
+        age = GaugeMetricFamily(
+            "worker_queue_oldest_age_seconds",
+            "Age of the oldest message waiting in a queue, where the broker can tell.",
+            labels=["task_system", "task_queue"],
+        )
+        for key, (count, oldest) in list(self._values.items()):
+            depth.add_metric(list(key), count)
+            if oldest is not None:
+                age.add_metric(list(key), oldest)
+        yield depth
+        yield age

@@ -69,6 +69,7 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
     "starlette": ("starlette", "fastapi"),
     "gunicorn": ("gunicorn",),
     "uvicorn": ("uvicorn",),
+    "celery": ("celery",),
     "requests": ("requests",),
     "httpx": ("httpx",),
     "urllib3": ("urllib3",),

@@ -1,0 +1,346 @@
+"""Celery: golden signals of every task, queue saturation, and traces across the broker.
+
+Everything goes through Celery's own signals, connected once and disconnected by
+``uninstall`` (nine hooks, producer and worker side):
+
+- ``before_task_publish``: a PRODUCER span, its ``traceparent`` written into the
+  message headers, and the publish time stamped there too
+  (``sightline_published_at``); ``after_task_publish`` ends the span and counts
+  ``worker_tasks_published_total``.
+- ``task_prerun`` / ``task_postrun``: a CONSUMER span continuing the producer's trace
+  and made current (so the task's log lines carry its ids), ``worker_task_wait_seconds``
+  (start time minus the stamp; left out for messages from uninstrumented producers),
+  ``worker_tasks_active`` and ``worker_task_duration_seconds`` by outcome (``success``,
+  ``failure``, ``retry``, ``revoked``, ``rejected``). ``task_failure`` puts the exception
+  on the span; ``task_revoked`` counts a task revoked before it ran.
+- ``worker_init`` (in the worker's main process): ``worker_capacity`` is the worker's
+  concurrency (``worker_process_init`` keeps pool processes from repeating it). With the
+  prefork pool the worker becomes a multi-process server, so the pool processes' numbers
+  are merged on the main process's metrics endpoint. The depth of every queue the worker
+  consumes is sampled off the task path (on Redis also the age of the oldest message).
+
+Eager tasks (``task_always_eager`` or ``.apply()``) run the same hooks, in the caller's
+trace. The worker replaces the root logger's handlers with its own unless
+``worker_hijack_root_logger`` is off; ``after_setup_logger`` puts the Loki handler back
+(Celery's handler then prints the lines; the JSON stdout handler is Sightline's only
+when the root logger has no other).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from .. import _agent, _safety
+from .._multiprocess import Server
+from . import DidNotEnable, Integration
+
+try:
+    from celery import signals
+except ImportError:
+    raise DidNotEnable("celery is not installed") from None
+
+if TYPE_CHECKING:
+    from .._agent import Agent
+
+logger = logging.getLogger("sightline")
+
+SYSTEM = "celery"
+#: The message header carrying the publish time (seconds since the epoch).
+PUBLISHED = "sightline_published_at"
+_OUTCOMES = {
+    "SUCCESS": "success",
+    "FAILURE": "failure",
+    "RETRY": "retry",
+    "REVOKED": "revoked",
+    "REJECTED": "rejected",
+    "IGNORED": "success",
+}
+
+
+class _RequestGetter(Getter[Any]):
+    """Reads propagation headers from a task's request (Celery makes headers attributes)."""
+
+    def get(self, carrier: Any, key: str) -> list[str] | None:
+        value = getattr(carrier, key, None)
+        if value is None and isinstance(getattr(carrier, "headers", None), dict):
+            value = carrier.headers.get(key)
+        return [value] if isinstance(value, str) else None
+
+    def keys(self, carrier: Any) -> list[str]:
+        return []
+
+
+_getter = _RequestGetter()
+# Spans being published (by task id) and tasks running in this process (by task id).
+_publishing: dict[str, Any] = {}
+_running: dict[str, tuple[float, Any, object, str, str]] = {}
+
+
+def _queue_of(request: Any, task: Any) -> str:
+    info = getattr(request, "delivery_info", None) or {}
+    queue = info.get("routing_key") or getattr(task, "queue", None)
+    if not queue:
+        app = getattr(task, "app", None)
+        queue = getattr(getattr(app, "conf", None), "task_default_queue", None) or "celery"
+    return str(queue)
+
+
+def _before_publish(
+    sender: Any = None,
+    body: Any = None,
+    headers: dict[str, Any] | None = None,
+    routing_key: str | None = None,
+    **extra: Any,
+) -> None:
+    agent = _agent.current
+    if agent is None or headers is None:
+        return
+    with _safety.internal_errors("celery.publish"):
+        headers[PUBLISHED] = time.time()
+        tracing = agent.tracing
+        if tracing is None:
+            return
+        name = str(headers.get("task") or sender)
+        span = tracing.tracer.start_span(
+            f"publish {name}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": SYSTEM,
+                "messaging.operation.type": "send",
+                "messaging.destination.name": routing_key or "",
+                "messaging.message.id": str(headers.get("id", "")),
+            },
+        )
+        propagate.inject(headers, context=trace.set_span_in_context(span))
+        task_id = headers.get("id")
+        if task_id is not None:
+            _publishing[str(task_id)] = span
+        else:
+            span.end()
+
+
+def _after_publish(
+    sender: Any = None,
+    headers: dict[str, Any] | None = None,
+    routing_key: str | None = None,
+    **extra: Any,
+) -> None:
+    agent = _agent.current
+    if agent is None:
+        return
+    with _safety.internal_errors("celery.published"):
+        headers = headers or {}
+        name = str(headers.get("task") or sender)
+        agent.metrics.tasks_published.labels(SYSTEM, routing_key or "", name).inc()
+        span = _publishing.pop(str(headers.get("id")), None)
+        if span is not None:
+            span.end()
+
+
+def _prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **extra: Any) -> None:
+    agent = _agent.current
+    if agent is None or task is None or task_id is None:
+        return
+    with _safety.internal_errors("celery.prerun"):
+        request = task.request
+        queue, name = _queue_of(request, task), str(task.name)
+        published = getattr(request, PUBLISHED, None)
+        if isinstance(published, (int, float)):
+            waited = time.time() - published
+            if waited >= 0:
+                agent.metrics.task_wait.child((SYSTEM, queue, name)).observe(waited)
+        agent.metrics.tasks_active.labels(SYSTEM).inc()
+        span: Any = None
+        token: object = None
+        if agent.tracing is not None:
+            parent: Context | None = propagate.extract(request, getter=_getter)
+            if trace.get_current_span(parent).get_span_context().is_valid is False:
+                parent = None  # eager, or an uninstrumented producer: the current context
+            span = agent.tracing.tracer.start_span(
+                f"process {name}",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": SYSTEM,
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": queue,
+                    "messaging.message.id": task_id,
+                },
+            )
+            token = context.attach(trace.set_span_in_context(span, parent))
+        _running[task_id] = (time.perf_counter(), span, token, queue, name)
+
+
+def _finish(agent: Agent, task_id: str, outcome: str) -> None:
+    entry = _running.pop(task_id, None)
+    if entry is None:
+        return
+    started, span, token, queue, name = entry
+    elapsed = time.perf_counter() - started
+    agent.metrics.tasks_active.labels(SYSTEM).dec()
+    agent.metrics.task_duration.child((SYSTEM, queue, name, outcome)).observe(elapsed)
+    if span is not None:
+        span.set_attribute("celery.task.outcome", outcome)
+        if outcome == "failure":
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+    if token is not None:
+        context.detach(token)  # type: ignore[arg-type]
+
+
+def _postrun(
+    sender: Any = None, task_id: str | None = None, state: str | None = None, **extra: Any
+) -> None:
+    agent = _agent.current
+    if agent is None or task_id is None:
+        return
+    with _safety.internal_errors("celery.postrun"):
+        _finish(agent, task_id, _OUTCOMES.get(str(state), "failure"))
+
+
+def _failure(
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    **extra: Any,
+) -> None:
+    with _safety.internal_errors("celery.failure"):
+        entry = _running.get(task_id or "")
+        if entry is not None and entry[1] is not None and exception is not None:
+            entry[1].record_exception(exception)
+            entry[1].set_attribute("error.type", type(exception).__qualname__)
+
+
+def _revoked(sender: Any = None, request: Any = None, **extra: Any) -> None:
+    agent = _agent.current
+    if agent is None or request is None:
+        return
+    with _safety.internal_errors("celery.revoked"):
+        task_id = str(getattr(request, "id", ""))
+        if task_id in _running:
+            _finish(agent, task_id, "revoked")
+            return
+        # Revoked before it ran: counted, with no running time.
+        name = str(getattr(request, "name", None) or getattr(request, "task_name", ""))
+        queue = str((getattr(request, "delivery_info", None) or {}).get("routing_key") or "")
+        agent.metrics.task_duration.child((SYSTEM, queue, name, "revoked")).observe(0.0)
+
+
+def _worker_init(sender: Any = None, **extra: Any) -> None:
+    agent = _agent.current
+    if agent is None or sender is None:
+        return
+    with _safety.internal_errors("celery.worker_init"):
+        concurrency = int(getattr(sender, "concurrency", 0) or 0)
+        if concurrency:
+            agent.metrics.worker_capacity.labels(SYSTEM).set(concurrency)
+        pool = getattr(sender, "pool_cls", "")
+        pool_name = pool if isinstance(pool, str) else f"{pool.__module__}.{pool.__name__}"
+        if "prefork" in pool_name or pool_name.endswith("processes"):
+            # The pool's processes are forked from this one after this point.
+            agent.join_server(Server(SYSTEM, os.getpid(), workers=concurrency, worker=False))
+        app = getattr(sender, "app", None)
+        if app is not None:
+            _track_queues(agent, app)
+
+
+def _worker_process_init(sender: Any = None, **extra: Any) -> None:
+    agent = _agent.current
+    if agent is None:
+        return
+    with _safety.internal_errors("celery.worker_process_init"):
+        # A pool process inherited the main process's capacity: it is not a worker's
+        # capacity of its own (the main process reports the pool's).
+        agent.metrics.worker_capacity.clear()
+
+
+def _after_setup_logger(sender: Any = None, **extra: Any) -> None:
+    agent = _agent.current
+    if agent is not None and agent.logs is not None:
+        with _safety.internal_errors("celery.logging"):
+            agent.logs.reattach()
+
+
+def _track_queues(agent: Agent, app: Any) -> None:
+    queues = list(app.amqp.queues.consume_from or app.amqp.queues)
+    for queue in queues:
+        agent.queue_depths.track(SYSTEM, str(queue), *_readers(app, str(queue)))
+
+
+def _readers(app: Any, queue: str) -> tuple[Any, Any]:
+    """Depth of ``queue`` through kombu (any broker), and on Redis the oldest message's age."""
+    connection: Any = None
+
+    def channel() -> Any:
+        nonlocal connection
+        if connection is None:
+            options = {**(app.conf.broker_transport_options or {}), "socket_timeout": 5.0}
+            connection = app.connection_for_read(connect_timeout=5, transport_options=options)
+            connection.ensure_connection(max_retries=1)
+        return connection.default_channel
+
+    def depth() -> float:
+        nonlocal connection
+        try:
+            declared = channel().queue_declare(queue=queue, passive=True)
+            return float(declared.message_count)
+        except Exception as exc:
+            if str(getattr(exc, "reply_code", "")) == "404":
+                return 0.0  # Redis deletes an empty list; RabbitMQ: not declared yet
+            if connection is not None:
+                connection.release()
+            connection = None  # reconnect at the next reading
+            raise
+
+    def age() -> float | None:
+        client = getattr(channel(), "client", None)  # kombu's Redis transport only
+        if client is None or not hasattr(client, "lindex"):
+            return None
+        raw = client.lindex(queue, -1)  # kombu pushes left and pops right: the oldest
+        if raw is None:
+            return 0.0
+        headers = json.loads(raw).get("headers") or {}
+        published = headers.get(PUBLISHED)
+        return max(0.0, time.time() - published) if isinstance(published, (int, float)) else None
+
+    return depth, age
+
+
+_HOOKS = (
+    (signals.before_task_publish, _before_publish),
+    (signals.after_task_publish, _after_publish),
+    (signals.task_prerun, _prerun),
+    (signals.task_postrun, _postrun),
+    (signals.task_failure, _failure),
+    (signals.task_revoked, _revoked),
+    (signals.worker_init, _worker_init),
+    (signals.worker_process_init, _worker_process_init),
+    (signals.after_setup_logger, _after_setup_logger),
+)
+
+
+class CeleryIntegration(Integration):
+    name = "celery"
+
+    def install(self, agent: Agent) -> None:
+        for signal, receiver in _HOOKS:
+            # weak=False: the receivers are module functions; dispatch_uid makes it idempotent.
+            signal.connect(receiver, weak=False, dispatch_uid=f"sightline.{receiver.__name__}")
+
+    def uninstall(self) -> None:
+        for signal, receiver in _HOOKS:
+            signal.disconnect(receiver, dispatch_uid=f"sightline.{receiver.__name__}")
+        _publishing.clear()
+        _running.clear()
+
+
+INTEGRATION = CeleryIntegration

@@ -1,0 +1,265 @@
+"""Celery on a real Redis with a real prefork worker: exact task signals, waits, queue depth
+and one trace from an HTTP request through the broker into the worker."""
+
+from __future__ import annotations
+
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sightline
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from .helpers import call_wsgi, free_port
+from .receivers import Backend
+from .servers import process, redis
+
+celery = pytest.importorskip("celery")
+redis_client = pytest.importorskip("redis")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[str]:
+    with redis(tmp_path) as url:
+        yield url
+
+
+def producer(url: str) -> Any:
+    """A Celery app in the test process that only publishes (by task name)."""
+    app = celery.Celery("producer", broker=url)
+    app.conf.task_default_queue = "work"
+    return app
+
+
+@pytest.fixture
+def worker_env(broker: str, backend: Backend, tmp_path: Path) -> dict[str, str]:
+    return {
+        "BROKER_URL": broker,
+        "SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+        "SIGHTLINE_QUEUE_SAMPLE_INTERVAL": "0.5",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": backend.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "SIGHTLINE_LOKI_URL": backend.url,
+        "TMPDIR": str(tmp_path),
+    }
+
+
+def worker(env: dict[str, str], tmp_path: Path) -> Any:
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tests.apps.celery_tasks",
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        "2",
+        "--queues",
+        "work",
+        "--loglevel",
+        "WARNING",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    return process(command, env, tmp_path / "worker.log")
+
+
+def samples(env: dict[str, str]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    url = f"http://{env['SIGHTLINE_METRICS_ADDR']}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def task_count(found: dict[Any, float], name: str, outcome: str) -> float:
+    return sum(
+        value
+        for (metric, labels), value in found.items()
+        if metric == "worker_task_duration_seconds_count"
+        and ("task_name", name) in labels
+        and ("task_outcome", outcome) in labels
+    )
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.25)
+
+
+def test_task_outcomes_are_counted_exactly(
+    worker_env: dict[str, str], broker: str, tmp_path: Path
+) -> None:
+    """A prefork worker (2 processes) runs tasks that succeed, fail and retry once; the
+    worker's one endpoint counts each (task, outcome) exactly, merged over its pool."""
+    app = producer(broker)
+    for i in range(10):
+        app.send_task("tasks.add", args=(i, i))
+    for _ in range(3):
+        app.send_task("tasks.fail")
+    for _ in range(2):
+        app.send_task("tasks.flaky")
+    expected = {
+        ("tasks.add", "success"): 10,
+        ("tasks.fail", "failure"): 3,
+        ("tasks.flaky", "retry"): 2,
+        ("tasks.flaky", "success"): 2,
+    }
+    with worker(worker_env, tmp_path):
+
+        def counts() -> dict[tuple[str, str], float]:
+            found = samples(worker_env)
+            return {key: task_count(found, *key) for key in expected}
+
+        assert wait_until(lambda: counts() == expected), counts()
+        found = samples(worker_env)
+    capacity = [v for (m, _), v in found.items() if m == "worker_capacity"]
+    assert capacity == [2]  # reported once, by the main process, for its pool
+    assert found[("server_workers_configured", ())] == 2
+    assert found[("server_workers_live", ())] == 2
+    active = [v for (m, _), v in found.items() if m == "worker_tasks_active"]
+    assert len(active) == 2  # one series per pool process (labelled process_pid)
+    assert sum(active) == 0
+
+
+def test_waits_and_queue_depth(
+    worker_env: dict[str, str], broker: str, tmp_path: Path, registry: CollectorRegistry
+) -> None:
+    """Tasks published by an instrumented producer while no worker runs wait at least as
+    long as the worker was away; the depth gauge follows the broker's list to 0."""
+    sightline.init(service="producer", registry=registry, metrics_addr="off", traces=False)
+    app = producer(broker)
+    for _ in range(40):
+        app.send_task("tasks.slow", args=(0.1,))
+    published = registry.get_sample_value(
+        "worker_tasks_published_total",
+        {"task_system": "celery", "task_queue": "work", "task_name": "tasks.slow"},
+    )
+    assert published == 40
+    away = 2.0
+    time.sleep(away)
+    lengths: list[tuple[float, int]] = []
+    readings: list[tuple[float, float]] = []
+    client = redis_client.Redis.from_url(broker)
+    with worker(worker_env, tmp_path):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            lengths.append((time.monotonic(), int(client.llen("work"))))
+            depths = [
+                value
+                for (metric, labels), value in samples(worker_env).items()
+                if metric == "worker_queue_depth" and ("task_queue", "work") in labels
+            ]
+            depth = depths[0] if depths else None  # one series: only the main process samples
+            if depth is not None:
+                readings.append((time.monotonic(), depth))
+                if depth == 0 and lengths[-1][1] == 0 and len(readings) > 2:
+                    break
+            time.sleep(0.1)
+
+        def all_done() -> dict[Any, float] | None:
+            found = samples(worker_env)
+            return found if task_count(found, "tasks.slow", "success") == 40 else None
+
+        found = wait_until(all_done)
+    assert readings, "the depth gauge never appeared"
+    assert readings[-1][1] == 0
+    assert any(depth > 0 for _, depth in readings)
+    period = 0.5
+    for at, depth in readings:
+        window = [n for t, n in lengths if at - period - 0.3 <= t <= at]
+        if window:
+            assert min(window) <= depth <= max(window), (at, depth, window)
+    labels = (("task_name", "tasks.slow"), ("task_queue", "work"), ("task_system", "celery"))
+    assert found[("worker_task_wait_seconds_count", labels)] == 40
+    below = (*labels[:2], ("le", "1.0"), labels[2])
+    assert found[("worker_task_wait_seconds_bucket", tuple(sorted(below)))] == 0
+
+
+def test_one_trace_from_request_to_task(
+    worker_env: dict[str, str], broker: str, tmp_path: Path, backend: Backend, registry: Any
+) -> None:
+    """An HTTP request that enqueues a task: the request span, the producer span and the
+    worker's span share one trace id, and the task's log line shipped to Loki carries it."""
+    flask = pytest.importorskip("flask")
+    sightline.init(service="web", registry=registry, metrics_addr="off", otlp_endpoint=backend.url)
+    app = producer(broker)
+    web = flask.Flask("web")
+
+    @web.route("/orders")
+    def order() -> str:
+        app.send_task("tasks.add", args=(20, 22))
+        return "queued"
+
+    status, _ = call_wsgi(web, "/orders")
+    assert status.startswith("200")
+    with worker(worker_env, tmp_path):
+        assert backend.wait_for(
+            lambda: any(s.name == "process tasks.add" for _, s in backend.spans()), timeout=60
+        )
+        assert backend.wait_for(
+            lambda: any("adding 20 and 22" in e[2] for e in backend.log_entries()), timeout=30
+        )
+    sightline.shutdown()
+    spans = {s.name: s for _, s in backend.spans()}
+    request, publish, run = (
+        spans["GET /orders"],
+        spans["publish tasks.add"],
+        spans["process tasks.add"],
+    )
+    assert request.trace_id == publish.trace_id == run.trace_id
+    assert publish.parent_span_id == request.span_id
+    assert run.parent_span_id == publish.span_id
+    [entry] = [e for e in backend.log_entries() if "adding 20 and 22" in e[2]]
+    assert entry[3]["trace_id"] == run.trace_id.hex()
+    assert entry[3]["span_id"] == run.span_id.hex()
+
+
+def test_eager_tasks_run_in_the_callers_trace(registry: CollectorRegistry, backend: Any) -> None:
+    """An eager task (.apply()) is timed with its outcome and its span is a child of the
+    caller's span."""
+    sightline.init(
+        service="eager", registry=registry, metrics_addr="off", otlp_endpoint=backend.url
+    )
+    from opentelemetry import trace
+
+    app = celery.Celery("eager")
+
+    @app.task(name="eager.double")
+    def double(x: int) -> int:
+        return 2 * x
+
+    with trace.get_tracer("test").start_as_current_span("caller"):
+        assert double.apply(args=(4,)).get() == 8
+    count = registry.get_sample_value(
+        "worker_task_duration_seconds_count",
+        {
+            "task_system": "celery",
+            "task_queue": "celery",
+            "task_name": "eager.double",
+            "task_outcome": "success",
+        },
+    )
+    assert count == 1
+    sightline.shutdown()
+    spans = {s.name: s for _, s in backend.spans()}
+    assert spans["process eager.double"].parent_span_id == spans["caller"].span_id
+    assert spans["process eager.double"].trace_id == spans["caller"].trace_id
