@@ -85,11 +85,18 @@ def shutdown() -> None:
         _stop()
 
 
-def _stop() -> None:
+def _stop(timeout: float | None = None) -> None:
     agent, _agent.current = _agent.current, None
     if agent is not None:
         with _safety.internal_errors("shutdown"):
-            agent.close()
+            agent.close(timeout)
+
+
+def _stop_for_exit(timeout: float) -> None:
+    """shutdown() within ``timeout``, for a process about to leave without running atexit
+    handlers (an RQ work horse ends with os._exit)."""
+    with _agent.lock:
+        _stop(timeout)
 
 
 def instrument_app(app: Any, route_of: Callable[[Any], str | None] | None = None) -> Any:

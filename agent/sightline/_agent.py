@@ -129,9 +129,11 @@ class Agent:
     def _count_internal_error(self, where: str) -> None:
         self.metrics.internal_errors.labels(where).inc()
 
-    def close(self) -> None:
-        """Undo everything; ends within SIGHTLINE_SHUTDOWN_TIMEOUT whatever the backends do."""
-        deadline = time.monotonic() + self.settings.shutdown_timeout
+    def close(self, timeout: float | None = None) -> None:
+        """Undo everything; ends within SIGHTLINE_SHUTDOWN_TIMEOUT (or ``timeout``, if
+        shorter) whatever the backends do."""
+        budget = self.settings.shutdown_timeout
+        deadline = time.monotonic() + (budget if timeout is None else min(budget, timeout))
         queues: list[BatchQueue[Any]] = []
         if self.tracing is not None and self.tracing.queue is not None:
             queues.append(self.tracing.queue)

@@ -25,6 +25,7 @@ INTEGRATION_NAMES = (
     "gunicorn",
     "uvicorn",
     "celery",
+    "rq",
     "requests",
     "httpx",
     "urllib3",

@@ -301,6 +301,7 @@ class SaturationCollector(Described):
 #: How a queue's depth and the age of its oldest message are read (None: not known).
 DepthReader = Callable[[], float]
 AgeReader = Callable[[], "float | None"]
+Registries = dict[str, Callable[[], float]]
 
 
 class QueueDepths(Described):
@@ -316,18 +317,25 @@ class QueueDepths(Described):
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self._sources: dict[tuple[str, str], tuple[DepthReader, AgeReader | None]] = {}
-        self._values: dict[tuple[str, str], tuple[float, float | None]] = {}
+        self._sources: dict[tuple[str, str], tuple[DepthReader, AgeReader | None, Registries]] = {}
+        self._values: dict[tuple[str, str], tuple[float, float | None, dict[str, float]]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         _fork.track(self)
 
     def track(
-        self, system: str, queue: str, depth: DepthReader, age: AgeReader | None = None
+        self,
+        system: str,
+        queue: str,
+        depth: DepthReader,
+        age: AgeReader | None = None,
+        registries: Registries | None = None,
     ) -> None:
+        """Read ``depth`` (and ``age``, and each of ``registries``: jobs a queue holds in
+        other states, e.g. RQ's started and failed) every interval."""
         with self._lock:
-            self._sources[(system, queue)] = (depth, age)
+            self._sources[(system, queue)] = (depth, age, registries or {})
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="sightline-queues", daemon=True
@@ -348,9 +356,13 @@ class QueueDepths(Described):
     def sample(self) -> None:
         with self._lock:
             sources = list(self._sources.items())
-        for key, (depth, age) in sources:
+        for key, (depth, age, registries) in sources:
             try:
-                value = (float(depth()), age() if age is not None else None)
+                value = (
+                    float(depth()),
+                    age() if age is not None else None,
+                    {state: float(read()) for state, read in registries.items()},
+                )
             except Exception as exc:
                 self._values.pop(key, None)
                 warn_rate_limited(
@@ -386,9 +398,17 @@ class QueueDepths(Described):
             "Age of the oldest message waiting in a queue, where the broker can tell.",
             labels=["task_system", "task_queue"],
         )
-        for key, (count, oldest) in list(self._values.items()):
+        held = GaugeMetricFamily(
+            "worker_queue_registry_jobs",
+            "Jobs of a queue in another state than waiting (RQ: started, failed).",
+            labels=["task_system", "task_queue", "registry"],
+        )
+        for key, (count, oldest, registries) in list(self._values.items()):
             depth.add_metric(list(key), count)
             if oldest is not None:
                 age.add_metric(list(key), oldest)
+            for state, jobs in registries.items():
+                held.add_metric([*key, state], jobs)
         yield depth
         yield age
+        yield held

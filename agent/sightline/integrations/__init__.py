@@ -70,6 +70,7 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
     "gunicorn": ("gunicorn",),
     "uvicorn": ("uvicorn",),
     "celery": ("celery",),
+    "rq": ("rq",),
     "requests": ("requests",),
     "httpx": ("httpx",),
     "urllib3": ("urllib3",),

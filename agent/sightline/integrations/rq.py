@@ -1,0 +1,236 @@
+"""RQ: golden signals of every job, queue saturation, and traces across Redis.
+
+RQ has no signals, so four methods are patched on their classes (and put back by
+``uninstall``):
+
+- ``Queue.enqueue_job``: a PRODUCER span, its ``traceparent`` kept in ``job.meta``
+  (saved with the job), and ``worker_tasks_published_total``.
+- ``Worker.work`` (the worker's main process): ``worker_capacity`` (an RQ worker runs
+  one job at a time); with a forking worker the process becomes a multi-process server,
+  so what each work horse counted is merged on its metrics endpoint; every queue's depth,
+  the age of its oldest job and its started and failed registries are sampled off the
+  job path.
+- ``Worker.perform_job`` (in the work horse): a CONSUMER span continuing the producer's
+  trace and made current, ``worker_task_wait_seconds`` from the job's ``enqueued_at``,
+  ``worker_tasks_active`` and ``worker_task_duration_seconds`` by outcome (``success``,
+  ``failure``, ``retry`` when RQ schedules it again). A work horse ends with
+  ``os._exit``, which runs no ``atexit`` handler, so the horse flushes its spans, logs
+  and last metrics snapshot itself, within :data:`HORSE_FLUSH_SECONDS`.
+- ``Job.perform``: an exception the job raises is put on the span (RQ catches it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from .. import _agent, _safety
+from .._multiprocess import Server
+from . import DidNotEnable, Integration
+
+try:
+    from rq.job import Job, JobStatus
+    from rq.queue import Queue
+    from rq.worker import SimpleWorker, Worker
+except ImportError:
+    raise DidNotEnable("rq is not installed") from None
+
+if TYPE_CHECKING:
+    from .._agent import Agent
+
+SYSTEM = "rq"
+#: The key in ``job.meta`` holding the producer's trace context.
+META = "sightline"
+#: The most a work horse spends, after its job, handing over spans, logs and metrics.
+HORSE_FLUSH_SECONDS = 1.0
+
+_saved: dict[str, Any] = {}
+
+
+def _enqueue_job(self: Queue, job: Job, *args: Any, **kwargs: Any) -> Job:
+    agent = _agent.current
+    span: Any = None
+    if agent is not None:
+        with _safety.internal_errors("rq.enqueue"):
+            if agent.tracing is not None:
+                span = agent.tracing.tracer.start_span(
+                    f"publish {job.func_name}",
+                    kind=SpanKind.PRODUCER,
+                    attributes={
+                        "messaging.system": SYSTEM,
+                        "messaging.operation.type": "send",
+                        "messaging.destination.name": self.name,
+                        "messaging.message.id": job.id,
+                    },
+                )
+                carrier: dict[str, str] = {}
+                propagate.inject(carrier, context=trace.set_span_in_context(span))
+                job.meta[META] = carrier
+    try:
+        return _saved["enqueue_job"](self, job, *args, **kwargs)  # type: ignore[no-any-return]
+    finally:
+        if agent is not None:
+            with _safety.internal_errors("rq.enqueued"):
+                name = str(job.func_name)
+                agent.metrics.tasks_published.labels(SYSTEM, self.name, name).inc()
+                if span is not None:
+                    span.end()
+
+
+def _perform_job(self: Worker, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> bool:
+    agent = _agent.current
+    if agent is None:
+        return _saved["perform_job"](self, job, queue, *args, **kwargs)  # type: ignore[no-any-return]
+    started = time.perf_counter()
+    span: Any = None
+    token: object = None
+    name = str(job.func_name)
+    with _safety.internal_errors("rq.start"):
+        enqueued = job.enqueued_at
+        if isinstance(enqueued, datetime):
+            if enqueued.tzinfo is None:
+                enqueued = enqueued.replace(tzinfo=timezone.utc)
+            waited = (datetime.now(timezone.utc) - enqueued).total_seconds()
+            if waited >= 0:
+                agent.metrics.task_wait.child((SYSTEM, queue.name, name)).observe(waited)
+        agent.metrics.tasks_active.labels(SYSTEM).inc()
+        if agent.tracing is not None:
+            carrier = job.meta.get(META) if isinstance(job.meta, dict) else None
+            parent = propagate.extract(carrier) if isinstance(carrier, dict) else None
+            span = agent.tracing.tracer.start_span(
+                f"process {name}",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": SYSTEM,
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": queue.name,
+                    "messaging.message.id": job.id,
+                },
+            )
+            token = context.attach(trace.set_span_in_context(span, parent))
+    succeeded = False
+    try:
+        succeeded = bool(_saved["perform_job"](self, job, queue, *args, **kwargs))
+        return succeeded
+    finally:
+        with _safety.internal_errors("rq.finish"):
+            outcome = "success" if succeeded else _failed_outcome(job)
+            agent.metrics.tasks_active.labels(SYSTEM).dec()
+            elapsed = time.perf_counter() - started
+            agent.metrics.task_duration.child((SYSTEM, queue.name, name, outcome)).observe(elapsed)
+            if span is not None:
+                span.set_attribute("rq.job.outcome", outcome)
+                if outcome == "failure":
+                    span.set_status(Status(StatusCode.ERROR))
+                span.end()
+            if token is not None:
+                context.detach(token)  # type: ignore[arg-type]
+        if getattr(self, "_is_horse", False):
+            # The horse leaves through os._exit: hand everything over now.
+            from .. import _stop_for_exit
+
+            _stop_for_exit(HORSE_FLUSH_SECONDS)
+
+
+def _failed_outcome(job: Job) -> str:
+    status = job.get_status(refresh=False)
+    if status in (JobStatus.SCHEDULED, JobStatus.QUEUED):
+        return "retry"  # RQ's Retry put it back
+    return "failure"
+
+
+def _job_perform(self: Job) -> Any:
+    try:
+        return _saved["job_perform"](self)
+    except BaseException as error:
+        with _safety.internal_errors("rq.exception"):
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.record_exception(error)
+                span.set_attribute("error.type", type(error).__qualname__)
+        raise
+
+
+def _work(self: Worker, *args: Any, **kwargs: Any) -> bool:
+    agent = _agent.current
+    if agent is not None:
+        with _safety.internal_errors("rq.work"):
+            _start_worker(agent, self)
+    return _saved["work"](self, *args, **kwargs)  # type: ignore[no-any-return]
+
+
+def _start_worker(agent: Agent, worker: Worker) -> None:
+    agent.metrics.worker_capacity.labels(SYSTEM).set(1)
+    if not isinstance(worker, SimpleWorker):  # jobs run in forked work horses
+        agent.join_server(Server(SYSTEM, os.getpid(), workers=1, worker=False))
+    for queue in worker.queues:
+        _track(agent, queue)
+
+
+def _track(agent: Agent, queue: Queue) -> None:
+    def depth() -> float:
+        return float(queue.count)
+
+    def started() -> float:
+        return float(queue.started_job_registry.count)
+
+    def failed() -> float:
+        return float(queue.failed_job_registry.count)
+
+    agent.queue_depths.track(
+        SYSTEM,
+        queue.name,
+        depth,
+        lambda: _oldest_age(queue),
+        {"started": started, "failed": failed},
+    )
+
+
+def _oldest_age(queue: Queue) -> float | None:
+    """Seconds since the job at the head of the queue was enqueued (RQ pops from the left)."""
+    connection = queue.connection
+    job_id = connection.lindex(queue.key, 0)
+    if job_id is None:
+        return 0.0
+    if isinstance(job_id, bytes):
+        job_id = job_id.decode()
+    raw = connection.hget(Job.redis_job_namespace_prefix + job_id, "enqueued_at")
+    if raw is None:
+        return None
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    enqueued = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if enqueued.tzinfo is None:
+        enqueued = enqueued.replace(tzinfo=timezone.utc)
+    return max(0.0, (datetime.now(timezone.utc) - enqueued).total_seconds())
+
+
+_PATCHES = (
+    (Queue, "enqueue_job", "enqueue_job", _enqueue_job),
+    (Worker, "perform_job", "perform_job", _perform_job),
+    (Worker, "work", "work", _work),
+    (Job, "perform", "job_perform", _job_perform),
+)
+
+
+class RQIntegration(Integration):
+    name = "rq"
+
+    def install(self, agent: Agent) -> None:
+        for owner, attribute, key, patch in _PATCHES:
+            if getattr(owner, attribute) is not patch:
+                _saved[key] = getattr(owner, attribute)
+                setattr(owner, attribute, patch)
+
+    def uninstall(self) -> None:
+        for owner, attribute, key, patch in _PATCHES:
+            if getattr(owner, attribute) is patch:
+                setattr(owner, attribute, _saved[key])
+
+
+INTEGRATION = RQIntegration

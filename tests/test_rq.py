@@ -1,0 +1,202 @@
+"""RQ on a real Redis with a real forking `rq worker`: exact job signals, waits, queue
+depth and one trace from an HTTP request through Redis into the work horse."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sightline
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from .helpers import call_wsgi, free_port
+from .receivers import Backend
+from .servers import process, redis
+
+rq = pytest.importorskip("rq")
+redis_client = pytest.importorskip("redis")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[str]:
+    with redis(tmp_path) as url:
+        yield url
+
+
+def queue(url: str) -> Any:
+    return rq.Queue("work", connection=redis_client.Redis.from_url(url))
+
+
+@pytest.fixture
+def worker_env(broker: str, backend: Backend, tmp_path: Path) -> dict[str, str]:
+    return {
+        "SIGHTLINE_SERVICE": "jobs",
+        "SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+        "SIGHTLINE_QUEUE_SAMPLE_INTERVAL": "0.5",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": backend.url,
+        "SIGHTLINE_LOKI_URL": backend.url,
+        "TMPDIR": str(tmp_path),
+    }
+
+
+def worker(env: dict[str, str], broker: str, tmp_path: Path) -> Any:
+    """A forking `rq worker`, instrumented by the launcher alone."""
+    exe = shutil.which("sightline")
+    launcher = [exe] if exe else [sys.executable, "-m", "sightline.cli"]
+    command = [*launcher, "run", "--", sys.executable, "-m", "rq.cli", "worker"]
+    command += ["--url", broker, "--path", ".", "work"]
+    return process(command, env, tmp_path / "worker.log")
+
+
+def samples(env: dict[str, str]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    try:
+        url = f"http://{env['SIGHTLINE_METRICS_ADDR']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(found: dict[Any, float], metric: str, **labels: str) -> float:
+    wanted = set(labels.items())
+    return sum(v for (m, got), v in found.items() if m == metric and wanted <= set(got))
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.25)
+
+
+def test_job_outcomes_are_counted_exactly(
+    worker_env: dict[str, str], broker: str, tmp_path: Path
+) -> None:
+    """Jobs that succeed, fail, and fail once then succeed on RQ's retry are counted per
+    (job, outcome) exactly on the worker's endpoint, merged over its work horses."""
+    work = queue(broker)
+    for i in range(10):
+        work.enqueue("tests.apps.rq_jobs.add", i, i)
+    for _ in range(3):
+        work.enqueue("tests.apps.rq_jobs.fail")
+    for n in range(2):
+        work.enqueue(
+            "tests.apps.rq_jobs.flaky", str(tmp_path / f"flaky-{n}"), retry=rq.Retry(max=1)
+        )
+    expected = {
+        ("tests.apps.rq_jobs.add", "success"): 10,
+        ("tests.apps.rq_jobs.fail", "failure"): 3,
+        ("tests.apps.rq_jobs.flaky", "retry"): 2,
+        ("tests.apps.rq_jobs.flaky", "success"): 2,
+    }
+    metric = "worker_task_duration_seconds_count"
+    with worker(worker_env, broker, tmp_path):
+
+        def counts() -> dict[tuple[str, str], float]:
+            found = samples(worker_env)
+            return {
+                key: total(found, metric, task_name=key[0], task_outcome=key[1]) for key in expected
+            }
+
+        assert wait_until(lambda: counts() == expected), counts()
+        found = samples(worker_env)
+    assert total(found, "worker_capacity", task_system="rq") == 1
+    registry = "worker_queue_registry_jobs"
+    assert total(found, registry, task_queue="work", registry="failed") == 3
+    assert total(found, registry, task_queue="work", registry="started") == 0
+
+
+def test_waits_and_queue_depth(
+    worker_env: dict[str, str], broker: str, tmp_path: Path, registry: CollectorRegistry
+) -> None:
+    """Jobs enqueued while no worker runs wait at least as long as it was away; the depth
+    gauge follows Redis's list to 0."""
+    sightline.init(service="producer", registry=registry, metrics_addr="off", traces=False)
+    work = queue(broker)
+    for _ in range(30):
+        work.enqueue("tests.apps.rq_jobs.slow", 0.05)
+    published = registry.get_sample_value(
+        "worker_tasks_published_total",
+        {"task_system": "rq", "task_queue": "work", "task_name": "tests.apps.rq_jobs.slow"},
+    )
+    assert published == 30
+    away = 2.0
+    time.sleep(away)
+    client = redis_client.Redis.from_url(broker)
+    lengths: list[tuple[float, int]] = []
+    readings: list[tuple[float, float]] = []
+    with worker(worker_env, broker, tmp_path):
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            lengths.append((time.monotonic(), int(client.llen("rq:queue:work"))))
+            found = samples(worker_env)
+            depths = [v for (m, labels), v in found.items() if m == "worker_queue_depth"]
+            if depths:
+                readings.append((time.monotonic(), depths[0]))
+            done = total(found, "worker_task_duration_seconds_count", task_outcome="success")
+            if done == 30 and depths == [0.0]:
+                break
+            time.sleep(0.1)
+    assert readings, "the depth gauge never appeared"
+    assert readings[-1][1] == 0
+    assert any(depth > 0 for _, depth in readings)
+    for at, depth in readings:
+        window = [n for t, n in lengths if at - 0.5 - 0.3 <= t <= at]
+        if window:
+            assert min(window) <= depth <= max(window), (at, depth, window)
+    assert total(found, "worker_task_wait_seconds_count") == 30
+    assert total(found, "worker_task_wait_seconds_bucket", le="1.0") == 0
+
+
+def test_one_trace_from_request_to_job(
+    worker_env: dict[str, str],
+    broker: str,
+    tmp_path: Path,
+    backend: Backend,
+    registry: CollectorRegistry,
+) -> None:
+    """An HTTP request that enqueues a job: the request span, the producer span and the
+    work horse's span share one trace id, and the job's log line in Loki carries it."""
+    flask = pytest.importorskip("flask")
+    sightline.init(service="web", registry=registry, metrics_addr="off", otlp_endpoint=backend.url)
+    web = flask.Flask("web")
+    work = queue(broker)
+
+    @web.route("/orders")
+    def order() -> str:
+        work.enqueue("tests.apps.rq_jobs.add", 20, 22)
+        return "queued"
+
+    status, _ = call_wsgi(web, "/orders")
+    assert status.startswith("200")
+    with worker(worker_env, broker, tmp_path):
+        assert backend.wait_for(
+            lambda: any("adding 20 and 22" in e[2] for e in backend.log_entries()), timeout=60
+        )
+        assert backend.wait_for(
+            lambda: any(s.name.startswith("process ") for _, s in backend.spans()), timeout=30
+        )
+    sightline.shutdown()
+    spans = {s.name: s for _, s in backend.spans()}
+    request = spans["GET /orders"]
+    publish = spans["publish tests.apps.rq_jobs.add"]
+    run = spans["process tests.apps.rq_jobs.add"]
+    assert request.trace_id == publish.trace_id == run.trace_id
+    assert publish.parent_span_id == request.span_id
+    assert run.parent_span_id == publish.span_id
+    [entry] = [e for e in backend.log_entries() if "adding 20 and 22" in e[2]]
+    assert entry[3]["trace_id"] == run.trace_id.hex()
