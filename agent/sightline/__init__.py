@@ -16,17 +16,27 @@ import atexit
 import inspect
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import _agent, _safety
+from . import _agent, _safety, _tasks
 from ._settings import ConfigError, Settings
+from ._tasks import TaskTimer
 from ._version import __version__
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["ConfigError", "Settings", "__version__", "init", "instrument_app", "shutdown"]
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "__version__",
+    "init",
+    "instrument_app",
+    "shutdown",
+    "task",
+    "track_queue",
+]
 
 logger = logging.getLogger("sightline")
 
@@ -117,6 +127,53 @@ def instrument_app(app: Any, route_of: Callable[[Any], str | None] | None = None
     from .integrations.wsgi import SightlineMiddleware
 
     return SightlineMiddleware(app, route_of)
+
+
+def task(
+    name: str,
+    *,
+    queue: str = "default",
+    system: str = "custom",
+    enqueued_at: float | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> TaskTimer:
+    """Measure background work Sightline has no integration for, like a Celery task.
+
+    As a decorator, each call is one run; as a context manager, the block is one::
+
+        @sightline.task("resize", queue="images")
+        def resize(image_id): ...
+
+        for message in consumer:
+            with sightline.task("charge", queue="payments",
+                                enqueued_at=message.timestamp, headers=message.headers):
+                charge(message)
+
+    ``enqueued_at`` (seconds since the epoch) records the wait; ``headers`` carrying a
+    ``traceparent`` continue that trace. An exception is the ``failure`` outcome and is
+    re-raised untouched.
+    """
+    return TaskTimer(name, queue, system, enqueued_at, headers)
+
+
+def track_queue(
+    name: str,
+    depth: Callable[[], float],
+    *,
+    system: str = "custom",
+    oldest_age: Callable[[], float | None] | None = None,
+) -> None:
+    """Publish the depth of any queue as ``worker_queue_depth`` (and, with ``oldest_age``,
+    ``worker_queue_oldest_age_seconds``), read every SIGHTLINE_QUEUE_SAMPLE_INTERVAL
+    seconds by a background thread, never where the app calls it::
+
+        sightline.track_queue("emails", lambda: redis.llen("emails"))
+
+    May be called before or after ``init()``; an exception from ``depth`` leaves the
+    series out until it reads again.
+    """
+    _tasks.tracked[(system, name)] = (depth, oldest_age)
+    _tasks.track(_agent.current, system, name)
 
 
 _atexit_registered = False

@@ -92,6 +92,9 @@ class Agent:
         if self.logs is not None:
             self.logs.install()
         self.integrations = integrations.install_all(self, self.settings)
+        from . import _tasks
+
+        _tasks.install_tracked(self)
         scrape = self.registry
         if self.settings.multiprocess != "off":
             with _safety.internal_errors("multiprocess.start"):
