@@ -233,6 +233,38 @@ def test_one_trace_from_request_to_task(
     assert entry[3]["span_id"] == run.span_id.hex()
 
 
+def test_retries_and_chains_stay_in_the_trace(
+    worker_env: dict[str, str], broker: str, tmp_path: Path, backend: Backend, registry: Any
+) -> None:
+    """A task's retry and the next task of a chain are published from the worker and
+    continue the trace of the span that published the first one."""
+    sightline.init(service="web", registry=registry, metrics_addr="off", otlp_endpoint=backend.url)
+    from opentelemetry import trace
+
+    app = producer(broker)
+    with trace.get_tracer("test").start_as_current_span("checkout") as checkout:
+        app.send_task("tasks.flaky")
+        steps = celery.chain(
+            app.signature("tasks.add", args=(1, 1)), app.signature("tasks.add", args=(2,))
+        )
+        steps.apply_async()
+    trace_id = checkout.get_span_context().trace_id.to_bytes(16, "big")
+
+    def runs() -> list[Any]:
+        return [s for _, s in backend.spans() if s.name.startswith("process ")]
+
+    with worker(worker_env, tmp_path):
+        assert backend.wait_for(lambda: len(runs()) == 4, timeout=60), [s.name for s in runs()]
+    sightline.shutdown()
+    assert sorted(s.name for s in runs()) == [
+        "process tasks.add",
+        "process tasks.add",
+        "process tasks.flaky",
+        "process tasks.flaky",
+    ]
+    assert {s.trace_id for s in runs()} == {trace_id}
+
+
 def test_eager_tasks_run_in_the_callers_trace(registry: CollectorRegistry, backend: Any) -> None:
     """An eager task (.apply()) is timed with its outcome and its span is a child of the
     caller's span."""
