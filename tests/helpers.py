@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def call_wsgi(
@@ -75,3 +78,36 @@ def series(registry: CollectorRegistry, metric: str) -> list[dict[str, str]]:
         for sample in family.samples
         if sample.name == metric + "_count"
     ]
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    """Every sample a /metrics URL serves, by (name, sorted labels); {} while it is down."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(found: Samples, metric: str, **labels: str) -> float:
+    """The sum of ``metric``'s samples whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (m, got), v in found.items() if m == metric and wanted <= set(got))
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 60, every: float = 0.25) -> Any:
+    """Poll ``check`` until it returns something true, or ``timeout`` passes; its last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(every)

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sightline
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
-from .helpers import call_wsgi, free_port
+from .helpers import Samples, call_wsgi, free_port, scrape, total, wait_until
 from .receivers import Backend
 from .servers import process, redis
 
@@ -49,6 +47,10 @@ def worker_env(broker: str, backend: Backend, tmp_path: Path) -> dict[str, str]:
     }
 
 
+def metrics_url(env: dict[str, str]) -> str:
+    return f"http://{env['SIGHTLINE_METRICS_ADDR']}/metrics"
+
+
 def worker(env: dict[str, str], tmp_path: Path) -> Any:
     command = [
         sys.executable,
@@ -72,37 +74,8 @@ def worker(env: dict[str, str], tmp_path: Path) -> Any:
     return process(command, env, tmp_path / "worker.log")
 
 
-def samples(env: dict[str, str]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    url = f"http://{env['SIGHTLINE_METRICS_ADDR']}/metrics"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def task_count(found: dict[Any, float], name: str, outcome: str) -> float:
-    return sum(
-        value
-        for (metric, labels), value in found.items()
-        if metric == "worker_task_duration_seconds_count"
-        and ("task_name", name) in labels
-        and ("task_outcome", outcome) in labels
-    )
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.25)
+def task_count(found: Samples, name: str, outcome: str) -> float:
+    return total(found, "worker_task_duration_seconds_count", task_name=name, task_outcome=outcome)
 
 
 def test_task_outcomes_are_counted_exactly(
@@ -126,11 +99,11 @@ def test_task_outcomes_are_counted_exactly(
     with worker(worker_env, tmp_path):
 
         def counts() -> dict[tuple[str, str], float]:
-            found = samples(worker_env)
+            found = scrape(metrics_url(worker_env))
             return {key: task_count(found, *key) for key in expected}
 
         assert wait_until(lambda: counts() == expected), counts()
-        found = samples(worker_env)
+        found = scrape(metrics_url(worker_env))
     capacity = [v for (m, _), v in found.items() if m == "worker_capacity"]
     assert capacity == [2]  # reported once, by the main process, for its pool
     assert found[("server_workers_configured", ())] == 2
@@ -165,7 +138,7 @@ def test_waits_and_queue_depth(
             lengths.append((time.monotonic(), int(client.llen("work"))))
             depths = [
                 value
-                for (metric, labels), value in samples(worker_env).items()
+                for (metric, labels), value in scrape(metrics_url(worker_env)).items()
                 if metric == "worker_queue_depth" and ("task_queue", "work") in labels
             ]
             depth = depths[0] if depths else None  # one series: only the main process samples
@@ -176,7 +149,7 @@ def test_waits_and_queue_depth(
             time.sleep(0.1)
 
         def all_done() -> dict[Any, float] | None:
-            found = samples(worker_env)
+            found = scrape(metrics_url(worker_env))
             return found if task_count(found, "tasks.slow", "success") == 40 else None
 
         found = wait_until(all_done)

@@ -10,11 +10,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -23,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sightline import _multiprocess
 from sightline._multiprocess import Snapshots, aggregate_registry
 
-from .helpers import free_port
+from .helpers import free_port, wait_until
 from .receivers import Backend
 from .servers import Prometheus, gunicorn, prometheus, status_of, uvicorn
 
@@ -112,15 +110,6 @@ def test_a_corrupt_snapshot_is_skipped(
 
 
 # -- real servers
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.5)
 
 
 def value(prom: Prometheus, promql: str) -> float | None:

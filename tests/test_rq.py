@@ -6,17 +6,15 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sightline
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
-from .helpers import call_wsgi, free_port
+from .helpers import call_wsgi, free_port, scrape, total, wait_until
 from .receivers import Backend
 from .servers import process, redis
 
@@ -46,6 +44,10 @@ def worker_env(broker: str, backend: Backend, tmp_path: Path) -> dict[str, str]:
     }
 
 
+def metrics_url(env: dict[str, str]) -> str:
+    return f"http://{env['SIGHTLINE_METRICS_ADDR']}/metrics"
+
+
 def worker(env: dict[str, str], broker: str, tmp_path: Path) -> Any:
     """A forking `rq worker`, instrumented by the launcher alone."""
     exe = shutil.which("sightline")
@@ -53,34 +55,6 @@ def worker(env: dict[str, str], broker: str, tmp_path: Path) -> Any:
     command = [*launcher, "run", "--", sys.executable, "-m", "rq.cli", "worker"]
     command += ["--url", broker, "--path", ".", "work"]
     return process(command, env, tmp_path / "worker.log")
-
-
-def samples(env: dict[str, str]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    try:
-        url = f"http://{env['SIGHTLINE_METRICS_ADDR']}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def total(found: dict[Any, float], metric: str, **labels: str) -> float:
-    wanted = set(labels.items())
-    return sum(v for (m, got), v in found.items() if m == metric and wanted <= set(got))
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.25)
 
 
 def test_job_outcomes_are_counted_exactly(
@@ -107,17 +81,22 @@ def test_job_outcomes_are_counted_exactly(
     with worker(worker_env, broker, tmp_path):
 
         def counts() -> dict[tuple[str, str], float]:
-            found = samples(worker_env)
+            found = scrape(metrics_url(worker_env))
             return {
                 key: total(found, metric, task_name=key[0], task_outcome=key[1]) for key in expected
             }
 
         assert wait_until(lambda: counts() == expected), counts()
-        found = samples(worker_env)
+        held = "worker_queue_registry_jobs"
+
+        def registries() -> tuple[float, float]:  # sampled every 0.5 s: one period behind
+            found = scrape(metrics_url(worker_env))
+            started = total(found, held, task_queue="work", registry="started")
+            return started, total(found, held, task_queue="work", registry="failed")
+
+        assert wait_until(lambda: registries() == (0, 3)), registries()
+        found = scrape(metrics_url(worker_env))
     assert total(found, "worker_capacity", task_system="rq") == 1
-    registry = "worker_queue_registry_jobs"
-    assert total(found, registry, task_queue="work", registry="failed") == 3
-    assert total(found, registry, task_queue="work", registry="started") == 0
 
 
 def test_waits_and_queue_depth(
@@ -143,7 +122,7 @@ def test_waits_and_queue_depth(
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             lengths.append((time.monotonic(), int(client.llen("rq:queue:work"))))
-            found = samples(worker_env)
+            found = scrape(metrics_url(worker_env))
             depths = [v for (m, labels), v in found.items() if m == "worker_queue_depth"]
             if depths:
                 readings.append((time.monotonic(), depths[0]))

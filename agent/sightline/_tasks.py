@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from opentelemetry import context, propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import _agent, _safety
@@ -26,6 +27,83 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Queues the app asked to track (system, name) -> (depth, age): kept across init().
 tracked: dict[tuple[str, str], tuple[Callable[[], float], Callable[[], float | None] | None]] = {}
+
+
+class Run:
+    """One run of a background task, whatever runs it (Celery, RQ, ``sightline.task``):
+    the wait, the task counted as running, and a CONSUMER span made current; ``finish``
+    records the duration by outcome and restores the context, once."""
+
+    __slots__ = ("agent", "key", "span", "started", "token")
+
+    def __init__(
+        self,
+        agent: _agent.Agent,
+        key: tuple[str, str, str],
+        parent: Context | None = None,
+        message_id: str | None = None,
+        waited: float | None = None,
+    ) -> None:
+        system, queue, name = key
+        self.agent: _agent.Agent | None = agent
+        self.key = key
+        self.span: Any = None
+        self.token: object = None
+        if waited is not None and waited >= 0:
+            agent.metrics.task_wait.child(key).observe(waited)
+        agent.metrics.tasks_active.labels(system).inc()
+        if agent.tracing is not None:
+            attributes = {
+                "messaging.system": system,
+                "messaging.operation.type": "process",
+                "messaging.destination.name": queue,
+            }
+            if message_id:
+                attributes["messaging.message.id"] = message_id
+            self.span = agent.tracing.tracer.start_span(
+                f"process {name}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+            )
+            self.token = context.attach(trace.set_span_in_context(self.span, parent))
+        self.started = time.perf_counter()
+
+    def fail(self, error: BaseException) -> None:
+        """Put the exception that ended the run on its span."""
+        if self.span is not None:
+            self.span.record_exception(error)
+            self.span.set_attribute("error.type", type(error).__qualname__)
+
+    def finish(self, outcome: str) -> None:
+        agent, self.agent = self.agent, None
+        if agent is None:
+            return
+        elapsed = time.perf_counter() - self.started
+        agent.metrics.task_duration.child((*self.key, outcome)).observe(elapsed)
+        agent.metrics.tasks_active.labels(self.key[0]).dec()
+        if self.span is not None:
+            self.span.set_attribute("task.outcome", outcome)
+            if outcome == "failure":
+                self.span.set_status(Status(StatusCode.ERROR))
+            self.span.end()
+        if self.token is not None:
+            context.detach(self.token)  # type: ignore[arg-type]
+
+
+def publish_span(agent: _agent.Agent, key: tuple[str, str, str], message_id: str) -> Any:
+    """The PRODUCER span of publishing a task (None without tracing); the caller injects
+    its context into the message and ends it once the message is sent."""
+    if agent.tracing is None:
+        return None
+    system, queue, name = key
+    return agent.tracing.tracer.start_span(
+        f"publish {name}",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": system,
+            "messaging.operation.type": "send",
+            "messaging.destination.name": queue,
+            "messaging.message.id": message_id,
+        },
+    )
 
 
 class TaskTimer:
@@ -67,7 +145,7 @@ class TaskTimer:
         return run  # type: ignore[return-value]
 
     def __enter__(self) -> TaskTimer:
-        runs = self._local.__dict__.setdefault("runs", [])
+        runs: list[Run | None] = self._local.__dict__.setdefault("runs", [])
         runs.append(self._start())
         return self
 
@@ -81,52 +159,23 @@ class TaskTimer:
         if runs:
             self._finish(runs.pop(), error)
 
-    def _start(self) -> tuple[Any, float, Any, object]:
+    def _start(self) -> Run | None:
         agent = _agent.current
         if agent is None:
-            return None, 0.0, None, None
-        span: Any = None
-        token: object = None
+            return None
         with _safety.internal_errors("task.start"):
-            key = (self.system, self.queue, self.name)
-            if self.enqueued_at is not None:
-                waited = time.time() - self.enqueued_at
-                if waited >= 0:
-                    agent.metrics.task_wait.child(key).observe(waited)
-            agent.metrics.tasks_active.labels(self.system).inc()
-            if agent.tracing is not None:
-                parent = propagate.extract(dict(self.headers)) if self.headers else None
-                span = agent.tracing.tracer.start_span(
-                    f"process {self.name}",
-                    context=parent,
-                    kind=SpanKind.CONSUMER,
-                    attributes={
-                        "messaging.system": self.system,
-                        "messaging.operation.type": "process",
-                        "messaging.destination.name": self.queue,
-                    },
-                )
-                token = context.attach(trace.set_span_in_context(span, parent))
-        return agent, time.perf_counter(), span, token
+            parent = propagate.extract(dict(self.headers)) if self.headers else None
+            waited = time.time() - self.enqueued_at if self.enqueued_at is not None else None
+            return Run(agent, (self.system, self.queue, self.name), parent, waited=waited)
+        return None
 
-    def _finish(self, run: tuple[Any, float, Any, object], error: BaseException | None) -> None:
-        agent, started, span, token = run
-        if agent is None:
+    def _finish(self, run: Run | None, error: BaseException | None) -> None:
+        if run is None:
             return
         with _safety.internal_errors("task.finish"):
-            outcome = "failure" if error is not None else "success"
-            elapsed = time.perf_counter() - started
-            key = (self.system, self.queue, self.name, outcome)
-            agent.metrics.task_duration.child(key).observe(elapsed)
-            agent.metrics.tasks_active.labels(self.system).dec()
-            if span is not None:
-                if error is not None:
-                    span.record_exception(error)
-                    span.set_attribute("error.type", type(error).__qualname__)
-                    span.set_status(Status(StatusCode.ERROR))
-                span.end()
-            if token is not None:
-                context.detach(token)  # type: ignore[arg-type]
+            if error is not None:
+                run.fail(error)
+            run.finish("failure" if error is not None else "success")
 
 
 def track(agent: _agent.Agent | None, system: str, name: str) -> None:

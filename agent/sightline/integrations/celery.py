@@ -34,13 +34,13 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import context, propagate, trace
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .. import _agent, _safety
 from .._multiprocess import Server
+from .._tasks import Run, publish_span
 from . import DidNotEnable, Integration
 
 try:
@@ -82,7 +82,7 @@ class _RequestGetter(Getter[Any]):
 _getter = _RequestGetter()
 # Spans being published (by task id) and tasks running in this process (by task id).
 _publishing: dict[str, Any] = {}
-_running: dict[str, tuple[float, Any, object, str, str]] = {}
+_running: dict[str, Run] = {}
 
 
 def _queue_of(request: Any, task: Any) -> str:
@@ -106,20 +106,10 @@ def _before_publish(
         return
     with _safety.internal_errors("celery.publish"):
         headers[PUBLISHED] = time.time()
-        tracing = agent.tracing
-        if tracing is None:
+        if agent.tracing is None:
             return
         name = str(headers.get("task") or sender)
-        span = tracing.tracer.start_span(
-            f"publish {name}",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": SYSTEM,
-                "messaging.operation.type": "send",
-                "messaging.destination.name": routing_key or "",
-                "messaging.message.id": str(headers.get("id", "")),
-            },
-        )
+        span = publish_span(agent, (SYSTEM, routing_key or "", name), str(headers.get("id", "")))
         propagate.inject(headers, context=trace.set_span_in_context(span))
         task_id = headers.get("id")
         if task_id is not None:
@@ -154,47 +144,19 @@ def _prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **
         request = task.request
         queue, name = _queue_of(request, task), str(task.name)
         published = getattr(request, PUBLISHED, None)
-        if isinstance(published, (int, float)):
-            waited = time.time() - published
-            if waited >= 0:
-                agent.metrics.task_wait.child((SYSTEM, queue, name)).observe(waited)
-        agent.metrics.tasks_active.labels(SYSTEM).inc()
-        span: Any = None
-        token: object = None
+        waited = time.time() - published if isinstance(published, (int, float)) else None
+        parent: Context | None = None
         if agent.tracing is not None:
-            parent: Context | None = propagate.extract(request, getter=_getter)
-            if trace.get_current_span(parent).get_span_context().is_valid is False:
+            parent = propagate.extract(request, getter=_getter)
+            if not trace.get_current_span(parent).get_span_context().is_valid:
                 parent = None  # eager, or an uninstrumented producer: the current context
-            span = agent.tracing.tracer.start_span(
-                f"process {name}",
-                context=parent,
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": SYSTEM,
-                    "messaging.operation.type": "process",
-                    "messaging.destination.name": queue,
-                    "messaging.message.id": task_id,
-                },
-            )
-            token = context.attach(trace.set_span_in_context(span, parent))
-        _running[task_id] = (time.perf_counter(), span, token, queue, name)
+        _running[task_id] = Run(agent, (SYSTEM, queue, name), parent, task_id, waited)
 
 
-def _finish(agent: Agent, task_id: str, outcome: str) -> None:
-    entry = _running.pop(task_id, None)
-    if entry is None:
-        return
-    started, span, token, queue, name = entry
-    elapsed = time.perf_counter() - started
-    agent.metrics.tasks_active.labels(SYSTEM).dec()
-    agent.metrics.task_duration.child((SYSTEM, queue, name, outcome)).observe(elapsed)
-    if span is not None:
-        span.set_attribute("celery.task.outcome", outcome)
-        if outcome == "failure":
-            span.set_status(Status(StatusCode.ERROR))
-        span.end()
-    if token is not None:
-        context.detach(token)  # type: ignore[arg-type]
+def _finish(task_id: str, outcome: str) -> None:
+    run = _running.pop(task_id, None)
+    if run is not None:
+        run.finish(outcome)
 
 
 def _postrun(
@@ -204,7 +166,7 @@ def _postrun(
     if agent is None or task_id is None:
         return
     with _safety.internal_errors("celery.postrun"):
-        _finish(agent, task_id, _OUTCOMES.get(str(state), "failure"))
+        _finish(task_id, _OUTCOMES.get(str(state), "failure"))
 
 
 def _failure(
@@ -214,10 +176,9 @@ def _failure(
     **extra: Any,
 ) -> None:
     with _safety.internal_errors("celery.failure"):
-        entry = _running.get(task_id or "")
-        if entry is not None and entry[1] is not None and exception is not None:
-            entry[1].record_exception(exception)
-            entry[1].set_attribute("error.type", type(exception).__qualname__)
+        run = _running.get(task_id or "")
+        if run is not None and exception is not None:
+            run.fail(exception)
 
 
 def _revoked(sender: Any = None, request: Any = None, **extra: Any) -> None:
@@ -227,7 +188,7 @@ def _revoked(sender: Any = None, request: Any = None, **extra: Any) -> None:
     with _safety.internal_errors("celery.revoked"):
         task_id = str(getattr(request, "id", ""))
         if task_id in _running:
-            _finish(agent, task_id, "revoked")
+            _finish(task_id, "revoked")
             return
         # Revoked before it ran: counted, with no running time.
         name = str(getattr(request, "name", None) or getattr(request, "task_name", ""))

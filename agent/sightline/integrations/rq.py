@@ -22,15 +22,14 @@ RQ has no signals, so four methods are patched on their classes (and put back by
 from __future__ import annotations
 
 import os
-import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import context, propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import propagate, trace
 
 from .. import _agent, _safety
 from .._multiprocess import Server
+from .._tasks import Run, publish_span
 from . import DidNotEnable, Integration
 
 try:
@@ -57,17 +56,8 @@ def _enqueue_job(self: Queue, job: Job, *args: Any, **kwargs: Any) -> Job:
     span: Any = None
     if agent is not None:
         with _safety.internal_errors("rq.enqueue"):
-            if agent.tracing is not None:
-                span = agent.tracing.tracer.start_span(
-                    f"publish {job.func_name}",
-                    kind=SpanKind.PRODUCER,
-                    attributes={
-                        "messaging.system": SYSTEM,
-                        "messaging.operation.type": "send",
-                        "messaging.destination.name": self.name,
-                        "messaging.message.id": job.id,
-                    },
-                )
+            span = publish_span(agent, (SYSTEM, self.name, str(job.func_name)), job.id)
+            if span is not None:
                 carrier: dict[str, str] = {}
                 propagate.inject(carrier, context=trace.set_span_in_context(span))
                 job.meta[META] = carrier
@@ -86,51 +76,25 @@ def _perform_job(self: Worker, job: Job, queue: Queue, *args: Any, **kwargs: Any
     agent = _agent.current
     if agent is None:
         return _saved["perform_job"](self, job, queue, *args, **kwargs)  # type: ignore[no-any-return]
-    started = time.perf_counter()
-    span: Any = None
-    token: object = None
-    name = str(job.func_name)
+    run: Run | None = None
     with _safety.internal_errors("rq.start"):
+        waited: float | None = None
         enqueued = job.enqueued_at
         if isinstance(enqueued, datetime):
             if enqueued.tzinfo is None:
                 enqueued = enqueued.replace(tzinfo=timezone.utc)
             waited = (datetime.now(timezone.utc) - enqueued).total_seconds()
-            if waited >= 0:
-                agent.metrics.task_wait.child((SYSTEM, queue.name, name)).observe(waited)
-        agent.metrics.tasks_active.labels(SYSTEM).inc()
-        if agent.tracing is not None:
-            carrier = job.meta.get(META) if isinstance(job.meta, dict) else None
-            parent = propagate.extract(carrier) if isinstance(carrier, dict) else None
-            span = agent.tracing.tracer.start_span(
-                f"process {name}",
-                context=parent,
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": SYSTEM,
-                    "messaging.operation.type": "process",
-                    "messaging.destination.name": queue.name,
-                    "messaging.message.id": job.id,
-                },
-            )
-            token = context.attach(trace.set_span_in_context(span, parent))
+        carrier = job.meta.get(META) if isinstance(job.meta, dict) else None
+        parent = propagate.extract(carrier) if isinstance(carrier, dict) else None
+        run = Run(agent, (SYSTEM, queue.name, str(job.func_name)), parent, job.id, waited)
     succeeded = False
     try:
         succeeded = bool(_saved["perform_job"](self, job, queue, *args, **kwargs))
         return succeeded
     finally:
-        with _safety.internal_errors("rq.finish"):
-            outcome = "success" if succeeded else _failed_outcome(job)
-            agent.metrics.tasks_active.labels(SYSTEM).dec()
-            elapsed = time.perf_counter() - started
-            agent.metrics.task_duration.child((SYSTEM, queue.name, name, outcome)).observe(elapsed)
-            if span is not None:
-                span.set_attribute("rq.job.outcome", outcome)
-                if outcome == "failure":
-                    span.set_status(Status(StatusCode.ERROR))
-                span.end()
-            if token is not None:
-                context.detach(token)  # type: ignore[arg-type]
+        if run is not None:
+            with _safety.internal_errors("rq.finish"):
+                run.finish("success" if succeeded else _failed_outcome(job))
         if getattr(self, "_is_horse", False):
             # The horse leaves through os._exit: hand everything over now.
             from .. import _stop_for_exit
