@@ -1,9 +1,12 @@
-"""Per-request cost Sightline adds to a Flask app, next to the stacks it replaces.
+"""Per-request cost Sightline adds to a Flask, FastAPI or Django app, beside the stacks it replaces.
 
-Each variant serves ``GET /users/42`` from a hello-world Flask app (route ``/users/<int:uid>``)
-in-process, with no server or sockets: ``app(environ, start_response)``, then the body is
-iterated and closed as a WSGI server does (Sightline records a request on close). Variants are
-entries in :data:`VARIANTS`, grouped into the suites of :data:`SUITES`:
+Each variant serves ``GET /users/42`` from a hello-world app in-process, with no server or
+sockets. A WSGI app (Flask, route ``/users/<int:uid>``; Django) is called as
+``app(environ, start_response)``, then the body is iterated and closed as a WSGI server does
+(Sightline records a request on close); an ASGI app (FastAPI) is awaited as
+``app(scope, receive, send)`` with a scope built by hand, one request after another in one
+event loop per batch. Variants are entries in :data:`VARIANTS`, grouped into the suites of
+:data:`SUITES`:
 
 ``metrics``
     ``bare`` (plain Flask, the baseline), ``pfe`` (prometheus-flask-exporter's
@@ -19,6 +22,20 @@ entries in :data:`VARIANTS`, grouped into the suites of :data:`SUITES`:
     a loopback OTLP/HTTP sink in the worker process, so export runs in a background thread of
     the process being timed, as in production; the worker flushes after timing and checks
     what the sink received.
+``fastapi``
+    The ``full`` suite's comparison, traces always on, for a FastAPI app (route
+    ``/users/{uid}``, an ``async def`` endpoint that logs the same line and answers plain
+    text): ``fastapi_bare`` (plain FastAPI, the line through a plain formatter; the baseline),
+    ``fastapi_incumbent`` (OpenTelemetry's FastAPI instrumentation with the SDK and exporter as
+    in ``incumbent``, prometheus-fastapi-instrumentator's defaults with a private registry and
+    no ``/metrics`` route, python-json-logger with the trace-id filter) and
+    ``fastapi_sightline`` (as ``sightline_full``).
+``django``
+    The same for a minimal Django project configured in-process (no database, no middleware
+    of its own, ``users/<int:uid>/`` in an included URLconf; the request is
+    ``GET /users/42/``), through Django's WSGI handler: ``django_bare``, ``django_incumbent``
+    (OpenTelemetry's Django instrumentation, django-prometheus's two middlewares,
+    python-json-logger) and ``django_sightline``.
 ``log``
     One ``logger.info`` call with trace ids rendered to JSON, inside a recording span, in a
     tight loop: Sightline's record factory and formatter (``log_sightline``) against
@@ -30,8 +47,9 @@ run a suite's variants in rotating order. The report gives each variant's median
 the cost it adds over the suite's baseline (median of per-round differences) and that cost
 relative to the stack it is compared with::
 
-    python benchmarks/overhead.py                       # every suite, about 2 minutes
+    python benchmarks/overhead.py                       # every suite, about 3 minutes
     python benchmarks/overhead.py --suite metrics       # 12 rounds x 20000 requests
+    python benchmarks/overhead.py --suite fastapi       # 8 rounds x 3000 requests
     python benchmarks/overhead.py --suite full --rounds 5 --requests 2000 --json
 """
 
@@ -51,7 +69,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import version
@@ -62,6 +80,7 @@ from prometheus_client import CollectorRegistry
 from werkzeug.test import EnvironBuilder
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+ASGIApp = Callable[[dict[str, Any], Callable[..., Any], Callable[..., Any]], Awaitable[None]]
 Probe = Callable[[], float]
 
 #: The line the view logs in the ``full`` suite, and the ``log`` suite's call.
@@ -76,7 +95,7 @@ QUEUE_SIZE = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", "2048"))
 class Variant(NamedTuple):
     """What a setup built: the app and how the worker checks it did its job."""
 
-    app: WSGIApp
+    app: WSGIApp | ASGIApp
     #: Requests the variant recorded in its metrics, read after the timed requests.
     recorded: Probe | None = None
     #: The handler the view's log line goes through; one line is captured and checked.
@@ -85,6 +104,12 @@ class Variant(NamedTuple):
     exported: Callable[[], int] | None = None
     #: The fraction of requests the variant samples into exported spans.
     sampled: float = 1.0
+    #: Spans a sampled request exports (the server span, and any internal spans).
+    spans_per_request: int = 1
+    #: Whether ``app`` is an ASGI app (driven by :func:`asgi_driver`) rather than WSGI.
+    asgi: bool = False
+    #: The path requested; Django's pattern ends with a slash.
+    path: str = f"/users/{LOG_UID}"
 
 
 Setup = Callable[[], Variant]
@@ -210,21 +235,28 @@ def on_root(handler: logging.StreamHandler[Any]) -> logging.StreamHandler[Any]:
     return handler
 
 
-def setup_bare_log() -> Variant:
+def plain_log_handler() -> logging.StreamHandler[Any]:
+    """The baselines' handler: the message alone, on the root logger."""
     handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115
     handler.setFormatter(logging.Formatter("%(message)s"))
-    return Variant(hello_app(log_line=True), log=on_root(handler))
+    return on_root(handler)
 
 
-def setup_incumbent(ratio: float | None = None) -> Variant:
+def setup_bare_log() -> Variant:
+    return Variant(hello_app(log_line=True), log=plain_log_handler())
+
+
+def otel_sdk(ratio: float | None = None) -> tuple[Any, Callable[[], int]]:
+    """The incumbent's tracing: the SDK's provider, a batch processor, the OTLP/HTTP exporter.
+
+    Returns the provider, set as the global one, and the flush that counts what the sink got.
+    """
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.instrumentation.flask import FlaskInstrumentor
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
-    from prometheus_flask_exporter import PrometheusMetrics
 
     sink = Sink()
     provider = TracerProvider(
@@ -235,15 +267,23 @@ def setup_incumbent(ratio: float | None = None) -> Variant:
         BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{sink.url}/v1/traces"))
     )
     trace.set_tracer_provider(provider)
-    registry, app = CollectorRegistry(), hello_app(log_line=True)
-    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
-    PrometheusMetrics(app, path=None, registry=registry)
-    handler = on_root(jsonlogger_handler())
 
     def exported() -> int:
         provider.shutdown()  # flushes the batch processor, then shuts the exporter down
         return sink.spans()
 
+    return provider, exported
+
+
+def setup_incumbent(ratio: float | None = None) -> Variant:
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from prometheus_flask_exporter import PrometheusMetrics
+
+    provider, exported = otel_sdk(ratio)
+    registry, app = CollectorRegistry(), hello_app(log_line=True)
+    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
+    PrometheusMetrics(app, path=None, registry=registry)
+    handler = on_root(jsonlogger_handler())
     return Variant(
         app,
         samples(registry, "flask_http_request_total"),
@@ -253,7 +293,14 @@ def setup_incumbent(ratio: float | None = None) -> Variant:
     )
 
 
-def setup_sightline_full(ratio: float | None = None) -> Variant:
+def sightline_full(
+    ratio: float | None = None,
+) -> tuple[Probe, logging.StreamHandler[Any], Callable[[], int]]:
+    """``sightline.init()`` with metrics, traces and logs, exporting to a loopback sink.
+
+    Returns the requests its metrics counted, its JSON handler on the root logger and the
+    flush that counts what the sink got.
+    """
     import sightline
 
     sink = Sink()
@@ -284,13 +331,154 @@ def setup_sightline_full(ratio: float | None = None) -> Variant:
         sightline.shutdown()  # flushes the span queue before it returns
         return sink.spans()
 
+    return samples(registry, "http_server_request_duration_seconds_count"), handlers[0], exported
+
+
+def setup_sightline_full(ratio: float | None = None) -> Variant:
+    recorded, handler, exported = sightline_full(ratio)
+    sampled = 1.0 if ratio is None else ratio
+    return Variant(hello_app(log_line=True), recorded, handler, exported, sampled)
+
+
+def hello_fastapi() -> ASGIApp:
+    """The FastAPI app: ``GET /users/{uid}`` logs its line and answers ``hello {uid}``."""
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+
+    app = FastAPI()
+    log = logging.getLogger("bench")
+
+    @app.get("/users/{uid}", response_class=PlainTextResponse)
+    async def user(uid: int) -> str:
+        log.info(LOG_MESSAGE, extra={"uid": uid})
+        return f"hello {uid}"
+
+    return app
+
+
+def setup_fastapi_bare() -> Variant:
+    app = hello_fastapi()
+    # Recent FastAPI has OpenTelemetry telemetry of its own, which switches itself on once
+    # a provider is configured; the baseline must pay for none. The API is loaded (FastAPI
+    # imports it), but the SDK is not and no provider is set.
+    from opentelemetry import trace
+
+    if "opentelemetry.sdk" in sys.modules or type(trace.get_tracer_provider()).__name__ != (
+        "ProxyTracerProvider"
+    ):
+        raise SystemExit("fastapi_bare: the OpenTelemetry SDK is loaded or a provider is set")
+    return Variant(app, log=plain_log_handler(), asgi=True)
+
+
+def setup_fastapi_incumbent() -> Variant:
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from prometheus_fastapi_instrumentator import Instrumentator
+
+    provider, exported = otel_sdk()
+    registry, app = CollectorRegistry(), hello_fastapi()
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
+    Instrumentator(registry=registry).instrument(app)  # no .expose(app): no /metrics route
+    handler = on_root(jsonlogger_handler())
+    # The ASGI middleware also records an internal span for each ``http send`` (the
+    # response start and its body): three spans per request, all exported.
     return Variant(
-        hello_app(log_line=True),
-        samples(registry, "http_server_request_duration_seconds_count"),
-        handlers[0],
+        app,
+        samples(registry, "http_requests_total"),
+        handler,
         exported,
-        1.0 if ratio is None else ratio,
+        spans_per_request=3,
+        asgi=True,
     )
+
+
+def setup_fastapi_sightline() -> Variant:
+    recorded, handler, exported = sightline_full()
+    return Variant(hello_fastapi(), recorded, handler, exported, asgi=True)
+
+
+DJANGO_PATH = f"/users/{LOG_UID}/"
+
+
+def hello_django(
+    apps: Sequence[str] = (),
+    middleware: Sequence[str] = (),
+    instrument: Callable[[], None] | None = None,
+) -> WSGIApp:
+    """A minimal Django project: ``users/<int:uid>/`` in an included URLconf, no database.
+
+    Settings are configured in-process (once per process: each run is its own process);
+    ``instrument`` runs once they are, before the WSGI handler loads the middleware.
+    """
+    import types
+
+    from django.conf import settings
+    from django.core.wsgi import get_wsgi_application
+    from django.http import HttpRequest, HttpResponse
+    from django.urls import include, path
+
+    log = logging.getLogger("bench")
+
+    def user(request: HttpRequest, uid: int) -> HttpResponse:
+        log.info(LOG_MESSAGE, extra={"uid": uid})
+        return HttpResponse(f"hello {uid}", content_type="text/plain")
+
+    settings.configure(
+        DEBUG=False,
+        ALLOWED_HOSTS=["*"],
+        SECRET_KEY="bench",
+        DATABASES={},
+        INSTALLED_APPS=list(apps),
+        MIDDLEWARE=list(middleware),
+        ROOT_URLCONF="bench_urls",
+    )
+    # The project's urls.py includes the app's, as ``startproject`` and ``startapp`` lay out.
+    users = sys.modules["bench_users"] = types.ModuleType("bench_users")
+    users.urlpatterns = [path("users/<int:uid>/", user)]  # type: ignore[attr-defined]
+    root = sys.modules["bench_urls"] = types.ModuleType("bench_urls")
+    root.urlpatterns = [path("", include("bench_users"))]  # type: ignore[attr-defined]
+    if instrument is not None:
+        instrument()
+    return get_wsgi_application()
+
+
+def setup_django_bare() -> Variant:
+    return Variant(hello_django(), log=plain_log_handler(), path=DJANGO_PATH)
+
+
+def setup_django_incumbent() -> Variant:
+    from prometheus_client import REGISTRY
+
+    provider, exported = otel_sdk()
+
+    def instrument() -> None:
+        from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+        # Puts its middleware first in settings.MIDDLEWARE.
+        DjangoInstrumentor().instrument(tracer_provider=provider)
+
+    # django-prometheus registers its metrics in the default registry (another one takes
+    # subclassing its Metrics and both middlewares): each run is its own process anyway.
+    app = hello_django(
+        apps=["django_prometheus"],
+        middleware=[
+            "django_prometheus.middleware.PrometheusBeforeMiddleware",
+            "django_prometheus.middleware.PrometheusAfterMiddleware",
+        ],
+        instrument=instrument,
+    )
+    handler = on_root(jsonlogger_handler())
+    return Variant(
+        app,
+        samples(REGISTRY, "django_http_responses_before_middlewares_total"),
+        handler,
+        exported,
+        path=DJANGO_PATH,
+    )
+
+
+def setup_django_sightline() -> Variant:
+    recorded, handler, exported = sightline_full()
+    return Variant(hello_django(), recorded, handler, exported, path=DJANGO_PATH)
 
 
 VARIANTS: dict[str, Setup] = {
@@ -302,6 +490,12 @@ VARIANTS: dict[str, Setup] = {
     "incumbent_10pct": lambda: setup_incumbent(0.1),
     "sightline_full": setup_sightline_full,
     "sightline_10pct": lambda: setup_sightline_full(0.1),
+    "fastapi_bare": setup_fastapi_bare,
+    "fastapi_incumbent": setup_fastapi_incumbent,
+    "fastapi_sightline": setup_fastapi_sightline,
+    "django_bare": setup_django_bare,
+    "django_incumbent": setup_django_incumbent,
+    "django_sightline": setup_django_sightline,
 }
 
 
@@ -326,29 +520,38 @@ def check_log_line(name: str, handler: logging.StreamHandler[Any], text: str) ->
         raise SystemExit(f"{name}: bad log line ({problem}): {text!r}")
 
 
-def check_exported(name: str, spans: int, total: int, sampled: float) -> None:
+def check_exported(name: str, spans: int, total: int, sampled: float, per_request: int = 1) -> None:
     """The sink received the spans the variant sampled, short of what its queue dropped.
 
     Both stacks buffer :data:`QUEUE_SIZE` spans and drop spans past that when the export
     thread falls behind; the flush after the timed requests delivers what is buffered.
+    ``per_request`` is the number of spans a sampled request records.
     """
-    expected = total * sampled
+    most = total * per_request
+    expected = most * sampled
     if sampled >= 1.0:
-        ok = min(total, QUEUE_SIZE) <= spans <= total
+        ok = min(most, QUEUE_SIZE) <= spans <= most
     elif total >= 1000 and expected * 1.5 < QUEUE_SIZE:
         # Five standard deviations and more from the expected count fails.
         ok = abs(spans - expected) < expected / 2
     else:
-        ok = 0 < spans <= total
+        ok = 0 < spans <= most
     if not ok:
-        raise SystemExit(f"{name}: the sink received {spans} spans for {total} requests")
+        each = f" ({per_request} a request)" if per_request != 1 else ""
+        raise SystemExit(f"{name}: the sink received {spans} spans for {total} requests{each}")
 
 
-def worker(name: str, requests: int, warmup: int) -> dict[str, Any]:
-    """Set up one variant, check it, warm up, time ``requests`` requests, check what it did."""
-    variant = VARIANTS[name]()
-    app = variant.app
-    template = EnvironBuilder(path=f"/users/{LOG_UID}", method="GET").get_environ()
+class Driver(NamedTuple):
+    """Serves ``n`` requests in-process and returns the last body; statuses are collected."""
+
+    run: Callable[[int], bytes]
+    statuses: list[Any]
+    #: The status every response must have.
+    ok: Any
+
+
+def wsgi_driver(app: WSGIApp, path: str) -> Driver:
+    template = EnvironBuilder(path=path, method="GET").get_environ()
     statuses: list[str] = []
 
     def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[..., Any]:
@@ -365,6 +568,60 @@ def worker(name: str, requests: int, warmup: int) -> dict[str, Any]:
                 close()
         return content
 
+    return Driver(run, statuses, "200 OK")
+
+
+def asgi_driver(app: ASGIApp, path: str) -> Driver:
+    """Requests awaited one after another in one event loop, as an ASGI server calls the app.
+
+    One ``asyncio.run`` per batch of requests, so the loop's start is not paid per request.
+    """
+    import asyncio
+
+    template: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"localhost")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("localhost", 80),
+    }
+    statuses: list[int] = []
+    chunks: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    async def serve(n: int) -> bytes:
+        content = b""
+        for _ in range(n):
+            chunks.clear()
+            await app(dict(template), receive, send)
+            content = b"".join(chunks)
+        return content
+
+    return Driver(lambda n: asyncio.run(serve(n)), statuses, 200)
+
+
+def worker(name: str, requests: int, warmup: int) -> dict[str, Any]:
+    """Set up one variant, check it, warm up, time ``requests`` requests, check what it did."""
+    variant = VARIANTS[name]()
+    if variant.asgi:
+        run, statuses, ok = asgi_driver(variant.app, variant.path)  # type: ignore[arg-type]
+    else:
+        run, statuses, ok = wsgi_driver(variant.app, variant.path)  # type: ignore[arg-type]
     if variant.log is not None:
         stream = variant.log.setStream(io.StringIO())
         content = run(1)
@@ -381,13 +638,14 @@ def worker(name: str, requests: int, warmup: int) -> dict[str, Any]:
     elapsed = time.perf_counter_ns() - start
     total = 1 + warmup + requests
     count = variant.recorded() if variant.recorded is not None else total
-    if content != b"hello 42" or set(statuses) != {"200 OK"} or count != total:
+    if content != b"hello 42" or set(statuses) != {ok} or count != total:
         raise SystemExit(f"{name}: got {set(statuses)} {content!r}, {count} recorded")
     result: dict[str, Any] = {"us_per_request": elapsed / requests / 1000}
     if variant.exported is not None:
+        per_request = variant.spans_per_request
         result["spans"] = spans = variant.exported()
-        result["spans_share"] = spans / total
-        check_exported(name, spans, total, variant.sampled)
+        result["spans_share"] = spans / (total * per_request)  # requests whose spans arrived
+        check_exported(name, spans, total, variant.sampled, per_request)
     return result
 
 
@@ -461,6 +719,8 @@ class Suite:
     warmup: int
     libraries: tuple[str, ...]
     unit: str = "request"
+    #: The request each run serves, as the report names it.
+    request: str = f"GET /users/{LOG_UID}"
     #: Whether meeting a target means a ratio below it (rather than at most it).
     strict: bool = False
     target_text: dict[str, str] = field(default_factory=dict)
@@ -504,6 +764,54 @@ SUITES: dict[str, Suite] = {
             "python-json-logger",
         ),
         target_text={"sightline_full": "0.25x", "sightline_10pct": "1/6x (0.167x)"},
+    ),
+    "fastapi": Suite(
+        title="FastAPI: metrics, traces and a JSON log line per request, over ASGI",
+        variants=("fastapi_bare", "fastapi_incumbent", "fastapi_sightline"),
+        baseline="fastapi_bare",
+        references={
+            "fastapi_incumbent": "fastapi_incumbent",
+            "fastapi_sightline": "fastapi_incumbent",
+        },
+        targets={"fastapi_sightline": 0.25},
+        rounds=8,
+        requests=3000,
+        warmup=1000,
+        libraries=(
+            "fastapi",
+            "starlette",
+            "prometheus-client",
+            "prometheus-fastapi-instrumentator",
+            "opentelemetry-sdk",
+            "opentelemetry-instrumentation-fastapi",
+            "opentelemetry-exporter-otlp-proto-http",
+            "python-json-logger",
+        ),
+        target_text={"fastapi_sightline": "0.25x"},
+    ),
+    "django": Suite(
+        title="Django: metrics, traces and a JSON log line per request, over WSGI",
+        variants=("django_bare", "django_incumbent", "django_sightline"),
+        baseline="django_bare",
+        references={
+            "django_incumbent": "django_incumbent",
+            "django_sightline": "django_incumbent",
+        },
+        targets={"django_sightline": 0.25},
+        rounds=8,
+        requests=3000,
+        warmup=1000,
+        libraries=(
+            "django",
+            "prometheus-client",
+            "django-prometheus",
+            "opentelemetry-sdk",
+            "opentelemetry-instrumentation-django",
+            "opentelemetry-exporter-otlp-proto-http",
+            "python-json-logger",
+        ),
+        target_text={"django_sightline": "0.25x"},
+        request=f"GET {DJANGO_PATH}",
     ),
     "log": Suite(
         title="Log call with trace ids, rendered to JSON",
@@ -633,7 +941,7 @@ def table(report: dict[str, Any]) -> str:
     config, versions = report["config"], report["versions"]
     references = {r for n, r in suite.references.items() if n in report["variants"]}
     vs = f"vs {references.pop()}" if len(references) == 1 else "vs ref"
-    what = "requests, GET /users/42" if suite.unit == "request" else "calls"
+    what = f"requests, {suite.request}" if suite.unit == "request" else "calls"
     header = ["variant", "median", "min-max"]
     if suite.baseline is not None:
         header += ["added (median)", "added IQR"]
@@ -664,7 +972,7 @@ def table(report: dict[str, Any]) -> str:
         *markdown([*header, vs], rows),
     ]
     if spans:
-        lines.append("(spans exported: spans the sink received per request served, median)")
+        lines.append("(spans exported: share of requests whose spans the sink received, median)")
     if report["comparisons"]:
         lines.append("")
     for c in report["comparisons"]:
@@ -685,13 +993,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--suite", choices=["all", *SUITES], default="all", help="which comparison to run"
     )
-    parser.add_argument("--rounds", type=int, help="default: 12 (7 for the log suite)")
+    parser.add_argument(
+        "--rounds", type=int, help="default: 12 (8 for fastapi and django, 7 for log)"
+    )
     parser.add_argument(
         "--requests",
         type=int,
-        help="timed requests (log calls) per run; default: metrics 20000, full 5000, log 100000",
+        help="timed requests (log calls) per run; default: metrics 20000, full 5000, "
+        "fastapi and django 3000, log 100000",
     )
-    parser.add_argument("--warmup", type=int, help="default: metrics 2000, full 1000, log 5000")
+    parser.add_argument(
+        "--warmup", type=int, help="default: metrics 2000, full, fastapi and django 1000, log 5000"
+    )
     every = [*VARIANTS, *LOG_VARIANTS]
     parser.add_argument(
         "--variants", nargs="+", choices=every, help="run only these (and baselines)"
