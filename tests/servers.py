@@ -243,3 +243,25 @@ def process(command: list[str], env: dict[str, str], log_path: Path) -> Iterator
     finally:
         stop(proc)
         log.close()
+
+
+def launcher() -> list[str]:
+    """The `sightline` command (the console script, or the module if not installed)."""
+    exe = shutil.which("sightline")
+    return [exe] if exe else [sys.executable, "-m", "sightline.cli"]
+
+
+def celery_worker(env: dict[str, str], log_path: Path) -> Any:
+    """A prefork Celery worker (2 processes) for tests/apps/celery_tasks, queue ``work``."""
+    command = [sys.executable, "-m", "celery", "-A", "tests.apps.celery_tasks", "worker"]
+    command += ["--pool", "prefork", "--concurrency", "2", "--queues", "work"]
+    command += ["--loglevel", "WARNING", "--without-gossip", "--without-mingle"]
+    command += ["--without-heartbeat"]
+    return process(command, env, log_path)
+
+
+def rq_worker(env: dict[str, str], broker: str, log_path: Path) -> Any:
+    """A forking `rq worker` on queue ``work``, instrumented by the launcher alone."""
+    command = [*launcher(), "run", "--", sys.executable, "-m", "rq.cli", "worker"]
+    command += ["--url", broker, "--path", ".", "work"]
+    return process(command, env, log_path)

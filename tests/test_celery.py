@@ -3,7 +3,6 @@ and one trace from an HTTP request through the broker into the worker."""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from .helpers import Samples, call_wsgi, free_port, scrape, total, wait_until
 from .receivers import Backend
-from .servers import process, redis
+from .servers import celery_worker, redis
 
 celery = pytest.importorskip("celery")
 redis_client = pytest.importorskip("redis")
@@ -51,29 +50,6 @@ def metrics_url(env: dict[str, str]) -> str:
     return f"http://{env['SIGHTLINE_METRICS_ADDR']}/metrics"
 
 
-def worker(env: dict[str, str], tmp_path: Path) -> Any:
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "tests.apps.celery_tasks",
-        "worker",
-        "--pool",
-        "prefork",
-        "--concurrency",
-        "2",
-        "--queues",
-        "work",
-        "--loglevel",
-        "WARNING",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
-    return process(command, env, tmp_path / "worker.log")
-
-
 def task_count(found: Samples, name: str, outcome: str) -> float:
     return total(found, "worker_task_duration_seconds_count", task_name=name, task_outcome=outcome)
 
@@ -96,7 +72,7 @@ def test_task_outcomes_are_counted_exactly(
         ("tasks.flaky", "retry"): 2,
         ("tasks.flaky", "success"): 2,
     }
-    with worker(worker_env, tmp_path):
+    with celery_worker(worker_env, tmp_path / "worker.log"):
 
         def counts() -> dict[tuple[str, str], float]:
             found = scrape(metrics_url(worker_env))
@@ -132,7 +108,7 @@ def test_waits_and_queue_depth(
     lengths: list[tuple[float, int]] = []
     readings: list[tuple[float, float]] = []
     client = redis_client.Redis.from_url(broker)
-    with worker(worker_env, tmp_path):
+    with celery_worker(worker_env, tmp_path / "worker.log"):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             lengths.append((time.monotonic(), int(client.llen("work"))))
@@ -184,7 +160,7 @@ def test_one_trace_from_request_to_task(
 
     status, _ = call_wsgi(web, "/orders")
     assert status.startswith("200")
-    with worker(worker_env, tmp_path):
+    with celery_worker(worker_env, tmp_path / "worker.log"):
         assert backend.wait_for(
             lambda: any(s.name == "process tasks.add" for _, s in backend.spans()), timeout=60
         )
@@ -226,7 +202,7 @@ def test_retries_and_chains_stay_in_the_trace(
     def runs() -> list[Any]:
         return [s for _, s in backend.spans() if s.name.startswith("process ")]
 
-    with worker(worker_env, tmp_path):
+    with celery_worker(worker_env, tmp_path / "worker.log"):
         assert backend.wait_for(lambda: len(runs()) == 4, timeout=60), [s.name for s in runs()]
     sightline.shutdown()
     assert sorted(s.name for s in runs()) == [

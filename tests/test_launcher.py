@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,12 +15,7 @@ import pytest
 
 from .helpers import free_port
 from .receivers import Backend
-from .servers import ROOT, serve, status_of
-
-
-def launcher() -> list[str]:
-    exe = shutil.which("sightline")
-    return [exe] if exe else [sys.executable, "-m", "sightline.cli"]
+from .servers import ROOT, launcher, serve, status_of
 
 
 def scrape(port: int) -> str:

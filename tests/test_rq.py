@@ -3,8 +3,6 @@ depth and one trace from an HTTP request through Redis into the work horse."""
 
 from __future__ import annotations
 
-import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from .helpers import call_wsgi, free_port, scrape, total, wait_until
 from .receivers import Backend
-from .servers import process, redis
+from .servers import redis, rq_worker
 
 rq = pytest.importorskip("rq")
 redis_client = pytest.importorskip("redis")
@@ -48,15 +46,6 @@ def metrics_url(env: dict[str, str]) -> str:
     return f"http://{env['SIGHTLINE_METRICS_ADDR']}/metrics"
 
 
-def worker(env: dict[str, str], broker: str, tmp_path: Path) -> Any:
-    """A forking `rq worker`, instrumented by the launcher alone."""
-    exe = shutil.which("sightline")
-    launcher = [exe] if exe else [sys.executable, "-m", "sightline.cli"]
-    command = [*launcher, "run", "--", sys.executable, "-m", "rq.cli", "worker"]
-    command += ["--url", broker, "--path", ".", "work"]
-    return process(command, env, tmp_path / "worker.log")
-
-
 def test_job_outcomes_are_counted_exactly(
     worker_env: dict[str, str], broker: str, tmp_path: Path
 ) -> None:
@@ -78,7 +67,7 @@ def test_job_outcomes_are_counted_exactly(
         ("tests.apps.rq_jobs.flaky", "success"): 2,
     }
     metric = "worker_task_duration_seconds_count"
-    with worker(worker_env, broker, tmp_path):
+    with rq_worker(worker_env, broker, tmp_path / "worker.log"):
 
         def counts() -> dict[tuple[str, str], float]:
             found = scrape(metrics_url(worker_env))
@@ -118,7 +107,7 @@ def test_waits_and_queue_depth(
     client = redis_client.Redis.from_url(broker)
     lengths: list[tuple[float, int]] = []
     readings: list[tuple[float, float]] = []
-    with worker(worker_env, broker, tmp_path):
+    with rq_worker(worker_env, broker, tmp_path / "worker.log"):
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             lengths.append((time.monotonic(), int(client.llen("rq:queue:work"))))
@@ -162,7 +151,7 @@ def test_one_trace_from_request_to_job(
 
     status, _ = call_wsgi(web, "/orders")
     assert status.startswith("200")
-    with worker(worker_env, broker, tmp_path):
+    with rq_worker(worker_env, broker, tmp_path / "worker.log"):
         assert backend.wait_for(
             lambda: any("adding 20 and 22" in e[2] for e in backend.log_entries()), timeout=60
         )
