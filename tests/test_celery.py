@@ -244,3 +244,20 @@ def test_eager_tasks_run_in_the_callers_trace(registry: CollectorRegistry, backe
     spans = {s.name: s for _, s in backend.spans()}
     assert spans["process eager.double"].parent_span_id == spans["caller"].span_id
     assert spans["process eager.double"].trace_id == spans["caller"].trace_id
+
+
+def test_failed_publishes_do_not_pile_up(
+    registry: CollectorRegistry, backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publishes that never complete (the broker refused them, so no after_task_publish)
+    leave at most MAX_PENDING_PUBLISHES producer spans waiting; older ones are ended."""
+    from sightline.integrations import celery as hooks
+
+    monkeypatch.setattr(hooks, "MAX_PENDING_PUBLISHES", 3)
+    sightline.init(service="t", registry=registry, metrics_addr="off", otlp_endpoint=backend.url)
+    for n in range(5):  # what Celery sends before a publish that then raises
+        hooks._before_publish(sender="tasks.add", headers={"id": f"t{n}", "task": "tasks.add"})
+    assert list(hooks._publishing) == ["t2", "t3", "t4"]
+    sightline.shutdown()
+    ended = [s.name for _, s in backend.spans() if s.name == "publish tasks.add"]
+    assert len(ended) == 2  # the two oldest, ended when pushed out

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sightline")
 
 SYSTEM = "celery"
+#: Producer spans waiting for after_task_publish, at most.
+MAX_PENDING_PUBLISHES = 1000
 #: The message header carrying the publish time (seconds since the epoch).
 PUBLISHED = "sightline_published_at"
 _OUTCOMES = {
@@ -112,10 +114,14 @@ def _before_publish(
         span = publish_span(agent, (SYSTEM, routing_key or "", name), str(headers.get("id", "")))
         propagate.inject(headers, context=trace.set_span_in_context(span))
         task_id = headers.get("id")
-        if task_id is not None:
-            _publishing[str(task_id)] = span
-        else:
+        if task_id is None:
             span.end()
+            return
+        if len(_publishing) >= MAX_PENDING_PUBLISHES:
+            # Publishes that raised never reach after_task_publish: end the oldest span
+            # rather than keep it (and its task id) forever while a broker is down.
+            _publishing.pop(next(iter(_publishing))).end()
+        _publishing[str(task_id)] = span
 
 
 def _after_publish(
