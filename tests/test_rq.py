@@ -168,3 +168,25 @@ def test_one_trace_from_request_to_job(
     assert run.parent_span_id == publish.span_id
     [entry] = [e for e in backend.log_entries() if "adding 20 and 22" in e[2]]
     assert entry[3]["trace_id"] == run.trace_id.hex()
+
+
+def test_simple_worker_in_process(broker: str, registry: CollectorRegistry) -> None:
+    """RQ's SimpleWorker (no fork, and in RQ 2+ not a Worker subclass) records its jobs."""
+    sightline.init(service="t", registry=registry, metrics_addr="off", traces=False)
+    work = queue(broker)
+    for i in range(3):
+        work.enqueue("tests.apps.rq_jobs.add", i, i)
+    work.enqueue("tests.apps.rq_jobs.fail")
+    rq.SimpleWorker([work], connection=work.connection).work(burst=True)
+    labels = {"task_system": "rq", "task_queue": "work"}
+    count = "worker_task_duration_seconds_count"
+    add, fail = "tests.apps.rq_jobs.add", "tests.apps.rq_jobs.fail"
+    assert (
+        registry.get_sample_value(count, {**labels, "task_name": add, "task_outcome": "success"})
+        == 3
+    )
+    assert (
+        registry.get_sample_value(count, {**labels, "task_name": fail, "task_outcome": "failure"})
+        == 1
+    )
+    assert registry.get_sample_value("worker_capacity", {"task_system": "rq"}) == 1

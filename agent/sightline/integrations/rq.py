@@ -39,6 +39,12 @@ try:
 except ImportError:
     raise DidNotEnable("rq is not installed") from None
 
+# rq 2.x and later define the worker loop on BaseWorker, which Worker and SimpleWorker
+# both extend (SimpleWorker no longer extends Worker): patch where it is defined.
+import rq.worker
+
+_WorkerBase: Any = getattr(rq.worker, "BaseWorker", Worker)
+
 if TYPE_CHECKING:
     from .._agent import Agent
 
@@ -72,7 +78,7 @@ def _enqueue_job(self: Queue, job: Job, *args: Any, **kwargs: Any) -> Job:
                     span.end()
 
 
-def _perform_job(self: Worker, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> bool:
+def _perform_job(self: Any, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> bool:
     agent = _agent.current
     if agent is None:
         return _saved["perform_job"](self, job, queue, *args, **kwargs)  # type: ignore[no-any-return]
@@ -121,7 +127,7 @@ def _job_perform(self: Job) -> Any:
         raise
 
 
-def _work(self: Worker, *args: Any, **kwargs: Any) -> bool:
+def _work(self: Any, *args: Any, **kwargs: Any) -> bool:
     agent = _agent.current
     if agent is not None:
         with _safety.internal_errors("rq.work"):
@@ -129,7 +135,7 @@ def _work(self: Worker, *args: Any, **kwargs: Any) -> bool:
     return _saved["work"](self, *args, **kwargs)  # type: ignore[no-any-return]
 
 
-def _start_worker(agent: Agent, worker: Worker) -> None:
+def _start_worker(agent: Agent, worker: Any) -> None:
     agent.metrics.worker_capacity.labels(SYSTEM).set(1)
     if not isinstance(worker, SimpleWorker):  # jobs run in forked work horses
         agent.join_server(Server(SYSTEM, os.getpid(), workers=1, worker=False))
@@ -176,8 +182,8 @@ def _oldest_age(queue: Queue) -> float | None:
 
 _PATCHES = (
     (Queue, "enqueue_job", "enqueue_job", _enqueue_job),
-    (Worker, "perform_job", "perform_job", _perform_job),
-    (Worker, "work", "work", _work),
+    (_WorkerBase, "perform_job", "perform_job", _perform_job),
+    (_WorkerBase, "work", "work", _work),
     (Job, "perform", "job_perform", _job_perform),
 )
 
