@@ -40,17 +40,33 @@ event loop per batch. Variants are entries in :data:`VARIANTS`, grouped into the
     One ``logger.info`` call with trace ids rendered to JSON, inside a recording span, in a
     tight loop: Sightline's record factory and formatter (``log_sightline``) against
     python-json-logger with a trace-id filter (``log_jsonlogger``).
+``celery``
+    Per task of a Celery app on the in-memory broker (``memory://``) whose one task logs the
+    same line: publishing it (``apply_async``, the message going to the broker, which is
+    purged between chunks of :data:`TASK_CHUNK` tasks) and running it (``task.apply()``:
+    Celery's tracer with the task signals both stacks hook, in-process). ``celery_bare`` (the
+    line through a plain formatter; the baseline), ``celery_incumbent`` (OpenTelemetry's
+    Celery instrumentation with the SDK and exporter as in ``incumbent``, python-json-logger
+    with the trace-id filter) and ``celery_sightline`` (as ``sightline_full``).
+``rq``
+    The same for RQ on fakeredis (Redis in the worker process): ``queue.enqueue()``, then
+    the jobs run one after another as RQ's worker loop runs them, without forking
+    (``perform_job``, what a work horse runs). ``rq_bare`` and ``rq_sightline``; there is no
+    OpenTelemetry instrumentation for RQ, so Sightline's added cost is given in µs against
+    :data:`RQ_BOUND_US`, and as a share of a bare job.
 
 Each run is a fresh subprocess that checks its variant works, warms up, then times
-``--requests`` requests (log calls, in the ``log`` suite) with ``time.perf_counter_ns``. Rounds
-run a suite's variants in rotating order. The report gives each variant's median µs and spread,
-the cost it adds over the suite's baseline (median of per-round differences) and that cost
-relative to the stack it is compared with::
+``--requests`` requests (log calls in the ``log`` suite, tasks in ``celery`` and ``rq``) with
+``time.perf_counter_ns``. Rounds run a suite's variants in rotating order. The report gives
+each variant's median µs and spread, the cost it adds over the suite's baseline (median of
+per-round differences) and that cost relative to the stack it is compared with::
 
-    python benchmarks/overhead.py                       # every suite, about 3 minutes
+    python benchmarks/overhead.py                       # every suite, about 5 minutes
     python benchmarks/overhead.py --suite metrics       # 12 rounds x 20000 requests
     python benchmarks/overhead.py --suite fastapi       # 8 rounds x 3000 requests
     python benchmarks/overhead.py --suite full --rounds 5 --requests 2000 --json
+    python benchmarks/overhead.py --suite celery        # 8 rounds x 3000 tasks
+    python benchmarks/overhead.py --suite rq            # 8 rounds x 1000 jobs
 """
 
 from __future__ import annotations
@@ -294,12 +310,12 @@ def setup_incumbent(ratio: float | None = None) -> Variant:
 
 
 def sightline_full(
-    ratio: float | None = None,
+    ratio: float | None = None, registry: CollectorRegistry | None = None
 ) -> tuple[Probe, logging.StreamHandler[Any], Callable[[], int]]:
     """``sightline.init()`` with metrics, traces and logs, exporting to a loopback sink.
 
     Returns the requests its metrics counted, its JSON handler on the root logger and the
-    flush that counts what the sink got.
+    flush that counts what the sink got. Pass ``registry`` to read other metrics from it.
     """
     import sightline
 
@@ -311,7 +327,7 @@ def sightline_full(
     sampler: dict[str, Any] = {"traces_sampler": "parentbased_always_on"}
     if ratio is not None:
         sampler = {"traces_sampler": "parentbased_traceidratio", "traces_sampler_arg": ratio}
-    registry = CollectorRegistry()
+    registry = CollectorRegistry() if registry is None else registry
     sightline.init(
         service="bench",
         registry=registry,
@@ -649,6 +665,232 @@ def worker(name: str, requests: int, warmup: int) -> dict[str, Any]:
     return result
 
 
+class TaskVariant(NamedTuple):
+    """What a task setup built: a task system driven in batches, and how the worker checks it."""
+
+    #: Publishes ``n`` tasks: Celery's ``apply_async`` to the broker, RQ's ``enqueue``.
+    publish: Callable[[int], None]
+    #: Messages waiting after a publish; empties the queue where ``execute`` does not.
+    drain: Callable[[], int]
+    #: Runs ``n`` tasks as a worker does; returns a function that reads the last one's result
+    #: (called after timing: RQ reads it back from Redis).
+    execute: Callable[[int], Callable[[], Any]]
+    #: The handler the task's log line goes through; one line is captured and checked.
+    log: logging.StreamHandler[Any]
+    #: Tasks the variant's metrics counted as (published, run), read after the timed tasks.
+    recorded: Callable[[], tuple[float, float]] | None = None
+    #: Flushes the spans after the timed tasks; returns how many the sink received.
+    exported: Callable[[], int] | None = None
+    #: Spans a task exports: publishing it (PRODUCER) and running it (CONSUMER).
+    spans_per_task: int = 2
+
+
+TaskSetup = Callable[[], TaskVariant]
+
+#: Tasks published before they are run, at most, so the broker never holds many.
+TASK_CHUNK = 250
+
+
+def task_counts(registry: CollectorRegistry) -> Callable[[], tuple[float, float]]:
+    published = samples(registry, "worker_tasks_published_total")
+    run = samples(registry, "worker_task_duration_seconds_count")
+    return lambda: (published(), run())
+
+
+def quiet_worker_logs(*names: str) -> None:
+    """Keep the library's own INFO lines per task out, so each task logs exactly its line."""
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def hello_celery(
+    handler: logging.StreamHandler[Any],
+    recorded: Callable[[], tuple[float, float]] | None = None,
+    exported: Callable[[], int] | None = None,
+) -> TaskVariant:
+    """A Celery app on the in-memory broker with one task, ``bench.user``, that logs its line.
+
+    Publishing sends the message to the broker (``apply_async``); ``drain`` purges the
+    queue between chunks. Running a task is ``task.apply()``: Celery's tracer, as a worker
+    runs it, with the task's signals, in this process (the published messages are not run).
+    """
+    from celery import Celery
+
+    quiet_worker_logs("celery")  # the tracer logs "Task ... succeeded" at INFO
+    # A host in the URL: without one, kombu warns that it falls back to localhost.
+    app = Celery("bench", broker="memory://localhost/", set_as_current=True)
+    log = logging.getLogger("bench")
+
+    @app.task(name="bench.user")
+    def user(uid: int) -> str:
+        log.info(LOG_MESSAGE, extra={"uid": uid})
+        return f"hello {uid}"
+
+    channel = app.connection_for_write().default_channel
+    queue = app.conf.task_default_queue
+
+    def publish(n: int) -> None:
+        for _ in range(n):
+            user.apply_async((LOG_UID,))
+
+    def drain() -> int:
+        waiting: int = channel.queue_purge(queue) or 0
+        return waiting
+
+    def execute(n: int) -> Callable[[], Any]:
+        result: Any = None
+        for _ in range(n):
+            result = user.apply((LOG_UID,))
+        return lambda: result.get() if result.state == "SUCCESS" else result.state
+
+    return TaskVariant(publish, drain, execute, handler, recorded, exported)
+
+
+def setup_celery_bare() -> TaskVariant:
+    return hello_celery(plain_log_handler())
+
+
+def setup_celery_incumbent() -> TaskVariant:
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    provider, exported = otel_sdk()
+    # Celery's six task signals; its task-runtime histogram goes to the API's no-op meter
+    # (no meter provider is configured, as in the other incumbent setups).
+    CeleryInstrumentor().instrument(tracer_provider=provider)
+    return hello_celery(on_root(jsonlogger_handler()), exported=exported)
+
+
+def setup_celery_sightline() -> TaskVariant:
+    registry = CollectorRegistry()
+    _, handler, exported = sightline_full(registry=registry)
+    # Celery is imported after init(): Sightline connects its signals on that import.
+    return hello_celery(handler, task_counts(registry), exported)
+
+
+def rq_user(uid: int) -> str:
+    """The RQ job; RQ imports it by name, as a worker imports job code."""
+    logging.getLogger("bench").info(LOG_MESSAGE, extra={"uid": uid})
+    return f"hello {uid}"
+
+
+#: The most ``rq_sightline`` may add per job, in µs (docs/performance.md, "RQ").
+RQ_BOUND_US = 600.0
+#: The job's import path. Workers run this file as a script, so its directory is on
+#: ``sys.path``; RQ refuses functions of ``__main__``, so the job names the module.
+RQ_JOB = f"{os.path.splitext(os.path.basename(__file__))[0]}.{rq_user.__name__}"
+
+
+def hello_rq(
+    handler: logging.StreamHandler[Any],
+    recorded: Callable[[], tuple[float, float]] | None = None,
+    exported: Callable[[], int] | None = None,
+) -> TaskVariant:
+    """An RQ queue and worker on an in-process Redis (fakeredis): no server, no sockets.
+
+    Publishing is ``queue.enqueue()``. Running jobs is the work loop of RQ's ``SimpleWorker``,
+    one job after another in this process, on RQ's default ``Worker`` class: dequeue,
+    ``prepare_execution`` (what the worker's main process does before it forks), then
+    ``perform_job`` (what the work horse runs after the fork) and the heartbeat. Not a
+    ``SimpleWorker`` itself: Sightline patches ``Worker``, and in RQ 3.0 ``SimpleWorker``
+    derives from ``BaseWorker``, not from ``Worker``.
+    """
+    import fakeredis
+    from rq import Queue, Worker
+    from rq.worker import WorkerStatus
+
+    # RQ's worker logs four INFO lines per job, on a logger whose level it sets itself.
+    quiet_worker_logs("rq", "rq.worker")
+    connection = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    queue = Queue("bench", connection=connection)
+    worker = Worker([queue], connection=connection)
+
+    def publish(n: int) -> None:
+        for _ in range(n):
+            queue.enqueue(RQ_JOB, LOG_UID)
+
+    def execute(n: int) -> Callable[[], Any]:
+        job: Any = None
+        for _ in range(n):
+            dequeued = worker.dequeue_job_and_maintain_ttl(None)  # burst mode: no blocking
+            if dequeued is None:
+                raise SystemExit("rq: the queue is empty")
+            job, from_queue = dequeued
+            worker.perform_job(job, from_queue, worker.prepare_execution(job))
+            worker.set_state(WorkerStatus.IDLE)
+            worker.heartbeat()
+        return lambda: job.return_value() if job.get_status() == "finished" else job.get_status()
+
+    return TaskVariant(publish, lambda: queue.count, execute, handler, recorded, exported)
+
+
+def setup_rq_bare() -> TaskVariant:
+    return hello_rq(plain_log_handler())
+
+
+def setup_rq_sightline() -> TaskVariant:
+    registry = CollectorRegistry()
+    _, handler, exported = sightline_full(registry=registry)
+    return hello_rq(handler, task_counts(registry), exported)
+
+
+TASK_VARIANTS: dict[str, TaskSetup] = {
+    "celery_bare": setup_celery_bare,
+    "celery_incumbent": setup_celery_incumbent,
+    "celery_sightline": setup_celery_sightline,
+    "rq_bare": setup_rq_bare,
+    "rq_sightline": setup_rq_sightline,
+}
+
+
+def task_worker(name: str, tasks: int, warmup: int) -> dict[str, Any]:
+    """µs per task published and run, and for each of the two, in chunks of :data:`TASK_CHUNK`.
+
+    The per-task total is reported under the key the other suites use, ``us_per_request``.
+    """
+    variant = TASK_VARIANTS[name]()
+
+    def batch(n: int) -> tuple[int, int, Any]:
+        """Publish and run ``n`` tasks; ns publishing, ns running, the last result."""
+        publishing = running = 0
+        result: Callable[[], Any] | None = None
+        for done in range(0, n, TASK_CHUNK):
+            size = min(TASK_CHUNK, n - done)
+            start = time.perf_counter_ns()
+            variant.publish(size)
+            published = time.perf_counter_ns()
+            waiting = variant.drain()
+            if waiting != size:
+                raise SystemExit(f"{name}: {waiting} messages waiting after publishing {size}")
+            started = time.perf_counter_ns()
+            result = variant.execute(size)
+            running += time.perf_counter_ns() - started
+            publishing += published - start
+        return publishing, running, None if result is None else result()
+
+    stream = variant.log.setStream(io.StringIO())
+    _, _, result = batch(1)
+    captured = variant.log.setStream(stream)
+    assert isinstance(captured, io.StringIO)
+    check_log_line(name, variant.log, captured.getvalue())
+    batch(warmup)
+    gc.collect()
+    publishing, running, last = batch(tasks)
+    total = 1 + warmup + tasks
+    counted = variant.recorded() if variant.recorded is not None else (total, total)
+    if result != last or last != f"hello {LOG_UID}" or counted != (total, total):
+        raise SystemExit(f"{name}: got {result!r} then {last!r}, {counted} counted for {total}")
+    out: dict[str, Any] = {
+        "us_per_request": (publishing + running) / tasks / 1000,
+        "phases": {"publish": publishing / tasks / 1000, "execute": running / tasks / 1000},
+    }
+    if variant.exported is not None:
+        per_task = variant.spans_per_task
+        out["spans"] = spans = variant.exported()
+        out["spans_share"] = spans / (total * per_task)
+        check_exported(name, spans, total, 1.0, per_task)
+    return out
+
+
 def log_sightline() -> logging.StreamHandler[Any]:
     from sightline.logs import JsonFormatter, TraceIdFactory
 
@@ -710,7 +952,8 @@ class Suite:
     variants: tuple[str, ...]
     #: Each variant's added cost is taken over this one; None compares times directly.
     baseline: str | None
-    #: variant -> the variant whose (added) cost it is compared with.
+    #: variant -> the variant whose (added) cost it is compared with; the baseline itself
+    #: where there is no stack to compare with: the added cost is then a share of its cost.
     references: Mapping[str, str]
     #: variant -> the product target for that comparison's ratio.
     targets: Mapping[str, float]
@@ -719,11 +962,13 @@ class Suite:
     warmup: int
     libraries: tuple[str, ...]
     unit: str = "request"
-    #: The request each run serves, as the report names it.
+    #: The request each run serves (or what each unit is), as the report names it.
     request: str = f"GET /users/{LOG_UID}"
     #: Whether meeting a target means a ratio below it (rather than at most it).
     strict: bool = False
     target_text: dict[str, str] = field(default_factory=dict)
+    #: variant -> the most it may add, in µs per unit, where no stack is compared with.
+    bounds_us: Mapping[str, float] = field(default_factory=dict)
 
 
 SUITES: dict[str, Suite] = {
@@ -824,8 +1069,47 @@ SUITES: dict[str, Suite] = {
         warmup=5000,
         libraries=("opentelemetry-sdk", "python-json-logger"),
         unit="call",
+        request="",
         strict=True,
         target_text={"log_sightline": "below 1x"},
+    ),
+    "celery": Suite(
+        title="Celery: a task published to the in-memory broker and run, with a JSON log line",
+        variants=("celery_bare", "celery_incumbent", "celery_sightline"),
+        baseline="celery_bare",
+        references={
+            "celery_incumbent": "celery_incumbent",
+            "celery_sightline": "celery_incumbent",
+        },
+        targets={"celery_sightline": 0.25},
+        rounds=8,
+        requests=3000,
+        warmup=1000,
+        libraries=(
+            "celery",
+            "kombu",
+            "opentelemetry-sdk",
+            "opentelemetry-instrumentation-celery",
+            "opentelemetry-exporter-otlp-proto-http",
+            "python-json-logger",
+        ),
+        unit="task",
+        request="each published, then run with apply()",
+        target_text={"celery_sightline": "0.25x"},
+    ),
+    "rq": Suite(
+        title="RQ: a job enqueued on an in-process Redis (fakeredis) and run, with a JSON log line",
+        variants=("rq_bare", "rq_sightline"),
+        baseline="rq_bare",
+        references={"rq_sightline": "rq_bare"},
+        targets={},
+        rounds=8,
+        requests=1000,
+        warmup=300,
+        libraries=("rq", "redis", "fakeredis"),
+        unit="job",
+        request="each enqueued, then run by the worker's loop",
+        bounds_us={"rq_sightline": RQ_BOUND_US},
     ),
 }
 
@@ -857,7 +1141,10 @@ def summarize(suite: Suite, times: dict[str, list[float]]) -> dict[str, Any]:
         reference = suite.references.get(name)
         ratio = None
         if name != suite.baseline and reference in variants:
-            ref = variants[reference]["added_us"]["median"]
+            if reference == suite.baseline:  # no stack to compare with: a share of its cost
+                ref = variants[reference]["us_per_request"]["median"]
+            else:
+                ref = variants[reference]["added_us"]["median"]
             ratio = entry["added_us"]["median"] / ref if ref else None
         entry["vs_reference"] = ratio
     return variants
@@ -880,6 +1167,19 @@ def compare(suite: Suite, variants: dict[str, Any]) -> list[dict[str, Any]]:
                 "meets_target": meets,
             }
         )
+    for name, bound in suite.bounds_us.items():
+        if name in variants:
+            added = variants[name]["added_us"]["median"]
+            comparisons.append(
+                {
+                    "variant": name,
+                    "reference": suite.references[name],
+                    "ratio": variants[name]["vs_reference"],
+                    "added_us": added,
+                    "bound_us": bound,
+                    "meets_target": added <= bound,
+                }
+            )
     return comparisons
 
 
@@ -889,12 +1189,15 @@ def run_rounds(
     suite = SUITES[suite_name]
     times: dict[str, list[float]] = {name: [] for name in names}
     shares: dict[str, list[float]] = {name: [] for name in names}
+    phases: dict[str, dict[str, list[float]]] = {}  # operation -> variant -> µs, per round
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             result = measure(name, requests, warmup)
             times[name].append(result["us_per_request"])
             if "spans_share" in result:
                 shares[name].append(result["spans_share"])
+            for phase, us in result.get("phases", {}).items():
+                phases.setdefault(phase, {n: [] for n in names})[name].append(us)
         done = "  ".join(f"{name} {times[name][-1]:.2f}" for name in names)
         print(f"{suite_name} round {r + 1}/{rounds}: {done}", file=sys.stderr)
     variants = summarize(suite, times)
@@ -913,6 +1216,8 @@ def run_rounds(
         "variants": variants,
         "comparisons": comparisons,
     }
+    if phases:  # the operations a task's time is made of, each summarized as the whole
+        report["phases"] = {phase: summarize(suite, t) for phase, t in phases.items()}
     if suite_name == "metrics":  # the fields this suite has always reported
         first = comparisons[0] if comparisons else {}
         report["sightline_vs_pfe"] = first.get("ratio")
@@ -941,7 +1246,7 @@ def table(report: dict[str, Any]) -> str:
     config, versions = report["config"], report["versions"]
     references = {r for n, r in suite.references.items() if n in report["variants"]}
     vs = f"vs {references.pop()}" if len(references) == 1 else "vs ref"
-    what = f"requests, {suite.request}" if suite.unit == "request" else "calls"
+    what = f"{suite.unit}s, {suite.request}" if suite.request else f"{suite.unit}s"
     header = ["variant", "median", "min-max"]
     if suite.baseline is not None:
         header += ["added (median)", "added IQR"]
@@ -972,12 +1277,23 @@ def table(report: dict[str, Any]) -> str:
         *markdown([*header, vs], rows),
     ]
     if spans:
-        lines.append("(spans exported: share of requests whose spans the sink received, median)")
+        lines.append(
+            f"(spans exported: share of {suite.unit}s whose spans the sink received, median)"
+        )
+    if "phases" in report:
+        lines += ["", *phase_table(suite, report["phases"])]
     if report["comparisons"]:
         lines.append("")
     for c in report["comparisons"]:
         verdict = "meets" if c["meets_target"] else "misses"
         ratio = "n/a" if c["ratio"] is None else f"{c['ratio']:.2f}x"
+        if "bound_us" in c:
+            lines.append(
+                f"{c['variant']} adds {c['added_us']:.1f} us per {suite.unit}, {ratio} of what "
+                f"{c['reference']} costs (bound: at most {c['bound_us']:g} us; "
+                f"{verdict} the bound)."
+            )
+            continue
         target = suite.target_text.get(c["variant"], f"{c['target']:.2f}x")
         if suite.baseline is not None:
             claim = f"{c['variant']} adds {ratio} of what {c['reference']} adds"
@@ -988,24 +1304,48 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def phase_table(suite: Suite, phases: dict[str, dict[str, Any]]) -> list[str]:
+    """Each operation of a task: median µs per variant, added over the baseline, and ratio."""
+    names = list(next(iter(phases.values())))
+    compared = [n for n in names if n != suite.baseline and suite.references.get(n) != n]
+    header = ["operation", *names, *(f"{n} vs {suite.references[n]}" for n in compared)]
+    rows = []
+    for phase, variants in phases.items():
+        row = [phase]
+        for name in names:
+            t, a = variants[name]["us_per_request"], variants[name]["added_us"]
+            added = "" if name == suite.baseline else f" ({a['median']:+.2f})"
+            row.append(f"{t['median']:.2f}{added}")
+        for name in compared:
+            ratio = variants[name]["vs_reference"]
+            row.append("-" if ratio is None else f"{ratio:.2f}x")
+        rows.append(row)
+    added_over = f"; added over {suite.baseline} in parentheses" if suite.baseline else ""
+    return [f"Per operation, us/{suite.unit} (medians{added_over}):", *markdown(header, rows)]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--suite", choices=["all", *SUITES], default="all", help="which comparison to run"
     )
     parser.add_argument(
-        "--rounds", type=int, help="default: 12 (8 for fastapi and django, 7 for log)"
+        "--rounds",
+        type=int,
+        help="default: 12 (8 for fastapi, django, celery and rq, 7 for log)",
     )
     parser.add_argument(
         "--requests",
         type=int,
-        help="timed requests (log calls) per run; default: metrics 20000, full 5000, "
-        "fastapi and django 3000, log 100000",
+        help="timed requests (log calls, tasks) per run; default: metrics 20000, full 5000, "
+        "fastapi, django and celery 3000, log 100000, rq 1000",
     )
     parser.add_argument(
-        "--warmup", type=int, help="default: metrics 2000, full, fastapi and django 1000, log 5000"
+        "--warmup",
+        type=int,
+        help="default: metrics 2000, full, fastapi, django and celery 1000, log 5000, rq 300",
     )
-    every = [*VARIANTS, *LOG_VARIANTS]
+    every = [*VARIANTS, *LOG_VARIANTS, *TASK_VARIANTS]
     parser.add_argument(
         "--variants", nargs="+", choices=every, help="run only these (and baselines)"
     )
@@ -1014,7 +1354,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.worker:
         out = sys.stdout  # a variant may point sys.stdout elsewhere
-        run = log_worker if args.worker in LOG_VARIANTS else worker
+        run: Callable[[str, int, int], dict[str, Any]] = worker
+        if args.worker in LOG_VARIANTS:
+            run = log_worker
+        elif args.worker in TASK_VARIANTS:
+            run = task_worker
         print(json.dumps(run(args.worker, args.requests, args.warmup)), file=out, flush=True)
         return
     reports = {}
