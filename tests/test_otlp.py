@@ -16,9 +16,9 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1 import trace_pb2
-from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from sightline import _otlp
-from sightline._spans import Sampling, ServerSpan
+from sightline._spans import LeanSpan, Sampling
 from sightline._version import __version__
 
 ALWAYS = Sampling("always_on", 1.0)
@@ -47,9 +47,7 @@ def reference_pairs(attributes: Mapping[str, Any]) -> list[KeyValue]:
     return [KeyValue(key=k, value=reference_value(v)) for k, v in attributes.items()]
 
 
-def reference(
-    resource: Mapping[str, Any], spans: Sequence[ServerSpan]
-) -> ExportTraceServiceRequest:
+def reference(resource: Mapping[str, Any], spans: Sequence[LeanSpan]) -> ExportTraceServiceRequest:
     encoded = []
     for span in spans:
         ctx = span.get_span_context()
@@ -63,7 +61,7 @@ def reference(
                 else b"",
                 trace_state=ctx.trace_state.to_header(),
                 name=span.name,
-                kind=trace_pb2.Span.SPAN_KIND_SERVER,
+                kind=span.kind.value + 1,  # OTLP numbers kinds one above the API
                 start_time_unix_nano=span.start_ns,
                 end_time_unix_nano=span.end_ns,
                 attributes=reference_pairs(span.attributes),
@@ -100,7 +98,7 @@ def decode(body: bytes) -> ExportTraceServiceRequest:
     return message
 
 
-def ended(span: ServerSpan, **attributes: Any) -> ServerSpan:
+def ended(span: LeanSpan, **attributes: Any) -> LeanSpan:
     span.set_attributes(attributes)
     span.end()
     return span
@@ -115,8 +113,8 @@ RESOURCE = {"service.name": "checkout", "process.pid": 4242, "host.name": "h\u00
 
 
 def test_spans_decode_to_what_the_protobuf_library_builds() -> None:
-    """Roots, children of remote parents, trace state, events, errors and every value type
-    decode to exactly the message opentelemetry-proto builds from the same spans."""
+    """Roots, children of remote parents, trace state, events, errors, every value type and
+    every span kind decode to exactly the message opentelemetry-proto builds."""
     parent = SpanContext(
         0x0AF7651916CD43DD8448EB211C80319C,
         0xB7AD6B7169203331,
@@ -125,10 +123,10 @@ def test_spans_decode_to_what_the_protobuf_library_builds() -> None:
         TraceState([("vendor", "v1"), ("other", "x")]),
     )
     root = ended(
-        ServerSpan("GET /users/<int:uid>", None, ALWAYS, None),
+        LeanSpan("GET /users/<int:uid>", None, ALWAYS, None),
         **{"http.request.method": "GET", "url.path": "/users/42", "server.port": 8080},
     )
-    child = ServerSpan("POST", parent, ALWAYS, None)
+    child = LeanSpan("POST", parent, ALWAYS, None)
     child.set_attributes(
         {
             "flag": True,
@@ -150,8 +148,10 @@ def test_spans_decode_to_what_the_protobuf_library_builds() -> None:
     child.set_status(Status(StatusCode.ERROR, "ValueError: bad uid"))
     child.update_name("POST /orders")
     child.end()
-    unnamed = ended(ServerSpan("", None, ALWAYS, None))
-    spans = [root, child, unnamed]
+    unnamed = ended(LeanSpan("", None, ALWAYS, None))
+    consumer = ended(LeanSpan("process tasks.add", parent, ALWAYS, None, SpanKind.CONSUMER))
+    producer = ended(LeanSpan("publish tasks.add", None, ALWAYS, None, SpanKind.PRODUCER))
+    spans = [root, child, unnamed, consumer, producer]
     assert decode(_otlp.resource_spans(RESOURCE, spans)) == reference(RESOURCE, spans)
 
 
@@ -161,7 +161,7 @@ def test_random_spans_match_the_protobuf_library() -> None:
     values: list[Any] = ["", "x" * 300, 0, 1, -1, 1 << 63, -(1 << 63), 2.5, True, b"", [1, 2]]
     spans = []
     for i in range(200):
-        span = ServerSpan(f"GET /r/{i % 7}", None, ALWAYS, None)
+        span = LeanSpan(f"GET /r/{i % 7}", None, ALWAYS, None)
         span.set_attributes({f"k{j}": rng.choice(values) for j in range(rng.randrange(12))})
         if rng.random() < 0.3:
             span.set_status(StatusCode.ERROR)
@@ -172,7 +172,7 @@ def test_random_spans_match_the_protobuf_library() -> None:
 
 def test_equal_values_of_different_types_are_not_confused() -> None:
     """The attribute cache keeps True, 1 and "1" apart (True == 1 in Python)."""
-    spans = [ended(ServerSpan("a", None, ALWAYS, None), v=value) for value in (1, True, "1", 1)]
+    spans = [ended(LeanSpan("a", None, ALWAYS, None), v=value) for value in (1, True, "1", 1)]
     decoded = decode(_otlp.resource_spans({}, spans))
     kinds = [
         s.attributes[0].value.WhichOneof("value")
@@ -186,13 +186,13 @@ def test_the_attribute_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(_otlp, "CACHE_SIZE", 50)
     monkeypatch.setattr(_otlp, "_cache", {})
     for i in range(500):
-        _otlp.resource_spans({}, [ended(ServerSpan("a", None, ALWAYS, None), q=f"id={i}")])
+        _otlp.resource_spans({}, [ended(LeanSpan("a", None, ALWAYS, None), q=f"id={i}")])
         assert len(_otlp._cache) <= 50
 
 
 def test_text_that_is_not_utf8_is_replaced_not_fatal() -> None:
     """A lone surrogate in an attribute (from a hostile header) is replaced; the batch survives."""
-    span = ended(ServerSpan("GET", None, ALWAYS, None), agent="bad \udcff end")
+    span = ended(LeanSpan("GET", None, ALWAYS, None), agent="bad \udcff end")
     decoded = decode(_otlp.resource_spans({}, [span]))
     value = decoded.resource_spans[0].scope_spans[0].spans[0].attributes[0].value.string_value
     assert value == "bad ? end"
@@ -205,7 +205,7 @@ def test_concatenated_requests_hold_both_resource_spans() -> None:
             trace_pb2.ResourceSpans(resource=Resource(attributes=reference_pairs({"a": 1})))
         ]
     ).SerializeToString()
-    span = ended(ServerSpan("GET", None, ALWAYS, None))
+    span = ended(LeanSpan("GET", None, ALWAYS, None))
     decoded = decode(sdk + _otlp.resource_spans(RESOURCE, [span]))
     assert len(decoded.resource_spans) == 2
     assert decoded.resource_spans[1].scope_spans[0].spans[0].name == "GET"

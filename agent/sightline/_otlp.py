@@ -19,19 +19,20 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._spans import ServerSpan
+    from ._spans import LeanSpan
 
 _INT64 = (1 << 64) - 1
 _pack_fixed64 = struct.Struct("<Q").pack
 _pack_fixed32 = struct.Struct("<I").pack
 _pack_double = struct.Struct("<d").pack
 _STATUS_CODE = {StatusCode.UNSET: 0, StatusCode.OK: 1, StatusCode.ERROR: 2}
-_SPAN_KIND_SERVER = b"\x30\x02"  # Span.kind (6, varint) = SPAN_KIND_SERVER
+# Span.kind (field 6, varint): OTLP numbers the kinds one above the API's enum.
+_KIND = {kind: b"\x30" + bytes((kind.value + 1,)) for kind in SpanKind}
 # OTLP span flags: the low byte is the W3C trace flags; bit 8 says whether the parent's
 # remoteness is known, bit 9 that it is remote.
 _HAS_IS_REMOTE = 0x100
@@ -101,7 +102,7 @@ def _key_values(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
     return b"".join([key_value(tag, str(k), v) for k, v in attributes.items()])
 
 
-def span(span: ServerSpan) -> bytes:
+def span(span: LeanSpan) -> bytes:
     """One ``Span`` message's payload."""
     ctx = span.get_span_context()
     parts = [
@@ -117,7 +118,7 @@ def span(span: ServerSpan) -> bytes:
         parts += (b"\x22\x08", span.parent_span_id.to_bytes(8, "big"))  # parent_span_id = 4
     parts += (
         _field(b"\x2a", _text(span.name)),  # name = 5
-        _SPAN_KIND_SERVER,
+        _KIND[span.kind],
         b"\x39",  # start_time_unix_nano = 7 (fixed64)
         _pack_fixed64(span.start_ns),
         b"\x41",  # end_time_unix_nano = 8 (fixed64)
@@ -144,7 +145,7 @@ _SCOPE = _field(  # ScopeSpans.scope = 1: InstrumentationScope(name = 1, version
 )
 
 
-def resource_spans(resource: Mapping[str, Any], spans: Sequence[ServerSpan]) -> bytes:
+def resource_spans(resource: Mapping[str, Any], spans: Sequence[LeanSpan]) -> bytes:
     """An ``ExportTraceServiceRequest`` holding one ``ResourceSpans`` with these spans.
 
     Concatenated with another serialised request, it adds its ``ResourceSpans`` to it.

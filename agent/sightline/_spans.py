@@ -1,8 +1,9 @@
-"""The request's SERVER span, built for the hot path.
+"""Sightline's own spans (a request's SERVER span, a task's PRODUCER and CONSUMER
+spans), built for the hot path.
 
-Every request gets a span, so its cost is paid per request: the SDK's span validates
+Every request and task gets a span, so its cost is paid each time: the SDK's span validates
 each attribute under a lock, consults a sampler chain, copies itself into a readable
-span when it ends and keeps ~3 KB alive per queued span. :class:`ServerSpan` is a
+span when it ends and keeps ~3 KB alive per queued span. :class:`LeanSpan` is a
 plain OpenTelemetry API span: ids from ``random.getrandbits``, the sampling decision
 inline (the same six samplers, with the SDK's trace-id-ratio rule), attributes in a
 dict, and the ended span goes straight onto the export queue, to be written as OTLP
@@ -23,7 +24,7 @@ from typing import Any
 from opentelemetry import context, trace
 from opentelemetry.context import Context
 from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
-from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.util import types
 
 _UNSET = Status(StatusCode.UNSET)
@@ -59,7 +60,7 @@ def context_var() -> ContextVar[Context] | None:
 def current_span_reader() -> Callable[[], Any]:
     """A function returning what the current context holds as its span (None if nothing).
 
-    Anything but a :class:`ServerSpan` is best checked through the API, which also
+    Anything but a :class:`LeanSpan` is best checked through the API, which also
     copes with a context holding something that is not a span.
     """
     variable = context_var()
@@ -93,15 +94,17 @@ class Sampling:
         return (trace_id & _TRACE_ID_LIMIT) < self.bound
 
 
-class ServerSpan(trace.Span):
-    """A SERVER span; see the module docstring. Unsampled, every setter is a no-op."""
+class LeanSpan(trace.Span):
+    """A span of ``kind`` (SERVER by default); see the module docstring. Unsampled, every
+    setter is a no-op."""
 
     def __init__(
         self,
         name: str,
         parent: SpanContext | None,
         sampling: Sampling,
-        on_end: Callable[[ServerSpan], None] | None,
+        on_end: Callable[[LeanSpan], None] | None,
+        kind: SpanKind = SpanKind.SERVER,
     ) -> None:
         if parent is not None:
             trace_id = parent.trace_id
@@ -124,6 +127,7 @@ class ServerSpan(trace.Span):
         self.end_ns = 0
         if sampled:  # an unsampled span is only a context: skip everything else
             self._on_end = on_end
+            self.kind = kind
             self.name = name
             self.start_ns = _time_ns()
             self.status = _UNSET

@@ -51,7 +51,7 @@ class Run:
         self.token: object = None
         if waited is not None and waited >= 0:
             agent.metrics.task_wait.child(key).observe(waited)
-        agent.metrics.tasks_active.labels(system).inc()
+        agent.metrics.active_tasks(system).inc()
         if agent.tracing is not None:
             attributes = {
                 "messaging.system": system,
@@ -60,8 +60,8 @@ class Run:
             }
             if message_id:
                 attributes["messaging.message.id"] = message_id
-            self.span = agent.tracing.tracer.start_span(
-                f"process {name}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+            self.span = agent.tracing.start_span(
+                f"process {name}", SpanKind.CONSUMER, parent, attributes
             )
             self.token = context.attach(trace.set_span_in_context(self.span, parent))
         self.started = time.perf_counter()
@@ -78,7 +78,7 @@ class Run:
             return
         elapsed = time.perf_counter() - self.started
         agent.metrics.task_duration.child((*self.key, outcome)).observe(elapsed)
-        agent.metrics.tasks_active.labels(self.key[0]).dec()
+        agent.metrics.active_tasks(self.key[0]).dec()
         if self.span is not None:
             self.span.set_attribute("task.outcome", outcome)
             if outcome == "failure":
@@ -94,16 +94,13 @@ def publish_span(agent: _agent.Agent, key: tuple[str, str, str], message_id: str
     if agent.tracing is None:
         return None
     system, queue, name = key
-    return agent.tracing.tracer.start_span(
-        f"publish {name}",
-        kind=SpanKind.PRODUCER,
-        attributes={
-            "messaging.system": system,
-            "messaging.operation.type": "send",
-            "messaging.destination.name": queue,
-            "messaging.message.id": message_id,
-        },
-    )
+    attributes = {
+        "messaging.system": system,
+        "messaging.operation.type": "send",
+        "messaging.destination.name": queue,
+        "messaging.message.id": message_id,
+    }
+    return agent.tracing.start_span(f"publish {name}", SpanKind.PRODUCER, None, attributes)
 
 
 class TaskTimer:

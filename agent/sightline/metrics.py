@@ -430,6 +430,9 @@ class Metrics:
                 registry.unregister(collector)
             raise
         self.exemplars = settings.exemplars
+        # Children of labelled task instruments, looked up once (as Histogram.child does).
+        self._active_children: dict[str, Any] = {}
+        self._published_children: dict[tuple[str, str, str], Any] = {}
 
     def _add(self, collector: Any) -> Any:
         self._collectors.append(collector)
@@ -446,6 +449,20 @@ class Metrics:
             except KeyError:
                 pass
         self._collectors.clear()
+
+    def active_tasks(self, system: str) -> Any:
+        """The ``worker_tasks_active`` child of ``system``, looked up once."""
+        child = self._active_children.get(system)
+        if child is None:
+            child = self._active_children[system] = self.tasks_active.labels(system)
+        return child
+
+    def published(self, system: str, queue: str, name: str) -> None:
+        key = (system, queue, name)
+        child = self._published_children.get(key)
+        if child is None:
+            child = self._published_children[key] = self.tasks_published.labels(*key)
+        child.inc()
 
     def export_stats(self, signal: str) -> ExportStats:
         return ExportStats(signal, self.exported, self.dropped, self.retried, self.export_failures)

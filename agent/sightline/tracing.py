@@ -37,7 +37,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import _otlp, _resource, _safety
 from ._export import BatchQueue, Endpoint, ExportStats, Retrying, push
 from ._settings import Settings
-from ._spans import SPAN_KEY, Sampling, ServerSpan, context_var
+from ._spans import SPAN_KEY, LeanSpan, Sampling, context_var
 from .metrics import OTHER_METHOD
 
 logger = logging.getLogger("sightline")
@@ -131,8 +131,8 @@ class OtlpSender:
         self.queue: BatchQueue[Any] | None = None
 
     def __call__(self, batch: Sequence[Any]) -> None:
-        own = [span for span in batch if isinstance(span, ServerSpan)]
-        sdk = [span for span in batch if not isinstance(span, ServerSpan)]
+        own = [span for span in batch if isinstance(span, LeanSpan)]
+        sdk = [span for span in batch if not isinstance(span, LeanSpan)]
         # The provider outlives init() and fork; the wire carries this process's identity.
         resource = _resource.attributes(self.settings)
         body = b""
@@ -183,7 +183,7 @@ class Tracing:
         self.settings = settings
         existing = trace.get_tracer_provider()
         self.queue: BatchQueue[Any] | None = None
-        # Set when Sightline owns the provider: the request span is then a ServerSpan.
+        # Set when Sightline owns the provider: the request span is then a LeanSpan.
         self.sampling: Sampling | None = None
         if isinstance(existing, TracerProvider) and existing is not _provider:
             logger.debug("sightline: using the app's tracer provider; it exports the spans")
@@ -245,7 +245,7 @@ class Tracing:
             outer_ctx = None
             if outer is not None and isinstance(outer, trace.Span):
                 outer_ctx = outer.get_span_context()
-            span = ServerSpan(
+            span = LeanSpan(
                 name,
                 outer_ctx if outer_ctx is not None and outer_ctx.is_valid else None,
                 self.sampling,
@@ -256,7 +256,7 @@ class Tracing:
             parent = context.get_current()  # an outer span (another middleware) is the parent
         if self.sampling is not None and self.queue is not None:
             parent_span = trace.get_current_span(parent).get_span_context()
-            span = ServerSpan(
+            span = LeanSpan(
                 name,
                 parent_span if parent_span.is_valid else None,
                 self.sampling,
@@ -266,6 +266,28 @@ class Tracing:
             span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
         token = context.attach(trace.set_span_in_context(span, parent))
         return span, token
+
+    def start_span(
+        self,
+        name: str,
+        kind: SpanKind,
+        parent: Context | None,
+        attributes: dict[str, Any],
+    ) -> Any:
+        """A span of ``kind`` (a task's PRODUCER or CONSUMER), not made current: Sightline's
+        lean span when it owns the provider, else one from the app's provider. With no
+        ``parent`` the current context is the parent."""
+        if self.sampling is None or self.queue is None:
+            return self.tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
+        if parent is None:
+            parent = context.get_current()
+        outer = trace.get_current_span(parent).get_span_context()
+        span = LeanSpan(
+            name, outer if outer.is_valid else None, self.sampling, self.queue.put, kind
+        )
+        if span.is_recording():
+            span.set_attributes(attributes)
+        return span
 
     def end_server_span(
         self,

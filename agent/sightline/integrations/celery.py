@@ -136,7 +136,7 @@ def _after_publish(
     with _safety.internal_errors("celery.published"):
         headers = headers or {}
         name = str(headers.get("task") or sender)
-        agent.metrics.tasks_published.labels(SYSTEM, routing_key or "", name).inc()
+        agent.metrics.published(SYSTEM, routing_key or "", name)
         span = _publishing.pop(str(headers.get("id")), None)
         if span is not None:
             span.end()

@@ -73,7 +73,7 @@ def _enqueue_job(self: Queue, job: Job, *args: Any, **kwargs: Any) -> Job:
         if agent is not None:
             with _safety.internal_errors("rq.enqueued"):
                 name = str(job.func_name)
-                agent.metrics.tasks_published.labels(SYSTEM, self.name, name).inc()
+                agent.metrics.published(SYSTEM, self.name, name)
                 if span is not None:
                     span.end()
 
