@@ -209,7 +209,11 @@ def test_export_counts_and_headers(backend: Backend, registry: CollectorRegistry
     for _ in range(3):
         call_wsgi(make_app(), "/users/1")
     assert backend.wait_for(lambda: len(backend.spans()) == 3)
-    assert registry.get_sample_value("sightline_exported_total", {"signal": "traces"}) == 3
+
+    def exported() -> float | None:  # counted once the answer is read, just after arrival
+        return registry.get_sample_value("sightline_exported_total", {"signal": "traces"})
+
+    assert backend.wait_for(lambda: exported() == 3), exported()
     assert backend.headers[0]["x-api-key"] == "abc def"
     assert backend.headers[0]["content-encoding"] == "gzip"
     assert backend.headers[0]["content-type"] == "application/x-protobuf"
