@@ -132,6 +132,15 @@ def send(base: str, total: int) -> dict[int, int]:
     return {code: statuses.count(code) for code in set(statuses)}
 
 
+def server_env(metrics_port: int, backend: Backend, tmp_path: Path) -> dict[str, str]:
+    """The metrics port, the span receiver, and a temporary directory of the test's own."""
+    return {
+        "SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": backend.url,
+        "TMPDIR": str(tmp_path),
+    }
+
+
 SERVED = 'sum(http_server_request_duration_seconds_count{job="app", http_route!="/health"})'
 
 
@@ -175,11 +184,7 @@ def test_gunicorn_recycling_workers_keeps_exact_totals(tmp_path: Path, backend: 
     pytest.importorskip("gunicorn")
     pytest.importorskip("flask")
     metrics_port = free_port()
-    env = {
-        "SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": backend.url,
-        "TMPDIR": str(tmp_path),
-    }
+    env = server_env(metrics_port, backend, tmp_path)
     args = ["--workers", "4", "--max-requests", "25", "--max-requests-jitter", "10"]
     with (
         gunicorn("tests.apps.flask_app:application", env, args, tmp_path) as base,
@@ -196,11 +201,7 @@ def test_gunicorn_preload_master_serves_the_merged_view(tmp_path: Path, backend:
     pytest.importorskip("gunicorn")
     pytest.importorskip("flask")
     metrics_port = free_port()
-    env = {
-        "SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": backend.url,
-        "TMPDIR": str(tmp_path),
-    }
+    env = server_env(metrics_port, backend, tmp_path)
     args = ["--preload", "--workers", "2", "--max-requests", "20"]
     with (
         gunicorn("tests.apps.flask_app:application", env, args, tmp_path) as base,
@@ -225,11 +226,7 @@ def test_uvicorn_workers_keep_exact_totals(tmp_path: Path, backend: Backend) -> 
     pytest.importorskip("uvicorn")
     pytest.importorskip("fastapi")
     metrics_port = free_port()
-    env = {
-        "SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": backend.url,
-        "TMPDIR": str(tmp_path),
-    }
+    env = server_env(metrics_port, backend, tmp_path)
     log = tmp_path / "uvicorn.log"
     with (
         uvicorn("tests.apps.fastapi_app:app", env, ["--workers", "3"], tmp_path) as base,
