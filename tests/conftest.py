@@ -46,3 +46,12 @@ def backend() -> Iterator[Any]:
     server = Backend().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Any) -> Iterator[str]:
+    """A real redis-server on a loopback port, for Celery and RQ; yields its URL."""
+    from .servers import redis
+
+    with redis(tmp_path) as url:
+        yield url

@@ -123,10 +123,18 @@ def serve(command: list[str], port: int, env: dict[str, str], log_path: Path) ->
 
 
 @contextlib.contextmanager
-def gunicorn(app: str, env: dict[str, str], args: list[str], tmp_path: Path) -> Iterator[str]:
-    """Run ``app`` (module:callable under tests/apps) in a real gunicorn; yields its base URL."""
+def gunicorn(
+    app: str,
+    env: dict[str, str],
+    args: list[str],
+    tmp_path: Path,
+    prefix: list[str] | None = None,
+) -> Iterator[str]:
+    """Run ``app`` (module:callable under tests/apps) in a real gunicorn, started through
+    ``prefix`` if given (the launcher); yields its base URL."""
     port = free_port()
     command = [
+        *(prefix or []),
         sys.executable,
         "-m",
         "gunicorn",

@@ -4,7 +4,6 @@ and one trace from an HTTP request through the broker into the worker."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +13,10 @@ from prometheus_client import CollectorRegistry
 
 from .helpers import Samples, call_wsgi, free_port, scrape, total, wait_until
 from .receivers import Backend
-from .servers import celery_worker, redis
+from .servers import celery_worker
 
 celery = pytest.importorskip("celery")
 redis_client = pytest.importorskip("redis")
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[str]:
-    with redis(tmp_path) as url:
-        yield url
 
 
 def producer(url: str) -> Any:

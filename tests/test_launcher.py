@@ -15,7 +15,7 @@ import pytest
 
 from .helpers import free_port
 from .receivers import Backend
-from .servers import ROOT, launcher, serve, status_of
+from .servers import ROOT, gunicorn, launcher, serve, status_of
 
 
 def scrape(port: int) -> str:
@@ -38,24 +38,8 @@ def test_gunicorn_app_that_never_imports_sightline(tmp_path: Path, backend: Back
     Loki too."""
     pytest.importorskip("gunicorn")
     pytest.importorskip("flask")
-    port, metrics_port = free_port(), free_port()
-    command = [
-        *launcher(),
-        "run",
-        "--service",
-        "plain",
-        "--",
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--chdir",
-        str(ROOT),
-        "-b",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "2",
-        "tests.apps.plain_app:app",
-    ]
+    metrics_port = free_port()
+    prefix = [*launcher(), "run", "--service", "plain", "--"]
     env = {
         "SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
         "OTEL_EXPORTER_OTLP_ENDPOINT": backend.url,
@@ -64,7 +48,8 @@ def test_gunicorn_app_that_never_imports_sightline(tmp_path: Path, backend: Back
         "TMPDIR": str(tmp_path),
     }
     log = tmp_path / "gunicorn.log"
-    with serve(command, port, env, log) as base:
+    app, args = "tests.apps.plain_app:app", ["--workers", "2"]
+    with gunicorn(app, env, args, tmp_path, prefix) as base:
         for uid in range(20):
             assert status_of(f"{base}/users/{uid}") == 200
         time.sleep(1.5)  # one snapshot interval: every worker's numbers are in

@@ -4,7 +4,6 @@ depth and one trace from an HTTP request through Redis into the work horse."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +13,10 @@ from prometheus_client import CollectorRegistry
 
 from .helpers import call_wsgi, free_port, scrape, total, wait_until
 from .receivers import Backend
-from .servers import redis, rq_worker
+from .servers import rq_worker
 
 rq = pytest.importorskip("rq")
 redis_client = pytest.importorskip("redis")
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[str]:
-    with redis(tmp_path) as url:
-        yield url
 
 
 def queue(url: str) -> Any:

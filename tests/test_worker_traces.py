@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,18 +10,12 @@ from prometheus_client import CollectorRegistry
 
 from .helpers import call_wsgi, free_port
 from .receivers import Backend
-from .servers import celery_worker, redis, rq_worker
+from .servers import celery_worker, rq_worker
 
 celery = pytest.importorskip("celery")
 rq = pytest.importorskip("rq")
 redis_client = pytest.importorskip("redis")
 flask = pytest.importorskip("flask")
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[str]:
-    with redis(tmp_path) as url:
-        yield url
 
 
 def test_request_task_and_job_share_one_trace(
