@@ -11,4 +11,7 @@ else:
         _launcher.bootstrap()
     except Exception as exc:
         sys.stderr.write(f"sightline: not started: {type(exc).__name__}: {exc}\n")
-    _launcher.chain_sitecustomize(__file__)
+    try:
+        _launcher.chain_sitecustomize(__file__)
+    except ImportError as exc:  # finding it failed; an error inside it is the app's own
+        sys.stderr.write(f"sightline: the existing sitecustomize was not run: {exc}\n")
