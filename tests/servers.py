@@ -13,11 +13,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sightline._stack import BY_NAME, processes
 
 from .helpers import free_port
 
@@ -25,17 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def wait_for(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    alive = None if proc is None else (lambda: proc.poll() is None)
+    try:
+        processes.wait_http(url, timeout, alive=alive)
+    except processes.NotReady as exc:
+        code = "" if proc is None else f" (exit code {proc.poll()})"
+        raise RuntimeError(f"{exc}{code}") from None
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -48,14 +44,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def binary(name: str) -> str:
-    path = shutil.which(name) or (
-        f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None
-    )
+def binary(*names: str) -> str:
+    """The installed binary (the stack's own lookup); a failure under CI, else a skip."""
+    path = processes.find_binary(names)
     if path is None:
         if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed (.ci/run installs it)")
-        pytest.skip(f"{name} is not installed")
+            pytest.fail(f"{names[0]} is not installed (.ci/run installs it)")
+        pytest.skip(f"{names[0]} is not installed")
     return path
 
 
@@ -76,36 +71,45 @@ class Prometheus:
 
 
 @contextlib.contextmanager
-def prometheus(tmp_path: Path, targets: dict[str, str]) -> Iterator[Prometheus]:
-    """Start a real Prometheus scraping ``targets`` (job -> host:port) every second."""
-    exe = binary("prometheus")
+def prometheus(
+    tmp_path: Path, targets: dict[str, str], rule_files: Sequence[Path] = ()
+) -> Iterator[Prometheus]:
+    """Start a real Prometheus scraping ``targets`` (job -> host:port) every second and
+    evaluating ``rule_files`` every second."""
+    exe = binary(*BY_NAME["prometheus"].binaries)
     port = free_port()
     config = tmp_path / "prometheus.yml"
     jobs = "".join(
         f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
         for job, target in targets.items()
     )
+    rules = "".join(f"  - {path}\n" for path in rule_files)
     config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n" + jobs
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        + (f"rule_files:\n{rules}" if rules else "")
+        + "scrape_configs:\n"
+        + jobs
     )
-    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [
-            exe,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--enable-feature=exemplar-storage",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for(f"http://127.0.0.1:{port}/-/ready", proc=proc)
+    argv = [
+        exe,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--enable-feature=exemplar-storage",
+    ]
+    with started("prometheus", argv, tmp_path, f"http://127.0.0.1:{port}/-/ready"):
         yield Prometheus(f"http://127.0.0.1:{port}")
+
+
+@contextlib.contextmanager
+def started(name: str, argv: list[str], tmp_path: Path, ready: str) -> Iterator[None]:
+    """Run a stack component the way ``sightline stack`` does; stopped on exit."""
+    _proc, record = processes.launch(name, argv, os.environ, tmp_path / f"{name}.log")
+    try:
+        processes.wait_http(ready, 30, alive=record.alive)
+        yield
     finally:
-        stop(proc)
-        log.close()
+        processes.stop(record)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,8 @@
 """The ``sightline`` command.
 
 sightline run [--service NAME] -- gunicorn app:app -w 4
+sightline stack up|down|status [--dir DIR] [--port SERVICE:PORT=HOSTPORT ...]
+sightline demo [--dir DIR] [--duration SECONDS]
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ._version import __version__
 
@@ -34,6 +37,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--service", help="the service name (sets SIGHTLINE_SERVICE)")
     run.add_argument("program", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument(
+        "--dir",
+        type=Path,
+        help="state directory: ports, PIDs, logs, data (default ~/.local/state/sightline/stack)",
+    )
+    state.add_argument(
+        "--port",
+        action="append",
+        default=[],
+        metavar="SERVICE:PORT=HOSTPORT",
+        help="listen on HOSTPORT where compose has SERVICE:PORT (e.g. prometheus:9090=19090)",
+    )
+    stack = commands.add_parser(
+        "stack",
+        parents=[state],
+        help="run the bundled stack without Docker, from binaries on this machine",
+        description=(
+            "Start, stop or show the stack's components (Prometheus, Alertmanager, Redis, "
+            "and Loki, Tempo, Grafana, the Collector when installed) on 127.0.0.1, "
+            "configured from the same files as compose."
+        ),
+    )
+    stack.add_argument("action", choices=("up", "down", "status"))
+    demo = commands.add_parser(
+        "demo",
+        parents=[state],
+        help="run the native stack with the demo shop, its worker and load, and watch",
+        description=(
+            "Start the native stack, the demo shop (gunicorn), its Celery worker and the "
+            "load generator, and show the golden signals every few seconds."
+        ),
+    )
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--refresh", type=float, default=5.0, help="seconds between redraws")
     return parser
 
 
@@ -42,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(parser, args)
+    if args.command in ("stack", "demo"):
+        return stack(parser, args)
     parser.print_help()
     return 0
 
@@ -66,6 +107,54 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         sys.stderr.write(f"sightline: cannot run {program[0]}: {exc.strerror or exc}\n")
         return 127
     return 0  # not reached: the program replaced this process
+
+
+def _ports(parser: argparse.ArgumentParser, specs: Sequence[str]) -> dict[str, int]:
+    ports = {}
+    for spec in specs:
+        key, _, value = spec.partition("=")
+        service, _, port = key.partition(":")
+        if not (service and port.isdigit() and value.isdigit() and 0 < int(value) < 65536):
+            parser.error(f"--port: expected SERVICE:PORT=HOSTPORT, got {spec!r}")
+        ports[f"{service}:{int(port)}"] = int(value)
+    return ports
+
+
+def stack(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    try:
+        from ._stack import Stack, StackError, default_dir
+    except ImportError as exc:
+        sys.stderr.write(f"sightline: {exc.name} is missing: pip install 'sightline[demo]'\n")
+        return 2
+    directory = args.dir or default_dir()
+    ports = _ports(parser, args.port)
+    if args.command == "demo":
+        if args.duration is not None and args.duration <= 0:
+            parser.error("--duration must be positive")
+        try:
+            from .demo.run import demo
+        except ImportError as exc:
+            sys.stderr.write(f"sightline: {exc.name} is missing: pip install 'sightline[demo]'\n")
+            return 2
+        return demo(directory, args.duration, ports, args.refresh)
+    try:
+        native = Stack(directory, ports)
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"sightline: cannot read the stack's files: {exc}\n")
+        return 2
+    if args.action == "up":
+        try:
+            _started, failures = native.up()
+        except StackError as exc:
+            sys.stderr.write(f"sightline: {exc}\n")
+            return 1
+        if failures:
+            return 1
+    elif args.action == "down":
+        native.down()
+    else:
+        native.status()
+    return 0
 
 
 if __name__ == "__main__":

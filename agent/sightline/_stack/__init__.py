@@ -1,0 +1,338 @@
+"""``sightline stack``: the compose stack, run from the binaries this machine has.
+
+    sightline stack up [--dir DIR] [--port prometheus:9090=19090 ...]
+    sightline stack status
+    sightline stack down
+
+Each component is started only if its binary is found (Prometheus and Alertmanager from
+the OS packages at least; Loki, Tempo, Grafana and the Collector when installed), on
+loopback, with the configuration compose mounts rewritten for it (see ``native``). State
+lives in one directory: the ports chosen, the processes started (PID and start time),
+logs, data. ``up`` is idempotent and ``down`` stops only processes this directory
+recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import processes
+from .native import Native, load_compose
+from .processes import Record
+
+Out = Callable[[str], None]
+
+
+def default_dir() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return Path(state) / "sightline" / "stack"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One compose service that can also run from a local binary."""
+
+    service: str
+    binaries: tuple[str, ...]
+    get_it: str  # how to install it, for `status`
+    port: int  # the compose port of its HTTP interface
+    ready: str  # readiness path on that port ("" for Redis: PING)
+
+    def argv(self, binary: str, native: Native, directory: Path) -> list[str]:
+        args = native.command(self.service)
+        if args and Path(args[0]).name in self.binaries:
+            args = args[1:]  # compose named the binary itself (redis-server ...)
+        listen = f"127.0.0.1:{native.port(self.service, self.port)}"
+        if self.service in ("prometheus", "alertmanager"):
+            args = [a for a in args if not a.startswith("--web.listen-address")]
+            args.append(f"--web.listen-address={listen}")
+        elif self.service == "redis":
+            data = directory / "redis"
+            data.mkdir(parents=True, exist_ok=True)
+            port = str(native.port("redis", self.port))
+            args += ["--bind", "127.0.0.1", "--port", port, "--dir", str(data)]
+        elif self.service == "collector" and not args:
+            args = [native.rewrite("--config=/etc/otelcol-contrib/config.yaml", "collector")]
+        elif self.service == "grafana":
+            home = next((h for h in ("/usr/share/grafana",) if Path(h).is_dir()), None)
+            if Path(binary).name == "grafana":
+                args = ["server", *(["--homepath", home] if home else []), *args]
+            elif home:
+                args = ["--homepath", home, *args]
+        return [binary, *args]
+
+    def environment(self, native: Native, directory: Path) -> dict[str, str]:
+        variables = dict(os.environ)
+        env = {**os.environ, processes.MARKER: str(directory)}
+        if self.service == "grafana":
+            variables.setdefault("GRAFANA_ADMIN_PASSWORD", _grafana_password(directory))
+            env.update(native.environment("grafana", variables))
+            data = directory / "grafana"
+            env.update(
+                GF_SERVER_HTTP_ADDR="127.0.0.1",
+                GF_SERVER_HTTP_PORT=str(native.port("grafana", self.port)),
+                GF_PATHS_PROVISIONING=str(native.paths("grafana")["/etc/grafana/provisioning"]),
+                GF_PATHS_DATA=str(data / "data"),
+                GF_PATHS_LOGS=str(data / "logs"),
+                GF_PATHS_PLUGINS=str(data / "plugins"),
+            )
+        else:
+            env.update(native.environment(self.service, variables))
+        return env
+
+
+_RELEASES = (
+    "https://github.com/grafana/{0}/releases (the {0}-linux-amd64 zip), then put `{0}` on PATH"
+)
+COMPONENTS = (
+    Component("redis", ("redis-server",), "apt-get install redis-server", 6379, ""),
+    Component("prometheus", ("prometheus",), "apt-get install prometheus", 9090, "/-/ready"),
+    Component(
+        "alertmanager",
+        ("prometheus-alertmanager", "alertmanager"),
+        "apt-get install prometheus-alertmanager",
+        9093,
+        "/-/ready",
+    ),
+    Component("loki", ("loki",), _RELEASES.format("loki"), 3100, "/ready"),
+    Component("tempo", ("tempo",), _RELEASES.format("tempo"), 3200, "/ready"),
+    Component(
+        "collector",
+        ("otelcol-contrib",),
+        "https://github.com/open-telemetry/opentelemetry-collector-releases/releases "
+        "(otelcol-contrib), then put it on PATH",
+        13133,
+        "/",
+    ),
+    Component(
+        "grafana",
+        ("grafana", "grafana-server"),
+        "https://grafana.com/grafana/download (the standalone Linux binaries or the .deb)",
+        3000,
+        "/api/health",
+    ),
+)
+BY_NAME = {c.service: c for c in COMPONENTS}
+DEMO = ("demo-app", "demo-worker", "demo-load")
+
+
+def _grafana_password(directory: Path) -> str:
+    """A random admin password, made once per state directory and kept there (0600)."""
+    path = directory / "grafana" / "admin-password"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(18)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+    return password
+
+
+class StackError(RuntimeError):
+    """A component could not be started; the message says which and why."""
+
+
+class Stack:
+    """The native stack whose state lives in ``directory``."""
+
+    def __init__(self, directory: Path, ports: Mapping[str, int] | None = None) -> None:
+        self.directory = directory.resolve()
+        self.state_file = self.directory / "stack.json"
+        state = self._load()
+        self.ports: dict[str, int] = {**state.get("ports", {}), **(ports or {})}
+        self.records = {
+            name: Record.from_json(data) for name, data in state.get("processes", {}).items()
+        }
+        self.compose = load_compose()
+
+    # -- state --------------------------------------------------------------------------
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.state_file.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        data = {
+            "ports": self.ports,
+            "processes": {name: rec.to_json() for name, rec in self.records.items()},
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(self.state_file)
+
+    def running(self) -> set[str]:
+        return {name for name, rec in self.records.items() if rec.alive()}
+
+    def available(self) -> dict[str, str]:
+        """Component -> binary, for the components this machine has."""
+        found = {}
+        for component in COMPONENTS:
+            binary = processes.find_binary(component.binaries)
+            if binary:
+                found[component.service] = binary
+        return found
+
+    def native(self, running: Iterable[str] | None = None) -> Native:
+        names = self.running() if running is None else set(running)
+        return Native(self.directory, names, self.ports, self.compose)
+
+    # -- commands -----------------------------------------------------------------------
+
+    def up(self, out: Out = print, timeout: float = 60.0) -> tuple[list[str], list[str]]:
+        """Start every available component not already running.
+
+        Returns the components started and the failures (one message each); a component
+        that fails does not stop the others from starting.
+        """
+        available = self.available()
+        alive = self.running()
+        planned = alive | set(available)
+        native = self.native(planned)
+        self.ports = dict(native.ports)
+        self._save()
+        started, failures = [], []
+        for component in COMPONENTS:
+            name = component.service
+            if name in alive:
+                out(f"{name:<13} already running (pid {self.records[name].pid})")
+                continue
+            if name not in available:
+                continue
+            try:
+                self._start(component, available[name], native, timeout)
+            except StackError as exc:
+                failures.append(str(exc))
+                out(f"{name:<13} FAILED    {exc}")
+                continue
+            started.append(name)
+            out(f"{name:<13} started   {self._where(component, native)}")
+        for component in COMPONENTS:
+            if component.service not in planned:
+                out(f"{component.service:<13} absent    install: {component.get_it}")
+        return started, failures
+
+    def _start(self, component: Component, binary: str, native: Native, timeout: float) -> None:
+        name = component.service
+        port = native.port(name, component.port)
+        if not processes.port_free(port):
+            raise StackError(
+                f"{name}: port {port} on 127.0.0.1 is taken by another program; "
+                f"choose another with --port {name}:{component.port}=PORT"
+            )
+        native.write_configs(name)
+        argv = component.argv(binary, native, self.directory)
+        env = component.environment(native, self.directory)
+        proc, record = processes.launch(
+            name, argv, env, self.directory / "logs" / f"{name}.log", cwd=self.directory
+        )
+        self.records[name] = record
+        self._save()
+        try:
+            if component.ready:
+                url = f"http://127.0.0.1:{port}{component.ready}"
+                processes.wait_http(url, timeout, alive=lambda: proc.poll() is None)
+            else:
+                processes.wait_redis(port, timeout, alive=lambda: proc.poll() is None)
+        except processes.NotReady as exc:
+            processes.stop(record)
+            del self.records[name]
+            self._save()
+            raise StackError(f"{name} {exc}; its log:\n{_tail(Path(record.log))}") from None
+
+    def start_process(
+        self, service: str, argv: list[str], env: Mapping[str, str], cwd: Path | None = None
+    ) -> Any:
+        """Start a demo process and record it like a component."""
+        proc, record = processes.launch(
+            service,
+            argv,
+            {**env, processes.MARKER: str(self.directory)},
+            self.directory / "logs" / f"{service}.log",
+            cwd=cwd or self.directory,
+        )
+        self.records[service] = record
+        self._save()
+        return proc
+
+    def stop(self, names: Iterable[str], out: Out = print) -> None:
+        order = [*DEMO, *(c.service for c in reversed(COMPONENTS))]
+        for name in sorted(set(names), key=lambda n: order.index(n) if n in order else -1):
+            record = self.records.pop(name, None)
+            if record is not None and processes.stop(record):
+                out(f"{name:<13} stopped")
+        self._save()
+
+    def down(self, out: Out = print) -> None:
+        """Stop every process this directory recorded (and nothing else)."""
+        self.stop(list(self.records), out)
+
+    def status(self, out: Out = print) -> dict[str, str]:
+        available = self.available()
+        alive = self.running()
+        native = self.native(alive)
+        states = {}
+        for component in COMPONENTS:
+            name = component.service
+            if name in alive:
+                states[name] = "running"
+                pid = self.records[name].pid
+                out(f"{name:<13} running   {self._where(component, native)}  (pid {pid})")
+            elif name in available:
+                states[name] = "stopped"
+                out(f"{name:<13} stopped   ({available[name]})")
+            else:
+                states[name] = "absent"
+                out(f"{name:<13} absent    install: {component.get_it}")
+        for name in DEMO:
+            if name in alive:
+                states[name] = "running"
+                out(f"{name:<13} running   (pid {self.records[name].pid})")
+        return states
+
+    def _where(self, component: Component, native: Native) -> str:
+        port = native.port(component.service, component.port)
+        if component.service == "redis":
+            return f"redis://127.0.0.1:{port}/0"
+        if component.service == "collector":
+            return f"OTLP {native.url('collector', 4318)} (health :{port})"
+        if component.service == "grafana":
+            return f"http://127.0.0.1:{port} (admin password in {self.directory}/grafana)"
+        return f"http://127.0.0.1:{port}"
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def python_command(argv: list[str]) -> list[str]:
+    """A compose command run with this interpreter: ``sightline``, ``gunicorn``,
+    ``celery`` and ``python`` become ``sys.executable -m ...``, so the demo runs from the
+    environment Sightline is installed in whether or not its scripts are on PATH."""
+    modules = {"sightline": "sightline.cli", "gunicorn": "gunicorn", "celery": "celery"}
+    result: list[str] = []
+    for index, arg in enumerate(argv):
+        first = index == 0 or argv[index - 1] == "--"
+        if first and arg in modules:
+            result += [sys.executable, "-m", modules[arg]]
+        elif first and arg in ("python", "python3"):
+            result.append(sys.executable)
+        else:
+            result.append(arg)
+    return result

@@ -1,0 +1,337 @@
+"""Loopback configurations derived from the compose files.
+
+Compose is the one source of truth for every component: its command, its environment,
+the files it mounts and the addresses it talks to. Running without Docker, each
+component gets the same files with three mechanical rewrites:
+
+- ``<service>:<port>`` (a compose service name and a port it listens on) becomes
+  ``127.0.0.1:<native port>``, and so does ``0.0.0.0:<port>`` (or ``localhost:<port>``)
+  in the service's own files;
+- a container path the service mounts becomes the host path: the repository's file or
+  directory for read-only content (``alerts/``, ``dashboards/``), a rewritten copy under
+  the state directory for config that names addresses, a directory under the state
+  directory for a named volume;
+- Prometheus scrape jobs and Alertmanagers naming a service that is not running here are
+  left out, so an absent component is not an alert.
+
+A native port is the compose port unless another service already took it, then the next
+free number: deterministic for a given compose file, and overridable (``--port``).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Where the files live: a source checkout resolves the package's symlinks to the
+# repository; a wheel carries copies.
+FILES = (Path(__file__).resolve().parent.parent / "_stackfiles").resolve()
+COMPOSE_DIR = (FILES / "compose").resolve()
+COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
+
+_CONFIG_SUFFIXES = {".yml", ".yaml", ".json", ".ini", ".conf"}
+_ANY = r"(?:0\.0\.0\.0|localhost|127\.0\.0\.1)"
+
+
+def load_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
+        raise ValueError(f"{path}: no services")
+    return data
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str  # as written: a relative host path or a volume name
+    target: str  # the path inside the container
+    named: bool  # a named volume rather than a bind mount
+
+
+def mounts(service: Mapping[str, Any]) -> list[Mount]:
+    found = []
+    for entry in service.get("volumes", ()):
+        if isinstance(entry, str):
+            source, target = entry.split(":")[:2]
+        else:
+            source, target = str(entry.get("source", "")), str(entry["target"])
+        named = not source.startswith((".", "/", "~"))
+        found.append(Mount(source, target, named))
+    return found
+
+
+def command(service: Mapping[str, Any]) -> list[str]:
+    raw = service.get("command", [])
+    return shlex.split(raw) if isinstance(raw, str) else [str(arg) for arg in raw]
+
+
+def environment(service: Mapping[str, Any]) -> dict[str, str]:
+    raw = service.get("environment", {})
+    if isinstance(raw, list):
+        pairs = (item.split("=", 1) for item in raw)
+        return {key: value for key, value in pairs}
+    return {str(key): "" if value is None else str(value) for key, value in raw.items()}
+
+
+_INTERPOLATION = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+
+
+def interpolate(value: str, variables: Mapping[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR:?message}`` and ``$$``."""
+
+    def one(match: re.Match[str]) -> str:
+        name, operator, argument = match.groups()
+        if name is None:
+            return "$"
+        present = variables.get(name)
+        if present or (present is not None and operator in ("-", "?")):
+            return present
+        if operator and operator.endswith("-"):
+            return argument
+        if operator and operator.endswith("?"):
+            raise ValueError(f"{name} is not set: {argument}")
+        return ""
+
+    return _INTERPOLATION.sub(one, value)
+
+
+class Native:
+    """The loopback version of every compose service, rooted at a state directory."""
+
+    def __init__(
+        self,
+        directory: Path,
+        running: Iterable[str],
+        ports: Mapping[str, int] | None = None,
+        compose: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.compose = dict(compose or load_compose())
+        self.services: dict[str, dict[str, Any]] = self.compose["services"]
+        self.running = set(running)
+        self.ports = assign_ports(self.services, listen_ports(self.services), ports or {})
+
+    # -- addresses --------------------------------------------------------------------
+
+    def port(self, service: str, port: int) -> int:
+        return self.ports[f"{service}:{port}"]
+
+    def url(self, service: str, port: int, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.port(service, port)}{path}"
+
+    def rewrite(self, text: str, service: str) -> str:
+        """``text`` as ``service`` sees it natively: loopback addresses, host paths."""
+        names = "|".join(re.escape(name) for name in sorted(self.services, key=len, reverse=True))
+
+        def other(match: re.Match[str]) -> str:
+            key = f"{match.group(1)}:{match.group(2)}"
+            return f"127.0.0.1:{self.ports[key]}" if key in self.ports else match.group(0)
+
+        text = re.sub(rf"(?<![\w.-])({names}):(\d+)\b", other, text)
+
+        def own(match: re.Match[str]) -> str:
+            key = f"{service}:{match.group(1)}"
+            return f"127.0.0.1:{self.ports[key]}" if key in self.ports else match.group(0)
+
+        text = re.sub(rf"(?<![\w.-]){_ANY}:(\d+)\b", own, text)
+        paths = self.paths(service) if service in self.services else {}
+        for target, host in sorted(paths.items(), key=lambda kv: -len(kv[0])):
+            text = re.sub(rf"(?<![\w.-]){re.escape(target)}(?=$|[/\s\"',:\]])", str(host), text)
+        return text
+
+    # -- files ------------------------------------------------------------------------
+
+    def paths(self, service: str) -> dict[str, Path]:
+        """Container path -> host path, for every mount of ``service``."""
+        found: dict[str, Path] = {}
+        for mount in mounts(self.services[service]):
+            if mount.named:
+                found[mount.target] = self.directory / service / mount.source
+                continue
+            source = (COMPOSE_DIR / mount.source).resolve()
+            if mount.target == "/etc/prometheus/targets":
+                found[mount.target] = self.directory / "targets"
+            elif (source.is_file() and source.suffix in _CONFIG_SUFFIXES) or (
+                source.is_dir() and source.is_relative_to(COMPOSE_DIR)
+            ):
+                # Config that may name addresses: a rewritten copy.
+                found[mount.target] = self.directory / service / "config" / source.name
+            else:
+                found[mount.target] = source
+        return found
+
+    def write_configs(self, service: str) -> None:
+        """Write the rewritten copies ``service`` mounts, and create its data dirs."""
+        for mount in mounts(self.services[service]):
+            host = self.paths(service)[mount.target]
+            if mount.named:
+                host.mkdir(parents=True, exist_ok=True)
+                continue
+            source = (COMPOSE_DIR / mount.source).resolve()
+            if host == source:
+                continue
+            if mount.target == "/etc/prometheus/targets":
+                host.mkdir(parents=True, exist_ok=True)
+                readme = source / "README.md"
+                if readme.exists():
+                    (host / "README.md").write_text(readme.read_text())
+                continue
+            files = [source] if source.is_file() else sorted(source.rglob("*"))
+            for path in files:
+                if not path.is_file():
+                    continue
+                dest = host if source.is_file() else host / path.relative_to(source)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text(self.derive(path, service))
+
+    def derive(self, path: Path, service: str) -> str:
+        text = path.read_text()
+        if service == "prometheus" and path.name == "prometheus.yml":
+            text = yaml.safe_dump(self.prune_prometheus(yaml.safe_load(text)), sort_keys=False)
+        elif service in _SERVER_PORTS and path.suffix in (".yml", ".yaml"):
+            config = yaml.safe_load(text)
+            if isinstance(config, dict) and isinstance(config.get("server"), dict):
+                text = yaml.safe_dump(self.listen_on_loopback(config, service), sort_keys=False)
+        elif service == "collector" and path.suffix in (".yml", ".yaml"):
+            config = yaml.safe_load(text)
+            if isinstance(config, dict):
+                text = yaml.safe_dump(self.collector_telemetry(config), sort_keys=False)
+        return self.rewrite(text, service)
+
+    def collector_telemetry(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The Collector's own metrics endpoint is a host and a port on separate keys."""
+        telemetry = config.get("service", {}).get("telemetry", {}).get("metrics", {})
+        for reader in telemetry.get("readers", []):
+            exporter = reader.get("pull", {}).get("exporter", {}).get("prometheus")
+            if isinstance(exporter, dict) and "port" in exporter:
+                port = int(exporter["port"])
+                exporter["host"] = "127.0.0.1"
+                exporter["port"] = self.ports.get(f"collector:{port}", port)
+        return config
+
+    def listen_on_loopback(self, config: dict[str, Any], service: str) -> dict[str, Any]:
+        """Loki's and Tempo's ``server`` block gives bare port numbers, not addresses."""
+        server = config["server"]
+        for key, default in _SERVER_PORTS[service].items():
+            port = int(server.get(key, default))
+            server[key] = self.ports.get(f"{service}:{port}", port)
+            server[key.replace("_port", "_address")] = "127.0.0.1"
+        if service == "loki":
+            config.setdefault("common", {})["instance_addr"] = "127.0.0.1"
+        else:
+            # Tempo's ring gossip would otherwise listen on every interface.
+            config.setdefault("memberlist", {})["bind_addr"] = ["127.0.0.1"]
+        return config
+
+    def prune_prometheus(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Drop scrape jobs and Alertmanagers of services not running here."""
+
+        def present(target: str) -> bool:
+            host = target.rsplit(":", 1)[0]
+            return host not in self.services or host in self.running
+
+        jobs = []
+        for job in config.get("scrape_configs", []):
+            statics = job.get("static_configs")
+            if statics:
+                for group in statics:
+                    group["targets"] = [t for t in group.get("targets", []) if present(t)]
+                job["static_configs"] = [g for g in statics if g["targets"]]
+                if not job["static_configs"] and not any(k.endswith("_sd_configs") for k in job):
+                    continue
+            jobs.append(job)
+        config["scrape_configs"] = jobs
+        managers = []
+        for manager in config.get("alerting", {}).get("alertmanagers", []):
+            for group in manager.get("static_configs", []):
+                group["targets"] = [t for t in group.get("targets", []) if present(t)]
+            if any(g["targets"] for g in manager.get("static_configs", [])):
+                managers.append(manager)
+        if "alerting" in config:
+            config["alerting"]["alertmanagers"] = managers
+        return config
+
+    def demo_targets(self) -> str:
+        """The demo's file_sd targets, rewritten (written by ``sightline demo``)."""
+        return self.rewrite((COMPOSE_DIR / "prometheus" / "targets" / "demo.yml").read_text(), "")
+
+    def command(self, service: str) -> list[str]:
+        return [self.rewrite(arg, service) for arg in command(self.services[service])]
+
+    def environment(self, service: str, variables: Mapping[str, str]) -> dict[str, str]:
+        return {
+            key: self.rewrite(interpolate(value, variables), service)
+            for key, value in environment(self.services[service]).items()
+        }
+
+
+# The bare listen ports (and their defaults) in Loki's and Tempo's `server` block.
+_SERVER_PORTS = {
+    "loki": {"http_listen_port": 3100, "grpc_listen_port": 9095},
+    "tempo": {"http_listen_port": 3200, "grpc_listen_port": 9095},
+}
+# A port is not followed by a dot and a digit: `grafana:13.2.0` is an image tag.
+_ADDRESS = re.compile(r"(?<![\w.-])([a-z][\w-]*):(\d{2,5})(?![\d]|\.\d)")
+_LISTEN = re.compile(rf"(?<![\w.-]){_ANY}:(\d{{2,5}})(?![\d]|\.\d)")
+
+
+def listen_ports(services: Mapping[str, Mapping[str, Any]]) -> dict[str, list[int]]:
+    """Every port each service listens on: what compose exposes or publishes, what other
+    services' settings address it at, and what its own files bind."""
+    found: dict[str, set[int]] = {name: set() for name in services}
+    texts: list[tuple[str, str]] = []
+    for name, service in services.items():
+        for entry in service.get("expose", ()):
+            found[name].add(int(str(entry).split("/")[0]))
+        found[name].update(_published(service))
+        settings = {key: value for key, value in service.items() if key not in ("image", "build")}
+        texts.append((name, yaml.safe_dump(settings)))
+        for mount in mounts(service):
+            source = (COMPOSE_DIR / mount.source).resolve()
+            if mount.named or not source.exists():
+                continue
+            for path in [source] if source.is_file() else sorted(source.rglob("*")):
+                if path.is_file() and path.suffix in _CONFIG_SUFFIXES:
+                    texts.append((name, path.read_text()))
+    for owner, text in texts:
+        for host, port in _ADDRESS.findall(text):
+            if host in found:
+                found[host].add(int(port))
+        for port in _LISTEN.findall(text):
+            found[owner].add(int(port))
+    return {name: sorted(ports) for name, ports in found.items()}
+
+
+def assign_ports(
+    services: Mapping[str, Any], ports: Mapping[str, list[int]], overrides: Mapping[str, int]
+) -> dict[str, int]:
+    """Native port per ``service:port``: the overrides, then published ports keep their
+    numbers where they can (users know them), then internal ones, in compose order."""
+    taken = set(overrides.values())
+    assigned = {key: port for key, port in overrides.items()}
+    published = {f"{name}:{port}" for name in services for port in _published(services[name])}
+    for first in (True, False):
+        for name in services:
+            for port in ports[name]:
+                key = f"{name}:{port}"
+                if key in assigned or (key in published) != first:
+                    continue
+                native = port
+                while native in taken:
+                    native += 1
+                taken.add(native)
+                assigned[key] = native
+    return assigned
+
+
+def _published(service: Mapping[str, Any]) -> list[int]:
+    found = []
+    for entry in service.get("ports", ()):
+        target = entry.get("target") if isinstance(entry, dict) else str(entry).split(":")[-1]
+        found.append(int(str(target).split("/")[0]))
+    return found

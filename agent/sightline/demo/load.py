@@ -1,0 +1,176 @@
+"""Load for the demo shop: a steady baseline with periodic bursts past capacity.
+
+    python -m sightline.demo.load --target http://127.0.0.1:8000
+
+Open loop: requests are scheduled at the target rate whether or not earlier ones have
+answered, as real users arrive, so a slow server builds a backlog instead of slowing the
+load down. At most ``--concurrency`` requests are outstanding; a request that would
+exceed it is shed and counted. During a burst (a "sale") the rate jumps and the mix
+shifts to searches and checkouts: in-flight requests reach the gunicorn workers'
+capacity, CPU hits the container's quota and the Celery queue backs up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import queue
+import random
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+# (weight at baseline, weight in a burst, method, path builder)
+# Sized for the compose demo (4 gunicorn workers x 2 threads, 2 Celery slots): the
+# baseline keeps both under half their capacity; a burst fills the web workers (searches
+# cost ~250 ms) and brings checkouts to about twice what the worker drains, so the queue
+# grows for the burst and drains within ~20 s after it.
+_MIX: tuple[tuple[int, int, str, Callable[[], str]], ...] = (
+    (25, 15, "GET", lambda: f"/products?page={random.randint(1, 10)}"),
+    (35, 23, "GET", lambda: f"/products/{random.randint(1, 220)}"),  # > 200: a 404
+    (8, 35, "GET", lambda: f"/search?q={random.choice(['lamp', 'product 1', 'mug', 'x'])}"),
+    (17, 17, "POST", lambda: f"/cart/{random.randint(1, 500)}/items"),
+    (15, 10, "POST", lambda: "/checkout"),
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    rate: float = 10.0
+    burst_rate: float = 70.0
+    burst_every: float = 60.0
+    burst_seconds: float = 15.0
+    burst_start: float = 20.0
+
+    def bursting(self, elapsed: float) -> bool:
+        if elapsed < self.burst_start:
+            return False
+        return (elapsed - self.burst_start) % self.burst_every < self.burst_seconds
+
+    def rate_at(self, elapsed: float) -> float:
+        return self.burst_rate if self.bursting(elapsed) else self.rate
+
+
+def pick(bursting: bool) -> tuple[str, str]:
+    weights = [entry[1] if bursting else entry[0] for entry in _MIX]
+    _b, _w, method, path = random.choices(_MIX, weights)[0]
+    return method, path()
+
+
+class Load:
+    def __init__(self, target: str, plan: Plan, concurrency: int) -> None:
+        url = urllib.parse.urlsplit(target)
+        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
+        self.plan = plan
+        self.pending: queue.Queue[tuple[str, str] | None] = queue.Queue(maxsize=concurrency)
+        self.counts: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.workers = [
+            threading.Thread(target=self._worker, daemon=True) for _ in range(concurrency)
+        ]
+
+    def _count(self, key: str) -> None:
+        with self.lock:
+            self.counts[key] += 1
+
+    def _worker(self) -> None:
+        connection: http.client.HTTPConnection | None = None
+        while True:
+            item = self.pending.get()
+            if item is None:
+                return
+            method, path = item
+            body = json.dumps({"product_id": random.randint(1, 200)}) if method == "POST" else None
+            headers = {"Content-Type": "application/json"} if body else {}
+            try:
+                if connection is None:
+                    connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                connection.request(method, path, body=body, headers=headers)
+                response = connection.getresponse()
+                response.read()
+                self._count(f"{response.status // 100}xx")
+            except (OSError, http.client.HTTPException):
+                self._count("connection errors")
+                if connection is not None:
+                    connection.close()
+                connection = None
+                time.sleep(0.2)
+
+    def run(self, duration: float | None, report_every: float = 10.0) -> Counter[str]:
+        for worker in self.workers:
+            worker.start()
+        start = time.monotonic()
+        next_report = start + report_every
+        due = start
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            elapsed = now - start
+            if duration is not None and elapsed >= duration:
+                break
+            if now < due:
+                self.stopping.wait(min(due - now, 0.05))
+                continue
+            bursting = self.plan.bursting(elapsed)
+            try:
+                self.pending.put_nowait(pick(bursting))
+                self._count("sent")
+            except queue.Full:
+                self._count("shed")
+            # Exponential gaps: arrivals as a Poisson process at the current rate.
+            due += random.expovariate(self.plan.rate_at(elapsed))
+            due = max(due, now - 1.0)  # after a stall, do not fire a backlog at once
+            if now >= next_report:
+                next_report += report_every
+                self.report(elapsed, bursting)
+        for _ in self.workers:
+            try:
+                self.pending.put(None, timeout=1)
+            except queue.Full:
+                break
+        return self.counts
+
+    def report(self, elapsed: float, bursting: bool) -> None:
+        with self.lock:
+            counts = ", ".join(f"{key} {value}" for key, value in sorted(self.counts.items()))
+        phase = "burst" if bursting else "baseline"
+        print(f"load: {elapsed:5.0f} s {phase:<8} {counts}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sightline.demo.load", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--target", default="http://127.0.0.1:8000", help="the shop's URL")
+    parser.add_argument("--rate", type=float, default=Plan.rate, help="baseline requests/s")
+    parser.add_argument("--burst-rate", type=float, default=Plan.burst_rate)
+    parser.add_argument("--burst-every", type=float, default=Plan.burst_every, help="seconds")
+    parser.add_argument("--burst-seconds", type=float, default=Plan.burst_seconds)
+    parser.add_argument(
+        "--burst-start", type=float, default=Plan.burst_start, help="seconds to the first"
+    )
+    parser.add_argument("--concurrency", type=int, default=48, help="requests outstanding")
+    parser.add_argument("--duration", type=float, default=None, help="seconds (default: ever)")
+    args = parser.parse_args(argv)
+    for name in ("rate", "burst_rate", "burst_every", "concurrency"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    plan = Plan(args.rate, args.burst_rate, args.burst_every, args.burst_seconds, args.burst_start)
+    load = Load(args.target, plan, args.concurrency)
+    signal.signal(signal.SIGTERM, lambda *_: load.stopping.set())
+    try:
+        counts = load.run(args.duration)
+    except KeyboardInterrupt:
+        counts = load.counts
+    print("load: done, " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The shop API: a Flask app with the shapes that matter for observability.
+
+Routes with path parameters (``/products/<int:product_id>``), a slow search that burns
+CPU, a checkout that enqueues Celery work and fails now and then (payment errors), and a
+404 for unknown products. Run it under gunicorn with several workers::
+
+    gunicorn --workers 4 --threads 2 --bind 127.0.0.1:8000 sightline.demo.shop:app
+
+The one Sightline line is the ``init()`` below; everything else is a plain Flask app.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import random
+import time
+from typing import Any
+
+from flask import Flask, jsonify, request
+from flask.typing import ResponseReturnValue
+
+import sightline
+
+sightline.init(service=os.environ.get("SIGHTLINE_SERVICE", "shop"))
+
+from . import tasks  # noqa: E402 (after init, as an app would: its workers are traced)
+
+app = Flask("shop")
+log = logging.getLogger("shop")
+
+PRODUCTS: dict[int, dict[str, Any]] = {
+    i: {"id": i, "name": f"product {i}", "price": round(5 + (i * 7.3) % 95, 2)}
+    for i in range(1, 201)
+}
+_orders = itertools.count(1)
+
+
+def _work(ms: float) -> None:
+    """Burn about ``ms`` of CPU, as template rendering or serialisation would."""
+    deadline = time.perf_counter() + ms / 1000
+    data = b"shop"
+    while time.perf_counter() < deadline:
+        data = hashlib.sha256(data).digest()
+
+
+@app.get("/health")
+def health() -> ResponseReturnValue:
+    return {"status": "ok"}
+
+
+@app.get("/products")
+def products() -> ResponseReturnValue:
+    _work(2)
+    time.sleep(random.uniform(0.005, 0.02))  # the database
+    page = request.args.get("page", "1")
+    start = (int(page) - 1) * 20 if page.isdigit() else 0
+    return jsonify(list(PRODUCTS.values())[start : start + 20])
+
+
+@app.get("/products/<int:product_id>")
+def product(product_id: int) -> ResponseReturnValue:
+    time.sleep(random.uniform(0.003, 0.015))
+    found = PRODUCTS.get(product_id)
+    if found is None:
+        return {"error": "no such product"}, 404
+    return found
+
+
+@app.get("/search")
+def search() -> ResponseReturnValue:
+    # The slow path: a full scan with ranking, heavier for longer queries.
+    query = request.args.get("q", "")
+    _work(random.uniform(20, 60) + 5 * len(query))
+    time.sleep(random.uniform(0.05, 0.3))
+    hits = [p for p in PRODUCTS.values() if query and query in p["name"]][:10]
+    return {"query": query, "hits": hits}
+
+
+@app.post("/cart/<int:cart_id>/items")
+def add_to_cart(cart_id: int) -> ResponseReturnValue:
+    time.sleep(random.uniform(0.005, 0.02))
+    body = request.get_json(silent=True) or {}
+    return {"cart": cart_id, "product": body.get("product_id"), "added": True}, 201
+
+
+@app.post("/checkout")
+def checkout() -> ResponseReturnValue:
+    order_id = next(_orders) + os.getpid() * 1_000_000
+    items = random.randint(1, 4)
+    time.sleep(random.uniform(0.02, 0.06))  # the payment provider
+    if random.random() < 0.04:
+        log.error("payment declined by provider for order %s", order_id)
+        return {"error": "payment failed"}, 502
+    if random.random() < 0.01:
+        raise RuntimeError(f"order {order_id}: inventory reservation lost")
+    tasks.update_inventory.delay(order_id, items)
+    tasks.send_invoice.delay(order_id)
+    tasks.send_receipt.delay(order_id, f"customer{order_id % 1000}@example.com")
+    if random.random() < 0.02:
+        tasks.daily_report.delay()
+    log.info("order %s placed with %s items", order_id, items)
+    return {"order": order_id, "items": items}, 201

@@ -1,0 +1,249 @@
+"""`sightline stack` and `sightline demo` on this machine: real Prometheus, Alertmanager,
+Redis, gunicorn and Celery processes on loopback, configured from the compose files."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from sightline._stack import BY_NAME, Stack, processes, python_command
+from sightline._stack.native import COMPOSE_DIR, Native, load_compose
+
+from .helpers import free_port, wait_until
+from .servers import ROOT, Prometheus, binary, launcher
+
+SERVICES = load_compose()["services"]
+NEEDED = ("prometheus", "alertmanager", "redis")
+
+
+def port_args(services: tuple[str, ...] = (*NEEDED, "demo-app", "demo-worker")) -> list[str]:
+    """A free loopback port for every port of ``services``, as --port options."""
+    native = Native(Path("/nonexistent"), SERVICES)
+    args = []
+    for key in native.ports:
+        if key.split(":")[0] in services:
+            args += ["--port", f"{key}={free_port()}"]
+    return args
+
+
+def sightline(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*launcher(), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+@pytest.fixture
+def stack_dir(tmp_path: Path) -> Iterator[Path]:
+    """A state directory; whatever it recorded is stopped afterwards, even on failure."""
+    for name in NEEDED:
+        binary(*BY_NAME[name].binaries)
+    directory = tmp_path / "stack"
+    yield directory
+    Stack(directory).down(out=lambda line: None)
+
+
+def test_stack_up_scrapes_the_demo_and_loads_every_rule_file(stack_dir: Path) -> None:
+    """`stack up` starts Prometheus, Alertmanager and Redis; with the demo shop, worker and
+    load running against it, PromQL sees the demo's HTTP and worker metrics and every rule
+    file under alerts/; a second `up` starts nothing new; `down` leaves no process behind."""
+    up = sightline("stack", "up", "--dir", str(stack_dir), *port_args())
+    assert up.returncode == 0, up.stdout + up.stderr
+    for name in NEEDED:
+        assert re.search(rf"^{name}\s+started", up.stdout, re.M), up.stdout
+    first = Stack(stack_dir)
+    pids = {name: first.records[name].pid for name in NEEDED}
+
+    again = sightline("stack", "up", "--dir", str(stack_dir))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert {name: Stack(stack_dir).records[name].pid for name in NEEDED} == pids
+    assert again.stdout.count("already running") == len(NEEDED)
+
+    prom = Prometheus(first.native().url("prometheus", 9090))
+    demo = subprocess.Popen(
+        [*launcher(), "demo", "--dir", str(stack_dir), "--duration", "40", "--refresh", "10"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+
+        def scraped(promql: str) -> bool:
+            return any(float(r["value"][1]) > 0 for r in prom.query(promql))
+
+        assert wait_until(
+            lambda: scraped('sum(http_server_request_duration_seconds_count{job="shop"})'),
+            timeout=35,
+        ), "no HTTP metrics from the demo shop"
+        assert wait_until(
+            lambda: scraped('sum(worker_task_duration_seconds_count{job="shop-worker"})'),
+            timeout=35,
+        ), "no task metrics from the demo worker"
+        assert scraped('sum(http_server_worker_capacity{job="shop"})')
+    finally:
+        output, _ = demo.communicate(timeout=90)
+    assert demo.returncode == 0, output
+    assert "already running" in output  # the demo reused the stack
+    loaded = {group["file"] for group in prom.get("/api/v1/rules")["groups"]}
+    expected = {str(path.resolve()) for path in (ROOT / "alerts").glob("*.rules.yml")}
+    assert expected, "no rule files under alerts/"
+    assert loaded == expected
+    # The demo stopped its own processes and left the stack it found running.
+    assert set(Stack(stack_dir).running()) == set(NEEDED)
+
+    down = sightline("stack", "down", "--dir", str(stack_dir))
+    assert down.returncode == 0, down.stderr
+    assert processes.ours(stack_dir.resolve()) == []
+    assert not any(psutil.pid_exists(pid) and _same(pid, stack_dir) for pid in pids.values())
+
+
+def _same(pid: int, directory: Path) -> bool:
+    try:
+        return psutil.Process(pid).environ().get(processes.MARKER) == str(directory.resolve())
+    except psutil.Error:
+        return False
+
+
+def test_demo_runs_for_its_duration_and_prints_golden_signals(stack_dir: Path) -> None:
+    """`sightline demo --duration 30` with only Prometheus, Alertmanager and Redis installed
+    runs to completion, prints request rate, error ratio and p95 per route of the shop and
+    its queues, then stops everything it started."""
+    result = sightline(
+        "demo", "--dir", str(stack_dir), "--duration", "30", *port_args(), timeout=150
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "Prometheus    http://127.0.0.1:" in out
+    rows = re.findall(
+        r"^shop\s+/products/<int:product_id>\s+(\d+\.\d)\s+(\d+\.\d) %\s+(\d+) ms$", out, re.M
+    )
+    assert rows, out
+    rate, errors, p95 = rows[-1]
+    assert float(rate) > 0
+    assert 0 <= float(errors) <= 100
+    assert int(p95) > 0
+    queues = re.findall(r"^shop-worker\s+(orders|emails)\s+(\d+)\s+", out, re.M)
+    assert {name for name, _depth in queues} == {"orders", "emails"}, out
+    assert processes.ours(stack_dir.resolve()) == []
+
+
+def test_stack_up_names_a_taken_port_and_how_to_move_it(stack_dir: Path) -> None:
+    """A component whose port another program holds is reported with the port and the
+    --port option that moves it; the others still start."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        result = sightline(
+            "stack", "up", "--dir", str(stack_dir),
+            *port_args(("alertmanager", "redis")), "--port", f"prometheus:9090={taken}",
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"port {taken} on 127.0.0.1 is taken" in result.stdout
+    assert "--port prometheus:9090=PORT" in result.stdout
+    assert Stack(stack_dir).running() == {"alertmanager", "redis"}
+
+
+def test_status_names_absent_components_and_how_to_get_them(tmp_path: Path) -> None:
+    """`stack status` lists every component: absent ones with how to install them."""
+    result = sightline("stack", "status", "--dir", str(tmp_path / "s"))
+    assert result.returncode == 0, result.stderr
+    for component in BY_NAME.values():
+        line = re.search(rf"^{component.service}\s+(\w+)", result.stdout, re.M)
+        assert line, result.stdout
+        absent = processes.find_binary(component.binaries) is None
+        assert (line.group(1) == "absent") == absent
+        if absent:
+            assert component.get_it in result.stdout
+
+
+def test_bad_port_option_is_refused(tmp_path: Path) -> None:
+    """A malformed --port is refused with a usage error naming it, before anything starts."""
+    result = sightline("stack", "up", "--dir", str(tmp_path / "s"), "--port", "prometheus=1")
+    assert result.returncode == 2
+    assert "--port: expected SERVICE:PORT=HOSTPORT, got 'prometheus=1'" in result.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def everything(tmp_path: Path) -> Native:
+    return Native(tmp_path, SERVICES)
+
+
+def test_native_configs_listen_and_send_on_loopback_only(tmp_path: Path) -> None:
+    """Every file a component mounts, its command and its environment, rewritten for a
+    native run, name only 127.0.0.1 addresses: no 0.0.0.0, no compose service names."""
+    native = everything(tmp_path)
+    names = "|".join(map(re.escape, SERVICES))
+    leftover = re.compile(rf"(?<![\w.-])(?:0\.0\.0\.0|{names}):\d+(?![\d.])")
+    checked = 0
+    for service in SERVICES:
+        native.write_configs(service)
+        texts = [" ".join(native.command(service))]
+        texts += native.environment(service, {"GRAFANA_ADMIN_PASSWORD": "x"}).values()
+        for host in native.paths(service).values():
+            if host.is_relative_to(tmp_path):
+                files = [host] if host.is_file() else sorted(host.rglob("*"))
+                texts += [f.read_text() for f in files if f.suffix in (".yml", ".yaml", ".json")]
+        for text in texts:
+            assert not leftover.findall(text), (service, leftover.findall(text))
+            assert "0.0.0.0" not in text, (service, text)
+            checked += 1
+    assert checked > 20
+
+
+def test_native_ports_are_distinct_and_overrides_win(tmp_path: Path) -> None:
+    """No two native listeners share a port; published ports keep their compose numbers
+    where free; a --port override is used as given."""
+    native = everything(tmp_path)
+    assert len(set(native.ports.values())) == len(native.ports)
+    assert native.port("collector", 4317) == 4317  # what apps on this host send to
+    assert native.port("tempo", 4317) != 4317
+    moved = Native(tmp_path, SERVICES, {"prometheus:9090": 19090})
+    assert moved.port("prometheus", 9090) == 19090
+    assert "127.0.0.1:19090" in moved.rewrite("http://prometheus:9090/api/v1/write", "tempo")
+
+
+def test_native_prometheus_config_passes_promtool_and_skips_absent_services(
+    tmp_path: Path,
+) -> None:
+    """The derived Prometheus config, with the rule files it loads, passes `promtool check
+    config`, and scrapes or alerts to no component that is not running here."""
+    promtool = binary("promtool")
+    native = Native(tmp_path, {"prometheus", "alertmanager", "redis"})
+    native.write_configs("prometheus")
+    path = native.paths("prometheus")["/etc/prometheus/prometheus.yml"]
+    check = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS" in check.stdout + check.stderr
+    config = yaml.safe_load(path.read_text())
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert jobs == {"apps", "prometheus", "alertmanager"}
+    managers = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert managers == [f"127.0.0.1:{native.port('alertmanager', 9093)}"]
+    assert config["rule_files"] == [str((ROOT / "alerts").resolve()) + "/*.rules.yml"]
+
+
+def test_demo_commands_run_with_this_interpreter() -> None:
+    """The compose commands of the demo services run the same Python's modules natively."""
+    native = Native(Path("/nonexistent"), SERVICES)
+    app = python_command(native.command("demo-app"))
+    assert app[:3] == [sys.executable, "-m", "sightline.cli"]
+    after = app.index("--") + 1
+    assert app[after : after + 3] == [sys.executable, "-m", "gunicorn"]
+    assert f"127.0.0.1:{native.port('demo-app', 8000)}" in app
+    load = python_command(native.command("demo-load"))
+    assert load[0] == sys.executable
+    assert f"http://127.0.0.1:{native.port('demo-app', 8000)}" in load
+
+
+def test_stack_files_are_the_repository_files() -> None:
+    """The package's stack files are the repository's compose/, alerts/ and dashboards/
+    (one source of truth), not copies that could drift."""
+    assert (ROOT / "compose").resolve() == COMPOSE_DIR
