@@ -104,12 +104,13 @@ def prometheus(
 @contextlib.contextmanager
 def started(name: str, argv: list[str], tmp_path: Path, ready: str) -> Iterator[None]:
     """Run a stack component the way ``sightline stack`` does; stopped on exit."""
-    _proc, record = processes.launch(name, argv, os.environ, tmp_path / f"{name}.log")
+    proc, record = processes.launch(name, argv, os.environ, tmp_path / f"{name}.log")
     try:
         processes.wait_http(ready, 30, alive=record.alive)
         yield
     finally:
         processes.stop(record)
+        proc.poll()  # collect the exit status psutil saw, so Popen knows it ended
 
 
 @contextlib.contextmanager

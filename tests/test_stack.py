@@ -3,10 +3,13 @@ Redis, gunicorn and Celery processes on loopback, configured from the compose fi
 
 from __future__ import annotations
 
+import random
 import re
+import signal
 import socket
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest
 import yaml
 from sightline._stack import BY_NAME, Stack, processes, python_command
 from sightline._stack.native import COMPOSE_DIR, Native, load_compose
+from sightline.demo.load import Plan, pick
 
 from .helpers import free_port, wait_until
 from .servers import ROOT, Prometheus, binary, launcher
@@ -91,6 +95,10 @@ def test_stack_up_scrapes_the_demo_and_loads_every_rule_file(stack_dir: Path) ->
         output, _ = demo.communicate(timeout=90)
     assert demo.returncode == 0, output
     assert "already running" in output  # the demo reused the stack
+    # The burst (from 20 s) sends checkouts faster than the worker drains them.
+    peak = prom.query('max_over_time(max(worker_queue_depth{job="shop-worker"})[5m:1s])')
+    assert peak, "no queue depth scraped"
+    assert float(peak[0]["value"][1]) >= 5, "the burst did not back the queue up"
     loaded = {group["file"] for group in prom.get("/api/v1/rules")["groups"]}
     expected = {str(path.resolve()) for path in (ROOT / "alerts").glob("*.rules.yml")}
     assert expected, "no rule files under alerts/"
@@ -247,3 +255,44 @@ def test_stack_files_are_the_repository_files() -> None:
     """The package's stack files are the repository's compose/, alerts/ and dashboards/
     (one source of truth), not copies that could drift."""
     assert (ROOT / "compose").resolve() == COMPOSE_DIR
+
+
+def test_demo_stops_cleanly_on_ctrl_c(stack_dir: Path) -> None:
+    """Ctrl-C (SIGINT) during `sightline demo` stops the shop, its worker, the load and
+    the components the demo started, and exits 0."""
+    demo = subprocess.Popen(
+        [*launcher(), "demo", "--dir", str(stack_dir), "--refresh", "1", *port_args()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    assert demo.stdout is not None
+    lines = []
+    try:
+        for line in demo.stdout:
+            lines.append(line)
+            if line.startswith("Sightline demo ·"):
+                break
+        assert Stack(stack_dir).running() >= {"demo-app", "demo-worker", "demo-load"}
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 0, "".join(lines) + rest
+    assert "stopping the demo" in rest
+    assert processes.ours(stack_dir.resolve()) == []
+
+
+def test_load_bursts_on_schedule() -> None:
+    """The load plan runs the baseline rate, then bursts for burst_seconds every
+    burst_every seconds from burst_start, and the burst mix leans to the slow search."""
+    plan = Plan(rate=10, burst_rate=70, burst_every=60, burst_seconds=15, burst_start=20)
+    assert [plan.rate_at(t) for t in (0, 19.9, 20, 34.9, 35, 79.9, 80, 94)] == [
+        10, 10, 70, 70, 10, 10, 70, 70,
+    ]  # fmt: skip
+    random.seed(7)
+    baseline = Counter(pick(False)[1].split("?")[0].split("/")[1] for _ in range(4000))
+    burst = Counter(pick(True)[1].split("?")[0].split("/")[1] for _ in range(4000))
+    assert burst["search"] > 3 * baseline["search"]

@@ -157,9 +157,12 @@ class Native:
             if mount.target == "/etc/prometheus/targets":
                 found[mount.target] = self.directory / "targets"
             elif (source.is_file() and source.suffix in _CONFIG_SUFFIXES) or (
-                source.is_dir() and source.is_relative_to(COMPOSE_DIR)
+                source.is_dir()
+                and source.is_relative_to(COMPOSE_DIR)
+                and any(path.suffix in _CONFIG_SUFFIXES for path in source.rglob("*"))
             ):
-                # Config that may name addresses: a rewritten copy.
+                # Config that may name addresses: a rewritten copy. (A directory of
+                # secrets, with no config files, is used where it is, modes intact.)
                 found[mount.target] = self.directory / service / "config" / source.name
             else:
                 found[mount.target] = source
