@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SERVICE:PORT=HOSTPORT",
         help="listen on HOSTPORT where compose has SERVICE:PORT (e.g. prometheus:9090=19090)",
     )
+    state.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        metavar="COMPONENT",
+        help="do not start COMPONENT even if it is installed (e.g. grafana)",
+    )
     stack = commands.add_parser(
         "stack",
         parents=[state],
@@ -126,8 +133,13 @@ def stack(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except ImportError as exc:
         sys.stderr.write(f"sightline: {exc.name} is missing: pip install 'sightline[demo]'\n")
         return 2
+    from ._stack import BY_NAME
+
     directory = args.dir or default_dir()
     ports = _ports(parser, args.port)
+    for name in args.without:
+        if name not in BY_NAME:
+            parser.error(f"--without: no component {name!r} (one of {', '.join(BY_NAME)})")
     if args.command == "demo":
         if args.duration is not None and args.duration <= 0:
             parser.error("--duration must be positive")
@@ -136,9 +148,9 @@ def stack(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         except ImportError as exc:
             sys.stderr.write(f"sightline: {exc.name} is missing: pip install 'sightline[demo]'\n")
             return 2
-        return demo(directory, args.duration, ports, args.refresh)
+        return demo(directory, args.duration, ports, args.refresh, args.without)
     try:
-        native = Stack(directory, ports)
+        native = Stack(directory, ports, args.without)
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"sightline: cannot read the stack's files: {exc}\n")
         return 2

@@ -145,8 +145,14 @@ class StackError(RuntimeError):
 class Stack:
     """The native stack whose state lives in ``directory``."""
 
-    def __init__(self, directory: Path, ports: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        ports: Mapping[str, int] | None = None,
+        without: Iterable[str] = (),
+    ) -> None:
         self.directory = directory.resolve()
+        self.without = set(without)  # components not to start even if installed
         self.state_file = self.directory / "stack.json"
         state = self._load()
         self.ports: dict[str, int] = {**state.get("ports", {}), **(ports or {})}
@@ -181,6 +187,8 @@ class Stack:
         """Component -> binary, for the components this machine has."""
         found = {}
         for component in COMPONENTS:
+            if component.service in self.without:
+                continue
             binary = processes.find_binary(component.binaries)
             if binary:
                 found[component.service] = binary
@@ -221,7 +229,9 @@ class Stack:
             started.append(name)
             out(f"{name:<13} started   {self._where(component, native)}")
         for component in COMPONENTS:
-            if component.service not in planned:
+            if component.service in self.without and component.service not in alive:
+                out(f"{component.service:<13} left out (--without)")
+            elif component.service not in planned:
                 out(f"{component.service:<13} absent    install: {component.get_it}")
         return started, failures
 

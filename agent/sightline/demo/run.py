@@ -15,15 +15,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import FrameType
 
 from .._stack import DEMO, Out, Stack, StackError, python_command
 from .._stack.processes import NotReady, wait_http
 from . import view
-
-REQUIRED = ("prometheus", "redis")
 
 
 def environment(stack: Stack, service: str) -> dict[str, str]:
@@ -39,6 +37,9 @@ def environment(stack: Stack, service: str) -> dict[str, str]:
             env["SIGHTLINE_TRACES"] = "false"
     if "loki" not in running:
         env.pop("SIGHTLINE_LOKI_URL", None)
+    if "redis" not in running:
+        env["SIGHTLINE_DEMO_BROKER"] = "filesystem://"
+        env["SIGHTLINE_DEMO_BROKER_DIR"] = str(stack.directory / "broker")
     return env
 
 
@@ -90,9 +91,10 @@ def demo(
     duration: float | None,
     ports: Mapping[str, int] | None = None,
     refresh: float = 5.0,
+    without: Iterable[str] = (),
     out: Out = print,
 ) -> int:
-    stack = Stack(directory, ports)
+    stack = Stack(directory, ports, without)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -102,13 +104,11 @@ def demo(
     started: list[str] = []
     try:
         started, _failures = stack.up(out)
-        missing = [name for name in REQUIRED if name not in stack.running()]
-        if missing:
-            out(
-                f"sightline demo needs {' and '.join(missing)} on this machine "
-                "(apt-get install prometheus redis-server)"
-            )
+        if "prometheus" not in stack.running():
+            out("sightline demo needs Prometheus on this machine (apt-get install prometheus)")
             return 1
+        if "redis" not in stack.running():
+            out("no Redis here: the demo's Celery messages go through files instead")
         start_demo(stack)
         prometheus = stack.native().url("prometheus", 9090)
         out("")

@@ -23,6 +23,16 @@ sightline.init(service=os.environ.get("SIGHTLINE_SERVICE", "shop-worker"))
 BROKER = os.environ.get("SIGHTLINE_DEMO_BROKER", "redis://127.0.0.1:6379/0")
 
 app = Celery("shop", broker=BROKER)
+if BROKER.startswith("filesystem://"):
+    # Without Redis (`sightline demo` on a machine that has none), messages are files in
+    # one shared directory: kombu's filesystem transport, fine for a demo's few per second.
+    folder = os.environ.get("SIGHTLINE_DEMO_BROKER_DIR", "broker")
+    os.makedirs(folder, exist_ok=True)
+    app.conf.broker_transport_options = {
+        "data_folder_in": folder,
+        "data_folder_out": folder,
+        "polling_interval": 0.1,
+    }
 app.conf.update(
     task_queues=(Queue("orders"), Queue("emails")),  # type: ignore[no-untyped-call]
     task_default_queue="orders",
