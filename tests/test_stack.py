@@ -308,3 +308,39 @@ def test_without_names_a_component(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--without: no component 'mysql' (one of redis, prometheus," in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_components_not_installed_here_get_complete_native_commands(tmp_path: Path) -> None:
+    """Loki, Tempo, the Collector and Grafana (not installable on our machines, so never
+    started by these tests) get a command whose config files exist with loopback
+    addresses, and Grafana gets loopback settings, the provisioning copy and a private
+    admin password that stays the same across runs."""
+    native = everything(tmp_path)
+    for name in ("loki", "tempo", "collector"):
+        native.write_configs(name)
+        argv = BY_NAME[name].argv(f"/opt/bin/{name}", native, tmp_path)
+        configs = [arg.split("=", 1)[1] for arg in argv if arg.startswith(("-config", "--config"))]
+        assert configs, argv
+        for config in configs:
+            assert Path(config).is_file()
+            assert Path(config).is_relative_to(tmp_path)
+            assert "127.0.0.1" in Path(config).read_text()
+    native.write_configs("grafana")
+    env = BY_NAME["grafana"].environment(native, tmp_path)
+    assert env["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
+    assert env["GF_SERVER_HTTP_PORT"] == str(native.port("grafana", 3000))
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    provisioning = Path(env["GF_PATHS_PROVISIONING"])
+    sources = yaml.safe_load((provisioning / "datasources" / "datasources.yml").read_text())
+    urls = {source["uid"]: source["url"] for source in sources["datasources"]}
+    assert urls["prometheus"] == native.url("prometheus", 9090)
+    assert urls["loki"] == native.url("loki", 3100)
+    dashboards = yaml.safe_load((provisioning / "dashboards" / "dashboards.yml").read_text())
+    assert Path(dashboards["providers"][0]["options"]["path"]) == (ROOT / "dashboards").resolve()
+    password = env["GF_SECURITY_ADMIN_PASSWORD"]
+    assert len(password) >= 20
+    secret = tmp_path / "grafana" / "admin-password"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert BY_NAME["grafana"].environment(native, tmp_path)["GF_SECURITY_ADMIN_PASSWORD"] == (
+        password
+    )
