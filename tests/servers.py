@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -205,43 +204,19 @@ def counts_by_route(prom: Prometheus, expected: dict[tuple[str, str], float]) ->
 
 @contextlib.contextmanager
 def redis(tmp_path: Path) -> Iterator[str]:
-    """Start a real redis-server (Debian package) on a loopback port; yields its URL."""
-    exe = binary("redis-server")
+    """Start a real redis-server (Debian package) on a loopback port, the way ``sightline
+    stack`` does; yields its URL."""
+    exe = binary(*BY_NAME["redis"].binaries)
     port = free_port()
-    log = open(tmp_path / "redis.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(tmp_path)]
+    proc, record = processes.launch("redis", argv, os.environ, tmp_path / "redis.log")
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
-                    probe.sendall(b"PING\r\n")
-                    if probe.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        processes.wait_redis(port, 10, alive=record.alive)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        stop(proc)
-        log.close()
+        processes.stop(record)
+        proc.poll()
 
 
 @contextlib.contextmanager
