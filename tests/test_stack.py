@@ -54,9 +54,11 @@ def stack_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_stack_up_scrapes_the_demo_and_loads_every_rule_file(stack_dir: Path) -> None:
-    """`stack up` starts Prometheus, Alertmanager and Redis; with the demo shop, worker and
-    load running against it, PromQL sees the demo's HTTP and worker metrics and every rule
-    file under alerts/; a second `up` starts nothing new; `down` leaves no process behind."""
+    """`stack up` starts Prometheus, Alertmanager and Redis; a targets file dropped in is
+    scraped without a restart and the alert rules see its service down; with the demo
+    shop, worker and load running against it, PromQL sees the demo's HTTP and worker
+    metrics and every rule file under alerts/; a second `up` starts nothing new; `down`
+    leaves no process behind."""
     up = sightline("stack", "up", "--dir", str(stack_dir), *port_args())
     assert up.returncode == 0, up.stdout + up.stderr
     for name in NEEDED:
@@ -70,6 +72,20 @@ def test_stack_up_scrapes_the_demo_and_loads_every_rule_file(stack_dir: Path) ->
     assert again.stdout.count("already running") == len(NEEDED)
 
     prom = Prometheus(first.native().url("prometheus", 9090))
+    # A service added by dropping a targets file, no restart: nothing listens on its
+    # port, so the rules see it down at once (the alert pends for its `for:` period).
+    dead = free_port()
+    (stack_dir / "targets" / "checkout.yml").write_text(
+        f"- targets: ['127.0.0.1:{dead}']\n  labels: {{job: checkout}}\n"
+    )
+
+    def pending(alertname: str, job: str) -> bool:
+        alerts = prom.get("/api/v1/alerts")["alerts"]
+        return any(
+            a["labels"]["alertname"] == alertname and a["labels"].get("job") == job for a in alerts
+        )
+
+    assert wait_until(lambda: pending("SightlineServiceDown", "checkout"), timeout=30)
     demo = subprocess.Popen(
         [*launcher(), "demo", "--dir", str(stack_dir), "--duration", "40", "--refresh", "10"],
         stdout=subprocess.PIPE,
