@@ -360,3 +360,26 @@ def test_components_not_installed_here_get_complete_native_commands(tmp_path: Pa
     assert BY_NAME["grafana"].environment(native, tmp_path)["GF_SECURITY_ADMIN_PASSWORD"] == (
         password
     )
+
+
+def test_stop_never_signals_a_pid_that_is_not_the_recorded_process(tmp_path: Path) -> None:
+    """A record whose PID now belongs to another process (its start time differs) is not
+    signalled by `down`; the recorded process itself is stopped, with its children."""
+    proc, record = processes.launch(
+        "sleeper",
+        [sys.executable, "-c", "import subprocess, sys, time; "
+         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+         "time.sleep(60)"],
+        {}, tmp_path / "sleeper.log",
+    )  # fmt: skip
+    try:
+        reused = processes.Record("sleeper", record.pid, record.started - 100, record.log)
+        assert not processes.stop(reused)
+        assert proc.poll() is None
+        assert wait_until(lambda: len(psutil.Process(proc.pid).children()) == 1, timeout=10)
+        child = psutil.Process(proc.pid).children()[0]
+        assert processes.stop(record)
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    finally:
+        proc.kill()
+        proc.wait()
