@@ -3,6 +3,7 @@ Redis, gunicorn and Celery processes on loopback, configured from the compose fi
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import signal
@@ -37,6 +38,12 @@ def port_args(services: tuple[str, ...] = (*NEEDED, "demo-app", "demo-worker")) 
     return args
 
 
+def only(*names: str) -> list[str]:
+    """--without options for every other component, so a machine that has, say, Loki
+    installed still runs just these (on the ports the test chose)."""
+    return [f"--without={c}" for c in BY_NAME if c not in names]
+
+
 def sightline(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*launcher(), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
@@ -50,7 +57,11 @@ def stack_dir(tmp_path: Path) -> Iterator[Path]:
         binary(*BY_NAME[name].binaries)
     directory = tmp_path / "stack"
     yield directory
-    Stack(directory).down(out=lambda line: None)
+    try:
+        Stack(directory).down(out=lambda line: None)
+    finally:
+        for proc in processes.ours(directory.resolve()):  # whatever the code under test missed
+            proc.kill()
 
 
 def test_stack_up_scrapes_the_demo_and_loads_every_rule_file(stack_dir: Path) -> None:
@@ -59,7 +70,7 @@ def test_stack_up_scrapes_the_demo_and_loads_every_rule_file(stack_dir: Path) ->
     shop, worker and load running against it, PromQL sees the demo's HTTP and worker
     metrics and every rule file under alerts/; a second `up` starts nothing new; `down`
     leaves no process behind."""
-    up = sightline("stack", "up", "--dir", str(stack_dir), *port_args())
+    up = sightline("stack", "up", "--dir", str(stack_dir), *port_args(), *only(*NEEDED))
     assert up.returncode == 0, up.stdout + up.stderr
     for name in NEEDED:
         assert re.search(rf"^{name}\s+started", up.stdout, re.M), up.stdout
@@ -140,10 +151,10 @@ def test_demo_runs_for_its_duration_and_prints_golden_signals(stack_dir: Path) -
     component left out, Redis included: Celery then passes messages through files) runs to
     completion, prints request rate, error ratio and p95 per route of the shop and its
     queues, then stops everything it started."""
-    others = [f"--without={name}" for name in BY_NAME if name not in ("prometheus", "alertmanager")]
     result = sightline(
-        "demo", "--dir", str(stack_dir), "--duration", "30", *others, *port_args(), timeout=150
-    )
+        "demo", "--dir", str(stack_dir), "--duration", "30",
+        *only("prometheus", "alertmanager"), *port_args(), timeout=150,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "Prometheus    http://127.0.0.1:" in out
@@ -172,6 +183,7 @@ def test_stack_up_names_a_taken_port_and_how_to_move_it(stack_dir: Path) -> None
         result = sightline(
             "stack", "up", "--dir", str(stack_dir),
             *port_args(("alertmanager", "redis")), "--port", f"prometheus:9090={taken}",
+            *only(*NEEDED),
         )  # fmt: skip
     assert result.returncode == 1
     assert f"port {taken} on 127.0.0.1 is taken" in result.stdout
@@ -281,7 +293,16 @@ def test_demo_stops_cleanly_on_ctrl_c(stack_dir: Path) -> None:
     """Ctrl-C (SIGINT) during `sightline demo` stops the shop, its worker, the load and
     the components the demo started, and exits 0."""
     demo = subprocess.Popen(
-        [*launcher(), "demo", "--dir", str(stack_dir), "--refresh", "1", *port_args()],
+        [
+            *launcher(),
+            "demo",
+            "--dir",
+            str(stack_dir),
+            "--refresh",
+            "1",
+            *port_args(),
+            *only(*NEEDED),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -383,3 +404,64 @@ def test_stop_never_signals_a_pid_that_is_not_the_recorded_process(tmp_path: Pat
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_ctrl_c_while_a_component_starts_stops_everything_the_demo_started(
+    stack_dir: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C while the demo waits for a component to become ready stops that component
+    and every component the demo had already started."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    loki = fake / "loki"
+    loki.write_text("#!/bin/sh\nexec sleep 300\n")  # never answers /ready
+    loki.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+    command = [*launcher(), "demo", "--dir", str(stack_dir), *port_args((*NEEDED, "loki"))]
+    demo = subprocess.Popen(
+        [*command, *only(*NEEDED, "loki")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    assert demo.stdout is not None
+    lines = []
+    try:
+        for line in demo.stdout:
+            lines.append(line)
+            if line.startswith("alertmanager") and "started" in line:
+                break
+        assert wait_until(lambda: "loki" in Stack(stack_dir).running(), timeout=10)
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    output = "".join(lines) + rest
+    assert "stopping the demo" in output
+    assert processes.ours(stack_dir.resolve()) == [], output
+
+
+def test_port_options_must_name_a_compose_port_and_not_collide(tmp_path: Path) -> None:
+    """--port for a port compose does not have, or one that puts two listeners on one
+    port, is refused with a message naming both."""
+    unknown = sightline("stack", "up", "--dir", str(tmp_path / "a"), "--port", "prometheus:9091=1")
+    assert unknown.returncode == 2
+    assert "compose has no port prometheus:9091" in unknown.stderr
+    ports = ["--port", "grafana:3000=19999", "--port", "prometheus:9090=19999"]
+    clash = sightline("stack", "status", "--dir", str(tmp_path / "b"), *ports)
+    assert clash.returncode == 2
+    assert "grafana:3000 and prometheus:9090 would both listen on port 19999" in clash.stderr
+
+
+def test_demo_targets_name_the_demo_on_its_native_ports(tmp_path: Path) -> None:
+    """The demo's targets file, rewritten for a native run, scrapes the shop and the worker
+    on their native metrics ports, labelled with their services."""
+    native = Native(tmp_path, SERVICES, {"demo-app:9464": 19464, "demo-worker:9464": 19465})
+    groups = yaml.safe_load(native.demo_targets())
+    assert {g["labels"]["job"]: g["targets"] for g in groups} == {
+        "shop": ["127.0.0.1:19464"],
+        "shop-worker": ["127.0.0.1:19465"],
+    }

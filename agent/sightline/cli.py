@@ -143,6 +143,8 @@ def stack(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "demo":
         if args.duration is not None and args.duration <= 0:
             parser.error("--duration must be positive")
+        if args.refresh <= 0:
+            parser.error("--refresh must be positive")
         try:
             from .demo.run import demo
         except ImportError as exc:
@@ -151,22 +153,23 @@ def stack(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return demo(directory, args.duration, ports, args.refresh, args.without)
     try:
         native = Stack(directory, ports, args.without)
-    except (OSError, ValueError) as exc:
-        sys.stderr.write(f"sightline: cannot read the stack's files: {exc}\n")
-        return 2
-    if args.action == "up":
-        try:
+        if args.action == "up":
             _started, failures = native.up()
-        except StackError as exc:
-            sys.stderr.write(f"sightline: {exc}\n")
-            return 1
-        if failures:
-            return 1
-    elif args.action == "down":
-        native.down()
-    else:
-        native.status()
-    return 0
+            return 1 if failures else 0
+        if args.action == "down":
+            native.down()
+        else:
+            native.status()
+        return 0
+    except StackError as exc:
+        sys.stderr.write(f"sightline: {exc}\n")
+        return 2
+    except OSError as exc:
+        sys.stderr.write(f"sightline: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("sightline: interrupted; `sightline stack status` shows what runs\n")
+        return 130
 
 
 if __name__ == "__main__":

@@ -14,17 +14,22 @@ recorded.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from . import processes
-from .native import Native, load_compose
+from .native import Native, listen_ports, load_compose
 from .processes import Record
 
 Out = Callable[[str], None]
@@ -63,7 +68,7 @@ class Component:
         elif self.service == "collector" and not args:
             args = [native.rewrite("--config=/etc/otelcol-contrib/config.yaml", "collector")]
         elif self.service == "grafana":
-            home = next((h for h in ("/usr/share/grafana",) if Path(h).is_dir()), None)
+            home = "/usr/share/grafana" if Path("/usr/share/grafana").is_dir() else None
             if Path(binary).name == "grafana":
                 args = ["server", *(["--homepath", home] if home else []), *args]
             elif home:
@@ -74,7 +79,8 @@ class Component:
         variables = dict(os.environ)
         env = {**os.environ, processes.MARKER: str(directory)}
         if self.service == "grafana":
-            variables.setdefault("GRAFANA_ADMIN_PASSWORD", _grafana_password(directory))
+            # Natively the password is always the generated one, kept where `status` says.
+            variables["GRAFANA_ADMIN_PASSWORD"] = _grafana_password(directory)
             env.update(native.environment("grafana", variables))
             data = directory / "grafana"
             env.update(
@@ -142,6 +148,9 @@ class StackError(RuntimeError):
     """A component could not be started; the message says which and why."""
 
 
+DEMO_TARGETS = "sightline-demo.yml"  # written by `sightline demo` into targets/
+
+
 class Stack:
     """The native stack whose state lives in ``directory``."""
 
@@ -152,33 +161,100 @@ class Stack:
         without: Iterable[str] = (),
     ) -> None:
         self.directory = directory.resolve()
-        self.without = set(without)  # components not to start even if installed
         self.state_file = self.directory / "stack.json"
+        self.without = set(without)  # components not to start even if installed
+        self.compose = load_compose()
+        self.listening = listen_ports(self.compose["services"])
         state = self._load()
-        self.ports: dict[str, int] = {**state.get("ports", {}), **(ports or {})}
         self.records = {
             name: Record.from_json(data) for name, data in state.get("processes", {}).items()
         }
-        self.compose = load_compose()
+        self._added: dict[str, Record] = {}
+        self._removed: set[str] = set()
+        self.ports: dict[str, int] = dict(state.get("ports", {}))
+        self._override(ports or {})
 
     # -- state --------------------------------------------------------------------------
 
     def _load(self) -> dict[str, Any]:
         try:
-            data = json.loads(self.state_file.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
+            text = self.state_file.read_text()
+        except FileNotFoundError:
             return {}
+        except OSError as exc:
+            raise StackError(f"cannot read {self.state_file}: {exc.strerror}") from None
+        try:
+            data = json.loads(text)
+            for entry in data.get("processes", {}).values():
+                Record.from_json(entry)
+            return dict(data)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise StackError(
+                f"{self.state_file} is damaged; stop what it started by hand (see logs/) "
+                "and delete it"
+            ) from None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / "stack.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def _save(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        data = {
-            "ports": self.ports,
-            "processes": {name: rec.to_json() for name, rec in self.records.items()},
-        }
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(self.state_file)
+        """Write this command's changes over what is on disk now, under a lock, so two
+        commands on one directory do not lose each other's processes."""
+        with self._locked():
+            current = self._load()
+            records = {
+                name: Record.from_json(data)
+                for name, data in current.get("processes", {}).items()
+                if name not in self._removed
+            }
+            records.update(self._added)
+            self.records = records
+            data = {
+                "ports": {**current.get("ports", {}), **self.ports},
+                "processes": {name: rec.to_json() for name, rec in records.items()},
+            }
+            tmp = self.state_file.with_name(f".stack.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
+            tmp.replace(self.state_file)
+
+    def _record(self, record: Record) -> None:
+        self._added[record.name] = record
+        self._removed.discard(record.name)
+        self._save()
+
+    def _forget(self, name: str) -> None:
+        self._added.pop(name, None)
+        self._removed.add(name)
+        self._save()
+
+    def _override(self, ports: Mapping[str, int]) -> None:
+        """Apply --port choices: known ports only, not of a running component, and no
+        two listeners on one port."""
+        known = {f"{s}:{p}" for s, listening in self.listening.items() for p in listening}
+        running = self.running()
+        for key, port in ports.items():
+            if key not in known:
+                raise StackError(
+                    f"--port {key}={port}: compose has no port {key} "
+                    f"(ports: {', '.join(sorted(known))})"
+                )
+            service = key.split(":")[0]
+            if service in running and self.ports.get(key, port) != port:
+                raise StackError(
+                    f"--port {key}={port}: {service} is running on {self.ports[key]}; "
+                    "stop it first (sightline stack down)"
+                )
+        self.ports.update(ports)
+        assigned = self.native().ports
+        owners: dict[int, str] = {}
+        for key, port in assigned.items():
+            if port in owners:
+                raise StackError(f"{owners[port]} and {key} would both listen on port {port}")
+            owners[port] = key
 
     def running(self) -> set[str]:
         return {name for name, rec in self.records.items() if rec.alive()}
@@ -196,23 +272,27 @@ class Stack:
 
     def native(self, running: Iterable[str] | None = None) -> Native:
         names = self.running() if running is None else set(running)
-        return Native(self.directory, names, self.ports, self.compose)
+        return Native(self.directory, names, self.ports, self.compose, self.listening)
 
     # -- commands -----------------------------------------------------------------------
 
-    def up(self, out: Out = print, timeout: float = 60.0) -> tuple[list[str], list[str]]:
+    def up(
+        self, out: Out = print, timeout: float = 60.0, started: list[str] | None = None
+    ) -> tuple[list[str], list[str]]:
         """Start every available component not already running.
 
-        Returns the components started and the failures (one message each); a component
-        that fails does not stop the others from starting.
+        Returns the components started (also appended to ``started`` as they start, so
+        a caller interrupted half-way knows what to stop) and the failures (one message
+        each); a component that fails does not stop the others from starting.
         """
+        started = [] if started is None else started
         available = self.available()
         alive = self.running()
-        planned = alive | set(available)
-        native = self.native(planned)
+        native = self.native(alive | set(available))
         self.ports = dict(native.ports)
         self._save()
-        started, failures = [], []
+        self._remove_stale_demo_targets()
+        failures = []
         for component in COMPONENTS:
             name = component.service
             if name in alive:
@@ -231,37 +311,60 @@ class Stack:
         for component in COMPONENTS:
             if component.service in self.without and component.service not in alive:
                 out(f"{component.service:<13} left out (--without)")
-            elif component.service not in planned:
+            elif component.service not in alive and component.service not in available:
                 out(f"{component.service:<13} absent    install: {component.get_it}")
+        self._reload_prometheus()
         return started, failures
+
+    def _reload_prometheus(self) -> None:
+        """Scrape and alert to what really runs now (a component may have failed, or
+        been left out since Prometheus started)."""
+        if "prometheus" not in self.running():
+            return
+        native = self.native()
+        native.write_configs("prometheus")
+        request = urllib.request.Request(native.url("prometheus", 9090, "/-/reload"), b"")
+        try:
+            processes.LOCAL.open(request, timeout=5).close()
+        except OSError:
+            pass  # an older config keeps working; `status` and the log tell the rest
 
     def _start(self, component: Component, binary: str, native: Native, timeout: float) -> None:
         name = component.service
-        port = native.port(name, component.port)
-        if not processes.port_free(port):
-            raise StackError(
-                f"{name}: port {port} on 127.0.0.1 is taken by another program; "
-                f"choose another with --port {name}:{component.port}=PORT"
+        for key, port in native.ports.items():
+            if key.split(":")[0] == name and not processes.port_free(port):
+                raise StackError(
+                    f"port {port} on 127.0.0.1 is taken by another program; "
+                    f"choose another with --port {key}=PORT"
+                )
+        try:
+            native.write_configs(name)
+            argv = component.argv(binary, native, self.directory)
+            env = component.environment(native, self.directory)
+            proc, record = processes.launch(
+                name, argv, env, self.directory / "logs" / f"{name}.log", cwd=self.directory
             )
-        native.write_configs(name)
-        argv = component.argv(binary, native, self.directory)
-        env = component.environment(native, self.directory)
-        proc, record = processes.launch(
-            name, argv, env, self.directory / "logs" / f"{name}.log", cwd=self.directory
-        )
-        self.records[name] = record
-        self._save()
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise StackError(f"cannot start {binary}: {exc}") from None
+        self._record(record)
         try:
             if component.ready:
-                url = f"http://127.0.0.1:{port}{component.ready}"
+                url = f"http://127.0.0.1:{native.port(name, component.port)}{component.ready}"
                 processes.wait_http(url, timeout, alive=lambda: proc.poll() is None)
             else:
+                port = native.port(name, component.port)
                 processes.wait_redis(port, timeout, alive=lambda: proc.poll() is None)
         except processes.NotReady as exc:
             processes.stop(record)
-            del self.records[name]
-            self._save()
-            raise StackError(f"{name} {exc}; its log:\n{_tail(Path(record.log))}") from None
+            proc.poll()
+            self._forget(name)
+            raise StackError(f"{exc}; its log:\n{_tail(Path(record.log))}") from None
+        except BaseException:
+            # Interrupted while waiting: do not leave a half-started component behind.
+            processes.stop(record)
+            proc.poll()
+            self._forget(name)
+            raise
 
     def start_process(
         self, service: str, argv: list[str], env: Mapping[str, str], cwd: Path | None = None
@@ -274,21 +377,29 @@ class Stack:
             self.directory / "logs" / f"{service}.log",
             cwd=cwd or self.directory,
         )
-        self.records[service] = record
-        self._save()
+        self._record(record)
         return proc
 
     def stop(self, names: Iterable[str], out: Out = print) -> None:
         order = [*DEMO, *(c.service for c in reversed(COMPONENTS))]
         for name in sorted(set(names), key=lambda n: order.index(n) if n in order else -1):
-            record = self.records.pop(name, None)
-            if record is not None and processes.stop(record):
+            record = self.records.get(name)
+            if record is None:
+                continue
+            if processes.stop(record):
                 out(f"{name:<13} stopped")
-        self._save()
+            self._forget(name)
+        self._remove_stale_demo_targets()
 
     def down(self, out: Out = print) -> None:
         """Stop every process this directory recorded (and nothing else)."""
         self.stop(list(self.records), out)
+
+    def _remove_stale_demo_targets(self) -> None:
+        # Left by a demo that died without cleaning up: its targets would read as down.
+        if not any(name in self.running() for name in DEMO):
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / "targets" / DEMO_TARGETS).unlink()
 
     def status(self, out: Out = print) -> dict[str, str]:
         available = self.available()

@@ -109,12 +109,14 @@ class Native:
         running: Iterable[str],
         ports: Mapping[str, int] | None = None,
         compose: Mapping[str, Any] | None = None,
+        listening: Mapping[str, list[int]] | None = None,
     ) -> None:
         self.directory = directory
         self.compose = dict(compose or load_compose())
         self.services: dict[str, dict[str, Any]] = self.compose["services"]
         self.running = set(running)
-        self.ports = assign_ports(self.services, listen_ports(self.services), ports or {})
+        self.listening = listening or listen_ports(self.services)
+        self.ports = assign_ports(self.services, self.listening, ports or {})
 
     # -- addresses --------------------------------------------------------------------
 
@@ -125,24 +127,28 @@ class Native:
         return f"http://127.0.0.1:{self.port(service, port)}{path}"
 
     def rewrite(self, text: str, service: str) -> str:
-        """``text`` as ``service`` sees it natively: loopback addresses, host paths."""
-        names = "|".join(re.escape(name) for name in sorted(self.services, key=len, reverse=True))
+        """``text`` as ``service`` sees it natively: loopback addresses, host paths.
 
-        def other(match: re.Match[str]) -> str:
-            key = f"{match.group(1)}:{match.group(2)}"
-            return f"127.0.0.1:{self.ports[key]}" if key in self.ports else match.group(0)
-
-        text = re.sub(rf"(?<![\w.-])({names}):(\d+)\b", other, text)
-
-        def own(match: re.Match[str]) -> str:
-            key = f"{service}:{match.group(1)}"
-            return f"127.0.0.1:{self.ports[key]}" if key in self.ports else match.group(0)
-
-        text = re.sub(rf"(?<![\w.-]){_ANY}:(\d+)\b", own, text)
+        One pass over the text, so nothing a substitution wrote is substituted again.
+        """
         paths = self.paths(service) if service in self.services else {}
-        for target, host in sorted(paths.items(), key=lambda kv: -len(kv[0])):
-            text = re.sub(rf"(?<![\w.-]){re.escape(target)}(?=$|[/\s\"',:\]])", str(host), text)
-        return text
+        names = "|".join(re.escape(n) for n in sorted(self.services, key=len, reverse=True))
+        targets = "|".join(re.escape(t) for t in sorted(paths, key=len, reverse=True))
+        pattern = rf"(?<![\w.-])(?:(?P<host>{names}|{_ANY}):(?P<port>\d+)(?![\d]|\.\d)"
+        if targets:
+            pattern += rf"|(?P<path>{targets})(?=$|[/\s\"',:\]]))"
+        else:
+            pattern += ")"
+
+        def one(match: re.Match[str]) -> str:
+            if match.groupdict().get("path"):
+                return str(paths[match.group("path")])
+            host = match.group("host")
+            owner = host if host in self.services else service
+            key = f"{owner}:{match.group('port')}"
+            return f"127.0.0.1:{self.ports[key]}" if key in self.ports else match.group(0)
+
+        return re.sub(pattern, one, text)
 
     # -- files ------------------------------------------------------------------------
 
@@ -227,8 +233,14 @@ class Native:
         if service == "loki":
             config.setdefault("common", {})["instance_addr"] = "127.0.0.1"
         else:
-            # Tempo's ring gossip would otherwise listen on every interface.
+            # Tempo's ring gossip would otherwise listen on every interface, and its ring
+            # members would advertise an interface address nothing listens on.
             config.setdefault("memberlist", {})["bind_addr"] = ["127.0.0.1"]
+            ingester = config.setdefault("ingester", {}).setdefault("lifecycler", {})
+            ingester["address"] = "127.0.0.1"
+            config.setdefault("metrics_generator", {}).setdefault("ring", {})["instance_addr"] = (
+                "127.0.0.1"
+            )
         return config
 
     def prune_prometheus(self, config: dict[str, Any]) -> dict[str, Any]:

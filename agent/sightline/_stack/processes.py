@@ -48,25 +48,62 @@ class Record:
     pid: int
     started: float  # psutil's create_time, to tell a reused PID apart
     log: str
+    directory: str = ""  # the state directory, as in the process's MARKER variable
 
     def process(self) -> psutil.Process | None:
+        """The recorded process, if that PID is still it (exited but unreaped included).
+
+        psutil derives the start time from the boot time in whole seconds, so it moves
+        when the wall clock is stepped: a second of slack, and past that the marker in
+        the process's environment (Redis overwrites its environment with its process
+        title, so a Redis is lost track of only after such a step).
+        """
         try:
             proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.started) > 0.01 or proc.status() == "zombie":
-                return None
-            return proc
+            if abs(proc.create_time() - self.started) <= 1.0:
+                return proc
+            if self.directory and _environ(proc).get(MARKER) == self.directory:
+                return proc
+            return None
         except psutil.Error:
             return None
 
     def alive(self) -> bool:
-        return self.process() is not None
+        proc = self.process()
+        return proc is not None and _running(proc)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "pid": self.pid, "started": self.started, "log": self.log}
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "started": self.started,
+            "log": self.log,
+            "directory": self.directory,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Record:
-        return cls(str(data["name"]), int(data["pid"]), float(data["started"]), str(data["log"]))
+        return cls(
+            str(data["name"]),
+            int(data["pid"]),
+            float(data["started"]),
+            str(data["log"]),
+            str(data.get("directory", "")),
+        )
+
+
+def _environ(proc: psutil.Process) -> dict[str, str]:
+    try:
+        return proc.environ()
+    except psutil.Error:
+        return {}
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def launch(
@@ -88,11 +125,16 @@ def launch(
         started = psutil.Process(proc.pid).create_time()
     except psutil.Error:
         started = 0.0
-    return proc, Record(name, proc.pid, started, str(log))
+    return proc, Record(name, proc.pid, started, str(log), env.get(MARKER, ""))
 
 
 class NotReady(RuntimeError):
     pass
+
+
+# Loopback needs no proxy: one set in HTTP_PROXY without a NO_PROXY for 127.0.0.1 would
+# otherwise receive every probe.
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def wait_http(url: str, timeout: float, alive: Any = None) -> None:
@@ -102,7 +144,7 @@ def wait_http(url: str, timeout: float, alive: Any = None) -> None:
         if alive is not None and not alive():
             raise NotReady(f"exited before {url} answered")
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
+            with LOCAL.open(url, timeout=1) as response:
                 if 200 <= response.status < 300:
                     return
         except (OSError, urllib.error.HTTPError):
@@ -150,11 +192,22 @@ def stop(record: Record, timeout: float = 10.0) -> bool:
         return False
     members = _group(proc)
     _signal_group(record.pid, members, signal.SIGTERM)
-    _gone, left = psutil.wait_procs(members, timeout=timeout)
+    left = _wait(members, timeout)
     if left:
         _signal_group(record.pid, left, signal.SIGKILL)
-        psutil.wait_procs(left, timeout=5)
+        _wait(left, 5)
     return True
+
+
+def _wait(members: Sequence[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every member has exited; an exited process that its parent (not us)
+    has yet to reap counts as exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [m for m in members if _running(m)]
+        if not left or time.monotonic() > deadline:
+            return left
+        psutil.wait_procs(left, timeout=0.1)
 
 
 def _group(proc: psutil.Process) -> list[psutil.Process]:
@@ -180,12 +233,15 @@ def _signal_group(pgid: int, members: Sequence[psutil.Process], signum: int) -> 
 
 
 def ours(directory: Path) -> list[psutil.Process]:
-    """Every running process started by the stack whose state lives in ``directory``."""
+    """Every running process started by the stack whose state lives in ``directory``:
+    carrying its marker, or working inside it (Redis overwrites its environment)."""
     found = []
     wanted = str(directory)
     for proc in psutil.process_iter():
         try:
-            if proc.environ().get(MARKER) == wanted and proc.status() != "zombie":
+            if not _running(proc):
+                continue
+            if _environ(proc).get(MARKER) == wanted or Path(proc.cwd()).is_relative_to(directory):
                 found.append(proc)
         except psutil.Error:
             continue

@@ -13,14 +13,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import FrameType
 
-from .._stack import DEMO, Out, Stack, StackError, python_command
-from .._stack.processes import NotReady, wait_http
+from .._stack import DEMO, DEMO_TARGETS, Out, Stack, StackError, python_command
+from .._stack.native import Native
+from .._stack.processes import NotReady, port_free, wait_http
 from . import view
 
 
@@ -43,30 +43,38 @@ def environment(stack: Stack, service: str) -> dict[str, str]:
     return env
 
 
-def start_demo(stack: Stack, services: tuple[str, ...] = DEMO) -> None:
+def start_demo(stack: Stack, launched: list[str]) -> None:
+    """Start the shop and its worker, then (once the shop answers) the load; appends
+    each service to ``launched`` as it starts. A demo already running in this state
+    directory is left alone."""
+    if any(name in stack.running() for name in DEMO):
+        raise StackError(
+            f"a demo is already running from {stack.directory}; stop it first, or use another --dir"
+        )
     native = stack.native()
+    for key, port in native.ports.items():
+        if key.split(":")[0] in DEMO and not port_free(port):
+            raise StackError(
+                f"port {port} on 127.0.0.1 is taken by another program; "
+                f"choose another with --port {key}=PORT"
+            )
     targets = stack.directory / "targets"
     targets.mkdir(parents=True, exist_ok=True)
-    (targets / "demo.yml").write_text(native.demo_targets())
-    for service in services:
-        if service in stack.running():
-            continue
-        argv = python_command(native.command(service))
-        stack.start_process(service, argv, environment(stack, service))
-    if "demo-app" in services:
-        record = stack.records["demo-app"]
-        try:
-            wait_http(native.url("demo-app", 8000, "/health"), 60, alive=record.alive)
-        except NotReady as exc:
-            raise StackError(f"demo-app {exc}; see {record.log}") from None
-
-
-def stop_demo(stack: Stack, out: Out) -> None:
-    stack.stop([name for name in DEMO if name in stack.records], out)
+    (targets / DEMO_TARGETS).write_text(native.demo_targets())
+    for service in ("demo-app", "demo-worker"):
+        _launch(stack, native, service, launched)
+    record = stack.records["demo-app"]
     try:
-        (stack.directory / "targets" / "demo.yml").unlink()
-    except FileNotFoundError:
-        pass
+        wait_http(native.url("demo-app", 8000, "/health"), 60, alive=record.alive)
+    except NotReady as exc:
+        raise StackError(f"demo-app {exc}; see {record.log}") from None
+    _launch(stack, native, "demo-load", launched)
+
+
+def _launch(stack: Stack, native: Native, service: str, launched: list[str]) -> None:
+    argv = python_command(native.command(service))
+    stack.start_process(service, argv, environment(stack, service))
+    launched.append(service)
 
 
 def urls(stack: Stack) -> list[str]:
@@ -94,48 +102,50 @@ def demo(
     without: Iterable[str] = (),
     out: Out = print,
 ) -> int:
-    stack = Stack(directory, ports, without)
-    stopping = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    previous = signal.signal(signal.SIGTERM, on_signal)
-    started: list[str] = []
+    started: list[str] = []  # components this demo started, filled as they start
+    launched: list[str] = []  # demo services this demo started
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    stack: Stack | None = None
     try:
-        started, _failures = stack.up(out)
+        stack = Stack(directory, ports, without)
+        _started, failures = stack.up(out, started=started)
         if "prometheus" not in stack.running():
-            out("sightline demo needs Prometheus on this machine (apt-get install prometheus)")
+            if any(f.startswith("prometheus") for f in failures) or "prometheus" in stack.without:
+                out("sightline demo needs Prometheus running (see above)")
+            else:
+                out("sightline demo needs Prometheus (apt-get install prometheus)")
             return 1
         if "redis" not in stack.running():
             out("no Redis here: the demo's Celery messages go through files instead")
-        start_demo(stack)
+        start_demo(stack, launched)
         prometheus = stack.native().url("prometheus", 9090)
         out("")
         out("\n".join(urls(stack)))
         out("")
-        _watch(stack, prometheus, duration, refresh, stopping, out)
+        _watch(stack, prometheus, duration, refresh, out)
         return 0
-    except StackError as exc:
+    except (StackError, OSError) as exc:
         out(f"sightline demo: {exc}")
         return 1
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        out("stopping the demo")
-        stop_demo(stack, out)
-        stack.stop(started, out)
+        # Cleaning up may not be interrupted in turn.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        if stack is not None and (launched or started):
+            out("stopping the demo")
+            stack.stop(launched, out)
+            stack.stop(started, out)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def _watch(
-    stack: Stack,
-    prometheus: str,
-    duration: float | None,
-    refresh: float,
-    stopping: threading.Event,
-    out: Out,
-) -> None:
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _watch(stack: Stack, prometheus: str, duration: float | None, refresh: float, out: Out) -> None:
     interactive = out is print and sys.stdout.isatty()
     start = time.monotonic()
     deadline = None if duration is None else start + duration
@@ -154,5 +164,6 @@ def _watch(
         else:
             out(text + "\n")
         wait = refresh if deadline is None else min(refresh, deadline - time.monotonic())
-        if wait <= 0 or stopping.wait(wait):
+        if wait <= 0:
             return
+        time.sleep(wait)

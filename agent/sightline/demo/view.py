@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import math
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .. import _queries as q
+from .._stack.processes import LOCAL
 
 WINDOW = "1m"
 
@@ -39,9 +39,7 @@ def read(prometheus: str, sel: str = "", timeout: float = 3.0) -> Snapshot:
     for query in q.GOLDEN_SIGNALS:
         params = urllib.parse.urlencode({"query": query.render(sel, WINDOW)})
         try:
-            with urllib.request.urlopen(
-                f"{prometheus}/api/v1/query?{params}", timeout=timeout
-            ) as response:
+            with LOCAL.open(f"{prometheus}/api/v1/query?{params}", timeout=timeout) as response:
                 payload = json.load(response)
         except (OSError, ValueError) as exc:
             snapshot.error = f"Prometheus at {prometheus} did not answer: {exc}"
