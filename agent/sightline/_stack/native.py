@@ -213,7 +213,14 @@ class Native:
         return self.rewrite(text, service)
 
     def collector_telemetry(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The Collector's own metrics endpoint is a host and a port on separate keys."""
+        """The Collector's own metrics endpoint is a host and a port on separate keys, and
+        its memory limit, a share of the container's memory in compose, would be a share
+        of the whole machine's here: give it compose's 512 MiB in absolute terms."""
+        for name, processor in config.get("processors", {}).items():
+            if name.split("/")[0] == "memory_limiter" and isinstance(processor, dict):
+                processor.pop("limit_percentage", None)
+                processor.pop("spike_limit_percentage", None)
+                processor.update(limit_mib=400, spike_limit_mib=100)
         telemetry = config.get("service", {}).get("telemetry", {}).get("metrics", {})
         for reader in telemetry.get("readers", []):
             exporter = reader.get("pull", {}).get("exporter", {}).get("prometheus")
