@@ -86,7 +86,8 @@ def test_waits_and_queue_depth(
     worker_env: dict[str, str], broker: str, tmp_path: Path, registry: CollectorRegistry
 ) -> None:
     """Tasks published by an instrumented producer while no worker runs wait at least as
-    long as the worker was away; the depth gauge follows the broker's list to 0."""
+    long as the worker was away; the depth gauge follows the broker's list to 0; while
+    the backlog drains both pool processes count as busy."""
     sightline.init(service="producer", registry=registry, metrics_addr="off", traces=False)
     app = producer(broker)
     for _ in range(40):
@@ -100,14 +101,17 @@ def test_waits_and_queue_depth(
     time.sleep(away)
     lengths: list[tuple[float, int]] = []
     readings: list[tuple[float, float]] = []
+    busy: list[float] = []
     client = redis_client.Redis.from_url(broker)
     with celery_worker(worker_env, tmp_path / "worker.log"):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             lengths.append((time.monotonic(), int(client.llen("work"))))
+            scraped = scrape(metrics_url(worker_env))
+            busy.append(scraped.get(("server_workers_busy", ()), 0))
             depths = [
                 value
-                for (metric, labels), value in scrape(metrics_url(worker_env)).items()
+                for (metric, labels), value in scraped.items()
                 if metric == "worker_queue_depth" and ("task_queue", "work") in labels
             ]
             depth = depths[0] if depths else None  # one series: only the main process samples
@@ -122,6 +126,7 @@ def test_waits_and_queue_depth(
             return found if task_count(found, "tasks.slow", "success") == 40 else None
 
         found = wait_until(all_done)
+    assert max(busy) == 2, busy  # both pool processes seen running a task at once
     assert readings, "the depth gauge never appeared"
     assert readings[-1][1] == 0
     assert any(depth > 0 for _, depth in readings)

@@ -423,11 +423,17 @@ def fold(directory: Path) -> tuple[_Families, list[tuple[str, dict[str, Any]]]]:
     return past, live
 
 
+# What a worker process is busy with: requests (web servers) or tasks (Celery's pool).
+_WORK = ("http_server_active_requests", "worker_tasks_active")
+
+
 def _in_flight(document: dict[str, Any]) -> float:
-    for family in document["families"]:
-        if family["name"] == "http_server_active_requests":
-            return sum(float(sample[2]) for sample in family["samples"])
-    return 0.0
+    return sum(
+        float(sample[2])
+        for family in document["families"]
+        if family["name"] in _WORK
+        for sample in family["samples"]
+    )
 
 
 def aggregate_registry(snapshots: Snapshots) -> CollectorRegistry:
