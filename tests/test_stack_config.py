@@ -217,6 +217,12 @@ def require_module(module: str, pip_name: str) -> None:
         pytest.skip(f"{pip_name} is not installed")
 
 
+def passes(*command: str) -> None:
+    """Run a checker; fail with its output unless it exits 0."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def check_compose_schema(path: Path) -> subprocess.CompletedProcess[str]:
     require_module("check_jsonschema", "check-jsonschema")
     return subprocess.run(
@@ -416,26 +422,12 @@ def test_prometheus_config_rules_and_targets_pass_promtool(tmp_path: Path) -> No
     assert "/etc/prometheus" not in text, "prometheus.yml names a path compose does not mount"
     config = tmp_path / "prometheus.yml"
     config.write_text(text)
-    result = subprocess.run(
-        [binary("promtool"), "check", "config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    passes(binary("promtool"), "check", "config", str(config))
 
 
 def test_alertmanager_config_passes_amtool() -> None:
     """amtool accepts the Alertmanager config compose mounts."""
-    result = subprocess.run(
-        [binary("amtool"), "check-config", str(config_file("alertmanager"))],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    passes(binary("amtool"), "check-config", str(config_file("alertmanager")))
 
 
 def test_prometheus_scrapes_and_alerts_to_ports_that_listen() -> None:
