@@ -109,7 +109,7 @@ def started(name: str, argv: list[str], tmp_path: Path, ready: str) -> Iterator[
         yield
     finally:
         processes.stop(record)
-        proc.poll()  # collect the exit status psutil saw, so Popen knows it ended
+        stop(proc)  # collects the exit status (and would end it, were it still running)
 
 
 @contextlib.contextmanager
@@ -216,7 +216,7 @@ def redis(tmp_path: Path) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         processes.stop(record)
-        proc.poll()
+        stop(proc)
 
 
 @contextlib.contextmanager

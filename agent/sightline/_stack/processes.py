@@ -46,21 +46,17 @@ class Record:
 
     name: str
     pid: int
-    started: float  # psutil's create_time, to tell a reused PID apart
+    started: float  # start time (see started()), to tell a reused PID apart
     log: str
     directory: str = ""  # the state directory, as in the process's MARKER variable
 
     def process(self) -> psutil.Process | None:
-        """The recorded process, if that PID is still it (exited but unreaped included).
-
-        psutil derives the start time from the boot time in whole seconds, so it moves
-        when the wall clock is stepped: a second of slack, and past that the marker in
-        the process's environment (Redis overwrites its environment with its process
-        title, so a Redis is lost track of only after such a step).
-        """
+        """The recorded process, if that PID is still it (exited but unreaped included):
+        same start time, or (where the start time can only be read against the wall
+        clock, which may have been stepped since) the marker in its environment."""
         try:
             proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.started) <= 1.0:
+            if abs(started(proc) - self.started) < _SLACK:
                 return proc
             if self.directory and _environ(proc).get(MARKER) == self.directory:
                 return proc
@@ -90,6 +86,29 @@ class Record:
             str(data["log"]),
             str(data.get("directory", "")),
         )
+
+
+def _monotonic_start_time() -> bool:
+    try:
+        psutil.Process().create_time(monotonic=True)  # type: ignore[call-arg,unused-ignore]
+        return True
+    except TypeError:
+        return False
+
+
+# How far two readings of one process's start time may differ.
+_SLACK = 0.01 if _monotonic_start_time() else 1.5
+
+
+def started(proc: psutil.Process) -> float:
+    """When ``proc`` started, in seconds since boot where psutil can tell (7.2 and later
+    on Linux): exact, and unmoved by clock changes. The wall-clock start time psutil
+    otherwise gives is rebuilt from a boot time the kernel rounds to whole seconds, so it
+    can differ by one between two readings."""
+    try:
+        return float(proc.create_time(monotonic=True))  # type: ignore[call-arg,unused-ignore]
+    except TypeError:
+        return float(proc.create_time())
 
 
 def _environ(proc: psutil.Process) -> dict[str, str]:
@@ -122,10 +141,10 @@ def launch(
             start_new_session=True,
         )
     try:
-        started = psutil.Process(proc.pid).create_time()
+        start = started(psutil.Process(proc.pid))
     except psutil.Error:
-        started = 0.0
-    return proc, Record(name, proc.pid, started, str(log), env.get(MARKER, ""))
+        start = 0.0
+    return proc, Record(name, proc.pid, start, str(log), env.get(MARKER, ""))
 
 
 class NotReady(RuntimeError):
