@@ -465,3 +465,25 @@ def test_demo_targets_name_the_demo_on_its_native_ports(tmp_path: Path) -> None:
         "shop": ["127.0.0.1:19464"],
         "shop-worker": ["127.0.0.1:19465"],
     }
+
+
+def test_prometheus_leaves_out_a_component_that_failed_to_start(stack_dir: Path) -> None:
+    """When Alertmanager cannot start (its port is taken), the running Prometheus is
+    reloaded without it: no alertmanager scrape job, no Alertmanager to send to."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        result = sightline(
+            "stack", "up", "--dir", str(stack_dir), *port_args(("prometheus",)),
+            "--port", f"alertmanager:9093={taken}", *only("prometheus", "alertmanager"),
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert re.search(r"^alertmanager\s+FAILED", result.stdout, re.M), result.stdout
+    prom = Prometheus(Stack(stack_dir).native().url("prometheus", 9090))
+
+    def jobs() -> set[str]:
+        return {t["labels"]["job"] for t in prom.get("/api/v1/targets")["activeTargets"]}
+
+    assert wait_until(lambda: jobs() == {"prometheus"}, timeout=20), jobs()
+    assert prom.get("/api/v1/alertmanagers")["activeAlertmanagers"] == []
