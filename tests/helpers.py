@@ -111,3 +111,18 @@ def wait_until(check: Callable[[], Any], timeout: float = 60, every: float = 0.2
         if result or time.monotonic() > deadline:
             return result
         time.sleep(every)
+
+
+def assert_depth_follows(
+    readings: list[tuple[float, float]], lengths: list[tuple[float, int]], period: float = 0.5
+) -> None:
+    """A queue-depth gauge sampled every ``period`` seconds: it appeared, saw a backlog,
+    ended at 0, and each reading lies within the broker's queue lengths over the period
+    before it (plus 0.3 s of scrape latency)."""
+    assert readings, "the depth gauge never appeared"
+    assert readings[-1][1] == 0
+    assert any(depth > 0 for _, depth in readings)
+    for at, depth in readings:
+        window = [n for t, n in lengths if at - period - 0.3 <= t <= at]
+        if window:
+            assert min(window) <= depth <= max(window), (at, depth, window)

@@ -154,10 +154,18 @@ def gunicorn(
 
 
 @contextlib.contextmanager
-def uvicorn(app: str, env: dict[str, str], args: list[str], tmp_path: Path) -> Iterator[str]:
-    """Run ``app`` in a real uvicorn on a loopback port; yields its base URL."""
+def uvicorn(
+    app: str,
+    env: dict[str, str],
+    args: list[str],
+    tmp_path: Path,
+    prefix: list[str] | None = None,
+) -> Iterator[str]:
+    """Run ``app`` in a real uvicorn on a loopback port, started through ``prefix`` if
+    given (the launcher); yields its base URL."""
     port = free_port()
     command = [
+        *(prefix or []),
         sys.executable,
         "-m",
         "uvicorn",

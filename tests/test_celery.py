@@ -11,7 +11,15 @@ import pytest
 import sightline
 from prometheus_client import CollectorRegistry
 
-from .helpers import Samples, call_wsgi, free_port, scrape, total, wait_until
+from .helpers import (
+    Samples,
+    assert_depth_follows,
+    call_wsgi,
+    free_port,
+    scrape,
+    total,
+    wait_until,
+)
 from .receivers import Backend
 from .servers import celery_worker
 
@@ -127,14 +135,7 @@ def test_waits_and_queue_depth(
 
         found = wait_until(all_done)
     assert max(busy) == 2, busy  # both pool processes seen running a task at once
-    assert readings, "the depth gauge never appeared"
-    assert readings[-1][1] == 0
-    assert any(depth > 0 for _, depth in readings)
-    period = 0.5
-    for at, depth in readings:
-        window = [n for t, n in lengths if at - period - 0.3 <= t <= at]
-        if window:
-            assert min(window) <= depth <= max(window), (at, depth, window)
+    assert_depth_follows(readings, lengths)
     labels = (("task_name", "tasks.slow"), ("task_queue", "work"), ("task_system", "celery"))
     assert found[("worker_task_wait_seconds_count", labels)] == 40
     below = (*labels[:2], ("le", "1.0"), labels[2])

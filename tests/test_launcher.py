@@ -15,7 +15,7 @@ import pytest
 
 from .helpers import free_port
 from .receivers import Backend
-from .servers import ROOT, gunicorn, launcher, serve, status_of
+from .servers import ROOT, gunicorn, launcher, status_of, uvicorn
 
 
 def scrape(port: int) -> str:
@@ -79,30 +79,15 @@ def test_uvicorn_workers_under_the_launcher(tmp_path: Path) -> None:
     and the workers' metrics are merged."""
     pytest.importorskip("uvicorn")
     pytest.importorskip("fastapi")
-    port, metrics_port = free_port(), free_port()
-    command = [
-        *launcher(),
-        "run",
-        "--",
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-        "--no-access-log",
-        "tests.apps.fastapi_routes:build",
-        "--factory",
-    ]
+    metrics_port = free_port()
     env = {
         "SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
         "SIGHTLINE_TRACES": "false",
         "TMPDIR": str(tmp_path),
     }
-    with serve(command, port, env, tmp_path / "uvicorn.log") as base:
+    args = ["--workers", "2", "--factory"]
+    prefix = [*launcher(), "run", "--"]
+    with uvicorn("tests.apps.fastapi_routes:build", env, args, tmp_path, prefix) as base:
         for uid in range(10):
             assert status_of(f"{base}/users/{uid}") == 200
         time.sleep(1.5)

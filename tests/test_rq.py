@@ -11,7 +11,7 @@ import pytest
 import sightline
 from prometheus_client import CollectorRegistry
 
-from .helpers import call_wsgi, free_port, scrape, total, wait_until
+from .helpers import assert_depth_follows, call_wsgi, free_port, scrape, total, wait_until
 from .receivers import Backend
 from .servers import rq_worker
 
@@ -112,13 +112,7 @@ def test_waits_and_queue_depth(
             if done == 30 and depths == [0.0]:
                 break
             time.sleep(0.1)
-    assert readings, "the depth gauge never appeared"
-    assert readings[-1][1] == 0
-    assert any(depth > 0 for _, depth in readings)
-    for at, depth in readings:
-        window = [n for t, n in lengths if at - 0.5 - 0.3 <= t <= at]
-        if window:
-            assert min(window) <= depth <= max(window), (at, depth, window)
+    assert_depth_follows(readings, lengths)
     assert total(found, "worker_task_wait_seconds_count") == 30
     assert total(found, "worker_task_wait_seconds_bucket", le="1.0") == 0
 
