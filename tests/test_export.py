@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
@@ -289,3 +290,145 @@ def test_warnings_are_rate_limited(
     warnings = [r for r in caplog.records if r.name == "sightline"]
     assert len(warnings) == 1
     assert "the app is not affected" in warnings[0].getMessage()
+
+
+class RawBackend:
+    """A loopback server speaking raw bytes: ``answer(connection)`` writes whatever it
+    likes after reading the request headers; what it manages to write is counted."""
+
+    def __init__(self, answer: Callable[[socket.socket], None]) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.answer = answer
+        self.written = 0
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(connection,), daemon=True).start()
+
+    def _one(self, connection: socket.socket) -> None:
+        with connection:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            try:
+                self.answer(connection)
+            except OSError:
+                pass  # the client gave up, as it should
+
+    def send(self, connection: socket.socket, data: bytes) -> None:
+        connection.sendall(data)
+        self.written += len(data)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+
+
+def test_a_backend_dribbling_its_answer_fails_the_push_on_time(
+    registry: CollectorRegistry,
+) -> None:
+    """A backend sending its answer one byte at a time (each byte within the timeout) is
+    a timeout once the whole request has taken the timeout: counted as a failure."""
+
+    def dribble(connection: socket.socket) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+            if backend.stopped.wait(0.1):
+                return
+            backend.send(connection, bytes([byte]))
+
+    backend = RawBackend(dribble)
+    try:
+        started = time.monotonic()
+        ok = push(
+            endpoint(backend.url, timeout=0.5),
+            b"{}",
+            "application/json",
+            4,
+            make_stats(registry),
+            threading.Event(),
+            lambda: None,
+            Retrying(base=0.01, cap=0.01, max_attempts=1),
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        backend.close()
+    assert not ok
+    assert elapsed < 1.5, elapsed
+    assert get(registry, "failures", signal="logs", reason="timeout") == 1
+    assert get(registry, "dropped", signal="logs", reason="retries_exhausted") == 4
+
+
+def test_only_a_bounded_part_of_a_huge_answer_is_read(registry: CollectorRegistry) -> None:
+    """An answer announcing 1.5 GB is read no further than the bound: the push succeeds,
+    the connection is dropped, and the backend cannot push more than a few buffers."""
+
+    def flood(connection: socket.socket) -> None:
+        backend.send(connection, b"HTTP/1.1 200 OK\r\nContent-Length: 1500000000\r\n\r\n")
+        block = b"x" * 65536
+        while not backend.stopped.is_set():
+            backend.send(connection, block)
+
+    backend = RawBackend(flood)
+    try:
+        target = endpoint(backend.url, timeout=5)
+        assert deliver(target, make_stats(registry))
+        assert target._connection is None  # not kept: the rest of the answer is unread
+        time.sleep(0.3)
+        # Kernel buffers on both sides take some; a read of the whole answer would not stop.
+        assert backend.written < 16 * 1024 * 1024, backend.written
+    finally:
+        backend.close()
+
+
+def test_queue_is_bounded_in_bytes(registry: CollectorRegistry) -> None:
+    """With the backend stuck, 100 KB lines fill the byte bound long before the item
+    bound; the rest are dropped and counted, and memory held stays under the bound."""
+    release = threading.Event()
+    queue: BatchQueue[str] = BatchQueue(
+        "logs",
+        lambda batch: release.wait(5),
+        make_stats(registry),
+        max_items=12_000,
+        max_bytes=1_000_000,
+        batch_items=1,
+        interval=0.01,
+        size_of=len,
+    )
+    line = "x" * 100_000
+    for _ in range(200):
+        queue.put(line)
+        assert queue.bytes <= 1_000_000
+    assert len(queue) <= 10
+    assert get(registry, "dropped", signal="logs", reason="queue_full") >= 189
+    release.set()
+    queue.close(time.monotonic() + 5)
+
+
+def test_credentials_in_a_url_are_sent_as_basic_auth_and_never_shown(
+    registry: CollectorRegistry, backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A URL's user:password becomes the Authorization header; the warning about a failed
+    push names the URL without them."""
+    _export._last_warned.clear()
+    authority = backend.url.removeprefix("http://")
+    stats = make_stats(registry)
+    target = endpoint(f"http://me:s3cr%40t@{authority}")
+    assert deliver(target, stats)
+    assert backend.headers[0]["authorization"] == "Basic bWU6czNjckB0"  # me:s3cr@t
+    assert "@" not in backend.targets[0]
+    dead = endpoint(f"http://me:s3cr%40t@127.0.0.1:{free_port()}")
+    with caplog.at_level(logging.WARNING, logger="sightline"):
+        deliver(dead, stats)
+    assert caplog.records
+    assert "s3cr" not in caplog.text
+    assert "me:" not in caplog.text

@@ -334,3 +334,31 @@ def test_forked_worker_exports_with_its_own_identity(
     assert by_path["/users/2"]["process.pid"] == pid
     assert by_path["/users/1"]["service.instance.id"] == _resource.instance_id()
     assert by_path["/users/2"]["service.instance.id"] != _resource.instance_id()
+
+
+@pytest.mark.parametrize("client", ["requests", "urllib3", "httpx"])
+def test_client_spans_redact_secrets_in_urls(
+    backend: Backend, registry: CollectorRegistry, client: str
+) -> None:
+    """Outgoing calls made through the client instrumentations export their URL with the
+    values of secret-named query keys and any user:password replaced, as server spans do."""
+    library = pytest.importorskip(client)
+    pytest.importorskip(f"opentelemetry.instrumentation.{client}")
+    start(backend, registry)
+    authority = backend.url.removeprefix("http://")
+    url = f"http://me:hunter2@{authority}/api?token=t1&password=p2&secret=s3&session=q4&page=5"
+    if client == "requests":
+        library.get(url, timeout=5)
+    elif client == "urllib3":
+        library.PoolManager().request("GET", url, timeout=5)
+    else:
+        library.get(url, timeout=5)
+    sightline.shutdown()
+    [client_span] = [s for _, s in backend.spans() if s.kind == Span.SPAN_KIND_CLIENT]
+    shown = attributes(client_span.attributes)
+    urls = [v for k, v in shown.items() if k in ("url.full", "http.url")]
+    assert urls, shown
+    for value in urls:
+        for secret in ("t1", "p2", "s3", "q4", "hunter2", "me:"):
+            assert secret not in value, (value, secret)
+        assert "page=5" in value

@@ -1,13 +1,16 @@
 """Getting telemetry out without ever making the app wait: a bounded queue and an HTTP pusher.
 
 :class:`BatchQueue` takes items from app threads in O(1) and never blocks them: past
-its bound, new items are dropped and counted (``drop newest``, as OpenTelemetry's
-batch processor and most log shippers do). One daemon thread drains it in batches
-capped by count and bytes, at least every ``interval`` seconds, and hands each batch
-to a send function. :func:`push` is that function's HTTP half: gzip, a timeout on
-every call, retries with exponential backoff and jitter on connection errors, 429
-and 5xx, none on other 4xx. Closing flushes what it can before a deadline and then
-gives up, so shutdown is bounded even when the backend is down or hung.
+its bounds (a number of items and a number of bytes), new items are dropped and
+counted (``drop newest``, as OpenTelemetry's batch processor and most log shippers
+do). One daemon thread drains it in batches capped by count and bytes, at least every
+``interval`` seconds, and hands each batch to a send function. :func:`push` is that
+function's HTTP half: gzip, one deadline for each whole request (connecting, sending
+and the answer: a backend that dribbles its answer a byte at a time fails it like a
+silent one), at most :data:`MAX_RESPONSE_BYTES` of any answer read, retries with
+exponential backoff and jitter on connection errors, 429 and 5xx, none on other 4xx.
+Closing flushes what it can before a deadline and then gives up, so shutdown is
+bounded even when the backend is down or hung.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import base64
 import gzip
 import http.client
+import io
 import logging
 import os
 import random
@@ -35,6 +39,25 @@ T = TypeVar("T")
 
 _WARN_EVERY_SECONDS = 60.0
 _last_warned: dict[tuple[str, str], float] = {}
+#: The most of a backend's answer that is read; a longer one ends its connection.
+MAX_RESPONSE_BYTES = 64 * 1024
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """``url`` without its ``user:password@`` part, and that user and password (decoded),
+    so credentials are sent as an ``Authorization`` header and never shown in a message."""
+    split = urllib.parse.urlsplit(url)
+    if split.username is None and "@" not in split.netloc:
+        return url, None, None
+    host = split.netloc.rpartition("@")[2]
+    clean = urllib.parse.urlunsplit((split.scheme, host, split.path, split.query, split.fragment))
+    user = urllib.parse.unquote(split.username or "")
+    password = urllib.parse.unquote(split.password) if split.password is not None else None
+    return clean, user, password
+
+
+def basic_auth(user: str, password: str | None) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode()
 
 
 def warn_rate_limited(signal: str, cause: str, message: str, *args: object) -> None:
@@ -106,11 +129,14 @@ class Endpoint:
     def __init__(
         self, url: str, headers: Mapping[str, str], timeout: float, gzip: bool = True
     ) -> None:
-        self.url = url
+        url, user, password = split_credentials(url)
+        self.url = url  # never holds credentials: it is shown in warnings
         self.headers = dict(headers)
+        if user is not None and not any(k.lower() == "authorization" for k in headers):
+            self.headers["Authorization"] = basic_auth(user, password)
         self.timeout = timeout
         self.gzip = gzip
-        self._connection: http.client.HTTPConnection | None = None
+        self._connection: _Deadlined | None = None
         self._target = "/"
         _fork.track(self)
 
@@ -123,7 +149,8 @@ class Endpoint:
             connection.close()
 
     def post(self, body: bytes, content_type: str, timeout: float) -> None:
-        """POST once; raises :class:`PushError` classified for metrics and retry."""
+        """POST once, all of it within ``timeout``; raises :class:`PushError` classified
+        for metrics and retry."""
         headers = {"Content-Type": content_type, "User-Agent": "sightline", **self.headers}
         if self.gzip:
             body = gzip.compress(body, compresslevel=5)
@@ -147,35 +174,39 @@ class Endpoint:
         raise PushError("http_4xx", False, f"HTTP {status} from {url}")
 
     def _exchange(self, body: bytes, headers: dict[str, str], timeout: float) -> int:
+        deadline = time.monotonic() + timeout
         connection = self._connection
         if connection is not None:
-            if connection.sock is not None:
-                connection.sock.settimeout(timeout)
             try:
-                return self._send(connection, body, headers)
+                return self._send(connection, body, headers, deadline)
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 pass  # the backend closed the idle connection: once more on a fresh one
-        connection, self._target, extra = self._connect(timeout)
+        connection, self._target, extra = self._connect(_remaining(deadline))
         self._connection = connection
-        return self._send(connection, body, {**headers, **extra})
+        return self._send(connection, body, {**headers, **extra}, deadline)
 
     def _send(
-        self, connection: http.client.HTTPConnection, body: bytes, headers: dict[str, str]
+        self,
+        connection: _Deadlined,
+        body: bytes,
+        headers: dict[str, str],
+        deadline: float,
     ) -> int:
         try:
+            connection.deadline = deadline
             connection.request("POST", self._target, body, headers)
             response = connection.getresponse()
-            response.read()
+            response.read(MAX_RESPONSE_BYTES)
         except BaseException:
             self._connection = None
             connection.close()
             raise
-        if response.will_close:
+        if response.will_close or not response.isclosed():  # closing or left unread
             self._connection = None
             connection.close()
         return response.status
 
-    def _connect(self, timeout: float) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+    def _connect(self, timeout: float) -> tuple[_Deadlined, str, dict[str, str]]:
         """A new connection, the request target and the headers a plain-HTTP proxy needs."""
         split = urllib.parse.urlsplit(self.url)
         host = split.hostname
@@ -186,7 +217,7 @@ class Endpoint:
         tls = split.scheme == "https"
         proxy = urllib.request.getproxies().get(split.scheme)
         if not proxy or urllib.request.proxy_bypass(host):
-            kind = http.client.HTTPSConnection if tls else http.client.HTTPConnection
+            kind = _HTTPSConnection if tls else _HTTPConnection
             return kind(host, port, timeout=timeout), target, {}
         via = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
         auth: dict[str, str] = {}
@@ -196,11 +227,65 @@ class Endpoint:
             token = base64.b64encode(f"{user}:{secret}".encode()).decode()
             auth["Proxy-Authorization"] = f"Basic {token}"
         if tls:  # tunnelled through CONNECT: the proxy never sees the request
-            tunnel = http.client.HTTPSConnection(via.hostname or "", via.port, timeout=timeout)
+            tunnel = _HTTPSConnection(via.hostname or "", via.port, timeout=timeout)
             tunnel.set_tunnel(host, port, headers=auth)
             return tunnel, target, {}
-        plain = http.client.HTTPConnection(via.hostname or "", via.port, timeout=timeout)
+        plain = _HTTPConnection(via.hostname or "", via.port, timeout=timeout)
         return plain, self.url, auth  # a plain-HTTP proxy is sent the absolute URL
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    return left
+
+
+class _Deadlined(http.client.HTTPConnection):
+    """An HTTP connection whose every step (connecting, each send, each read of the
+    answer, a proxy's answer included) waits only for what is left of ``deadline``."""
+
+    deadline = float("inf")
+
+    def send(self, data: Any) -> None:
+        if self.sock is None:
+            self.timeout = _remaining(self.deadline)  # connect() uses it
+        else:
+            self.sock.settimeout(_remaining(self.deadline))
+        super().send(data)
+
+    def response_class(self, sock: Any, *args: Any, **kwargs: Any) -> http.client.HTTPResponse:  # type: ignore[override]
+        return _Response(sock, *args, deadline=self.deadline, **kwargs)
+
+
+class _HTTPConnection(_Deadlined):
+    pass
+
+
+class _HTTPSConnection(_Deadlined, http.client.HTTPSConnection):
+    pass
+
+
+class _Response(http.client.HTTPResponse):
+    """An HTTP response read against one deadline for the whole answer, not per read."""
+
+    def __init__(self, sock: Any, *args: Any, deadline: float, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()  # the reader the base class made; the socket stays open
+        self.fp = io.BufferedReader(_DeadlineReader(sock, deadline))
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, sock: Any, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self._sock.settimeout(_remaining(self._deadline))
+        return int(self._sock.recv_into(buffer))
 
 
 class Retrying:
@@ -267,7 +352,8 @@ def push(
 
 
 class BatchQueue(Generic[T]):
-    """A bounded queue drained by one daemon thread into ``send(batch)``.
+    """A queue bounded in items and, with ``size_of``, in bytes, drained by one daemon
+    thread into ``send(batch)``.
 
     ``put`` never blocks and never raises. The thread is started lazily, and again in a
     forked child (threads do not survive fork), so pre-forking servers work.
@@ -284,12 +370,18 @@ class BatchQueue(Generic[T]):
         size_of: Callable[[T], int] | None = None,
         batch_bytes: int | None = None,
         on_stop: Callable[[], None] | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         self.name = name
         self._on_stop = on_stop
         self._send = send
         self.stats = stats
         self.max_items = max_items
+        self.max_bytes = max_bytes
+        # Bytes queued, as size_of counts them. Added by app threads without a lock and
+        # taken away by the export thread: a lost update (two threads adding at once) is
+        # forgotten whenever the queue empties, so the count never drifts for long.
+        self.bytes = 0
         self._batch_items = batch_items
         self._batch_bytes = batch_bytes
         self._size_of = size_of
@@ -315,6 +407,12 @@ class BatchQueue(Generic[T]):
         if len(self._items) >= self.max_items:
             self.stats.dropped("queue_full", 1)
             return
+        if self.max_bytes is not None and self._size_of is not None:
+            size = self._size_of(item)
+            if self.bytes + size > self.max_bytes:
+                self.stats.dropped("queue_full", 1)
+                return
+            self.bytes += size
         self._items.append(item)
         if self._thread is None:
             self._start()
@@ -327,6 +425,7 @@ class BatchQueue(Generic[T]):
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._items = deque()
+        self.bytes = 0
         self._wake = threading.Event()
         self.stopping = threading.Event()
         self._thread = None
@@ -372,13 +471,17 @@ class BatchQueue(Generic[T]):
         batch: list[T] = []
         size = 0
         items = self._items
+        size_of = self._size_of
+        limit = self._batch_bytes
         while items and len(batch) < self._batch_items:
-            if self._size_of is not None and self._batch_bytes is not None:
-                item_size = self._size_of(items[0])
-                if batch and size + item_size > self._batch_bytes:
+            if size_of is not None:
+                item_size = size_of(items[0])
+                if limit is not None and batch and size + item_size > limit:
                     break
                 size += item_size
             batch.append(items.popleft())
+        if size_of is not None:
+            self.bytes = max(0, self.bytes - size) if items else 0
         return batch
 
     def close(self, deadline: float) -> None:
@@ -409,6 +512,7 @@ class BatchQueue(Generic[T]):
             except IndexError:
                 break
             left += 1
+        self.bytes = 0
         if thread is not None and thread.is_alive():
             # A batch still being sent is given up on: counted now, and the stats stop
             # listening, so a late outcome is not counted twice.

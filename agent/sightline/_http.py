@@ -84,3 +84,30 @@ def redact_query(query: str, extra_words: tuple[str, ...] = ()) -> str:
             part = f"{key}={REDACTED}"
         parts.append(part)
     return "&".join(parts)
+
+
+def redact_url(url: str, extra_words: tuple[str, ...] = ()) -> str:
+    """A full URL with its ``user:password@`` replaced by ``REDACTED:REDACTED@`` (as the
+    conventions for ``url.full`` say) and its query redacted as :func:`redact_query`;
+    the rest is kept as it was."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return redact_target(url, extra_words)
+    end = len(rest)
+    for mark in "/?#":
+        found = rest.find(mark)
+        if 0 <= found < end:
+            end = found
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority:
+        authority = f"{REDACTED}:{REDACTED}@" + authority.rpartition("@")[2]
+    return f"{scheme}://{authority}{redact_target(tail, extra_words) if tail else ''}"
+
+
+def redact_target(target: str, extra_words: tuple[str, ...] = ()) -> str:
+    """A path with a query (``/a?token=x``), or a bare query, redacted."""
+    path, sep, query = target.partition("?")
+    if not sep:
+        return redact_query(target, extra_words) if "=" in target else target
+    query, hash_, fragment = query.partition("#")
+    return f"{path}?{redact_query(query, extra_words)}{hash_}{fragment}"

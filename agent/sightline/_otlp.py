@@ -16,7 +16,7 @@ Field numbers are those of ``opentelemetry/proto/trace/v1/trace.proto`` and
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind, StatusCode
@@ -145,12 +145,27 @@ _SCOPE = _field(  # ScopeSpans.scope = 1: InstrumentationScope(name = 1, version
 )
 
 
-def resource_spans(resource: Mapping[str, Any], spans: Sequence[LeanSpan]) -> bytes:
+def resource_spans(
+    resource: Mapping[str, Any],
+    spans: Sequence[LeanSpan],
+    skipped: Callable[[BaseException], None] | None = None,
+) -> bytes:
     """An ``ExportTraceServiceRequest`` holding one ``ResourceSpans`` with these spans.
 
     Concatenated with another serialised request, it adds its ``ResourceSpans`` to it.
+    With ``skipped``, a span that cannot be encoded (an attribute whose ``repr`` raises)
+    is left out and passed to it, instead of failing the batch.
     """
-    scope_spans = _SCOPE + b"".join([_field(b"\x12", span(s)) for s in spans])
+    if skipped is None:
+        encoded = [_field(b"\x12", span(s)) for s in spans]
+    else:
+        encoded = []
+        for one in spans:
+            try:
+                encoded.append(_field(b"\x12", span(one)))
+            except Exception as exc:
+                skipped(exc)
+    scope_spans = _SCOPE + b"".join(encoded)
     message = _field(b"\x0a", _key_values(b"\x0a", resource))  # resource = 1
     message += _field(b"\x12", scope_spans)  # scope_spans = 2
     return _field(b"\x0a", message)  # ExportTraceServiceRequest.resource_spans = 1

@@ -206,3 +206,27 @@ class LeanSpan(trace.Span):
             self.end_ns = end_time or _time_ns()
             if self._on_end is not None:
                 self._on_end(self)
+
+
+def wire_size(span: Any) -> int:
+    """Roughly the bytes ``span`` (Sightline's or the SDK's) takes until it is sent: a
+    fixed part, its name, and its attribute and event values, which only the app and the
+    request bound. What the export queue's byte bound counts."""
+    size = 256 + len(span.name)
+    attributes = span.attributes
+    if attributes:
+        size += 48 * len(attributes)
+        for value in attributes.values():
+            size += len(value) if type(value) is str else _value_size(value)
+    for event in span.events:
+        size += 64
+        # Sightline's events are (name, time, attributes); the SDK's are Event objects.
+        for value in (event[2] if type(event) is tuple else event.attributes or {}).values():
+            size += len(value) if type(value) is str else _value_size(value)
+    return size
+
+
+def _value_size(value: Any) -> int:
+    if isinstance(value, (list, tuple)):
+        return sum(len(item) if type(item) is str else 8 for item in value)
+    return len(value) if isinstance(value, (str, bytes)) else 8

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry import context, propagate, trace
@@ -36,8 +36,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import _otlp, _resource, _safety
 from ._export import BatchQueue, Endpoint, ExportStats, Retrying, push
+from ._http import redact_target, redact_url
 from ._settings import Settings
-from ._spans import SPAN_KEY, LeanSpan, Sampling, context_var
+from ._spans import SPAN_KEY, LeanSpan, Sampling, context_var, wire_size
 from .metrics import OTHER_METHOD
 
 logger = logging.getLogger("sightline")
@@ -136,26 +137,72 @@ class OtlpSender:
         # The provider outlives init() and fork; the wire carries this process's identity.
         resource = _resource.attributes(self.settings)
         body = b""
+        skipped = 0
+
+        def skip(exc: BaseException) -> None:  # a span that cannot be encoded goes alone
+            nonlocal skipped
+            skipped += 1
+            self.stats.dropped("unencodable", 1)
+
         if sdk:
-            request = encode_spans(sdk)
+            request = _encode_sdk_spans(sdk, skip)
             pairs = [KeyValue(key=k, value=_any_value(v)) for k, v in resource.items()]
             for resource_spans in request.resource_spans:
                 del resource_spans.resource.attributes[:]
                 resource_spans.resource.attributes.extend(pairs)
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        _redact_urls(span.attributes, self.settings.redact_query_keys)
             body = request.SerializeToString()
         if own:  # serialised requests concatenate into one holding both
-            body += _otlp.resource_spans(resource, own)
+            body += _otlp.resource_spans(resource, own, skip)
+        if len(batch) == skipped:
+            return
         assert self.queue is not None
         push(
             self.endpoint,
             body,
             "application/x-protobuf",
-            len(batch),
+            len(batch) - skipped,
             self.stats,
             self.queue.stopping,
             self.queue.deadline,
             self.policy,
         )
+
+
+def _encode_sdk_spans(spans: list[Any], skip: Callable[[BaseException], None]) -> Any:
+    try:
+        return encode_spans(spans)
+    except Exception:  # find the span that cannot be encoded (a lone surrogate, say)
+        good = []
+        for span in spans:
+            try:
+                encode_spans([span])
+                good.append(span)
+            except Exception as exc:
+                skip(exc)
+        return encode_spans(good)
+
+
+#: Attributes of client spans (the OpenTelemetry instrumentations', old and stable
+#: conventions) that hold a URL or its query, redacted as server spans' are.
+_URL_ATTRIBUTES = frozenset(("url.full", "http.url"))
+_QUERY_ATTRIBUTES = frozenset(("url.query", "http.target"))
+
+
+def _redact_urls(attributes: Any, extra_words: tuple[str, ...]) -> None:
+    redact: Callable[[str, tuple[str, ...]], str]
+    for pair in attributes:
+        key = pair.key
+        if key in _URL_ATTRIBUTES:
+            redact = redact_url
+        elif key in _QUERY_ATTRIBUTES:
+            redact = redact_target
+        else:
+            continue
+        if pair.value.WhichOneof("value") == "string_value":
+            pair.value.string_value = redact(pair.value.string_value, extra_words)
 
 
 def _any_value(value: str | int) -> AnyValue:
@@ -196,6 +243,8 @@ class Tracing:
                 sender,
                 stats,
                 max_items=settings.bsp_max_queue_size,
+                max_bytes=settings.traces_buffer_bytes,
+                size_of=wire_size,
                 batch_items=settings.bsp_max_export_batch_size,
                 interval=settings.bsp_schedule_delay,
                 on_stop=sender.endpoint.close,
