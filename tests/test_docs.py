@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import sightline
 from prometheus_client import CollectorRegistry
-from sightline._settings import SPECS
+from sightline._settings import CHECKED, SPECS
 
 from .helpers import call_wsgi
 
@@ -36,6 +36,23 @@ def test_every_setting_is_in_the_configuration_table() -> None:
             assert var in variables, f"{var} is missing from docs/configuration.md"
 
 
+def test_every_checked_variable_and_range_is_documented() -> None:
+    """Each variable checked for other libraries is in docs/configuration.md, and each
+    numeric setting's row shows the range the code enforces."""
+    variables = table_cells("configuration.md", 0)
+    for var in CHECKED:
+        assert var in variables, f"{var} is missing from docs/configuration.md"
+    rows = {
+        re.findall(r"`([^`]+)`", line.split("|")[1])[0]: line
+        for line in (DOCS / "configuration.md").read_text().splitlines()
+        if line.startswith("| `")
+    }
+    for name, spec in SPECS.items():
+        bounds = getattr(spec.parse, "range", None)
+        if bounds is not None:
+            assert f"| {bounds} |" in rows[name], f"{name}: range {bounds} not documented"
+
+
 def test_every_exposed_metric_is_documented(registry: CollectorRegistry) -> None:
     """Every metric family Sightline exposes, with the default registry's, is in docs/metrics.md."""
     flask = pytest.importorskip("flask")
@@ -59,9 +76,11 @@ def test_merged_view_families_are_documented(tmp_path: Path) -> None:
     import os
 
     from sightline._multiprocess import Server, Snapshots, aggregate_registry
+    from sightline._store import Store
 
     server = Server("gunicorn", os.getpid(), workers=2)
-    merged = aggregate_registry(Snapshots(tmp_path, CollectorRegistry(), server))
+    store = Store.open(tmp_path.parent, tmp_path.name)
+    merged = aggregate_registry(Snapshots(store, "test", CollectorRegistry(), server))
     added = {family.name for family in merged.collect()}
     assert added == {"server_workers_configured", "server_workers_live", "server_workers_busy"}
     assert added <= table_cells("metrics.md", 0)

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+
 import pytest
 import sightline
+from prometheus_client import CollectorRegistry
 from sightline import ConfigError, Settings, _agent
+from sightline._settings import SPECS
 
 
 def test_defaults_without_environment() -> None:
@@ -160,3 +169,113 @@ def test_export_settings_that_could_never_work_are_refused(env: dict[str, str], 
     """Export settings that would fail every request (or spin) are configuration errors."""
     with pytest.raises(ConfigError, match=name):
         Settings.load(env)
+
+
+# Variables with values that broke the agent or the app before they were checked.
+BAD_VARIABLES = [
+    ("OTEL_PROPAGATORS", "tracecontex"),
+    ("OTEL_PYTHON_CONTEXT", "contextvars"),
+    ("OTEL_PYTHON_TRACER_PROVIDER", "no_such_provider"),
+    ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "lots"),
+    ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "-1"),
+    ("OTEL_PYTHON_REQUESTS_EXCLUDED_URLS", "health,(unclosed"),
+    ("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "x-[a"),
+    ("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/sightline-test"),
+    ("SIGHTLINE_METRICS_ADDR", "a" * 64 + ".example:9464"),
+    ("OTEL_BSP_SCHEDULE_DELAY", "99999999999999"),
+    ("SIGHTLINE_SHUTDOWN_TIMEOUT", "1e10"),
+    ("SIGHTLINE_QUEUE_SAMPLE_INTERVAL", "1e12"),
+    ("SIGHTLINE_QUEUE_SAMPLE_INTERVAL", "nan"),
+    ("OTEL_EXPORTER_OTLP_TIMEOUT", "1e3"),
+]
+
+
+@pytest.mark.parametrize(("var", "value"), BAD_VARIABLES)
+def test_bad_variables_never_break_import_and_are_named_by_init(var: str, value: str) -> None:
+    """`import sightline` succeeds silently whatever the variables hold; init() then raises
+    one ConfigError naming the variable and its value, and nothing else is printed."""
+    code = (
+        "import sightline\n"
+        "try:\n"
+        "    sightline.init(service='x')\n"
+        "except sightline.ConfigError as exc:\n"
+        "    print('ConfigError:', exc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SIGHTLINE_"))}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["SIGHTLINE_METRICS_ADDR"] = "off"
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sightline"],
+        env={**env, var: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (imported.returncode, imported.stderr) == (0, "")
+    started = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, var: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 0, started.stderr
+    assert started.stderr == ""
+    assert started.stdout.startswith(f"ConfigError: invalid {var}={value!r}"), started.stdout
+
+
+@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if hasattr(s.parse, "range")])
+def test_numeric_settings_refuse_values_outside_their_range(name: str) -> None:
+    """Each numeric setting accepts both ends of its documented range and refuses what lies
+    beyond either end, naming the variable."""
+    spec = SPECS[name]
+    low, high = spec.parse.low, spec.parse.high  # type: ignore[attr-defined]
+    var = spec.env[0]
+    for good in (low, high):
+        Settings.load({var: str(good), **_room_for(name, good)})
+    for bad in (low - (1 if isinstance(low, int) else low / 2), high * 10):
+        with pytest.raises(ConfigError, match=var):
+            Settings.load({var: str(bad), **_room_for(name, bad)})
+
+
+def _room_for(name: str, value: float) -> dict[str, str]:
+    """The companion setting a batch size must not exceed (or a queue must not be below),
+    set so that only ``value`` decides."""
+    pairs = {
+        "bsp_max_export_batch_size": ("OTEL_BSP_MAX_QUEUE_SIZE", "1000000"),
+        "loki_batch_size": ("SIGHTLINE_LOKI_BUFFER", "1000000"),
+        "bsp_max_queue_size": ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1"),
+        "loki_buffer": ("SIGHTLINE_LOKI_BATCH_SIZE", "1"),
+    }
+    return dict([pairs[name]]) if name in pairs else {}
+
+
+def test_longest_waits_leave_every_thread_running(registry: CollectorRegistry) -> None:
+    """The largest accepted delays and intervals start threads that keep running (no wait
+    overflows), and shutdown still returns promptly."""
+    before = set(threading.enumerate())
+    sightline.init(
+        service="x",
+        registry=registry,
+        metrics_addr="off",
+        bsp_schedule_delay=3_600_000,
+        queue_sample_interval=3600,
+        shutdown_timeout=600,
+        loki_url="http://127.0.0.1:9/",
+        loki_timeout=600,
+    )
+    sightline.track_queue("q", lambda: 1.0)
+    agent = _agent.current
+    assert agent is not None
+    assert agent.tracing is not None
+    assert agent.tracing.queue is not None
+    with agent.tracing.tracer.start_as_current_span("s"):
+        logging.getLogger("longest").warning("one line")
+    time.sleep(0.5)
+    threads = set(threading.enumerate()) - before
+    names = {t.name for t in threads}
+    assert {"sightline-traces", "sightline-logs"} <= names, names
+    assert all(t.is_alive() for t in threads)
+    started = time.monotonic()
+    sightline.shutdown()
+    assert time.monotonic() - started < 5

@@ -16,16 +16,22 @@ import atexit
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import _agent, _safety, _tasks
+from . import _safety
 from ._settings import ConfigError, Settings
-from ._tasks import TaskTimer
 from ._version import __version__
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from ._tasks import TaskTimer
+
+# Importing this package loads nothing else: OpenTelemetry, prometheus-client and the
+# integrations are imported by init(), once the settings (and the OpenTelemetry variables
+# those libraries read at import) are known to be valid, so `import sightline` never fails.
 
 __all__ = [
     "ConfigError",
@@ -57,6 +63,8 @@ def init(
     configuration; nothing else ever escapes.
     """
     resolved = Settings.load(os.environ, {"service": service, **settings})
+    from . import _agent
+
     with _agent.lock:
         running = _agent.current
         if running is not None:
@@ -91,11 +99,16 @@ def shutdown() -> None:
     Afterwards the app behaves exactly as if ``init()`` had never run. Safe to call
     twice, and registered to run at interpreter exit.
     """
+    _agent = sys.modules.get(f"{__name__}._agent")
+    if _agent is None:
+        return  # init() never ran
     with _agent.lock:
         _stop()
 
 
 def _stop(timeout: float | None = None) -> None:
+    from . import _agent
+
     agent, _agent.current = _agent.current, None
     if agent is not None:
         with _safety.internal_errors("shutdown"):
@@ -105,6 +118,8 @@ def _stop(timeout: float | None = None) -> None:
 def _stop_for_exit(timeout: float) -> None:
     """shutdown() within ``timeout``, for a process about to leave without running atexit
     handlers (an RQ work horse ends with os._exit)."""
+    from . import _agent
+
     with _agent.lock:
         _stop(timeout)
 
@@ -153,6 +168,8 @@ def task(
     ``traceparent`` continue that trace. An exception is the ``failure`` outcome and is
     re-raised untouched.
     """
+    from ._tasks import TaskTimer
+
     return TaskTimer(name, queue, system, enqueued_at, headers)
 
 
@@ -172,6 +189,8 @@ def track_queue(
     May be called before or after ``init()``; an exception from ``depth`` leaves the
     series out until it reads again.
     """
+    from . import _agent, _tasks
+
     _tasks.tracked[(system, name)] = (depth, oldest_age)
     _tasks.track(_agent.current, system, name)
 

@@ -55,40 +55,55 @@ def _bool(raw: str) -> bool:
     raise ValueError("expected one of true, false, 1, 0")
 
 
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ValueError("expected a positive whole number") from None
-    if value < 1:
-        raise ValueError("expected a positive whole number")
-    return value
+class _Number:
+    """A whole number or a decimal within documented bounds; ``scale`` converts the unit
+    the variable is written in (OpenTelemetry's milliseconds) to the one kept (seconds).
+
+    Every numeric setting has a range: a value past it could only stall a thread (a
+    wait of 10^11 seconds overflows), exhaust memory or spin, so it is refused."""
+
+    def __init__(
+        self, low: float, high: float, whole: bool = True, unit: str = "", scale: float = 1.0
+    ) -> None:
+        self.low, self.high, self.whole, self.unit, self.scale = low, high, whole, unit, scale
+
+    @property
+    def range(self) -> str:
+        """The bounds as docs/configuration.md writes them, e.g. ``1 to 100,000``."""
+        return f"{_format_number(self.low)} to {_format_number(self.high)}"
+
+    def __call__(self, raw: str) -> Any:
+        text = raw.strip()
+        kind = "whole number" if self.whole else "number"
+        unit = f" {self.unit}" if self.unit else ""
+        expected = f"expected a {kind}{unit} from {self.range}"
+        try:
+            value: float = int(text) if self.whole else float(text)
+        except ValueError:
+            raise ValueError(expected) from None
+        if not self.low <= value <= self.high:  # NaN fails too
+            raise ValueError(expected)
+        return value * self.scale if self.scale != 1.0 else value
 
 
-def _optional_positive_int(raw: str) -> int | None:
-    return None if raw.strip().lower() in ("", "auto") else _positive_int(raw)
+def _format_number(value: float) -> str:
+    return f"{value:,}" if float(value).is_integer() else f"{value:g}"
 
 
-def _positive_float(raw: str) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise ValueError("expected a positive number") from None
-    if not 0 < value < float("inf"):
-        raise ValueError("expected a positive number")
-    return value
+def _optional(parse: _Number) -> Callable[[str], Any]:
+    def optional(raw: str) -> Any:
+        return None if raw.strip().lower() in ("", "auto") else parse(raw)
+
+    optional.range, optional.low, optional.high = parse.range, parse.low, parse.high  # type: ignore[attr-defined]
+    return optional
 
 
-def _milliseconds(raw: str) -> float:
-    """OpenTelemetry durations are whole milliseconds; kept here in seconds. Zero would
-    mean an export thread spinning or a request that cannot succeed, so it is refused."""
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ValueError("expected a positive whole number of milliseconds") from None
-    if value < 1:
-        raise ValueError("expected a positive whole number of milliseconds")
-    return value / 1000.0
+_COUNT = _Number(1, 1_000_000)
+# OpenTelemetry durations are whole milliseconds, kept here in seconds. Zero would mean an
+# export thread spinning or a request that cannot succeed, so it is refused.
+_MILLISECONDS = _Number(1, 3_600_000, unit="of milliseconds", scale=0.001)
+_TIMEOUT_MILLISECONDS = _Number(1, 600_000, unit="of milliseconds", scale=0.001)
+_BYTES = _Number(65536, 1 << 32, unit="of bytes")
 
 
 def _ratio(raw: str) -> float:
@@ -155,7 +170,8 @@ def _headers(raw: str) -> tuple[tuple[str, str], ...]:
         key, sep, value = item.partition("=")
         key = urllib.parse.unquote(key.strip())
         if not sep or not _TOKEN.fullmatch(key):
-            raise ValueError(f"expected name=value pairs with valid header names, got {item!r}")
+            shown = f"header name {key!r}" if sep else "an item without '='"
+            raise ValueError(f"expected name=value pairs with valid header names, got {shown}")
         pairs.append((key, _header_value(urllib.parse.unquote(value.strip()))))
     return tuple(pairs)
 
@@ -174,7 +190,7 @@ def _loki_labels(raw: str) -> tuple[str, ...]:
 
 def _log_level(raw: str) -> str:
     value = raw.strip().upper()
-    if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    if value and value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
     return value
 
@@ -206,7 +222,13 @@ def _address(raw: str) -> tuple[str, int] | None:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if not all(part.isalnum() or part.replace("-", "").isalnum() for part in host.split(".")):
+        # What the resolver accepts: ASCII labels of 1 to 63 letters, digits or hyphens,
+        # 253 characters in all (anything else fails later, inside getaddrinfo).
+        labels = host.split(".")
+        if len(host) > 253 or not all(
+            0 < len(label) <= 63 and label.isascii() and label.replace("-", "").isalnum()
+            for label in labels
+        ):
             raise ValueError("expected HOST:PORT with a valid host name or IP address") from None
     return host, int(port_text)
 
@@ -247,6 +269,7 @@ class _Spec:
     parse: Callable[[str], Any]
     default: str
     doc: str
+    secret: bool = False  # never shown in an error message
 
 
 # One row per setting: the variables that set it (first wins), its parser, default and meaning.
@@ -290,13 +313,13 @@ SPECS: dict[str, _Spec] = {
     ),
     "max_series": _Spec(
         ("SIGHTLINE_MAX_SERIES",),
-        _positive_int,
+        _Number(1, 100_000),
         "2000",
         "Label sets each metric may hold before folding into the overflow series.",
     ),
     "worker_capacity": _Spec(
         ("SIGHTLINE_WORKER_CAPACITY",),
-        _optional_positive_int,
+        _optional(_Number(1, 1_000_000)),
         "auto",
         "Requests this process can serve at once; `auto` detects it.",
     ),
@@ -308,7 +331,7 @@ SPECS: dict[str, _Spec] = {
     ),
     "queue_sample_interval": _Spec(
         ("SIGHTLINE_QUEUE_SAMPLE_INTERVAL",),
-        _positive_float,
+        _Number(0.1, 3600, whole=False, unit="of seconds"),
         "5",
         "Seconds between two readings of the background-task queues' depth.",
     ),
@@ -333,7 +356,7 @@ SPECS: dict[str, _Spec] = {
     ),
     "shutdown_timeout": _Spec(
         ("SIGHTLINE_SHUTDOWN_TIMEOUT",),
-        _positive_float,
+        _Number(0.1, 600, whole=False, unit="of seconds"),
         "5",
         "Seconds shutdown() may take, flushing included.",
     ),
@@ -368,10 +391,11 @@ SPECS: dict[str, _Spec] = {
         _headers,
         "",
         "Headers sent with every OTLP request.",
+        secret=True,
     ),
     "otlp_timeout": _Spec(
         ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"),
-        _milliseconds,
+        _TIMEOUT_MILLISECONDS,
         "10000",
         "Timeout of one OTLP request (ms).",
     ),
@@ -383,22 +407,28 @@ SPECS: dict[str, _Spec] = {
     ),
     "bsp_max_queue_size": _Spec(
         ("OTEL_BSP_MAX_QUEUE_SIZE",),
-        _positive_int,
+        _COUNT,
         "2048",
         "Spans queued for export before new ones are dropped.",
     ),
     "bsp_schedule_delay": _Spec(
         ("OTEL_BSP_SCHEDULE_DELAY",),
-        _milliseconds,
+        _MILLISECONDS,
         "5000",
         "Longest wait between span exports (ms).",
     ),
     "bsp_max_export_batch_size": _Spec(
-        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE",), _positive_int, "512", "Spans per export request."
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE",), _COUNT, "512", "Spans per export request."
+    ),
+    "traces_buffer_bytes": _Spec(
+        ("SIGHTLINE_TRACES_BUFFER_BYTES",),
+        _BYTES,
+        "16777216",
+        "Estimated bytes of spans queued for export before new ones are dropped.",
     ),
     "bsp_export_timeout": _Spec(
         ("OTEL_BSP_EXPORT_TIMEOUT",),
-        _milliseconds,
+        _TIMEOUT_MILLISECONDS,
         "30000",
         "Longest backoff between two retries of a batch (ms).",
     ),
@@ -424,8 +454,8 @@ SPECS: dict[str, _Spec] = {
     "log_level": _Spec(
         ("SIGHTLINE_LOG_LEVEL",),
         _log_level,
-        "INFO",
-        "Root level set when Sightline adds the stdout handler.",
+        "",
+        "Root level set when Sightline adds the stdout handler; empty leaves it as it is.",
     ),
     "access_log": _Spec(
         ("SIGHTLINE_ACCESS_LOG",),
@@ -443,27 +473,138 @@ SPECS: dict[str, _Spec] = {
         "Loki stream labels.",
     ),
     "loki_username": _Spec(("SIGHTLINE_LOKI_USERNAME",), _header_text, "", "Basic-auth user."),
-    "loki_password": _Spec(("SIGHTLINE_LOKI_PASSWORD",), _header_text, "", "Basic-auth password."),
-    "loki_token": _Spec(("SIGHTLINE_LOKI_TOKEN",), _header_text, "", "Bearer token."),
+    "loki_password": _Spec(
+        ("SIGHTLINE_LOKI_PASSWORD",), _header_text, "", "Basic-auth password.", secret=True
+    ),
+    "loki_token": _Spec(("SIGHTLINE_LOKI_TOKEN",), _header_text, "", "Bearer token.", secret=True),
     "loki_tenant": _Spec(("SIGHTLINE_LOKI_TENANT",), _header_text, "", "X-Scope-OrgID tenant."),
     "loki_buffer": _Spec(
         ("SIGHTLINE_LOKI_BUFFER",),
-        _positive_int,
+        _COUNT,
         "10000",
         "Log records queued for Loki before new ones are dropped.",
     ),
-    "loki_batch_size": _Spec(
-        ("SIGHTLINE_LOKI_BATCH_SIZE",), _positive_int, "1000", "Records per push."
+    "loki_buffer_bytes": _Spec(
+        ("SIGHTLINE_LOKI_BUFFER_BYTES",),
+        _BYTES,
+        "16777216",
+        "Bytes of log lines queued for Loki before new ones are dropped.",
     ),
+    "loki_batch_size": _Spec(("SIGHTLINE_LOKI_BATCH_SIZE",), _COUNT, "1000", "Records per push."),
     "loki_batch_bytes": _Spec(
         ("SIGHTLINE_LOKI_BATCH_BYTES",),
-        _positive_int,
+        _Number(1024, 64 << 20),
         "1048576",
         "Uncompressed line bytes per push.",
     ),
     "loki_timeout": _Spec(
-        ("SIGHTLINE_LOKI_TIMEOUT",), _positive_float, "5", "Timeout of one push (s)."
+        ("SIGHTLINE_LOKI_TIMEOUT",),
+        _Number(0.001, 600, whole=False, unit="of seconds"),
+        "5",
+        "Timeout of one push (s).",
     ),
+}
+
+
+def _entry_point_names(group: str) -> list[str]:
+    from importlib.metadata import entry_points
+
+    return sorted({point.name for point in entry_points(group=group)})
+
+
+def _entry_point(group: str, what: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        name = raw.strip()
+        installed = _entry_point_names(group)
+        if name not in installed:
+            raise ValueError(f"no {what} of that name is installed ({', '.join(installed)})")
+        return name
+
+    return parse
+
+
+def _propagators(raw: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in raw.split(","))
+    installed = _entry_point_names("opentelemetry_propagator")
+    for name in names:
+        if name.lower() != "none" and name not in installed:
+            raise ValueError(
+                f"no propagator named {name!r} is installed ({', '.join([*installed, 'none'])})"
+            )
+    return names
+
+
+def _limit(raw: str) -> int | None:
+    value = raw.strip().lower()
+    if value == "unset":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError("expected a whole number from 0, or unset") from None
+    if number < 0:
+        raise ValueError("expected a whole number from 0, or unset")
+    return number
+
+
+def _patterns(raw: str) -> tuple[str, ...]:
+    """Comma-separated regular expressions, which the instrumentations join with ``|``."""
+    parts = tuple(part.strip() for part in raw.split(","))
+    try:
+        re.compile("|".join(parts))
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    return parts
+
+
+def _writable_directory(raw: str) -> str:
+    path = raw.strip()
+    if not os.path.isdir(path):
+        raise ValueError(
+            "expected an existing directory (prometheus-client writes its files there)"
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError("expected a directory this process may write to")
+    return path
+
+
+#: Variables that the OpenTelemetry API, SDK and client instrumentations (or
+#: prometheus-client) read rather than Sightline. A bad value there fails deep inside a
+#: library (an import that raises, a traceback, an instrumentation that breaks the app's
+#: own HTTP calls), so ``init()`` checks them first and raises ConfigError naming the
+#: variable instead.
+#: docs/configuration.md lists each one; a test keeps the two in step.
+CHECKED: dict[str, Callable[[str], Any]] = {
+    "OTEL_PROPAGATORS": _propagators,
+    "OTEL_PYTHON_CONTEXT": _entry_point("opentelemetry_context", "runtime context"),
+    "OTEL_PYTHON_TRACER_PROVIDER": _entry_point("opentelemetry_tracer_provider", "provider"),
+    **dict.fromkeys(
+        (
+            "OTEL_ATTRIBUTE_COUNT_LIMIT",
+            "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+            "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+            "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+            "OTEL_SPAN_EVENT_COUNT_LIMIT",
+            "OTEL_SPAN_LINK_COUNT_LIMIT",
+            "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
+            "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
+        ),
+        _limit,
+    ),
+    **dict.fromkeys(
+        (
+            "OTEL_PYTHON_EXCLUDED_URLS",
+            "OTEL_PYTHON_REQUESTS_EXCLUDED_URLS",
+            "OTEL_PYTHON_HTTPX_EXCLUDED_URLS",
+            "OTEL_PYTHON_URLLIB3_EXCLUDED_URLS",
+            "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST",
+            "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE",
+            "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS",
+        ),
+        _patterns,
+    ),
+    # prometheus-client's multi-process mode, which every metric created in the process uses.
+    "PROMETHEUS_MULTIPROC_DIR": _writable_directory,
 }
 
 
@@ -503,6 +644,7 @@ class Settings:
     bsp_max_queue_size: int
     bsp_schedule_delay: float
     bsp_max_export_batch_size: int
+    traces_buffer_bytes: int
     bsp_export_timeout: float
     redact_query_keys: tuple[str, ...]
     logs: bool
@@ -516,6 +658,7 @@ class Settings:
     loki_token: str
     loki_tenant: str
     loki_buffer: int
+    loki_buffer_bytes: int
     loki_batch_size: int
     loki_batch_bytes: int
     loki_timeout: float
@@ -527,6 +670,10 @@ class Settings:
         """Read settings from ``environ`` (default ``os.environ``), then apply ``overrides``."""
         environ = os.environ if environ is None else environ
         overrides = dict(overrides or {})
+        for var, check in CHECKED.items():
+            raw = environ.get(var)
+            if raw is not None and raw.strip() != "":
+                _cast(var, _Spec((var,), check, "", ""), raw)
         unknown = sorted(set(overrides) - set(SPECS))
         if unknown:
             raise ConfigError(f"unknown setting {unknown[0]!r}; known: {', '.join(SPECS)}")
@@ -558,6 +705,20 @@ class Settings:
         # Serving metrics from the app replaces the background server unless both are asked for.
         if values["metrics_path"] and "metrics_addr" not in explicit:
             values["metrics_addr"] = None
+        # Credentials in a URL are sent as basic auth; given twice, neither would be sure.
+        if _has_userinfo(values["loki_url"]) and (values["loki_username"] or values["loki_token"]):
+            raise ConfigError(
+                "invalid SIGHTLINE_LOKI_URL: it carries credentials, and SIGHTLINE_LOKI_USERNAME "
+                "or SIGHTLINE_LOKI_TOKEN gives others; set them in one place"
+            )
+        for name in ("otlp_endpoint", "otlp_traces_endpoint"):
+            if _has_userinfo(values[name]) and any(
+                key.lower() == "authorization" for key, _ in values["otlp_headers"]
+            ):
+                raise ConfigError(
+                    f"invalid {SPECS[name].env[0]}: it carries credentials, and "
+                    "OTEL_EXPORTER_OTLP_HEADERS has an Authorization header; set them in one place"
+                )
         # A batch can never be bigger than the queue it is taken from (as the SDK insists).
         for batch, queue in (
             ("bsp_max_export_batch_size", "bsp_max_queue_size"),
@@ -575,7 +736,25 @@ def _cast(var: str, spec: _Spec, raw: str) -> Any:
     try:
         return spec.parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"invalid {var}={raw!r}: {exc}") from None
+        raise ConfigError(f"invalid {var}={_shown(spec, raw)}: {exc}") from None
+
+
+def _has_userinfo(url: str) -> bool:
+    return "@" in urllib.parse.urlsplit(url).netloc
+
+
+def _shown(spec: _Spec, value: Any) -> str:
+    """The bad value as an error message may show it: secrets hidden, and a URL without
+    the password it may carry (the message goes to logs and terminals)."""
+    if spec.secret:
+        return "<hidden>"
+    if spec.parse is _url and isinstance(value, str) and "@" in value:
+        scheme, sep, rest = value.partition("://")
+        authority, slash, tail = rest.partition("/")
+        if "@" in authority:
+            user = authority.rpartition("@")[0].partition(":")[0]
+            value = f"{scheme}{sep}{user}:<hidden>@{authority.rpartition('@')[2]}{slash}{tail}"
+    return repr(value)
 
 
 def _cast_override(name: str, spec: _Spec, value: Any) -> Any:
@@ -586,10 +765,10 @@ def _cast_override(name: str, spec: _Spec, value: Any) -> Any:
     elif isinstance(value, (str, int, float)):
         raw = str(value)
     else:
-        raise ConfigError(f"invalid {name}={value!r}: expected a string or number")
+        raise ConfigError(f"invalid {name}={_shown(spec, value)}: expected a string or number")
     if isinstance(value, bool) and spec.parse is not _bool:
-        raise ConfigError(f"invalid {name}={value!r}: not a yes/no setting")
+        raise ConfigError(f"invalid {name}={_shown(spec, value)}: not a yes/no setting")
     try:
         return spec.parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"invalid {name}={value!r}: {exc}") from None
+        raise ConfigError(f"invalid {name}={_shown(spec, value)}: {exc}") from None
