@@ -146,25 +146,48 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_stdout_handler_added_only_without_handlers() -> None:
-    """With no root handler, init() adds a JSON stdout handler at INFO; shutdown removes it."""
+    """With no root handler, init() adds a JSON stdout handler and leaves the root level as
+    it was (INFO records stay hidden); shutdown removes the handler."""
     result = run_python("""
         import logging, sightline
         sightline.init(service="shop")
-        logging.getLogger("shop").info("hello %s", "there", extra={"k": 1})
+        print("level:", logging.getLevelName(logging.getLogger().level))
+        logging.getLogger("shop").info("hidden, as without Sightline")
+        logging.getLogger("shop").warning("hello %s", "there", extra={"k": 1})
         sightline.shutdown()
         root = logging.getLogger()
         print("after:", len(root.handlers), logging.getLevelName(root.level))
     """)
     assert result.returncode == 0, result.stderr
-    first, after = result.stdout.splitlines()
+    level, first, after = result.stdout.splitlines()
+    assert level == "level: WARNING"
     doc = json.loads(first)
     assert (doc["message"], doc["service"], doc["k"], doc["level"]) == (
         "hello there",
         "shop",
         1,
-        "INFO",
+        "WARNING",
     )
     assert after == "after: 0 WARNING"
+
+
+def test_log_level_is_set_only_when_asked() -> None:
+    """SIGHTLINE_LOG_LEVEL=INFO sets the root level with the stdout handler, and shutdown
+    puts the previous level back."""
+    result = run_python(
+        """
+        import logging, sightline
+        sightline.init(service="shop")
+        logging.getLogger("shop").info("shown")
+        sightline.shutdown()
+        print("after:", logging.getLevelName(logging.getLogger().level))
+        """,
+        SIGHTLINE_LOG_LEVEL="INFO",
+    )
+    assert result.returncode == 0, result.stderr
+    first, after = result.stdout.splitlines()
+    assert json.loads(first)["message"] == "shown"
+    assert after == "after: WARNING"
 
 
 def test_existing_handlers_are_left_alone() -> None:
@@ -187,7 +210,7 @@ def test_basic_config_after_init_works_without_duplicates() -> None:
         import logging, sys, sightline
         sightline.init(service="shop")
         log = logging.getLogger("app")
-        log.info("before")
+        log.warning("before")
         logging.basicConfig(stream=sys.stdout, level=logging.DEBUG,
                             format="PLAIN %(levelname)s %(message)s")
         log.debug("after")
@@ -324,3 +347,120 @@ def test_access_log_line(backend: Backend, registry: CollectorRegistry) -> None:
     assert doc["http_request_method"] == "POST"
     assert doc["duration_ms"] >= 0
     assert doc["trace_id"] == span.trace_id.hex()
+
+
+def test_a_lone_surrogate_costs_neither_its_batch_nor_its_line(
+    backend: Backend, registry: CollectorRegistry
+) -> None:
+    """One record holding a file name decoded with surrogateescape among 1,000: all 1,000
+    reach Loki, none is dropped, and the bad byte arrives escaped as readable text."""
+    sightline.init(
+        service="shop",
+        registry=registry,
+        metrics_addr="off",
+        traces=False,
+        loki_url=backend.url,
+    )
+    log = logging.getLogger("shop.files")
+    name = b"caf\xe9.txt".decode("utf-8", "surrogateescape")
+    for i in range(1000):
+        if i == 500:
+            log.warning("cannot open %s", name, extra={"path": name})
+        else:
+            log.warning("line %d", i)
+    sightline.shutdown()
+    entries = backend.log_entries()
+    assert len(entries) == 1000
+    [bad] = [json.loads(line) for _, _, line, _ in entries if "cannot open" in line]
+    assert bad["message"] == "cannot open caf\\xe9.txt"
+    assert bad["path"] == "caf\\xe9.txt"
+    assert registry.get_sample_value("sightline_dropped_total", {"signal": "logs"}) is None
+
+
+def test_a_lone_surrogate_is_printed_on_stdout() -> None:
+    """Sightline's stdout handler writes such a record (JSON and text alike) instead of
+    losing it to an encoding error."""
+    for fmt in ("json", "text"):
+        result = run_python(
+            """
+            import logging, sightline
+            sightline.init(service="shop")
+            name = b"caf\\xe9".decode("utf-8", "surrogateescape")
+            logging.getLogger("files").warning("cannot open %s", name)
+            """,
+            SIGHTLINE_LOG_FORMAT=fmt,
+            PYTHONIOENCODING="utf-8",
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+        assert "cannot open caf\\xe9" in result.stdout.replace("\\\\", "\\")
+
+
+def test_rendering_survives_values_and_messages_that_raise() -> None:
+    """An extra whose repr raises, and a message whose arguments do not fit its format,
+    still render as one valid JSON line."""
+
+    class Hostile:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+        def __str__(self) -> str:
+            raise RuntimeError("no str")
+
+    doc = render(thing=Hostile())
+    assert doc["thing"] == "<unrepresentable Hostile>"
+    record = logging.getLogger("x").makeRecord(
+        "x", logging.WARNING, __file__, 1, "%d items", ("many",), None
+    )
+    message = json.loads(JsonFormatter().format(record))["message"]
+    assert message == "%d items ('many',)"
+
+
+def test_colliding_extra_keys_are_kept_under_a_prefix(registry: CollectorRegistry) -> None:
+    """Extra keys named like the document's own keys, or like the trace-id attributes,
+    neither vanish nor raise: they are kept as extra_<key>, and the JSON stays valid."""
+    sightline.init(service="shop", registry=registry, metrics_addr="off", traces=False)
+    captured: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            captured.append(JsonFormatter(service="shop").format(record))
+
+    log = logging.getLogger("shop.collide")
+    handler = Capture()
+    log.addHandler(handler)
+    try:
+        log.warning(
+            "collide",
+            extra={
+                "service": "theirs",
+                "ts": 1,
+                "level": "custom",
+                "trace_id": "t-1",
+                "otelTraceID": 'a"b',
+                "otelSpanID": "s",
+            },
+        )
+    finally:
+        log.removeHandler(handler)
+    [line] = captured
+    doc = json.loads(line)
+    assert (doc["service"], doc["level"]) == ("shop", "WARNING")
+    assert {k: doc[k] for k in doc if k.startswith("extra_")} == {
+        "extra_service": "theirs",
+        "extra_ts": 1,
+        "extra_level": "custom",
+        "extra_trace_id": "t-1",
+        "extra_otelTraceID": 'a"b',
+        "extra_otelSpanID": "s",
+    }
+
+
+def test_a_hostile_trace_id_attribute_still_renders_valid_json() -> None:
+    """A record whose trace-id attribute holds a quote (set by another library's factory)
+    renders as valid JSON carrying that value."""
+    record = logging.getLogger("x").makeRecord("x", logging.WARNING, __file__, 1, "m", (), None)
+    record.otelTraceID = 'a"b'
+    record.otelSpanID = "c\\d"
+    doc = json.loads(JsonFormatter().format(record))
+    assert (doc["trace_id"], doc["span_id"]) == ('a"b', "c\\d")

@@ -4,10 +4,17 @@
 ids (``otelTraceID``/``otelSpanID``, the names OpenTelemetry's logging instrumentation
 uses, so ``extra={"trace_id": ...}`` in app code never collides). Only if the root
 logger has no handler does it add one, writing to stdout as JSON
-(``SIGHTLINE_LOG_FORMAT=json|text``). It never calls ``basicConfig`` and never removes
-the app's handlers; an app that calls ``logging.basicConfig()`` later gets exactly
-its own configuration (Sightline's stdout handler steps aside, so no line is written
-twice). ``shutdown()`` restores everything it changed.
+(``SIGHTLINE_LOG_FORMAT=json|text``), and it changes the root level only when
+``SIGHTLINE_LOG_LEVEL`` asks. It never calls ``basicConfig`` and never removes the
+app's handlers; an app that calls ``logging.basicConfig()`` later gets exactly its own
+configuration (Sightline's stdout handler steps aside, so no line is written twice).
+``shutdown()`` restores everything it changed.
+
+Rendering never raises and never writes anything but valid UTF-8 JSON: a value whose
+``repr`` raises is named instead, a lone surrogate (a file name decoded with
+``surrogateescape``) is written as the escaped byte, and ``extra`` keys that collide
+with the document's own keys (or with the trace-id attributes) are kept with an
+``extra_`` prefix.
 
 With ``SIGHTLINE_LOKI_URL`` set, a handler on the root logger ships each record's
 JSON line to Loki through a bounded queue; see docs/logs.md for why Sightline has its
@@ -20,6 +27,7 @@ import base64
 import json
 import json.encoder
 import logging
+import re
 import sys
 import time
 import traceback
@@ -29,13 +37,16 @@ from typing import Any
 
 from opentelemetry import trace
 
-from ._export import BatchQueue, Endpoint, ExportStats, Retrying, push
+from . import _safety
+from ._export import BatchQueue, Endpoint, ExportStats, Retrying, push, split_credentials
 from ._settings import Settings
 from ._spans import current_span_reader
 
 TRACE_ID = "otelTraceID"
 SPAN_ID = "otelSpanID"
 _CACHE = "_sightline_json"
+#: Prefix of ``extra`` keys that would collide with the document's keys.
+EXTRA_PREFIX = "extra_"
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -128,34 +139,29 @@ class JsonFormatter(logging.Formatter):
             '{"ts":"',
             self._clock(record.created),
             '","level":',
-            _quote(record.levelname),
+            _value(record.levelname),
             ',"logger":',
-            _quote(record.name),
+            _value(record.name),
             ',"message":',
-            _quote(record.getMessage()),
+            _value(_message(record)),
             self._identity,
         ]
         trace_id = attrs.get(TRACE_ID)
         if trace_id:
-            parts += [',"trace_id":"', trace_id, '","span_id":"', attrs.get(SPAN_ID, ""), '"']
+            parts += [',"trace_id":', _value(trace_id), ',"span_id":', _value(attrs.get(SPAN_ID))]
         if record.exc_info and record.exc_info[0] is not None:
-            kind, value, tb = record.exc_info
-            exception = {
-                "type": kind.__qualname__,
-                "message": str(value),
-                "stack": "".join(traceback.format_exception(kind, value, tb)),
-            }
-            parts += [',"exception":', _value(exception)]
+            parts += [',"exception":', _value(_exception(record.exc_info))]
         elif record.exc_text:
             exception = {"type": "", "message": "", "stack": record.exc_text}
             parts += [',"exception":', _value(exception)]
         if record.stack_info:
-            parts += [',"stack_info":', _quote(record.stack_info)]
+            parts += [',"stack_info":', _value(record.stack_info)]
         for key, value in attrs.items():
-            if key not in _STANDARD and key not in _CORE_KEYS:
-                parts += [",", _quote(str(key)), ":", _value(value)]
+            if key not in _STANDARD:
+                name = key if key not in _CORE_KEYS else EXTRA_PREFIX + key
+                parts += [",", _value(str(key) if name is key else name), ":", _value(value)]
         parts.append("}")
-        rendered = "".join(parts)
+        rendered = escape_surrogates("".join(parts))
         attrs[_CACHE] = (self, rendered)
         return rendered
 
@@ -168,7 +174,8 @@ _quote = json.encoder.encode_basestring  # the C escaper where available
 
 
 def _value(value: Any) -> str:
-    """One JSON value; what JSON cannot hold (NaN, non-string keys, cycles) as its repr."""
+    """One JSON value; what JSON cannot hold (NaN, non-string keys, cycles) as its repr,
+    and a value whose repr raises as a note naming its type."""
     kind = value.__class__
     if kind is str:
         return _quote(value)
@@ -178,8 +185,64 @@ def _value(value: Any) -> str:
         return "true" if value is True else "false" if value is False else "null"
     try:
         return _encode(value)
-    except (TypeError, ValueError, RecursionError):
-        return _quote(repr(value))
+    except Exception:
+        pass
+    try:
+        return _quote(str(repr(value)))
+    except Exception:
+        return _quote(f"<unrepresentable {type(value).__name__}>")
+
+
+def _message(record: logging.LogRecord) -> str:
+    """The record's message; if its arguments do not fit the format, the format and the
+    arguments as they are (the stdlib would print a traceback and lose the line)."""
+    try:
+        return record.getMessage()
+    except Exception:
+        try:
+            return f"{record.msg!s} {record.args!r}"
+        except Exception:
+            return f"<unrepresentable {type(record.msg).__name__} message>"
+
+
+def _exception(exc_info: Any) -> dict[str, str]:
+    kind, value, tb = exc_info
+    try:
+        message = str(value)
+    except Exception:
+        message = f"<unrepresentable {kind.__qualname__}>"
+    try:
+        stack = "".join(traceback.format_exception(kind, value, tb))
+    except Exception:
+        stack = ""
+    return {"type": kind.__qualname__, "message": message, "stack": stack}
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate_text(match: re.Match[str]) -> str:
+    """What a lone surrogate stands for, as text: the undecodable byte 0xNN that
+    ``surrogateescape`` maps to U+DC80..U+DCFF as backslash-x-NN, any other as
+    backslash-u-NNNN."""
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def _surrogate_json(match: re.Match[str]) -> str:
+    return _surrogate_text(match).replace("\\", "\\\\")  # inside a JSON string
+
+
+def escape_surrogates(text: str, plain: bool = False) -> str:
+    """``text`` made encodable as UTF-8: each lone surrogate (which, in JSON text, only a
+    string can hold) becomes the escaped byte it stands for, readable and valid."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub(_surrogate_text if plain else _surrogate_json, text)
+    return text
 
 
 TEXT_FORMAT = (
@@ -188,8 +251,18 @@ TEXT_FORMAT = (
 )
 
 
+class TextFormatter(logging.Formatter):
+    """The readable format, with the trace ids; lone surrogates escaped as in JSON."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT, defaults={TRACE_ID: "", SPAN_ID: ""})
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_surrogates(super().format(record), plain=True)
+
+
 def text_formatter() -> logging.Formatter:
-    return logging.Formatter(TEXT_FORMAT, defaults={TRACE_ID: "", SPAN_ID: ""})
+    return TextFormatter()
 
 
 LokiItem = tuple[tuple[tuple[str, str], ...], str, str, dict[str, str]]
@@ -199,14 +272,16 @@ class LokiSender:
     """Groups a batch into streams and pushes it as Loki's JSON push body."""
 
     def __init__(self, settings: Settings, stats: ExportStats) -> None:
-        url = settings.loki_url
+        url, user, password = split_credentials(settings.loki_url)
         if urllib.parse.urlsplit(url).path in ("", "/"):
             url = url.rstrip("/") + "/loki/api/v1/push"
         headers: dict[str, str] = {}
         if settings.loki_token:
             headers["Authorization"] = f"Bearer {settings.loki_token}"
-        elif settings.loki_username:
-            pair = f"{settings.loki_username}:{settings.loki_password}".encode()
+        elif settings.loki_username or user is not None:
+            if settings.loki_username:
+                user, password = settings.loki_username, settings.loki_password
+            pair = f"{user}:{password or ''}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
         if settings.loki_tenant:
             headers["X-Scope-OrgID"] = settings.loki_tenant
@@ -217,25 +292,48 @@ class LokiSender:
 
     def __call__(self, batch: Sequence[LokiItem]) -> None:
         streams: dict[tuple[tuple[str, str], ...], list[list[Any]]] = {}
-        for labels, ts, line, metadata in batch:
+        sent = 0
+        for item in batch:
+            if not _well_formed(item):  # dropped alone, never its batch
+                self.stats.dropped("unencodable", 1)
+                continue
+            labels, ts, line, metadata = item
             value: list[Any] = [ts, line, metadata] if metadata else [ts, line]
             streams.setdefault(labels, []).append(value)
-        body = json.dumps(
+            sent += 1
+        if not sent:
+            return
+        text = json.dumps(
             {"streams": [{"stream": dict(k), "values": v} for k, v in streams.items()]},
             ensure_ascii=False,
             separators=(",", ":"),
-        ).encode()
+        )
+        # A surrogate in a logger name or label value: escaped, as the formatter does.
+        body = escape_surrogates(text).encode()
         assert self.queue is not None
         push(
             self.endpoint,
             body,
             "application/json",
-            len(batch),
+            sent,
             self.stats,
             self.queue.stopping,
             self.queue.deadline,
             self.policy,
         )
+
+
+def _well_formed(item: Any) -> bool:
+    try:
+        labels, ts, line, metadata = item
+        return (
+            type(line) is str
+            and type(ts) is str
+            and all(type(k) is str and type(v) is str for k, v in labels)
+            and all(type(k) is str and type(v) is str for k, v in metadata.items())
+        )
+    except Exception:
+        return False
 
 
 class LokiHandler(logging.Handler):
@@ -273,9 +371,11 @@ class LokiHandler(logging.Handler):
             self.handleError(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
-        from . import _safety
-
         _safety.report("logs.loki", sys.exc_info()[1] or RuntimeError("log record failed"))
+
+
+def _item_size(item: LokiItem) -> int:
+    return len(item[2]) + 64  # the line, and about what its stream entry adds
 
 
 class Logs:
@@ -298,9 +398,10 @@ class Logs:
                 sender,
                 stats,
                 max_items=settings.loki_buffer,
+                max_bytes=settings.loki_buffer_bytes,
                 batch_items=settings.loki_batch_size,
                 interval=1.0,
-                size_of=lambda item: len(item[2]) + 64,
+                size_of=_item_size,
                 on_stop=sender.endpoint.close,
                 batch_bytes=settings.loki_batch_bytes,
             )
@@ -310,14 +411,16 @@ class Logs:
         root = logging.getLogger()
         self.factory = TraceIdFactory(logging.getLogRecordFactory())
         logging.setLogRecordFactory(self.factory)
+        install_make_record()
         if not root.handlers:
             handler = logging.StreamHandler(sys.stdout)
             handler.setFormatter(
                 self.formatter if self.settings.log_format == "json" else text_formatter()
             )
             self.stdout = handler
-            self._root_level = root.level
-            root.setLevel(self.settings.log_level)
+            if self.settings.log_level:  # only when asked: more records could carry secrets
+                self._root_level = root.level
+                root.setLevel(self.settings.log_level)
             root.addHandler(handler)
         if self.queue is not None:
             self.loki = LokiHandler(self.settings, self.queue, self.formatter)
@@ -358,6 +461,7 @@ class Logs:
 
     def close(self, deadline: float) -> None:
         root = logging.getLogger()
+        uninstall_make_record()
         if logging.basicConfig == self._basic_config:
             logging.basicConfig = self._original_basic_config or _pristine_basic_config
         if self.factory is not None:
@@ -378,3 +482,37 @@ class Logs:
 
 
 _pristine_basic_config = logging.basicConfig
+_pristine_make_record = logging.Logger.makeRecord
+_RENAMED = (TRACE_ID, SPAN_ID)
+
+
+def _make_record(
+    self: logging.Logger,
+    name: str,
+    level: int,
+    fn: str,
+    lno: int,
+    msg: object,
+    args: Any,
+    exc_info: Any,
+    func: str | None = None,
+    extra: Any = None,
+    sinfo: str | None = None,
+) -> logging.LogRecord:
+    # The record factory has put the trace ids on the record already, and makeRecord
+    # raises KeyError into the app for an `extra` key the record has: such keys are
+    # kept under the prefix instead.
+    if extra is not None and (TRACE_ID in extra or SPAN_ID in extra):
+        extra = {(EXTRA_PREFIX + k if k in _RENAMED else k): v for k, v in extra.items()}
+    return _pristine_make_record(
+        self, name, level, fn, lno, msg, args, exc_info, func, extra, sinfo
+    )
+
+
+def install_make_record() -> None:
+    logging.Logger.makeRecord = _make_record  # type: ignore[method-assign]
+
+
+def uninstall_make_record() -> None:
+    if logging.Logger.makeRecord is _make_record:
+        logging.Logger.makeRecord = _pristine_make_record  # type: ignore[method-assign]

@@ -14,6 +14,7 @@ from flask import Flask  # noqa: E402
 
 app = Flask(__name__)
 log = logging.getLogger("shop.chain")
+log.setLevel(logging.INFO)  # the app's own lines; the root keeps its level
 
 
 @app.route("/health")

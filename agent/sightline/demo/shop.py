@@ -30,6 +30,7 @@ from . import tasks  # noqa: E402 (after init, as an app would: its workers are 
 
 app = Flask("shop")
 log = logging.getLogger("shop")
+log.setLevel(logging.INFO)  # orders are logged at INFO; the root keeps its level
 
 PRODUCTS: dict[int, dict[str, Any]] = {
     i: {"id": i, "name": f"product {i}", "price": round(5 + (i * 7.3) % 95, 2)}

@@ -45,6 +45,7 @@ app.conf.update(
 )
 
 log = logging.getLogger("shop.tasks")
+log.setLevel(logging.INFO)
 
 
 class InventoryTimeout(Exception):
