@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -157,3 +158,77 @@ def test_a_missing_command_is_reported() -> None:
     )
     assert result.returncode == 127
     assert "cannot run no-such-program-here" in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_flushes_spans_and_logs_then_ends_the_program_by_it(
+    backend: Backend, signum: int
+) -> None:
+    """A script under the launcher that is sent SIGTERM or SIGHUP while idle delivers its
+    200 spans and 200 log lines first, then dies of that signal (exit status -signum)."""
+    code = """
+        import logging, sys, time
+        from opentelemetry import trace
+        tracer = trace.get_tracer("script")
+        log = logging.getLogger("script")
+        for i in range(200):
+            with tracer.start_as_current_span(f"step {i}"):
+                log.warning("step %d", i)
+        print("ready", flush=True)
+        time.sleep(60)
+    """
+    env = {
+        **os.environ,
+        "SIGHTLINE_METRICS_ADDR": "off",
+        "SIGHTLINE_SERVICE": "script",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": backend.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "60000",  # nothing leaves before the signal
+        "SIGHTLINE_LOKI_URL": backend.url,
+    }
+    with subprocess.Popen(
+        [*launcher(), "run", "--", sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            while proc.stdout.readline().strip() != "ready":  # the JSON lines come first
+                pass
+            assert backend.spans() == []
+            proc.send_signal(signum)
+            assert proc.wait(timeout=15) == -signum
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert len([s for _, s in backend.spans() if s.name.startswith("step ")]) == 200
+    lines = [json.loads(line) for _, _, line, _ in backend.log_entries()]
+    assert len([d for d in lines if d["message"].startswith("step ")]) == 200
+
+
+def test_a_program_with_its_own_signal_handler_keeps_it() -> None:
+    """A handler the program installs for SIGTERM replaces Sightline's: the program decides."""
+    code = """
+        import signal, sys, time
+        signal.signal(signal.SIGTERM, lambda *a: (print("own handler", flush=True), sys.exit(3)))
+        print("ready", flush=True)
+        time.sleep(60)
+    """
+    with subprocess.Popen(
+        [*launcher(), "run", "--", sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "SIGHTLINE_METRICS_ADDR": "off", "SIGHTLINE_TRACES": "false"},
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 3
+            assert proc.stdout.read().strip() == "own handler"
+        finally:
+            if proc.poll() is None:
+                proc.kill()

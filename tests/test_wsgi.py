@@ -223,3 +223,36 @@ def test_broken_route_of_still_counts_the_request(
     assert count(agent, "_unmatched", "200") == 2
     assert b"http_server_request_duration_seconds_count" in generate_latest(agent)
     assert [type(e) for e in internal_errors] == [LookupError]
+
+
+def test_a_body_raising_mid_stream_is_an_error(backend: Any, registry: CollectorRegistry) -> None:
+    """A response generator that raises after its first chunk passes the exception to the
+    server unchanged, and the request is recorded as a 500 whose span carries the error,
+    as an ASGI app's would be."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Status
+
+    from .receivers import attributes
+
+    sightline.init(
+        service="s",
+        registry=registry,
+        metrics_addr="off",
+        otlp_endpoint=backend.url,
+        logs=False,
+    )
+    error = OSError("disk went away")
+
+    def streaming(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"first part"
+        raise error
+
+    with pytest.raises(OSError, match="disk went away") as info:
+        call_wsgi(sightline.instrument_app(streaming, route_of=lambda e: "/export"))
+    assert info.value is error
+    assert count(registry, "/export", "500") == 1
+    assert count(registry, "/export", "200") == 0
+    sightline.shutdown()
+    [(_, span)] = backend.spans()
+    assert span.status.code == Status.STATUS_CODE_ERROR
+    assert attributes(span.attributes)["error.type"] == "OSError"

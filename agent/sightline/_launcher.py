@@ -16,6 +16,14 @@ Where ``init()`` runs decides what it can detect, so it waits for the right mome
 - **anything else** (``python app.py``, ``flask run``, ``manage.py``, ``celery``):
   at start-up. Every Python process the command starts is instrumented the same
   way, except multiprocessing's own helpers (its resource tracker, fork server).
+
+Such a program usually leaves SIGTERM and SIGHUP to their default, which ends the
+process at once, without ``atexit``: its last spans and log lines would be lost. Where
+the program has not set a handler of its own, Sightline sets one that flushes them
+(within ``SIGHTLINE_SHUTDOWN_TIMEOUT``) and then ends the process by the same signal,
+so it exits with the status the signal gives (143 for SIGTERM in a shell). A program
+that sets its own handler later replaces this one; like SIGINT's default handler, it
+runs once the main thread is back in Python code.
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,6 +93,35 @@ def bootstrap() -> None:
         _before("uvicorn.config", "Config", "load")
     else:
         _init()
+        _flush_on_signals()
+
+
+#: Signals whose default action ends a process without running atexit handlers.
+FLUSHED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _flush_on_signals() -> None:
+    for signum in FLUSHED_SIGNALS:
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _flush_then_die)
+
+
+def _flush_then_die(signum: int, frame: Any) -> None:
+    """Flush spans and logs within the shutdown budget, then die by ``signum``."""
+    import sightline
+    from sightline import _agent
+
+    agent = _agent.current
+    budget = agent.settings.shutdown_timeout if agent is not None else 0.0
+    # On its own thread: the main thread, interrupted here, may hold a lock the flush
+    # needs; then the budget runs out and the process ends all the same.
+    flush = threading.Thread(
+        target=sightline._stop_for_exit, args=(budget,), name="sightline-signal", daemon=True
+    )
+    flush.start()
+    flush.join(budget + 0.5)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _init() -> None:

@@ -114,6 +114,7 @@ class _Exchange:
         "agent",
         "body",
         "environ",
+        "error",
         "method",
         "route_of",
         "span",
@@ -135,6 +136,7 @@ class _Exchange:
         self._start_response = start_response
         self.route_of = route_of
         self.status: str | None = None
+        self.error: BaseException | None = None  # raised while the body was iterated
         self.body: Iterable[bytes] | None = None
         self.span: Any = None
         self.token: object = None
@@ -168,7 +170,18 @@ class _Exchange:
 
     def __iter__(self) -> Iterator[bytes]:
         body = self.body
-        return iter(body) if body is not None else iter(())
+        return self._iterate(body) if body is not None else iter(())
+
+    def _iterate(self, body: Iterable[bytes]) -> Iterator[bytes]:
+        # A body that raises half-way (a generator streaming a response) is the request's
+        # error, as a view raising is: the server has sent a status it cannot take back.
+        try:
+            yield from body
+        except GeneratorExit:
+            raise
+        except BaseException as error:
+            self.error = error
+            raise
 
     def close(self) -> None:
         try:
@@ -176,7 +189,7 @@ class _Exchange:
             if close is not None:
                 close()
         finally:
-            self.finish(None)
+            self.finish(self.error)
 
     def finish(self, error: BaseException | None) -> None:
         if self.agent is None:  # closed twice
