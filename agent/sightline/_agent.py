@@ -8,12 +8,9 @@ requests straight through to the app.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
     REGISTRY,
@@ -21,19 +18,18 @@ from prometheus_client import (
     make_asgi_app,
     make_wsgi_app,
 )
-from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.process_collector import ProcessCollector
 
 from . import _multiprocess, _safety, integrations
 from ._export import BatchQueue
+from ._scrape import MetricsServer
 from ._settings import Settings
+from ._store import Refused
 from .logs import Logs
 from .metrics import Metrics
 from .saturation import QueueDepths, SaturationCollector
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from .tracing import Tracing
 
 logger = logging.getLogger("sightline")
@@ -52,8 +48,7 @@ class Agent:
         self.detected_capacity: int | None = None
         self.saturation = SaturationCollector(self.capacity)
         self.queue_depths = QueueDepths(settings.queue_sample_interval)
-        self.metrics_server: WSGIServer | None = None
-        self.metrics_server_pid = 0
+        self.metrics_server: MetricsServer | None = None
         #: The multi-process server this process is part of, as an integration found it.
         self.server: _multiprocess.Server | None = None
         self.snapshots: _multiprocess.Snapshots | None = None
@@ -100,10 +95,14 @@ class Agent:
             with _safety.internal_errors("multiprocess.start"):
                 scrape = self._start_snapshots()
         if self.settings.metrics_addr is not None:
-            self.metrics_server = serve_metrics(
-                self.settings.metrics_addr, scrape, shared=self.snapshots is not None
-            )
-            self.metrics_server_pid = os.getpid()
+            snapshots = self.snapshots
+            self.metrics_server = MetricsServer(
+                self.settings.metrics_addr,
+                make_wsgi_app(scrape),
+                store=snapshots.store if snapshots is not None else None,
+                key=snapshots.key if snapshots is not None else None,
+                server=self.server.pid if self.server is not None else None,
+            ).start()
 
     def join_server(self, server: _multiprocess.Server) -> None:
         """Become the main process of a multi-process server, after init() (a Celery worker
@@ -118,16 +117,35 @@ class Agent:
 
     def _start_snapshots(self) -> CollectorRegistry:
         """Decide the process model: alone, or one of a server's processes (one seam)."""
-        directory = _multiprocess.directory_for(self.server)
-        if directory is None:
+        errors = _multiprocess.Errors(self._count_snapshot_error)
+        try:
+            found = _multiprocess.open_store(self.server)
+        except Refused as refused:
+            errors(
+                refused.reason,
+                "the metrics of this server's processes are not merged, because the snapshot "
+                "directory %s; this process serves its own metrics only. Remove that directory, "
+                "or set PROMETHEUS_MULTIPROC_DIR (or TMPDIR) to a directory only this user can "
+                "write.",
+                refused,
+                level=logging.ERROR,
+            )
             return self.registry
-        self.snapshots = _multiprocess.Snapshots(directory, self.registry, self.server)
+        if found is None:
+            return self.registry
+        store, store_id = found
+        self.snapshots = _multiprocess.Snapshots(
+            store, store_id, self.registry, self.server, self.settings.max_series, errors
+        )
         self.snapshots.start()
         scrape = _multiprocess.aggregate_registry(self.snapshots)
         self.metrics_app = make_wsgi_app(scrape)
         self.metrics_asgi = make_asgi_app(scrape)
-        logger.debug("sightline: metrics merged across the server's processes in %s", directory)
+        logger.debug("sightline: metrics merged across the server's processes in %s", store.path)
         return scrape
+
+    def _count_snapshot_error(self, reason: str) -> None:
+        self.metrics.snapshot_errors.labels(reason).inc()
 
     def _count_internal_error(self, where: str) -> None:
         self.metrics.internal_errors.labels(where).inc()
@@ -147,11 +165,7 @@ class Agent:
         if self.metrics_server is not None:  # stopped while the queues flush: in the budget
             server, self.metrics_server = self.metrics_server, None
             with _safety.internal_errors("metrics.server.close"):
-                if self.metrics_server_pid == os.getpid():
-                    server.shutdown()  # waits for serve_forever, at most its 0.5 s poll
-                # In a forked child the serving thread does not exist: shutdown() would
-                # wait for it forever. Closing the inherited socket is all there is to do.
-                server.server_close()
+                server.close(deadline)
         integrations.uninstall_all(self.integrations)
         self.saturation.gc_pauses.uninstall()
         self.saturation.loop_lag.stopped = True
@@ -169,49 +183,6 @@ class Agent:
         self.metrics.close()
         if _safety.counter == self._count_internal_error:
             _safety.counter = None
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # one line per scrape on stderr helps nobody
-
-
-def serve_metrics(addr: tuple[str, int], registry: CollectorRegistry, shared: bool) -> Any:
-    """Serve /metrics from a daemon thread; a taken port is logged once and the app goes on.
-
-    ``shared``: every process of a multi-process server listens on the port
-    (``SO_REUSEPORT``) and any of them answers a scrape with the server-wide view, so
-    the endpoint outlives each recycled worker.
-    """
-    host, port = addr
-    try:
-        # The family of the address asked for (an IPv6 one needs AF_INET6).
-        family, _, _, _, sockaddr = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        host = str(sockaddr[0])
-
-        class Server(ThreadingWSGIServer):
-            address_family = family
-
-            def server_bind(self) -> None:
-                if shared:
-                    self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                super().server_bind()
-
-        server = make_server(
-            host, port, make_wsgi_app(registry), Server, handler_class=_QuietHandler
-        )
-    except OSError as exc:
-        logger.warning(
-            "sightline: cannot serve metrics on %s:%d (%s); the app runs on without them",
-            host,
-            port,
-            exc,
-        )
-        return None
-    threading.Thread(target=server.serve_forever, name="sightline-metrics", daemon=True).start()
-    return server
 
 
 lock = threading.RLock()

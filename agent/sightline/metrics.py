@@ -351,6 +351,15 @@ class Metrics:
                 registry=None,
             )
         )
+        self.snapshot_errors = self._add(
+            Counter(
+                "sightline_snapshot_errors",
+                "Problems with the multi-process snapshot directory, by reason: a refused "
+                "directory, a file skipped, a write that failed, a merge that waited too long.",
+                ["reason"],
+                registry=None,
+            )
+        )
         self.queues = self._add(_Queues())
         self.request_duration = self._add(
             Histogram(
@@ -537,8 +546,23 @@ class _Queues(Described):
             "Items an export queue holds before dropping new ones.",
             labels=["signal"],
         )
+        size = GaugeMetricFamily(
+            "sightline_queue_bytes",
+            "Bytes (estimated for spans) waiting in an export queue.",
+            labels=["signal"],
+        )
+        bound = GaugeMetricFamily(
+            "sightline_queue_capacity_bytes",
+            "Bytes an export queue holds before dropping new items.",
+            labels=["signal"],
+        )
         for signal, queue in list(self.queues.items()):
             items.add_metric([signal], len(queue))
             capacity.add_metric([signal], queue.max_items)
+            if queue.max_bytes is not None:
+                size.add_metric([signal], queue.bytes)
+                bound.add_metric([signal], queue.max_bytes)
         yield items
         yield capacity
+        yield size
+        yield bound

@@ -1,0 +1,482 @@
+"""Merging the snapshots of a server's processes, under the store's lock: each file is
+checked before it is trusted, those of exited processes are folded into the totals, the
+series cap holds, and the rest is summed or shown per process (see ``_multiprocess``).
+
+The totals (``totals.json``) hold the summed families of every process folded so far,
+the keys of the processes folded whose files may still exist (so that one left behind
+by a process that died half-way through folding is never folded again), and the label
+sets that have a series of their own (so that none moves in or out of the overflow
+series). They are replaced atomically and synced to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.samples import Exemplar
+
+from ._keeper import offered_by
+from ._process import process_key
+from ._store import Skipped
+
+if TYPE_CHECKING:
+    from ._multiprocess import Snapshots
+
+#: Snapshot files one merge reads at most; live processes are far fewer.
+MAX_FILES = 512
+#: The label that tells the processes of a server apart in per-process families.
+PID_LABEL = "process_pid"
+SCHEMA = 2
+TOTALS = "totals.json"
+OVERFLOW = "_overflow"
+_PER_PROCESS_PREFIXES = (
+    "process_",
+    "python_",
+    "asyncio_",
+    "http_server_active_requests",
+    "http_server_worker_capacity",
+    "target_info",
+)
+SUMMED_TYPES = frozenset(("counter", "histogram", "summary"))
+_TYPES = frozenset(
+    ("counter", "gauge", "histogram", "summary", "info", "stateset", "gaugehistogram", "unknown")
+)
+_POSITION_LABELS = frozenset(("le", "quantile"))  # a sample's place in its series
+_SNAPSHOT = re.compile(r"(\d+)-(\d+)\.json")
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def child_key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """The series a sample belongs to: its labels without its place (``le``, ``quantile``)."""
+    return tuple(sorted((k, v) for k, v in labels.items() if k not in _POSITION_LABELS))
+
+
+def overflow_labels(labels: dict[str, str]) -> dict[str, str]:
+    return {k: (v if k in _POSITION_LABELS else OVERFLOW) for k, v in labels.items()}
+
+
+def label_key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(labels.items()))
+
+
+def is_per_process(name: str) -> bool:
+    return name.startswith(_PER_PROCESS_PREFIXES)
+
+
+# -- validation
+
+
+def _valid_families(families: Any) -> bool:
+    """Whether ``families`` has exactly the shape :func:`_encode` writes, with names the
+    exposition can carry (a bad label name would break the whole page)."""
+    if type(families) is not list:
+        return False
+    names: set[str] = set()
+    for family in families:
+        if type(family) is not dict:
+            return False
+        name, samples = family.get("name"), family.get("samples")
+        if (
+            type(name) is not str
+            or not _METRIC_NAME.fullmatch(name)
+            or family.get("type") not in _TYPES
+            or type(family.get("help")) is not str
+            or type(family.get("unit")) is not str
+            or type(samples) is not list
+        ):
+            return False
+        for sample in samples:
+            if type(sample) is not list or len(sample) != 4:
+                return False
+            sample_name, labels, value, exemplar = sample
+            if (
+                type(sample_name) is not str
+                or not sample_name.startswith(name)
+                or not _METRIC_NAME.fullmatch(sample_name)
+                or type(labels) is not dict
+                or type(value) not in (int, float)
+            ):
+                return False
+            for key, text in labels.items():
+                if type(text) is not str:
+                    return False
+                if key not in names:
+                    if not _LABEL_NAME.fullmatch(key):
+                        return False
+                    names.add(key)
+            if exemplar is not None and not _valid_exemplar(exemplar):
+                return False
+    return True
+
+
+def _valid_exemplar(exemplar: Any) -> bool:
+    return (
+        type(exemplar) is list
+        and len(exemplar) == 3
+        and type(exemplar[0]) is dict
+        and all(type(k) is str and type(v) is str for k, v in exemplar[0].items())
+        and type(exemplar[1]) in (int, float)
+        and (exemplar[2] is None or type(exemplar[2]) in (int, float))
+    )
+
+
+# -- the merged view
+
+
+class _Families:
+    """Families being merged: name -> (type, help, unit, {sample key -> [value, exemplar,
+    labels]}). With ``cap``, summed families keep at most ``cap`` series each; ``admitted``
+    are the series that have their own (the rest share the overflow series)."""
+
+    def __init__(
+        self, cap: int | None = None, admitted: dict[str, set[tuple[Any, ...]]] | None = None
+    ) -> None:
+        self.families: dict[str, tuple[str, str, str, dict[tuple[Any, ...], list[Any]]]] = {}
+        self.cap = cap
+        self.admitted = admitted if admitted is not None else {}
+        self.admissions = 0  # series admitted since loading
+
+    def add(self, family: dict[str, Any], extra: dict[str, str] | None = None) -> None:
+        name = family["name"]
+        entry = self.families.get(name)
+        if entry is None:
+            entry = self.families[name] = (family["type"], family["help"], family["unit"], {})
+        elif entry[0] != family["type"]:
+            return  # the same name with another type (another version of the app): not mixed
+        samples = entry[3]
+        summed = extra is None
+        admitted = self.admitted.setdefault(name, set()) if summed and self.cap else None
+        for sample_name, labels, value, exemplar in family["samples"]:
+            if summed and sample_name.endswith("_created"):
+                continue  # a start time, not a count: meaningless summed
+            if extra:
+                labels = {**extra, **labels}  # a family's own process_pid label wins
+            elif admitted is not None:
+                child = child_key(labels)
+                if child not in admitted:
+                    if len(admitted) < self.cap:  # type: ignore[operator]
+                        admitted.add(child)
+                        self.admissions += 1
+                    else:
+                        labels = overflow_labels(labels)
+            _accumulate(samples, (sample_name, label_key(labels)), value, exemplar, labels)
+
+    def absorb(self, other: _Families) -> None:
+        """Add ``other``'s samples (merged under the same admissions) to these."""
+        for name, (kind, help_text, unit, samples) in other.families.items():
+            entry = self.families.get(name)
+            if entry is None:
+                entry = self.families[name] = (kind, help_text, unit, {})
+            elif entry[0] != kind:
+                continue
+            mine = entry[3]
+            for key, (value, exemplar, labels) in samples.items():
+                _accumulate(mine, key, value, exemplar, labels)
+
+    def documents(self) -> list[dict[str, Any]]:
+        """The summed families in snapshot form (what the file of totals holds)."""
+        return [
+            {
+                "name": name,
+                "help": help_text,
+                "type": kind,
+                "unit": unit,
+                "samples": [[key[0], held[2], held[0], held[1]] for key, held in samples.items()],
+            }
+            for name, (kind, help_text, unit, samples) in self.families.items()
+        ]
+
+    def metrics(self) -> Iterator[Metric]:
+        for name, (kind, help_text, unit, samples) in self.families.items():
+            metric = Metric(name, help_text, kind, unit)
+            for (sample_name, _), (value, exemplar, labels) in samples.items():
+                metric.add_sample(
+                    sample_name,
+                    labels,
+                    value,
+                    exemplar=Exemplar(exemplar[0], exemplar[1], exemplar[2]) if exemplar else None,
+                )
+            yield metric
+
+
+def _accumulate(
+    samples: dict[tuple[Any, ...], list[Any]],
+    key: tuple[Any, ...],
+    value: float,
+    exemplar: Any,
+    labels: dict[str, str],
+) -> None:
+    """Add a sample to its series: values summed, the newest exemplar kept."""
+    held = samples.get(key)
+    if held is None:
+        samples[key] = [value, exemplar, labels]
+        return
+    held[0] += value
+    if exemplar and (not held[1] or (exemplar[2] or 0) >= (held[1][2] or 0)):
+        held[1] = exemplar
+
+
+@dataclass
+class View:
+    """What one merge found: the summed families and the live processes' own."""
+
+    summed: _Families
+    per_process: _Families
+    configured: int | None
+    workers: int
+    busy: int
+
+    def metrics(self) -> Iterator[Metric]:
+        yield from self.summed.metrics()
+        yield from self.per_process.metrics()
+        if self.configured is not None:
+            yield GaugeMetricFamily(
+                "server_workers_configured",
+                "Worker processes the server is configured to run.",
+                value=self.configured,
+            )
+        yield GaugeMetricFamily(
+            "server_workers_live", "Worker processes running and reporting.", value=self.workers
+        )
+        yield GaugeMetricFamily(
+            "server_workers_busy",
+            "Worker processes with at least one request in flight.",
+            value=self.busy,
+        )
+
+
+class Merge:
+    """One pass over the store, under its lock: read and check every snapshot, fold those
+    of exited processes into the totals, and merge the rest (module docstring)."""
+
+    def __init__(self, snapshots: Snapshots, own: dict[str, Any] | None = None) -> None:
+        self.snapshots = snapshots
+        self.store = snapshots.store
+        self.errors = snapshots.errors
+        self.own = own  # this process's numbers, when its snapshot could not be written
+
+    def run(self) -> View:
+        store, snapshots = self.store, self.snapshots
+        totals = self._read_totals()
+        admitted = {
+            name: {tuple(tuple(pair) for pair in child) for child in children}
+            for name, children in totals.get("admitted", {}).items()
+        }
+        past = _Families(snapshots.max_series, admitted)
+        for family in totals.get("families", []):
+            past.add(family)
+        folded = set(totals.get("folded", []))
+        names = sorted(store.names())
+        live: list[tuple[str, dict[str, Any]]] = []  # (pid, document)
+        gone: list[tuple[str, dict[str, Any]]] = []  # (file name, document)
+        read = 0
+        now = time.time()
+        for name in names:
+            match = _SNAPSHOT.fullmatch(name)
+            if match is None:
+                self._tidy(name, now)
+                continue
+            key = name[: -len(".json")]
+            if key in folded:
+                store.unlink(name)  # folded already: its process died before deleting it
+                continue
+            read += 1
+            if read > MAX_FILES:
+                self.errors(
+                    "too_many_files",
+                    "more than %d metrics snapshots in %s; the rest are left for later merges",
+                    MAX_FILES,
+                    store.path,
+                )
+                break
+            document = self._read(name, key)
+            if document is None:
+                continue
+            pid = match.group(1)
+            if process_key(int(pid)) == key:
+                live.append((pid, document))
+            else:
+                gone.append((name, document))
+        own = self.own
+        if own is not None and not any(doc["process"] == own["process"] for _, doc in live):
+            live.append((str(os.getpid()), own))
+        for _, document in gone:
+            for family in document["families"]:
+                if family["type"] in SUMMED_TYPES and not is_per_process(family["name"]):
+                    past.add(family)
+        # The live processes, merged under the same admissions (shared with the totals).
+        summed, per_process = _Families(snapshots.max_series, admitted), _Families()
+        configured: int | None = None
+        workers = busy = 0
+        for pid, document in live:
+            for family in document["families"]:
+                if family["type"] in SUMMED_TYPES and not is_per_process(family["name"]):
+                    summed.add(family)
+                else:
+                    per_process.add(family, {PID_LABEL: pid})
+            if document["worker"]:
+                workers += 1
+                busy += _in_flight(document) > 0
+            if document["workers"] is not None:
+                configured = max(configured or 0, document["workers"])
+        if gone or past.admissions or summed.admissions:
+            keep = {key for key in folded if f"{key}.json" in names}
+            keep.update(name[: -len(".json")] for name, _ in gone)
+            if self._write_totals(past, keep):
+                for name, _ in gone:  # only once the totals hold them
+                    store.unlink(name)
+        past.absorb(summed)
+        return View(past, per_process, configured, workers, busy)
+
+    # -- reading
+
+    def _read(self, name: str, key: str) -> dict[str, Any] | None:
+        store = self.store
+        try:
+            data = store.read(name, self.snapshots.max_bytes)
+        except FileNotFoundError:
+            return None  # folded by another process meanwhile
+        except Skipped as skipped:
+            self.errors(skipped.reason, "skipped metrics snapshot in %s: %s", store.path, skipped)
+            return None
+        try:
+            document = json.loads(data)
+        except ValueError as exc:
+            self._invalid(name, key, "unreadable", f"not whole JSON ({exc})")
+            return None
+        if not (
+            type(document) is dict
+            and document.get("schema") == SCHEMA
+            and document.get("store") == self.snapshots.store_id
+            and document.get("process") == key
+            and type(document.get("final")) is bool
+            and type(document.get("worker")) is bool
+            and (document.get("workers") is None or type(document.get("workers")) is int)
+            and _valid_families(document.get("families"))
+        ):
+            self._invalid(name, key, "invalid", "not a snapshot of this server")
+            return None
+        return document
+
+    def _invalid(self, name: str, key: str, reason: str, why: str) -> None:
+        store = self.store
+        self.errors(reason, "skipped metrics snapshot %s in %s: %s", name, store.path, why)
+        pid = key.split("-", 1)[0]
+        if process_key(int(pid)) != key:  # nobody will rewrite it: set it aside, once
+            try:
+                store.rename(name, f".{name}.invalid")
+            except OSError:
+                pass
+
+    def _read_totals(self) -> dict[str, Any]:
+        store = self.store
+        try:
+            data = store.read(TOTALS, self.snapshots.max_bytes)
+        except FileNotFoundError:
+            return {}
+        except Skipped as skipped:
+            self.errors(skipped.reason, "skipped the metrics totals in %s: %s", store.path, skipped)
+            return self._set_totals_aside()
+        try:
+            document = json.loads(data)
+        except ValueError:
+            document = None
+        if not (
+            type(document) is dict
+            and document.get("schema") == SCHEMA
+            and document.get("store") == self.snapshots.store_id
+            and type(document.get("folded")) is list
+            and all(type(key) is str for key in document["folded"])
+            and _valid_admitted(document.get("admitted"))
+            and _valid_families(document.get("families"))
+        ):
+            self.errors(
+                "totals_invalid",
+                "the metrics totals in %s are not valid and were set aside: counts of exited "
+                "processes start again from zero",
+                store.path,
+            )
+            return self._set_totals_aside()
+        return document
+
+    def _set_totals_aside(self) -> dict[str, Any]:
+        try:
+            self.store.rename(TOTALS, f".{TOTALS}.invalid")
+        except OSError:
+            pass
+        return {}
+
+    def _tidy(self, name: str, now: float) -> None:
+        """Leftovers: temporary files of killed writers, sockets of gone processes."""
+        store = self.store
+        if name.endswith(".tmp"):
+            written = store.modified(name)
+            if written is not None and now - written > 60:
+                store.unlink(name)
+        elif name.endswith(".sock"):
+            key = offered_by(name)
+            if key is not None and process_key(int(key.split("-", 1)[0])) != key:
+                store.unlink(name)
+        elif name.endswith(".json") and name != TOTALS:
+            self.errors("invalid", "skipped %s in %s: not a metrics snapshot", name, store.path)
+
+    def _write_totals(self, past: _Families, folded: set[str]) -> bool:
+        document = {
+            "schema": SCHEMA,
+            "store": self.snapshots.store_id,
+            "folded": sorted(folded),
+            "admitted": {
+                name: sorted([list(map(list, child)) for child in children])
+                for name, children in past.admitted.items()
+                if children
+            },
+            "families": past.documents(),
+        }
+        try:
+            data = json.dumps(document, separators=(",", ":")).encode()
+            self.store.write(TOTALS, data, durable=True)
+        except OSError as exc:
+            self.errors(
+                "write_failed",
+                "cannot write the metrics totals in %s (%s); exited processes stay unfolded",
+                self.store.path,
+                exc.strerror or exc,
+            )
+            return False
+        return True
+
+
+def _valid_admitted(admitted: Any) -> bool:
+    return type(admitted) is dict and all(
+        type(children) is list
+        and all(
+            type(child) is list
+            and all(
+                type(pair) is list and len(pair) == 2 and all(type(x) is str for x in pair)
+                for pair in child
+            )
+            for child in children
+        )
+        for children in admitted.values()
+    )
+
+
+# What a worker process is busy with: requests (web servers) or tasks (Celery's pool).
+_WORK = ("http_server_active_requests", "worker_tasks_active")
+
+
+def _in_flight(document: dict[str, Any]) -> float:
+    return sum(
+        float(sample[2])
+        for family in document["families"]
+        if family["name"] in _WORK
+        for sample in family["samples"]
+    )

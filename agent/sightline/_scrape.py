@@ -1,0 +1,329 @@
+"""Serving ``/metrics``: a small HTTP server on a background thread, and, for the
+processes of one server, one listening socket they all share.
+
+Alone, a process binds ``SIGHTLINE_METRICS_ADDR`` and serves it. The processes of a
+multi-process server (gunicorn's workers, ``uvicorn --workers``) all answer scrapes
+on that one address, and are recycled all the time. If each bound a socket of its own
+(``SO_REUSEPORT``), every worker exit would fail the scrapes queued on its socket: the
+kernel drops them when it closes. Here there is one socket, bound by the first process
+and handed by any process holding it to the next one that starts (``_keeper``). A
+process that exits closes only its own descriptor: connections waiting in the queue
+stay there and the others accept them. A new process asks the live ones, under the
+directory's lock, and binds a socket itself only when none answers; it then starts the
+keeper, which holds the socket while no worker does.
+
+Connections are accepted without blocking, as several processes wait on the socket
+and one takes each; each is served on its own short-lived thread (at most
+:data:`MAX_CONNECTIONS` at a time, each with a timeout), and closing waits for scrapes
+in progress until the shutdown deadline, then gives up on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler
+
+from . import _keeper
+from ._process import process_key
+from ._store import Store
+
+logger = logging.getLogger("sightline")
+
+#: Scrapes served at the same time; more wait in the kernel's queue.
+MAX_CONNECTIONS = 8
+#: Longest a scraper may take to send its request or read the answer.
+CONNECTION_TIMEOUT = 10.0
+#: Processes started to keep the socket, held so they are not reported as leaked.
+_keepers: list[subprocess.Popen[bytes]] = []
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per scrape on stderr helps nobody
+
+
+class _Environ:
+    """What wsgiref's request handler needs of a server, without a server of its own."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        self.application = app
+        self.server_name = host
+        self.server_port = port
+        self.base_environ = {
+            "SERVER_NAME": host,
+            "GATEWAY_INTERFACE": "CGI/1.1",
+            "SERVER_PORT": str(port),
+            "REMOTE_HOST": "",
+            "CONTENT_LENGTH": "",
+            "SCRIPT_NAME": "",
+        }
+
+    def get_app(self) -> Any:
+        return self.application
+
+
+class MetricsServer:
+    """Serves a WSGI app (prometheus-client's) on ``addr`` from a daemon thread.
+
+    ``store`` and ``key`` (the snapshot directory and this process's key) make the socket
+    shared by the server's processes; without them it is this process's own.
+    ``server`` (the pid of the server's main process) lets a keeper hold it between
+    workers, for as long as that process lives.
+    """
+
+    def __init__(
+        self,
+        addr: tuple[str, int],
+        app: Any,
+        store: Store | None = None,
+        key: str | None = None,
+        server: int | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self.addr = addr
+        self.store = store
+        self.key = key
+        self.server = server
+        self.on_error = on_error
+        self._environ = _Environ(app, addr[0], addr[1])
+        self._pid = os.getpid()
+        self._socket: socket.socket | None = None
+        self._handover: socket.socket | None = None
+        self._handover_name: str | None = None
+        self._stopping = threading.Event()
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._connections: set[threading.Thread] = set()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._thread: threading.Thread | None = None
+        self.ready = threading.Event()  # set once serving (or given up)
+        self.serving = False
+
+    def set_app(self, app: Any) -> None:
+        self._environ.application = app
+
+    def start(self) -> MetricsServer:
+        """Bind (or obtain) the socket now and serve it from a daemon thread; a socket
+        that cannot be had is logged and the app runs on without metrics."""
+        try:
+            self._socket = self._obtain()
+        except OSError as exc:
+            self._fail(exc)
+            self.ready.set()
+            return self
+        self.serving = True
+        self._thread = threading.Thread(target=self._serve, name="sightline-metrics", daemon=True)
+        self._thread.start()
+        self.ready.set()
+        return self
+
+    def _fail(self, exc: OSError) -> None:
+        host, port = self.addr
+        reason = "address_in_use" if exc.errno == errno.EADDRINUSE else "bind_failed"
+        if self.on_error is not None:
+            with contextlib.suppress(Exception):
+                self.on_error(reason)
+        logger.error(
+            "sightline: cannot serve metrics on %s:%d (%s); the app runs on without them. "
+            "Choose another address with SIGHTLINE_METRICS_ADDR (or `off`).",
+            host,
+            port,
+            exc.strerror or exc,
+        )
+
+    # -- the socket
+
+    def _obtain(self) -> socket.socket:
+        store = self.store
+        if store is None or self.key is None:
+            return self._bind(shared=False)
+        address = store.socket_address(f"{self.key}.sock")
+        if address is None:  # no /proc: each process binds its own, as before
+            return self._bind(shared=True)
+        with store.lock(".listener.lock", timeout=5.0):
+            listener = self._from_siblings(store)
+            if listener is None:
+                listener = self._bind(shared=True)
+                self._start_keeper(store, listener)
+            try:
+                store.unlink(f"{self.key}.sock")
+                self._handover = _keeper.offer(address)
+                self._handover_name = f"{self.key}.sock"
+            except OSError as exc:  # the others will bind their own: worse, not broken
+                logger.debug("sightline: cannot offer the metrics socket: %s", exc)
+        return listener
+
+    def _bind(self, shared: bool) -> socket.socket:
+        host, port = self.addr
+        try:
+            family, _, _, _, sockaddr = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+        except (socket.gaierror, UnicodeError) as exc:
+            raise OSError(errno.EADDRNOTAVAIL, f"cannot resolve {host}: {exc}") from None
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if shared:
+                # A sibling that is exiting may still hold the old socket for an instant.
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            listener.bind(sockaddr)
+            listener.listen(64)
+        except BaseException:
+            listener.close()
+            raise
+        listener.setblocking(False)
+        return listener
+
+    def _start_keeper(self, store: Store, listener: socket.socket) -> None:
+        server = self.server
+        key = process_key(server) if server is not None else None
+        if server is None or key is None:
+            return
+        env = {k: v for k, v in os.environ.items() if k != "SIGHTLINE_LAUNCHER"}
+        command = [sys.executable, "-m", "sightline._keeper"]
+        command += [str(store.fd), str(listener.fileno()), str(server), key]
+        try:
+            keeper = subprocess.Popen(
+                command,
+                pass_fds=(store.fd, listener.fileno()),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=env,
+            )
+        except OSError as exc:  # workers still hand the socket on; only gaps are at risk
+            logger.debug("sightline: cannot start the metrics socket's keeper: %s", exc)
+            return
+        _keepers.append(keeper)
+
+    def _from_siblings(self, store: Store) -> socket.socket | None:
+        # Keepers first: they do nothing else, and answer at once.
+        offers = sorted(store.names(), key=lambda name: (not name.endswith(_keeper.KEEPER), name))
+        for name in offers:
+            key = _keeper.offered_by(name)
+            if key is None or key == self.key:
+                continue
+            pid = key.split("-", 1)[0]
+            if process_key(int(pid)) != key:
+                continue
+            address = store.socket_address(name)
+            if address is None:
+                return None
+            listener = _keeper.receive(address)
+            if listener is not None and self._matches(listener):
+                return listener
+            if listener is not None:
+                listener.close()
+        return None
+
+    def _matches(self, listener: socket.socket) -> bool:
+        """A handed-over socket listens on the address this process is configured with."""
+        try:
+            if listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) != 1:
+                return False
+            family, _, _, _, sockaddr = socket.getaddrinfo(
+                self.addr[0], self.addr[1], type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            bound = listener.getsockname()
+            return listener.family == family and bound[:2] == sockaddr[:2]
+        except (OSError, UnicodeError):
+            return False
+
+    # -- serving
+
+    def _serve(self) -> None:
+        listener = self._socket
+        assert listener is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ, self._accept)
+            selector.register(self._wake_read, selectors.EVENT_READ, None)
+            if self._handover is not None:
+                selector.register(self._handover, selectors.EVENT_READ, self._hand_over)
+            while not self._stopping.is_set():
+                try:
+                    events = selector.select(0.5)
+                except OSError:
+                    break
+                for key, _ in events:
+                    if key.data is not None and not self._stopping.is_set():
+                        key.data()
+
+    def _accept(self) -> None:
+        assert self._socket is not None
+        try:
+            connection, client = self._socket.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # another process took it
+        except OSError as exc:
+            logger.debug("sightline: metrics accept failed: %s", exc)
+            time.sleep(0.01)  # out of descriptors: do not spin
+            return
+        connection.setblocking(True)
+        connection.settimeout(CONNECTION_TIMEOUT)
+        if not self._slots.acquire(timeout=CONNECTION_TIMEOUT):
+            connection.close()
+            return
+        thread = threading.Thread(
+            target=self._handle, args=(connection, client), name="sightline-scrape", daemon=True
+        )
+        self._connections.add(thread)
+        thread.start()
+
+    def _handle(self, connection: socket.socket, client: Any) -> None:
+        try:
+            _QuietHandler(connection, client, self._environ)  # type: ignore[arg-type]
+        except Exception as exc:  # a scraper hanging up: its business, not the app's
+            logger.debug("sightline: metrics request failed: %s", exc)
+        finally:
+            with contextlib.suppress(OSError):
+                connection.close()
+            self._slots.release()
+            self._connections.discard(threading.current_thread())
+
+    def _hand_over(self) -> None:
+        assert self._handover is not None
+        assert self._socket is not None
+        _keeper.hand_over(self._handover, self._socket)
+
+    # -- closing
+
+    def close(self, deadline: float | None = None) -> None:
+        """Stop accepting, finish the scrapes in progress until ``deadline``, close."""
+        if deadline is None:
+            deadline = time.monotonic() + 5.0
+        if self._pid != os.getpid():
+            # A forked child inherited the descriptors but not the thread: close its copies
+            # only (the parent still serves, and still offers its socket).
+            for owned in (self._socket, self._handover, self._wake_read, self._wake_write):
+                if owned is not None:
+                    with contextlib.suppress(OSError):
+                        owned.close()
+            return
+        if self.store is not None and self._handover_name is not None:
+            # No longer offered: a process starting now asks one that stays (the keeper).
+            with contextlib.suppress(OSError):
+                self.store.unlink(self._handover_name)
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            self._wake_write.send(b"x")
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for connection in list(self._connections):
+            connection.join(max(0.0, deadline - time.monotonic()))
+        if self._handover is not None:
+            self._handover.close()
+        if self._socket is not None:
+            self._socket.close()  # the socket lives on in the other processes holding it
+        self._wake_read.close()
+        self._wake_write.close()
