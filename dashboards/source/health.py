@@ -46,7 +46,8 @@ def health() -> Json:
         ),
         stat(
             "Fullest export queue",
-            "The fullest export queue of each service: items waiting over the queue's bound.",
+            "The fullest export queue of each service: items (or bytes) waiting over the "
+            "queue's bound.",
             [prom(queue_fill("job"), "{{job}}")],
             "percentunit",
             UTILISATION,
@@ -122,8 +123,8 @@ def health() -> Json:
         ),
         utilisation(
             "Export queue fill",
-            "Items waiting in each process's export queue over its bound; at 1 new items "
-            "are dropped.",
+            "Items, or bytes, waiting in each process's export queue over its bound, "
+            "whichever is fuller; at 1 new items are dropped.",
             [prom(queue_fill("job, signal"), "{{job}} {{signal}}")],
             "percentunit",
         ),
@@ -138,7 +139,7 @@ def health() -> Json:
 
     grid.row("Guards")
     grid.add(
-        12,
+        8,
         8,
         timeseries(
             "Internal errors",
@@ -164,6 +165,20 @@ def health() -> Json:
             ],
             "cps",
         ),
+        timeseries(
+            "Snapshot store problems",
+            "Trouble with the directory where a server's processes merge their metrics, "
+            "by reason: a directory refused (the processes then serve their own metrics, "
+            "and the log names the fix), files skipped, writes failed.",
+            [
+                prom(
+                    "sum by (job, reason) (increase(sightline_snapshot_errors_total"
+                    f"{{{SERVICE}}}[{W}]))",
+                    "{{job}} {{reason}}",
+                )
+            ],
+            "short",
+        ),
     )
     return dashboard(
         "sightline-health",
@@ -176,7 +191,11 @@ def health() -> Json:
 
 
 def queue_fill(by: str) -> str:
+    """The fuller of each export queue's two bounds: items, and bytes."""
+    items = f"sightline_queue_items{{{SERVICE}}} / sightline_queue_capacity{{{SERVICE}}}"
+    size = f"sightline_queue_bytes{{{SERVICE}}} / sightline_queue_capacity_bytes{{{SERVICE}}}"
     return (
-        f"max by ({by}) (sightline_queue_items{{{SERVICE}}}"
-        f" / sightline_queue_capacity{{{SERVICE}}})"
+        f"max by ({by}) ("
+        f'label_replace({items}, "bound", "items", "", "")'
+        f' or label_replace({size}, "bound", "bytes", "", ""))'
     )
