@@ -432,3 +432,37 @@ def test_credentials_in_a_url_are_sent_as_basic_auth_and_never_shown(
     assert caplog.records
     assert "s3cr" not in caplog.text
     assert "me:" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n", b""),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n", b"hello"),
+        (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n", b"until the connection closes"),
+    ],
+)
+def test_an_answer_that_closes_the_connection_is_delivered_once(
+    registry: CollectorRegistry, answer: tuple[bytes, bytes]
+) -> None:
+    """An answer that ends with the connection (Connection: close, or HTTP/1.0 read to the
+    end), its body arriving after a pause: the push succeeds at the first attempt and the
+    backend receives it once."""
+    head, body = answer
+    received: list[int] = []
+
+    def answer_then_close(connection: socket.socket) -> None:
+        received.append(1)
+        backend.send(connection, head)
+        time.sleep(0.05)
+        backend.send(connection, body)
+
+    backend = RawBackend(answer_then_close)
+    try:
+        stats = make_stats(registry)
+        assert deliver(endpoint(backend.url), stats)
+        assert received == [1]
+        assert get(registry, "exported", signal="logs") == 1
+        assert get(registry, "failures", signal="logs", reason="connection") == 0
+    finally:
+        backend.close()

@@ -355,8 +355,9 @@ def test_no_server_and_no_directory_means_a_single_process(
 
 class Scraper:
     """Scrapes a /metrics URL ``per_second`` times a second on a thread, and keeps what
-    matters: failed scrapes, pages without the service's request metrics, and every total
-    seen (which must never go down)."""
+    matters: failed scrapes, pages without the service's metrics (its identity, and its
+    request counts once there have been requests), and every total seen (which must never
+    go down)."""
 
     def __init__(self, url: str, per_second: float = 12.0) -> None:
         self.url = url
@@ -391,7 +392,7 @@ class Scraper:
                 if line.startswith("http_server_request_duration_seconds_count{")
                 and 'http_route="/health"' not in line
             ]
-            if not counted:
+            if "\ntarget_info{" not in text or (self.last and not counted):
                 self.empty += 1
                 continue
             total = sum(counted)
@@ -712,3 +713,57 @@ def test_a_lock_held_by_a_stopped_process_serves_the_last_view(tmp_path: Path) -
         "sightline_snapshot_errors_total", {"reason": "lock_timeout"}
     )
     assert timeouts == 1
+
+
+RACE_PROGRAM = """
+import sys
+from pathlib import Path
+from prometheus_client import CollectorRegistry, Counter
+from sightline._multiprocess import Snapshots
+from sightline._store import Store
+
+registry = CollectorRegistry()
+jobs = Counter("jobs", "Jobs done.", ["queue"], registry=registry)
+path = Path(sys.argv[1])
+snapshots = Snapshots(Store.open(path.parent, path.name), "test", registry, None)
+jobs.labels("a").inc(5)
+snapshots.write()
+print("written", flush=True)
+sys.stdin.readline()
+jobs.labels("a").inc(4)
+snapshots.close()  # the final snapshot, then the process exits
+"""
+
+
+def test_a_process_exiting_while_its_snapshot_is_read_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process writes its final snapshot and exits just while a merge reads its previous
+    one: the merge must not fold the old one and delete the final one (5 counted, 4
+    lost), and the totals end at 9."""
+    with subprocess.Popen(
+        [sys.executable, "-c", RACE_PROGRAM, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdin is not None
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "written"
+        snapshots = snapshots_in(tmp_path, CollectorRegistry())
+        real_read = Store.read
+
+        def read_then_exit(self: Store, name: str, max_bytes: int) -> bytes:
+            data = real_read(self, name, max_bytes)
+            if name.startswith(f"{child.pid}-") and child.poll() is None:
+                child.stdin.write("\n")  # type: ignore[union-attr]
+                child.stdin.flush()  # type: ignore[union-attr]
+                child.wait(30)
+            return data
+
+        with monkeypatch.context() as patched:
+            patched.setattr(Store, "read", read_then_exit)
+            _multiprocess.Merge(snapshots).run()
+        assert child.returncode == 0
+    merged = aggregate_registry(snapshots)
+    assert scrape(merged)[("jobs_total", (("queue", "a"),))] == 9

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import free_port
+from .helpers import free_port, wait_until
 from .servers import Prometheus, binary, gunicorn, prometheus
 
 pytest.importorskip("flask")
@@ -175,17 +175,22 @@ def test_metrics_endpoint_negotiates_openmetrics_and_gzip(stack: dict[str, Any])
 
 
 def test_taken_port_does_not_stop_the_app(tmp_path: Path) -> None:
-    """If the metrics port is taken the app still starts and serves; the failure is logged once."""
+    """If another program holds the metrics port the app still starts and serves; the
+    failure is logged once, within seconds, naming the port and the setting."""
     import socket
 
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        env = {"SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{port}"}
+        env = {"SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{port}", "TMPDIR": str(tmp_path)}
+        log = tmp_path / "gunicorn.log"
+        line = f"cannot serve metrics on 127.0.0.1:{port}"
         with gunicorn(
             "tests.apps.flask_app:application", env, ["--workers", "1"], tmp_path
         ) as base:
             assert request(f"{base}/users/5").status == 200
-        log = (tmp_path / "gunicorn.log").read_text()
-    assert log.count(f"cannot serve metrics on 127.0.0.1:{port}") == 1
+            assert wait_until(lambda: line in log.read_text(), timeout=10)
+        text = log.read_text()
+    assert text.count(line) == 1
+    assert "SIGHTLINE_METRICS_ADDR" in text

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry
 from sightline import ConfigError, Settings, _agent
 from sightline._settings import SPECS
 
+from .helpers import free_port
+
 
 def test_defaults_without_environment() -> None:
     """With nothing set, the documented defaults apply."""
@@ -261,7 +263,7 @@ def test_longest_waits_leave_every_thread_running(registry: CollectorRegistry) -
         bsp_schedule_delay=3_600_000,
         queue_sample_interval=3600,
         shutdown_timeout=600,
-        loki_url="http://127.0.0.1:9/",
+        loki_url=f"http://127.0.0.1:{free_port()}/",  # nothing listens: a refused push
         loki_timeout=600,
     )
     sightline.track_queue("q", lambda: 1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -256,3 +257,42 @@ def test_a_body_raising_mid_stream_is_an_error(backend: Any, registry: Collector
     [(_, span)] = backend.spans()
     assert span.status.code == Status.STATUS_CODE_ERROR
     assert attributes(span.attributes)["error.type"] == "OSError"
+
+
+def test_a_body_given_up_on_is_closed_once(agent: CollectorRegistry) -> None:
+    """A client gone mid-stream: the server stops iterating and closes the response. The
+    app's body is closed exactly once (its close callbacks run once), and the request is
+    still recorded."""
+    closed: list[int] = []
+
+    class Body:
+        """An iterator of its own with a close(), as Werkzeug's ClosingIterator is."""
+
+        def __init__(self) -> None:
+            self.chunks = [b"first", b"second"]
+
+        def __iter__(self) -> Body:
+            return self
+
+        def __next__(self) -> bytes:
+            if not self.chunks:
+                raise StopIteration
+            return self.chunks.pop(0)
+
+        def close(self) -> None:
+            closed.append(1)
+
+    def streaming(environ: dict[str, Any], start_response: Any) -> Body:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Body()
+
+    app = sightline.instrument_app(streaming, route_of=lambda e: "/stream")
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/stream", "wsgi.url_scheme": "http"}
+    response = app(environ, lambda status, headers, exc_info=None: None)
+    chunks = iter(response)
+    assert next(chunks) == b"first"
+    del chunks  # the server drops its iterator: the client hung up
+    gc.collect()
+    response.close()
+    assert closed == [1]
+    assert count(agent, "/stream", "200") == 1

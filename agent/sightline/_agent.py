@@ -52,6 +52,8 @@ class Agent:
         #: The multi-process server this process is part of, as an integration found it.
         self.server: _multiprocess.Server | None = None
         self.snapshots: _multiprocess.Snapshots | None = None
+        #: The server's directory could not be used: its processes serve one by one.
+        self.store_refused = False
         self.integrations: list[integrations.Integration] = []
         self.tracing: Tracing | None = None
         self.logs: Logs | None = None
@@ -102,6 +104,7 @@ class Agent:
                 store=snapshots.store if snapshots is not None else None,
                 key=snapshots.key if snapshots is not None else None,
                 server=self.server.pid if self.server is not None else None,
+                reuse_port=self.store_refused,
             ).start()
 
     def join_server(self, server: _multiprocess.Server) -> None:
@@ -120,23 +123,24 @@ class Agent:
         errors = _multiprocess.Errors(self._count_snapshot_error)
         try:
             found = _multiprocess.open_store(self.server)
-        except Refused as refused:
+            if found is None:
+                return self.registry
+            store, store_id = found
+            self.snapshots = _multiprocess.Snapshots(
+                store, store_id, self.registry, self.server, self.settings.max_series, errors
+            )
+        except (Refused, OSError) as refused:
+            self.store_refused = True
             errors(
-                refused.reason,
-                "the metrics of this server's processes are not merged, because the snapshot "
-                "directory %s; this process serves its own metrics only. Remove that directory, "
-                "or set PROMETHEUS_MULTIPROC_DIR (or TMPDIR) to a directory only this user can "
-                "write.",
+                getattr(refused, "reason", "unusable"),
+                "the metrics of this server's processes are not merged, because of the "
+                "snapshot directory (%s); this process serves its own metrics only. Remove "
+                "that directory, or set PROMETHEUS_MULTIPROC_DIR (or TMPDIR) to a directory "
+                "only this user can write.",
                 refused,
                 level=logging.ERROR,
             )
             return self.registry
-        if found is None:
-            return self.registry
-        store, store_id = found
-        self.snapshots = _multiprocess.Snapshots(
-            store, store_id, self.registry, self.server, self.settings.max_series, errors
-        )
         self.snapshots.start()
         scrape = _multiprocess.aggregate_registry(self.snapshots)
         self.metrics_app = make_wsgi_app(scrape)

@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import random
+import socket
 import threading
 import time
 import urllib.parse
@@ -242,15 +243,42 @@ def _remaining(deadline: float) -> float:
 
 
 class _Deadlined(http.client.HTTPConnection):
-    """An HTTP connection whose every step (connecting, each send, each read of the
-    answer, a proxy's answer included) waits only for what is left of ``deadline``."""
+    """An HTTP connection whose every step waits only for what is left of ``deadline``:
+    connecting (each address the name resolves to in turn), each send, each read of the
+    answer, a proxy's answer included. Resolving the name is left to the system resolver's
+    own timeouts, and each read of a TLS handshake waits at most what was left when the
+    connection was made."""
 
     deadline = float("inf")
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = self._connect_in_time
+
+    def _connect_in_time(
+        self, address: tuple[str, int], timeout: Any = None, source_address: Any = None
+    ) -> socket.socket:
+        host, port = address
+        error: OSError | None = None
+        for family, kind, proto, _, sockaddr in socket.getaddrinfo(
+            host, port, 0, socket.SOCK_STREAM
+        ):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(_remaining(self.deadline))
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+                if isinstance(exc, TimeoutError):
+                    break  # the deadline is spent: no time for another address
+        raise error or OSError(f"{host} resolves to no address")
+
     def send(self, data: Any) -> None:
-        if self.sock is None:
-            self.timeout = _remaining(self.deadline)  # connect() uses it
-        else:
+        if self.sock is not None:
             self.sock.settimeout(_remaining(self.deadline))
         super().send(data)
 
@@ -271,21 +299,29 @@ class _Response(http.client.HTTPResponse):
 
     def __init__(self, sock: Any, *args: Any, deadline: float, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
-        self.fp.close()  # the reader the base class made; the socket stays open
-        self.fp = io.BufferedReader(_DeadlineReader(sock, deadline))
+        # Keep the base class's raw reader: it keeps the socket open (the connection may
+        # close it once the answer says so); only its reads are bounded here.
+        raw = self.fp.detach()
+        self.fp = io.BufferedReader(_DeadlineReader(raw, sock, deadline))
 
 
 class _DeadlineReader(io.RawIOBase):
-    def __init__(self, sock: Any, deadline: float) -> None:
+    def __init__(self, raw: Any, sock: Any, deadline: float) -> None:
+        self._raw = raw
         self._sock = sock
         self._deadline = deadline
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def readinto(self, buffer: Any) -> int | None:
         self._sock.settimeout(_remaining(self._deadline))
-        return int(self._sock.recv_into(buffer))
+        return self._raw.readinto(buffer)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
 
 
 class Retrying:
@@ -378,10 +414,9 @@ class BatchQueue(Generic[T]):
         self.stats = stats
         self.max_items = max_items
         self.max_bytes = max_bytes
-        # Bytes queued, as size_of counts them. Added by app threads without a lock and
-        # taken away by the export thread: a lost update (two threads adding at once) is
-        # forgotten whenever the queue empties, so the count never drifts for long.
+        # Bytes queued, as size_of counts them; changed with the queue, under _bytes_lock.
         self.bytes = 0
+        self._bytes_lock = threading.Lock()
         self._batch_items = batch_items
         self._batch_bytes = batch_bytes
         self._size_of = size_of
@@ -409,11 +444,14 @@ class BatchQueue(Generic[T]):
             return
         if self.max_bytes is not None and self._size_of is not None:
             size = self._size_of(item)
-            if self.bytes + size > self.max_bytes:
-                self.stats.dropped("queue_full", 1)
-                return
-            self.bytes += size
-        self._items.append(item)
+            with self._bytes_lock:
+                if self.bytes + size > self.max_bytes:
+                    self.stats.dropped("queue_full", 1)
+                    return
+                self.bytes += size
+                self._items.append(item)
+        else:
+            self._items.append(item)
         if self._thread is None:
             self._start()
         elif len(self._items) >= self._batch_items:
@@ -426,6 +464,7 @@ class BatchQueue(Generic[T]):
         self._pid = os.getpid()
         self._items = deque()
         self.bytes = 0
+        self._bytes_lock = threading.Lock()
         self._wake = threading.Event()
         self.stopping = threading.Event()
         self._thread = None
@@ -468,21 +507,22 @@ class BatchQueue(Generic[T]):
                 self._in_flight = 0
 
     def _take(self) -> list[T]:
-        batch: list[T] = []
-        size = 0
-        items = self._items
-        size_of = self._size_of
-        limit = self._batch_bytes
-        while items and len(batch) < self._batch_items:
-            if size_of is not None:
-                item_size = size_of(items[0])
-                if limit is not None and batch and size + item_size > limit:
-                    break
-                size += item_size
-            batch.append(items.popleft())
-        if size_of is not None:
-            self.bytes = max(0, self.bytes - size) if items else 0
-        return batch
+        with self._bytes_lock:
+            batch: list[T] = []
+            size = 0
+            items = self._items
+            size_of = self._size_of
+            limit = self._batch_bytes
+            while items and len(batch) < self._batch_items:
+                if size_of is not None:
+                    item_size = size_of(items[0])
+                    if limit is not None and batch and size + item_size > limit:
+                        break
+                    size += item_size
+                batch.append(items.popleft())
+            if self.max_bytes is not None:
+                self.bytes -= size
+            return batch
 
     def close(self, deadline: float) -> None:
         """Flush what can be sent before ``deadline`` (monotonic), then stop. Bounded."""
@@ -512,7 +552,8 @@ class BatchQueue(Generic[T]):
             except IndexError:
                 break
             left += 1
-        self.bytes = 0
+        with self._bytes_lock:
+            self.bytes = 0
         if thread is not None and thread.is_alive():
             # A batch still being sent is given up on: counted now, and the stats stop
             # listening, so a late outcome is not counted twice.

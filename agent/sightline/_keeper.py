@@ -22,11 +22,12 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import socket
 import struct
 import sys
 
-from ._process import process_key
+from ._process import process_key, running
 
 #: How long a process waits for a sibling to hand over the socket.
 HANDOVER_TIMEOUT = 1.0
@@ -96,14 +97,15 @@ def receive(address: str) -> socket.socket | None:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m sightline._keeper STORE_FD LISTENER_FD SERVER_PID SERVER_KEY``."""
-    store_fd, listener_fd, server_pid = int(argv[0]), int(argv[1]), int(argv[2])
-    server_key = argv[3]
+    """``python -m sightline._keeper STORE_FD LISTENER_FD SERVER_KEY``."""
+    store_fd, listener_fd, server_key = int(argv[0]), int(argv[1]), argv[2]
+    # Ctrl-C in the server's terminal reaches the keeper too: it ends quietly.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     listener = socket.socket(fileno=listener_fd)
     name = f"{process_key(os.getpid())}{KEEPER}"
     offered = offer(f"/proc/self/fd/{store_fd}/{name}")
     try:
-        while process_key(server_pid) == server_key:
+        while running(server_key):
             readable, _, _ = select.select([offered], [], [], 1.0)
             if readable:
                 hand_over(offered, listener)

@@ -111,6 +111,8 @@ def _flush_then_die(signum: int, frame: Any) -> None:
     import sightline
     from sightline import _agent
 
+    # A second signal while flushing ends the process at once, as it would have.
+    signal.signal(signum, signal.SIG_DFL)
     agent = _agent.current
     budget = agent.settings.shutdown_timeout if agent is not None else 0.0
     # On its own thread: the main thread, interrupted here, may hold a lock the flush
@@ -120,7 +122,6 @@ def _flush_then_die(signum: int, frame: Any) -> None:
     )
     flush.start()
     flush.join(budget + 0.5)
-    signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
 

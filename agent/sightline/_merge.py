@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.samples import Exemplar
 
 from ._keeper import offered_by
-from ._process import process_key
+from ._process import running
 from ._store import Skipped
 
 if TYPE_CHECKING:
@@ -288,6 +288,9 @@ class Merge:
             if key in folded:
                 store.unlink(name)  # folded already: its process died before deleting it
                 continue
+            # Whether its process runs, asked before reading: one found gone can no longer
+            # write, so what is read is its last word, safe to fold.
+            still_running = running(key)
             read += 1
             if read > MAX_FILES:
                 self.errors(
@@ -300,9 +303,8 @@ class Merge:
             document = self._read(name, key)
             if document is None:
                 continue
-            pid = match.group(1)
-            if process_key(int(pid)) == key:
-                live.append((pid, document))
+            if still_running:
+                live.append((match.group(1), document))
             else:
                 gone.append((name, document))
         own = self.own
@@ -369,8 +371,7 @@ class Merge:
     def _invalid(self, name: str, key: str, reason: str, why: str) -> None:
         store = self.store
         self.errors(reason, "skipped metrics snapshot %s in %s: %s", name, store.path, why)
-        pid = key.split("-", 1)[0]
-        if process_key(int(pid)) != key:  # nobody will rewrite it: set it aside, once
+        if not running(key):  # nobody will rewrite it: set it aside, once
             try:
                 store.rename(name, f".{name}.invalid")
             except OSError:
@@ -379,7 +380,8 @@ class Merge:
     def _read_totals(self) -> dict[str, Any]:
         store = self.store
         try:
-            data = store.read(TOTALS, self.snapshots.max_bytes)
+            # The totals hold every family at the cap, the processes' own and the app's.
+            data = store.read(TOTALS, 4 * self.snapshots.max_bytes)
         except FileNotFoundError:
             return {}
         except Skipped as skipped:
@@ -423,7 +425,7 @@ class Merge:
                 store.unlink(name)
         elif name.endswith(".sock"):
             key = offered_by(name)
-            if key is not None and process_key(int(key.split("-", 1)[0])) != key:
+            if key is not None and not running(key):
                 store.unlink(name)
         elif name.endswith(".json") and name != TOTALS:
             self.errors("invalid", "skipped %s in %s: not a metrics snapshot", name, store.path)

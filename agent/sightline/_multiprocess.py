@@ -69,7 +69,7 @@ from ._merge import (
     label_key,
     overflow_labels,
 )
-from ._process import process_key
+from ._process import process_key, running
 from ._store import Store
 
 logger = logging.getLogger("sightline")
@@ -134,8 +134,7 @@ def open_store(server: Server | None) -> tuple[Store, str] | None:
     base = Store.open(Path(tempfile.gettempdir()), f"sightline-{os.geteuid()}")
     try:
         for name in base.names():
-            pid = name.split("-", 1)[0]
-            if name != key and pid.isdigit() and process_key(int(pid)) != name:
+            if name != key and name.split("-", 1)[0].isdigit() and not running(name):
                 base.remove_child(name)  # a server that is gone
         return base.child(key), key
     finally:
@@ -208,7 +207,10 @@ class Snapshots:
         self.max_bytes = max_snapshot_bytes(max_series)
         self.errors = errors or Errors()
         self.worker = server.worker if server is not None else True
-        self.key = process_key(os.getpid()) or f"{os.getpid()}-0"
+        key = process_key(os.getpid())
+        if key is None:  # only with no way to tell processes apart: never join blind
+            raise OSError(f"cannot tell process {os.getpid()} apart from a later one")
+        self.key = key
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -283,7 +285,11 @@ class Snapshots:
         # A forked child (gunicorn --preload) is a worker of the process that forked it.
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.key = process_key(os.getpid()) or f"{os.getpid()}-0"
+        key = process_key(os.getpid())
+        if key is None:  # cannot tell this process apart: write nothing rather than wrong
+            self._closed = True
+            return
+        self.key = key
         self._closed = False
         self.worker = True
         if hasattr(self.registry, "_lock"):  # a registry lock held at fork stays held here

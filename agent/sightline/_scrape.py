@@ -10,12 +10,16 @@ and handed by any process holding it to the next one that starts (``_keeper``). 
 process that exits closes only its own descriptor: connections waiting in the queue
 stay there and the others accept them. A new process asks the live ones, under the
 directory's lock, and binds a socket itself only when none answers; it then starts the
-keeper, which holds the socket while no worker does.
+keeper, which holds the socket while no worker does. The shared socket is bound without
+``SO_REUSEPORT``, so the port can never hold a second one (a socket nobody accepts on
+would swallow the scrapes the kernel routes to it): a process that finds the port taken
+asks its siblings again, for a while.
 
 Connections are accepted without blocking, as several processes wait on the socket
-and one takes each; each is served on its own short-lived thread (at most
-:data:`MAX_CONNECTIONS` at a time, each with a timeout), and closing waits for scrapes
-in progress until the shutdown deadline, then gives up on them.
+and one takes each; each is served on its own short-lived thread, at most
+:data:`MAX_CONNECTIONS` at a time (past that a scrape is answered 503 at once: the loop
+never waits, as it also hands the socket over), each within :data:`CONNECTION_TIMEOUT`
+in all. Closing waits for scrapes in progress until the shutdown deadline, then cuts them.
 """
 
 from __future__ import annotations
@@ -30,20 +34,24 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler
 
 from . import _keeper
-from ._process import process_key
+from ._process import process_key, running
 from ._store import Store
 
 logger = logging.getLogger("sightline")
 
-#: Scrapes served at the same time; more wait in the kernel's queue.
+#: Scrapes served at the same time; past it a scrape is answered 503 at once.
 MAX_CONNECTIONS = 8
-#: Longest a scraper may take to send its request or read the answer.
+#: Longest a scrape may take in all, from its connection to the last byte of the answer.
 CONNECTION_TIMEOUT = 10.0
+#: Longest a process starting waits for the shared socket while siblings offer it but do
+#: not hand it over, and while the port is taken and nobody offers it (another program's).
+OBTAIN_TIMEOUT = 10.0
+FOREIGN_TIMEOUT = 1.0
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 #: Processes started to keep the socket, held so they are not reported as leaked.
 _keepers: list[subprocess.Popen[bytes]] = []
 
@@ -77,8 +85,9 @@ class MetricsServer:
     """Serves a WSGI app (prometheus-client's) on ``addr`` from a daemon thread.
 
     ``store`` and ``key`` (the snapshot directory and this process's key) make the socket
-    shared by the server's processes; without them it is this process's own.
-    ``server`` (the pid of the server's main process) lets a keeper hold it between
+    shared by the server's processes; without them it is this process's own, shared with
+    the server's other processes through ``SO_REUSEPORT`` if ``reuse_port``. ``server``
+    (the pid of the server's main process) lets a keeper hold a shared socket between
     workers, for as long as that process lives.
     """
 
@@ -89,13 +98,13 @@ class MetricsServer:
         store: Store | None = None,
         key: str | None = None,
         server: int | None = None,
-        on_error: Callable[[str], None] | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.addr = addr
         self.store = store
         self.key = key
         self.server = server
-        self.on_error = on_error
+        self.reuse_port = reuse_port
         self._environ = _Environ(app, addr[0], addr[1])
         self._pid = os.getpid()
         self._socket: socket.socket | None = None
@@ -103,36 +112,30 @@ class MetricsServer:
         self._handover_name: str | None = None
         self._stopping = threading.Event()
         self._wake_read, self._wake_write = socket.socketpair()
-        self._connections: set[threading.Thread] = set()
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        # Scrapes being served: their thread, connection and deadline.
+        self._connections: dict[threading.Thread, tuple[socket.socket, float]] = {}
         self._thread: threading.Thread | None = None
-        self.ready = threading.Event()  # set once serving (or given up)
-        self.serving = False
+        self.serving = threading.Event()  # set once the socket is had
 
     def set_app(self, app: Any) -> None:
         self._environ.application = app
 
     def start(self) -> MetricsServer:
-        """Bind (or obtain) the socket now and serve it from a daemon thread; a socket
-        that cannot be had is logged and the app runs on without metrics."""
-        try:
-            self._socket = self._obtain()
-        except OSError as exc:
-            self._fail(exc)
-            self.ready.set()
-            return self
-        self.serving = True
-        self._thread = threading.Thread(target=self._serve, name="sightline-metrics", daemon=True)
+        """Serve from a daemon thread. A socket of this process's own is bound at once; a
+        shared one is obtained on the thread (it may wait for a sibling). A socket that
+        cannot be had is logged, and the app runs on without metrics."""
+        if self.store is None or self.key is None:
+            try:
+                self._socket = self._bind(reuse_port=self.reuse_port)
+            except OSError as exc:
+                self._fail(exc)
+                return self
+        self._thread = threading.Thread(target=self._run, name="sightline-metrics", daemon=True)
         self._thread.start()
-        self.ready.set()
         return self
 
     def _fail(self, exc: OSError) -> None:
         host, port = self.addr
-        reason = "address_in_use" if exc.errno == errno.EADDRINUSE else "bind_failed"
-        if self.on_error is not None:
-            with contextlib.suppress(Exception):
-                self.on_error(reason)
         logger.error(
             "sightline: cannot serve metrics on %s:%d (%s); the app runs on without them. "
             "Choose another address with SIGHTLINE_METRICS_ADDR (or `off`).",
@@ -141,29 +144,62 @@ class MetricsServer:
             exc.strerror or exc,
         )
 
+    def _run(self) -> None:
+        if self._socket is None:
+            try:
+                self._socket = self._obtain()
+            except OSError as exc:
+                if not self._stopping.is_set():
+                    self._fail(exc)
+                return
+        if self._stopping.is_set():
+            return
+        self.serving.set()
+        self._serve()
+
     # -- the socket
 
     def _obtain(self) -> socket.socket:
-        store = self.store
-        if store is None or self.key is None:
-            return self._bind(shared=False)
-        address = store.socket_address(f"{self.key}.sock")
+        """The server's shared socket: handed over by a live sibling, or bound here when
+        none holds it. Without ``SO_REUSEPORT``, so that there is never a second socket
+        on the port: one held only by a keeper would swallow the scrapes routed to it."""
+        store, key = self.store, self.key
+        assert store is not None
+        assert key is not None
+        address = store.socket_address(f"{key}.sock")
         if address is None:  # no /proc: each process binds its own, as before
-            return self._bind(shared=True)
-        with store.lock(".listener.lock", timeout=5.0):
-            listener = self._from_siblings(store)
-            if listener is None:
-                listener = self._bind(shared=True)
-                self._start_keeper(store, listener)
-            try:
-                store.unlink(f"{self.key}.sock")
-                self._handover = _keeper.offer(address)
-                self._handover_name = f"{self.key}.sock"
-            except OSError as exc:  # the others will bind their own: worse, not broken
-                logger.debug("sightline: cannot offer the metrics socket: %s", exc)
-        return listener
+            return self._bind(reuse_port=True)
+        started = time.monotonic()
+        while True:
+            with store.lock(".listener.lock", timeout=2.0) as locked:
+                listener, offered = self._from_siblings(store)
+                if listener is None and locked:
+                    try:
+                        listener = self._bind(reuse_port=False)
+                    except OSError as exc:
+                        # Held by a sibling that did not answer in time, or by one just
+                        # leaving: ask again, for a while. Nobody offering it means
+                        # another program holds the port: that is said soon.
+                        waited = time.monotonic() - started
+                        limit = OBTAIN_TIMEOUT if offered else FOREIGN_TIMEOUT
+                        if exc.errno != errno.EADDRINUSE or waited > limit:
+                            raise
+                    else:
+                        self._start_keeper(store, listener)
+                if listener is not None:
+                    try:
+                        store.unlink(f"{key}.sock")
+                        self._handover = _keeper.offer(address)
+                        self._handover_name = f"{key}.sock"
+                    except OSError as exc:  # the keeper still offers it
+                        logger.debug("sightline: cannot offer the metrics socket: %s", exc)
+                    return listener
+            if time.monotonic() - started > OBTAIN_TIMEOUT:
+                raise OSError(errno.EADDRINUSE, "no process of this server hands it over")
+            if self._stopping.wait(0.2):
+                raise OSError(errno.ECANCELED, "stopped")
 
-    def _bind(self, shared: bool) -> socket.socket:
+    def _bind(self, reuse_port: bool) -> socket.socket:
         host, port = self.addr
         try:
             family, _, _, _, sockaddr = socket.getaddrinfo(
@@ -174,8 +210,7 @@ class MetricsServer:
         listener = socket.socket(family, socket.SOCK_STREAM)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if shared:
-                # A sibling that is exiting may still hold the old socket for an instant.
+            if reuse_port:
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             listener.bind(sockaddr)
             listener.listen(64)
@@ -187,18 +222,24 @@ class MetricsServer:
 
     def _start_keeper(self, store: Store, listener: socket.socket) -> None:
         server = self.server
-        key = process_key(server) if server is not None else None
-        if server is None or key is None:
+        try:
+            key = process_key(server) if server is not None else None
+        except OSError:
+            key = None
+        if key is None:
             return
         env = {k: v for k, v in os.environ.items() if k != "SIGHTLINE_LAUNCHER"}
         command = [sys.executable, "-m", "sightline._keeper"]
-        command += [str(store.fd), str(listener.fileno()), str(server), key]
+        command += [str(store.fd), str(listener.fileno()), key]
         try:
             keeper = subprocess.Popen(
                 command,
                 pass_fds=(store.fd, listener.fileno()),
+                # None of the app's output: a supervisor waiting for it to end must not
+                # wait for the keeper too.
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 env=env,
             )
         except OSError as exc:  # workers still hand the socket on; only gaps are at risk
@@ -206,25 +247,26 @@ class MetricsServer:
             return
         _keepers.append(keeper)
 
-    def _from_siblings(self, store: Store) -> socket.socket | None:
+    def _from_siblings(self, store: Store) -> tuple[socket.socket | None, bool]:
+        """The socket from the first live sibling that hands it over, and whether any live
+        sibling offers it at all."""
         # Keepers first: they do nothing else, and answer at once.
         offers = sorted(store.names(), key=lambda name: (not name.endswith(_keeper.KEEPER), name))
+        offered = False
         for name in offers:
             key = _keeper.offered_by(name)
-            if key is None or key == self.key:
-                continue
-            pid = key.split("-", 1)[0]
-            if process_key(int(pid)) != key:
+            if key is None or key == self.key or not running(key):
                 continue
             address = store.socket_address(name)
             if address is None:
-                return None
+                break
+            offered = True
             listener = _keeper.receive(address)
             if listener is not None and self._matches(listener):
-                return listener
+                return listener, True
             if listener is not None:
                 listener.close()
-        return None
+        return None, offered
 
     def _matches(self, listener: socket.socket) -> bool:
         """A handed-over socket listens on the address this process is configured with."""
@@ -257,6 +299,7 @@ class MetricsServer:
                 for key, _ in events:
                     if key.data is not None and not self._stopping.is_set():
                         key.data()
+                self._end_overdue()
 
     def _accept(self) -> None:
         assert self._socket is not None
@@ -270,14 +313,27 @@ class MetricsServer:
             return
         connection.setblocking(True)
         connection.settimeout(CONNECTION_TIMEOUT)
-        if not self._slots.acquire(timeout=CONNECTION_TIMEOUT):
+        if len(self._connections) >= MAX_CONNECTIONS:
+            # Never wait here: this loop also hands the socket to processes starting.
+            with contextlib.suppress(OSError):
+                connection.settimeout(0.1)
+                connection.sendall(_BUSY)
             connection.close()
             return
         thread = threading.Thread(
             target=self._handle, args=(connection, client), name="sightline-scrape", daemon=True
         )
-        self._connections.add(thread)
+        self._connections[thread] = (connection, time.monotonic() + CONNECTION_TIMEOUT)
         thread.start()
+
+    def _end_overdue(self) -> None:
+        """Cut the connections of scrapes past their deadline (a scraper sending a byte
+        now and then would otherwise hold a thread for ever)."""
+        now = time.monotonic()
+        for connection, deadline in list(self._connections.values()):
+            if now > deadline:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
 
     def _handle(self, connection: socket.socket, client: Any) -> None:
         try:
@@ -287,8 +343,7 @@ class MetricsServer:
         finally:
             with contextlib.suppress(OSError):
                 connection.close()
-            self._slots.release()
-            self._connections.discard(threading.current_thread())
+            self._connections.pop(threading.current_thread(), None)
 
     def _hand_over(self) -> None:
         assert self._handover is not None
@@ -319,8 +374,11 @@ class MetricsServer:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
-        for connection in list(self._connections):
-            connection.join(max(0.0, deadline - time.monotonic()))
+        for scrape in list(self._connections):
+            scrape.join(max(0.0, deadline - time.monotonic()))
+        for connection, _ in list(self._connections.values()):  # past the deadline: cut
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
         if self._handover is not None:
             self._handover.close()
         if self._socket is not None:

@@ -749,11 +749,9 @@ def _shown(spec: _Spec, value: Any) -> str:
     if spec.secret:
         return "<hidden>"
     if spec.parse is _url and isinstance(value, str) and "@" in value:
+        # Everything up to the last "@" may be credentials (a password may hold "/").
         scheme, sep, rest = value.partition("://")
-        authority, slash, tail = rest.partition("/")
-        if "@" in authority:
-            user = authority.rpartition("@")[0].partition(":")[0]
-            value = f"{scheme}{sep}{user}:<hidden>@{authority.rpartition('@')[2]}{slash}{tail}"
+        value = f"{scheme}{sep}<hidden>@{rest.rpartition('@')[2]}"
     return repr(value)
 
 

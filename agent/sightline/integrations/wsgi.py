@@ -175,13 +175,18 @@ class _Exchange:
     def _iterate(self, body: Iterable[bytes]) -> Iterator[bytes]:
         # A body that raises half-way (a generator streaming a response) is the request's
         # error, as a view raising is: the server has sent a status it cannot take back.
-        try:
-            yield from body
-        except GeneratorExit:
-            raise
-        except BaseException as error:
-            self.error = error
-            raise
+        # Iterated by hand: `yield from` would close the body when this generator is closed
+        # (a client gone mid-stream), and the server closes it again through close().
+        iterator = iter(body)
+        while True:
+            try:
+                chunk = next(iterator)
+            except StopIteration:
+                return
+            except BaseException as error:
+                self.error = error
+                raise
+            yield chunk
 
     def close(self) -> None:
         try:
