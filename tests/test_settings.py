@@ -260,7 +260,7 @@ def test_longest_waits_leave_every_thread_running(registry: CollectorRegistry) -
         service="x",
         registry=registry,
         metrics_addr="off",
-        bsp_schedule_delay=3_600_000,
+        bsp_schedule_delay=3600,
         queue_sample_interval=3600,
         shutdown_timeout=600,
         loki_url=f"http://127.0.0.1:{free_port()}/",  # nothing listens: a refused push
@@ -281,3 +281,89 @@ def test_longest_waits_leave_every_thread_running(registry: CollectorRegistry) -
     started = time.monotonic()
     sightline.shutdown()
     assert time.monotonic() - started < 5
+
+
+#: A value other than the default for every setting, as its first variable takes it.
+SAMPLES = {
+    "disabled": "true",
+    "service": "checkout",
+    "service_version": "1.2.3",
+    "environment": "prod",
+    "resource_attributes": "team=a%2Cb,region=eu",
+    "metrics_addr": "[::1]:9000",
+    "metrics_path": "/metrics",
+    "max_series": "500",
+    "worker_capacity": "8",
+    "multiprocess": "off",
+    "queue_sample_interval": "2.5",
+    "exemplars": "false",
+    "integrations": "flask,celery",
+    "disabled_integrations": "rq",
+    "shutdown_timeout": "1.5",
+    "traces": "false",
+    "traces_sampler": "traceidratio",
+    "traces_sampler_arg": "0.25",
+    "otlp_endpoint": "https://collector:4318",
+    "otlp_traces_endpoint": "https://collector:4318/v1/traces",
+    "otlp_protocol": "http/protobuf",
+    "otlp_headers": "api-key=a%2Cb,x-tenant=t",
+    "otlp_timeout": "2500",
+    "otlp_compression": "none",
+    "bsp_max_queue_size": "4096",
+    "bsp_schedule_delay": "250",
+    "bsp_max_export_batch_size": "10",
+    "traces_buffer_bytes": "1048576",
+    "bsp_export_timeout": "1500",
+    "redact_query_keys": "sig,otp",
+    "logs": "false",
+    "log_format": "text",
+    "log_level": "DEBUG",
+    "access_log": "true",
+    "loki_url": "https://loki:3100/loki/api/v1/push",
+    "loki_labels": "service_name,level",
+    "loki_username": "shop",
+    "loki_password": "s3cret",
+    "loki_token": "t0ken",
+    "loki_tenant": "team-a",
+    "loki_buffer": "20000",
+    "loki_buffer_bytes": "1048576",
+    "loki_batch_size": "10",
+    "loki_batch_bytes": "4096",
+    "loki_timeout": "2.5",
+}
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_every_setting_round_trips_through_variable_and_keyword(name: str) -> None:
+    """Each setting read from its variable, given back to init() as the Python value it
+    became, is the same value: keywords take the kept units and types, not the variable's text."""
+    assert name in SAMPLES, f"add a sample value for {name}"
+    var = SPECS[name].env[0]
+    raw = SAMPLES[name]
+    from_env = getattr(Settings.load({var: raw}), name)
+    assert from_env != getattr(Settings.load({}), name) or name == "otlp_protocol"
+    from_keyword = getattr(Settings.load({}, {name: from_env}), name)
+    assert from_keyword == from_env
+    assert type(from_keyword) is type(from_env)
+
+
+def test_keywords_are_seconds_and_tuples_whatever_the_variable_takes() -> None:
+    """init(otlp_timeout=10) is ten seconds, as OTEL_EXPORTER_OTLP_TIMEOUT=10000 is; a
+    (host, port) tuple is an address; a millisecond setting refuses a string keyword."""
+    env = Settings.load({"OTEL_EXPORTER_OTLP_TIMEOUT": "10000", "SIGHTLINE_LOKI_TIMEOUT": "10"})
+    kw = Settings.load({}, {"otlp_timeout": 10, "loki_timeout": 10})
+    assert (env.otlp_timeout, env.loki_timeout) == (kw.otlp_timeout, kw.loki_timeout) == (10, 10)
+    assert Settings.load({}, {"bsp_schedule_delay": 0.25}).bsp_schedule_delay == 0.25
+    assert Settings.load({}, {"metrics_addr": ("0.0.0.0", 9464)}).metrics_addr == ("0.0.0.0", 9464)
+    assert Settings.load({}, {"metrics_addr": ("::1", 9)}).metrics_addr == ("::1", 9)
+    assert Settings.load({}, {"otlp_headers": {"api-key": "a,b"}}).otlp_headers == (
+        ("api-key", "a,b"),
+    )
+    with pytest.raises(ConfigError, match=r"otlp_timeout='10000': expected a number of seconds"):
+        Settings.load({}, {"otlp_timeout": "10000"})
+    with pytest.raises(ConfigError, match=r"otlp_timeout=700: expected a number of seconds"):
+        Settings.load({}, {"otlp_timeout": 700})
+    with pytest.raises(ConfigError, match="metrics_addr"):
+        Settings.load({}, {"metrics_addr": ("0.0.0.0", "9464")})
+    with pytest.raises(ConfigError, match="otlp_headers"):
+        Settings.load({}, {"otlp_headers": {"bad name": "x"}})

@@ -38,7 +38,7 @@ def start(backend: Backend, registry: CollectorRegistry, **settings: Any) -> Non
         registry=registry,
         metrics_addr="off",
         otlp_endpoint=backend.url,
-        bsp_schedule_delay=50,
+        bsp_schedule_delay=0.05,
         logs=False,
         **settings,
     )

@@ -85,6 +85,27 @@ class _Number:
             raise ValueError(expected)
         return value * self.scale if self.scale != 1.0 else value
 
+    def keyword(self, value: Any) -> Any:
+        """An ``init()`` keyword: a Python number in the unit kept (seconds), not the
+        variable's (milliseconds), so ``otlp_timeout=10`` is ten seconds."""
+        if isinstance(value, str):
+            if self.scale != 1.0:
+                raise ValueError(
+                    f"expected a number of seconds (the variable takes {self.unit.split()[-1]})"
+                )
+            return self(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("expected a number")
+        low, high = self.low * self.scale, self.high * self.scale
+        whole = self.whole and self.scale == 1.0
+        kind = "whole number" if whole else "number"
+        unit = " of seconds" if self.scale != 1.0 else (f" {self.unit}" if self.unit else "")
+        if (whole and not float(value).is_integer()) or not low <= value <= high:
+            raise ValueError(
+                f"expected a {kind}{unit} from {_format_number(low)} to {_format_number(high)}"
+            )
+        return int(value) if whole else float(value)
+
 
 def _format_number(value: float) -> str:
     return f"{value:,}" if float(value).is_integer() else f"{value:g}"
@@ -94,7 +115,13 @@ def _optional(parse: _Number) -> Callable[[str], Any]:
     def optional(raw: str) -> Any:
         return None if raw.strip().lower() in ("", "auto") else parse(raw)
 
+    def keyword(value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "auto"):
+            return None
+        return parse.keyword(value)
+
     optional.range, optional.low, optional.high = parse.range, parse.low, parse.high  # type: ignore[attr-defined]
+    optional.keyword = keyword  # type: ignore[attr-defined]
     return optional
 
 
@@ -756,17 +783,72 @@ def _shown(spec: _Spec, value: Any) -> str:
 
 
 def _cast_override(name: str, spec: _Spec, value: Any) -> Any:
-    if isinstance(value, bool):
-        raw = "true" if value else "false"
-    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        raw = ",".join(str(v) for v in value)
-    elif isinstance(value, (str, int, float)):
-        raw = str(value)
-    else:
-        raise ConfigError(f"invalid {name}={_shown(spec, value)}: expected a string or number")
-    if isinstance(value, bool) and spec.parse is not _bool:
-        raise ConfigError(f"invalid {name}={_shown(spec, value)}: not a yes/no setting")
+    """An ``init()`` keyword as a typed Python value: numbers in seconds whatever unit the
+    variable takes, ``(host, port)`` tuples, mappings or pairs for headers and attributes,
+    sequences of names; a string means what the variable's text would."""
     try:
-        return spec.parse(raw)
+        keyword = getattr(spec.parse, "keyword", None)
+        if keyword is not None:
+            return keyword(value)
+        if isinstance(value, bool):
+            if spec.parse is not _bool:
+                raise ValueError("not a yes/no setting")
+            return value
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return spec.parse(",".join(value))
+        if isinstance(value, (str, int, float)):
+            return spec.parse(str(value))
+        raise ValueError("expected a string or number")
     except ValueError as exc:
         raise ConfigError(f"invalid {name}={_shown(spec, value)}: {exc}") from None
+
+
+def _address_keyword(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, str):
+        return _address(value)
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+    ):
+        host = value[0]
+        return _address(f"[{host}]:{value[1]}" if ":" in host else f"{host}:{value[1]}")
+    raise ValueError("expected a (host, port) tuple, a HOST:PORT string or 'off'")
+
+
+def _pairs_keyword(
+    parse: Callable[[str], tuple[tuple[str, str], ...]],
+    check_key: Callable[[str], bool],
+    check_value: Callable[[str], str],
+) -> Any:
+    """Mappings or ``(key, value)`` pairs, for headers and resource attributes."""
+
+    def keyword(value: Any) -> tuple[tuple[str, str], ...]:
+        if isinstance(value, str):
+            return parse(value)
+        items = list(value.items()) if isinstance(value, Mapping) else value
+        if not isinstance(items, (list, tuple)) or not all(
+            isinstance(item, (list, tuple))
+            and len(item) == 2
+            and all(isinstance(part, str) for part in item)
+            for item in items
+        ):
+            raise ValueError("expected a mapping or (name, value) pairs of strings")
+        for key, text in items:
+            if not check_key(key):
+                raise ValueError(f"invalid name {key!r}")
+            check_value(text)
+        return tuple((key, text) for key, text in items)
+
+    return keyword
+
+
+_address.keyword = _address_keyword  # type: ignore[attr-defined]
+_headers.keyword = _pairs_keyword(  # type: ignore[attr-defined]
+    _headers, lambda key: bool(_TOKEN.fullmatch(key)), _header_value
+)
+_resource_attributes.keyword = _pairs_keyword(  # type: ignore[attr-defined]
+    _resource_attributes, lambda key: bool(key.strip()), str
+)
