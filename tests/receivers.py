@@ -5,7 +5,9 @@ and ``/loki/api/v1/push`` (Loki's JSON push body), and can misbehave on demand:
 answer a scripted sequence of error statuses, or accept connections and never answer.
 With ``keep_alive`` it speaks HTTP/1.1 and keeps connections open, as the Collector and
 Loki do; ``drop_idle`` then closes each one after answering without saying so, as a
-backend or load balancer timing out idle connections does.
+backend or load balancer timing out idle connections does. With ``tls`` (a server-side
+``ssl.SSLContext``) it speaks HTTPS, and ``client_certificates`` records the subject of
+each client certificate presented.
 It is a test double for Tempo/the Collector and Loki, which cannot run here; it checks
 the wire format, not those servers.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import ssl
 import threading
 import time
 import urllib.parse
@@ -29,10 +32,17 @@ from .helpers import free_port
 
 class Backend:
     def __init__(
-        self, port: int | None = None, keep_alive: bool = False, drop_idle: bool = False
+        self,
+        port: int | None = None,
+        keep_alive: bool = False,
+        drop_idle: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"https://localhost:{self.port}" if tls else f"http://127.0.0.1:{self.port}"
+        self.client_certificates: list[Any] = []
+        self.handshake_failures: list[str] = []
         self.trace_requests: list[ExportTraceServiceRequest] = []
         self.loki_pushes: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -62,8 +72,9 @@ class Backend:
                 if backend.drop_idle:
                     self.close_connection = True
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = _Server(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
+        self._server.backend = self
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -115,6 +126,8 @@ class Backend:
             self._release.wait(60)
             return
         with self._lock:
+            if isinstance(request.connection, ssl.SSLSocket):
+                self.client_certificates.append(request.connection.getpeercert())
             self.headers.append({k.lower(): v for k, v in request.headers.items()})
             self.targets.append(request.path)
             self.peers.append(request.client_address)
@@ -145,6 +158,26 @@ class Backend:
         request.send_response(status)
         request.send_header("Content-Length", "0")
         request.end_headers()
+
+
+class _Server(ThreadingHTTPServer):
+    """Serves each connection on its own thread, the TLS handshake included (so a client
+    that fails it is recorded, and never stalls the others)."""
+
+    backend: Backend
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        tls = self.backend.tls
+        if tls is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            wrapped = tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            self.backend.handshake_failures.append(str(exc))
+            return
+        with wrapped:
+            super().finish_request(wrapped, client_address)
 
 
 def attributes(pairs: Any) -> dict[str, Any]:

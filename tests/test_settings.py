@@ -286,6 +286,15 @@ def test_longest_waits_leave_every_thread_running(registry: CollectorRegistry) -
 #: A value other than the default for every setting, as its first variable takes it.
 SAMPLES = {
     "disabled": "true",
+    "sdk_disabled": "true",
+    "traces_exporter": "none",
+    "logs_exporter": "console",
+    "otlp_certificate": "{ca}",
+    "otlp_client_certificate": "{chain}",
+    "otlp_client_key": "{key}",
+    "loki_certificate": "{ca}",
+    "loki_client_certificate": "{chain}",
+    "loki_client_key": "{key}",
     "service": "checkout",
     "service_version": "1.2.3",
     "environment": "prod",
@@ -333,16 +342,37 @@ SAMPLES = {
 }
 
 
+@pytest.fixture(scope="module")
+def pem_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A CA certificate, a client certificate with its key in one file, and the key alone."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    client = ca.issue_cert("shop@example.com")
+    folder = tmp_path_factory.mktemp("pem")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    client.private_key_and_cert_chain_pem.write_to_path(str(folder / "chain.pem"))
+    client.private_key_pem.write_to_path(str(folder / "key.pem"))
+    return {name: str(folder / f"{name}.pem") for name in ("ca", "chain", "key")}
+
+
 @pytest.mark.parametrize("name", list(SPECS))
-def test_every_setting_round_trips_through_variable_and_keyword(name: str) -> None:
+def test_every_setting_round_trips_through_variable_and_keyword(
+    name: str, pem_files: dict[str, str]
+) -> None:
     """Each setting read from its variable, given back to init() as the Python value it
     became, is the same value: keywords take the kept units and types, not the variable's text."""
     assert name in SAMPLES, f"add a sample value for {name}"
     var = SPECS[name].env[0]
-    raw = SAMPLES[name]
-    from_env = getattr(Settings.load({var: raw}), name)
+    raw = SAMPLES[name].format(**pem_files)
+    # A client key goes with its certificate.
+    companion = name.replace("_key", "_certificate") if name.endswith("_client_key") else None
+    env = {var: raw}
+    overrides: dict[str, object] = {}
+    if companion:
+        env[SPECS[companion].env[0]] = overrides[companion] = pem_files["chain"]
+    from_env = getattr(Settings.load(env), name)
     assert from_env != getattr(Settings.load({}), name) or name == "otlp_protocol"
-    from_keyword = getattr(Settings.load({}, {name: from_env}), name)
+    from_keyword = getattr(Settings.load({}, {**overrides, name: from_env}), name)
     assert from_keyword == from_env
     assert type(from_keyword) is type(from_env)
 

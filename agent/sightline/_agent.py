@@ -64,7 +64,7 @@ class Agent:
             if self.registry is not REGISTRY:
                 # The global registry carries prometheus-client's process collector already.
                 self.metrics.register(ProcessCollector(registry=None))
-            if settings.traces:
+            if settings.exports_traces:
                 # Imported only when used: without the SDK loaded, the request path can skip
                 # looking for a current span to use as an exemplar (see metrics.py).
                 from .tracing import Tracing

@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -128,9 +129,18 @@ class Endpoint:
     """
 
     def __init__(
-        self, url: str, headers: Mapping[str, str], timeout: float, gzip: bool = True
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        timeout: float,
+        gzip: bool = True,
+        tls: ssl.SSLContext | None = None,
+        ca_setting: str = "",
     ) -> None:
         url, user, password = split_credentials(url)
+        self.tls = tls  # None: the system's trust store, as urllib would use
+        # What an untrusted certificate's warning names as the fix.
+        self._tls_hint = f"; set {ca_setting} to the CA that signed it" if ca_setting else ""
         self.url = url  # never holds credentials: it is shown in warnings
         self.headers = dict(headers)
         if user is not None and not any(k.lower() == "authorization" for k in headers):
@@ -161,6 +171,13 @@ class Endpoint:
             status = self._exchange(body, headers, timeout)
         except TimeoutError:
             raise PushError("timeout", True, f"no answer from {url} in {timeout:.1f}s") from None
+        except ssl.SSLCertVerificationError as error:
+            # Retrying cannot make an untrusted certificate trusted.
+            raise PushError(
+                "tls", False, f"cannot trust {url}: {error.verify_message}{self._tls_hint}"
+            ) from None
+        except ssl.SSLError as error:
+            raise PushError("tls", True, f"TLS with {url} failed: {error.reason}") from None
         except (OSError, http.client.HTTPException) as error:
             raise PushError("connection", True, f"cannot reach {url}: {error}") from None
         except ValueError as error:  # a URL or header the HTTP client refuses: retrying won't help
@@ -218,8 +235,9 @@ class Endpoint:
         tls = split.scheme == "https"
         proxy = urllib.request.getproxies().get(split.scheme)
         if not proxy or urllib.request.proxy_bypass(host):
-            kind = _HTTPSConnection if tls else _HTTPConnection
-            return kind(host, port, timeout=timeout), target, {}
+            if tls:
+                return _HTTPSConnection(host, port, timeout=timeout, context=self.tls), target, {}
+            return _HTTPConnection(host, port, timeout=timeout), target, {}
         via = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
         auth: dict[str, str] = {}
         if via.username is not None:
@@ -228,7 +246,9 @@ class Endpoint:
             token = base64.b64encode(f"{user}:{secret}".encode()).decode()
             auth["Proxy-Authorization"] = f"Basic {token}"
         if tls:  # tunnelled through CONNECT: the proxy never sees the request
-            tunnel = _HTTPSConnection(via.hostname or "", via.port, timeout=timeout)
+            tunnel = _HTTPSConnection(
+                via.hostname or "", via.port, timeout=timeout, context=self.tls
+            )
             tunnel.set_tunnel(host, port, headers=auth)
             return tunnel, target, {}
         plain = _HTTPConnection(via.hostname or "", via.port, timeout=timeout)

@@ -226,6 +226,45 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+def _otel_true(raw: str) -> bool:
+    """An OpenTelemetry boolean: only ``true`` (any case) is true; ``false`` and empty are
+    false. Anything else, which the specification reads as false with a warning, is
+    refused here, so a ``1`` or ``yes`` meant as true is not silently ignored."""
+    value = raw.strip().lower()
+    if value not in ("true", "false", ""):
+        raise ValueError("expected true or false (OpenTelemetry reads anything else as false)")
+    return value == "true"
+
+
+def _exporters(*known: str) -> Callable[[str], str]:
+    """OTEL_*_EXPORTER: a comma-separated list of exporter names, of which Sightline has
+    the ones in ``known``; ``none`` alone turns the signal's export off."""
+
+    def parse(raw: str) -> str:
+        names = _words(raw) or ("otlp",)
+        for name in names:
+            if name not in known:
+                raise ValueError(
+                    f"exporter {name!r} is not available in Sightline; "
+                    f"use one of {', '.join(known)}"
+                )
+        if "none" in names and len(names) > 1:
+            raise ValueError("'none' cannot be combined with another exporter")
+        return ",".join(dict.fromkeys(names))
+
+    return parse
+
+
+def _pem_file(raw: str) -> str:
+    """A readable PEM file (its contents are checked with the setting it goes with)."""
+    path = raw.strip()
+    if path and not os.path.isfile(path):
+        raise ValueError("expected the path of an existing PEM file")
+    if path and not os.access(path, os.R_OK):
+        raise ValueError("expected a PEM file this process may read")
+    return path
+
+
 def _name(raw: str) -> str:
     value = raw.strip()
     if not value or any(ch in value for ch in "\r\n\t"):
@@ -304,6 +343,12 @@ class _Spec:
 SPECS: dict[str, _Spec] = {
     "disabled": _Spec(
         ("SIGHTLINE_DISABLED",), _bool, "false", "Turn the whole agent into a no-op."
+    ),
+    "sdk_disabled": _Spec(
+        ("OTEL_SDK_DISABLED",),
+        _otel_true,
+        "false",
+        "OpenTelemetry's switch: no spans recorded or exported, no logs shipped; metrics stay.",
     ),
     "service": _Spec(
         ("SIGHTLINE_SERVICE", "OTEL_SERVICE_NAME"),
@@ -389,6 +434,12 @@ SPECS: dict[str, _Spec] = {
     ),
     # Traces
     "traces": _Spec(("SIGHTLINE_TRACES",), _bool, "true", "Record and export server spans."),
+    "traces_exporter": _Spec(
+        ("OTEL_TRACES_EXPORTER",),
+        _exporters("otlp", "none"),
+        "otlp",
+        "`otlp` exports spans; `none` records and exports none.",
+    ),
     "traces_sampler": _Spec(
         ("OTEL_TRACES_SAMPLER",), _choice(*SAMPLERS), "parentbased_always_on", "Sampler."
     ),
@@ -425,6 +476,27 @@ SPECS: dict[str, _Spec] = {
         _TIMEOUT_MILLISECONDS,
         "10000",
         "Timeout of one OTLP request (ms).",
+    ),
+    "otlp_certificate": _Spec(
+        ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"),
+        _pem_file,
+        "",
+        "CA certificates (PEM) trusted for an https:// OTLP endpoint, instead of the system's.",
+    ),
+    "otlp_client_certificate": _Spec(
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        ),
+        _pem_file,
+        "",
+        "Client certificate (PEM) presented to the OTLP endpoint (mutual TLS).",
+    ),
+    "otlp_client_key": _Spec(
+        ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+        _pem_file,
+        "",
+        "Private key (PEM) of the client certificate.",
     ),
     "otlp_compression": _Spec(
         ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"),
@@ -490,8 +562,32 @@ SPECS: dict[str, _Spec] = {
         "false",
         "One log line per request on the sightline.access logger.",
     ),
+    "logs_exporter": _Spec(
+        ("OTEL_LOGS_EXPORTER",),
+        _exporters("otlp", "console", "none"),
+        "otlp",
+        "`none` or `console` ships no logs (stdout only); `otlp` ships to SIGHTLINE_LOKI_URL.",
+    ),
     "loki_url": _Spec(
         ("SIGHTLINE_LOKI_URL",), _url, "", "Loki push URL; logs are shipped there when set."
+    ),
+    "loki_certificate": _Spec(
+        ("SIGHTLINE_LOKI_CERTIFICATE",),
+        _pem_file,
+        "",
+        "CA certificates (PEM) trusted for an https:// Loki, instead of the system's.",
+    ),
+    "loki_client_certificate": _Spec(
+        ("SIGHTLINE_LOKI_CLIENT_CERTIFICATE",),
+        _pem_file,
+        "",
+        "Client certificate (PEM) presented to Loki (mutual TLS).",
+    ),
+    "loki_client_key": _Spec(
+        ("SIGHTLINE_LOKI_CLIENT_KEY",),
+        _pem_file,
+        "",
+        "Private key (PEM) of the client certificate.",
     ),
     "loki_labels": _Spec(
         ("SIGHTLINE_LOKI_LABELS",),
@@ -645,6 +741,7 @@ class Settings:
     """
 
     disabled: bool
+    sdk_disabled: bool
     service: str
     service_version: str
     environment: str
@@ -660,6 +757,7 @@ class Settings:
     disabled_integrations: tuple[str, ...]
     shutdown_timeout: float
     traces: bool
+    traces_exporter: str
     traces_sampler: str
     traces_sampler_arg: float
     otlp_endpoint: str
@@ -667,6 +765,9 @@ class Settings:
     otlp_protocol: str
     otlp_headers: tuple[tuple[str, str], ...]
     otlp_timeout: float
+    otlp_certificate: str
+    otlp_client_certificate: str
+    otlp_client_key: str
     otlp_compression: str
     bsp_max_queue_size: int
     bsp_schedule_delay: float
@@ -678,7 +779,11 @@ class Settings:
     log_format: str
     log_level: str
     access_log: bool
+    logs_exporter: str
     loki_url: str
+    loki_certificate: str
+    loki_client_certificate: str
+    loki_client_key: str
     loki_labels: tuple[str, ...]
     loki_username: str
     loki_password: str
@@ -705,17 +810,17 @@ class Settings:
         if unknown:
             raise ConfigError(f"unknown setting {unknown[0]!r}; known: {', '.join(SPECS)}")
         values: dict[str, Any] = {}
-        explicit: set[str] = set()
+        explicit: dict[str, str] = {}  # setting -> the keyword or variable that gave it
         for name, spec in SPECS.items():
             if name in overrides and overrides[name] is not None:
                 values[name] = _cast_override(name, spec, overrides[name])
-                explicit.add(name)
+                explicit[name] = name
                 continue
             for var in spec.env:
                 raw = environ.get(var)
                 if raw is not None and raw.strip() != "":
                     values[name] = _cast(var, spec, raw)
-                    explicit.add(name)
+                    explicit[name] = var
                     break
             else:
                 values[name] = spec.parse(spec.default)
@@ -756,7 +861,61 @@ class Settings:
                     f"invalid {SPECS[batch].env[0]}={values[batch]}: larger than "
                     f"{SPECS[queue].env[0]}={values[queue]}"
                 )
+        for prefix in ("otlp", "loki"):
+            _check_tls(values, explicit, prefix)
         return cls(**values)
+
+    @property
+    def exports_traces(self) -> bool:
+        """Spans are recorded and exported: SIGHTLINE_TRACES, OTEL_SDK_DISABLED and
+        OTEL_TRACES_EXPORTER all allow it."""
+        return self.traces and not self.sdk_disabled and self.traces_exporter != "none"
+
+    @property
+    def ships_logs(self) -> bool:
+        """Log records are shipped to Loki: a URL is set, and neither OTEL_SDK_DISABLED nor
+        OTEL_LOGS_EXPORTER (``none``, ``console``) turns shipping off."""
+        return (
+            bool(self.loki_url)
+            and not self.sdk_disabled
+            and self.logs_exporter not in ("none", "console")
+        )
+
+
+def tls_context(ca: str, certificate: str, key: str) -> Any:
+    """The ``ssl.SSLContext`` an https:// export uses: the system's trust store unless
+    ``ca`` names the certificates to trust instead, plus a client certificate for mutual
+    TLS. Raises ``ssl.SSLError`` or ``OSError`` for files that are not what they claim."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=ca or None)
+    if certificate:
+        context.load_cert_chain(certificate, key or None)
+    return context
+
+
+def _check_tls(values: dict[str, Any], given: dict[str, str], prefix: str) -> None:
+    names = (f"{prefix}_certificate", f"{prefix}_client_certificate", f"{prefix}_client_key")
+    ca, certificate, key = (values[name] for name in names)
+    if key and not certificate:
+        raise ConfigError(
+            f"invalid {given[names[2]]}: a client key needs {SPECS[names[1]].env[-1]} too"
+        )
+    if not (ca or certificate):
+        return
+    import ssl
+
+    for name, check in ((names[0], (ca, "", "")), (names[1], ("", certificate, key))):
+        if not values[name]:
+            continue
+        try:
+            tls_context(*check)
+        except (ssl.SSLError, OSError) as exc:
+            what = "the key does not match the certificate, or " if key and name == names[1] else ""
+            raise ConfigError(
+                f"invalid {given[name]}={values[name]!r}: {what}not usable PEM "
+                f"({exc.__class__.__name__}: {getattr(exc, 'reason', None) or exc})"
+            ) from None
 
 
 def _cast(var: str, spec: _Spec, raw: str) -> Any:
@@ -791,7 +950,7 @@ def _cast_override(name: str, spec: _Spec, value: Any) -> Any:
         if keyword is not None:
             return keyword(value)
         if isinstance(value, bool):
-            if spec.parse is not _bool:
+            if spec.parse not in (_bool, _otel_true):
                 raise ValueError("not a yes/no setting")
             return value
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):

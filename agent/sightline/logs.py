@@ -27,6 +27,7 @@ import base64
 import json
 import json.encoder
 import logging
+import os
 import re
 import sys
 import time
@@ -39,8 +40,10 @@ from opentelemetry import trace
 
 from . import _safety
 from ._export import BatchQueue, Endpoint, ExportStats, Retrying, push, split_credentials
-from ._settings import Settings
+from ._settings import Settings, tls_context
 from ._spans import current_span_reader
+
+logger = logging.getLogger("sightline")
 
 TRACE_ID = "otelTraceID"
 SPAN_ID = "otelSpanID"
@@ -285,7 +288,17 @@ class LokiSender:
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
         if settings.loki_tenant:
             headers["X-Scope-OrgID"] = settings.loki_tenant
-        self.endpoint = Endpoint(url=url, headers=headers, timeout=settings.loki_timeout)
+        self.endpoint = Endpoint(
+            url=url,
+            headers=headers,
+            timeout=settings.loki_timeout,
+            tls=tls_context(
+                settings.loki_certificate,
+                settings.loki_client_certificate,
+                settings.loki_client_key,
+            ),
+            ca_setting="SIGHTLINE_LOKI_CERTIFICATE",
+        )
         self.stats = stats
         self.policy = Retrying(base=0.5, cap=10.0, max_attempts=8)
         self.queue: BatchQueue[LokiItem] | None = None
@@ -391,7 +404,24 @@ class Logs:
         self._root_level: int | None = None
         self._access_level: int | None = None
         self._original_basic_config: Callable[..., None] | None = None
-        if settings.loki_url:
+        if settings.loki_url and not settings.ships_logs:
+            logger.warning(
+                "sightline: logs are not shipped to %s: %s",
+                settings.loki_url.rpartition("@")[2],
+                "OTEL_SDK_DISABLED is true"
+                if settings.sdk_disabled
+                else f"OTEL_LOGS_EXPORTER={settings.logs_exporter}",
+            )
+        elif (
+            not settings.loki_url
+            and settings.logs_exporter == "otlp"
+            and os.environ.get("OTEL_LOGS_EXPORTER", "").strip()
+        ):
+            logger.warning(
+                "sightline: OTEL_LOGS_EXPORTER=otlp ships no logs: Sightline ships them to "
+                "Loki's push API; set SIGHTLINE_LOKI_URL (logs still go to stdout)"
+            )
+        if settings.ships_logs:
             sender = LokiSender(settings, stats)
             self.queue = BatchQueue(
                 "logs",

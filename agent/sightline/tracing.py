@@ -37,7 +37,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import _otlp, _resource, _safety
 from ._export import BatchQueue, Endpoint, ExportStats, Retrying, push
 from ._http import redact_target, redact_url
-from ._settings import Settings
+from ._settings import Settings, tls_context
 from ._spans import SPAN_KEY, LeanSpan, Sampling, context_var, wire_size
 from .metrics import OTHER_METHOD
 
@@ -124,6 +124,12 @@ class OtlpSender:
             headers=dict(settings.otlp_headers),
             timeout=settings.otlp_timeout,
             gzip=settings.otlp_compression == "gzip",
+            tls=tls_context(
+                settings.otlp_certificate,
+                settings.otlp_client_certificate,
+                settings.otlp_client_key,
+            ),
+            ca_setting="OTEL_EXPORTER_OTLP_CERTIFICATE",
         )
         self.settings = settings
         self.stats = stats
