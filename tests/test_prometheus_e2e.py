@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from .helpers import free_port, wait_until
-from .servers import Prometheus, binary, gunicorn, prometheus
+from .servers import Prometheus, binary, gunicorn, launcher, prometheus
 
 pytest.importorskip("flask")
 pytest.importorskip("gunicorn")
@@ -172,6 +172,55 @@ def test_metrics_endpoint_negotiates_openmetrics_and_gzip(stack: dict[str, Any])
         assert response.headers["Content-Encoding"] == "gzip"
         body = gzip.decompress(response.read())
     assert body.rstrip().endswith(b"# EOF")
+
+
+def test_two_services_never_share_a_metrics_port(tmp_path: Path) -> None:
+    """A second gunicorn app (another service) configured with the port a first one serves
+    does not join it: every scrape of the port shows the first service only, and each of
+    the second app's workers logs an error naming the port, the service holding it and the
+    setting that moves it, and exposes sightline_metrics_server_up 0."""
+    port = free_port()
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    first_env = {"SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{port}", "TMPDIR": str(first_dir)}
+    # The second serves its own metrics on a path too, where the failure must show.
+    second_env = {**first_env, "TMPDIR": str(second_dir), "SIGHTLINE_METRICS_PATH": "/metrics"}
+    args = ["--workers", "2"]
+    prefix = [*launcher(), "run", "--service", "ledger", "--"]
+    line = f"cannot serve metrics on 127.0.0.1:{port}: port {port} is held by the service 'shop'"
+    with gunicorn("tests.apps.flask_app:application", first_env, args, first_dir):
+        assert wait_until(lambda: b'service_name="shop"' in _page(metrics), timeout=15)
+        with gunicorn(
+            "tests.apps.plain_app:app", second_env, args, second_dir, prefix=prefix
+        ) as second:
+            log = second_dir / "gunicorn.log"
+            assert wait_until(lambda: log.read_text().count(line) == 2, timeout=20), log.read_text()
+            text = log.read_text()
+            assert "SIGHTLINE_METRICS_ADDR" in text
+            assert "pid " in text
+            for _ in range(5):
+                assert request(f"{second}/users/1").status == 200
+
+            def up() -> list[str]:
+                own = request(f"{second}/metrics").read().decode()
+                return [ln for ln in own.splitlines() if ln.startswith("sightline_metrics_server")]
+
+            assert wait_until(lambda: len(up()) == 2, timeout=15), up()  # one per worker
+            assert all(ln.endswith(" 0.0") for ln in up())
+            pages = [_page(metrics) for _ in range(12)]
+    for page in pages:
+        assert b'service_name="shop"' in page
+        assert b"ledger" not in page
+
+
+def _page(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bytes(response.read())
+    except OSError:
+        return b""
 
 
 def test_taken_port_does_not_stop_the_app(tmp_path: Path) -> None:

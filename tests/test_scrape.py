@@ -218,3 +218,71 @@ def test_closing_cuts_scrapes_past_the_deadline(monkeypatch: pytest.MonkeyPatch)
         started = time.monotonic()
         server.close(time.monotonic() + 0.5)
         assert time.monotonic() - started < 1.5
+
+
+REUSEPORT_HOLDER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+print("bound", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize(("holder_is_sibling", "joins"), [(True, True), (False, False)])
+def test_a_process_serving_alone_joins_only_its_own_servers_port(
+    holder_is_sibling: bool, joins: bool
+) -> None:
+    """A worker that serves its own socket (its server's directory refused) shares the
+    port with SO_REUSEPORT only with processes of its own server; a port another process
+    holds, even with SO_REUSEPORT, is refused: up is False and the error names the holder."""
+    port = free_port()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", REUSEPORT_HOLDER, str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"bound\n"
+        # The holder's parent is this test process: the "server" when it is a sibling.
+        server = __import__("os").getpid() if holder_is_sibling else 1
+        metrics = MetricsServer(("127.0.0.1", port), None, server=server, reuse_port=True)
+        metrics.start()
+        assert wait_until(lambda: metrics.up is not None, timeout=10)
+        assert metrics.up is joins
+        metrics.close()
+    finally:
+        holder.communicate(timeout=5)
+
+
+def test_the_error_for_a_taken_port_names_the_service_and_pid(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A port held by another Sightline service is reported with that service's name, the
+    holder's pid and the setting that moves this one."""
+    port = free_port()
+    code = (
+        "import sightline, sys; "
+        f"sightline.init(service='billing', metrics_addr='127.0.0.1:{port}'); "
+        "print('up', flush=True); sys.stdin.readline()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"up\n"
+        assert wait_until(lambda: bool(_scrape._port.served_service("127.0.0.1", port)), 10)
+        metrics = MetricsServer(("127.0.0.1", port), None, service="shop")
+        metrics.start()
+        assert wait_until(lambda: metrics.up is not None, timeout=10)
+        assert metrics.up is False
+        metrics.close()
+    finally:
+        holder.communicate(timeout=5)
+    [error] = [r.getMessage() for r in caplog.records if "cannot serve metrics" in r.getMessage()]
+    assert f"port {port} is held by the service 'billing' (pid {holder.pid} " in error
+    assert "SIGHTLINE_METRICS_ADDR" in error

@@ -105,7 +105,9 @@ class Agent:
                 key=snapshots.key if snapshots is not None else None,
                 server=self.server.pid if self.server is not None else None,
                 reuse_port=self.store_refused,
+                service=self.settings.service,
             ).start()
+            self.metrics.server_up.server = self.metrics_server
 
     def join_server(self, server: _multiprocess.Server) -> None:
         """Become the main process of a multi-process server, after init() (a Celery worker

@@ -42,6 +42,7 @@ _PER_PROCESS_PREFIXES = (
     "asyncio_",
     "http_server_active_requests",
     "http_server_worker_capacity",
+    "sightline_metrics_server_up",
     "target_info",
 )
 SUMMED_TYPES = frozenset(("counter", "histogram", "summary"))

@@ -37,7 +37,7 @@ import time
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler
 
-from . import _keeper
+from . import _keeper, _port
 from ._process import process_key, running
 from ._store import Store
 
@@ -99,8 +99,12 @@ class MetricsServer:
         key: str | None = None,
         server: int | None = None,
         reuse_port: bool = False,
+        service: str = "",
     ) -> None:
         self.addr = addr
+        self.service = service
+        #: None while the socket is being obtained, then whether metrics are served.
+        self.up: bool | None = None
         self.store = store
         self.key = key
         self.server = server
@@ -124,27 +128,37 @@ class MetricsServer:
         """Serve from a daemon thread. A socket of this process's own is bound at once; a
         shared one is obtained on the thread (it may wait for a sibling). A socket that
         cannot be had is logged, and the app runs on without metrics."""
+        failed: OSError | None = None
         if self.store is None or self.key is None:
             try:
                 self._socket = self._bind(reuse_port=self.reuse_port)
             except OSError as exc:
-                self._fail(exc)
-                return self
-        self._thread = threading.Thread(target=self._run, name="sightline-metrics", daemon=True)
+                failed = exc  # said from the thread: finding who holds the port takes time
+        self._thread = threading.Thread(
+            target=self._run, args=(failed,), name="sightline-metrics", daemon=True
+        )
         self._thread.start()
         return self
 
     def _fail(self, exc: OSError) -> None:
+        self.up = False
         host, port = self.addr
+        cause = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            cause = f"port {port} is {_port.describe(host, port, self.service)}"
         logger.error(
-            "sightline: cannot serve metrics on %s:%d (%s); the app runs on without them. "
-            "Choose another address with SIGHTLINE_METRICS_ADDR (or `off`).",
+            "sightline: cannot serve metrics on %s:%d: %s. This process serves no metrics "
+            "(sightline_metrics_server_up 0) and the app runs on. Give each service its own "
+            "port with SIGHTLINE_METRICS_ADDR (or `off`).",
             host,
             port,
-            exc.strerror or exc,
+            cause,
         )
 
-    def _run(self) -> None:
+    def _run(self, failed: OSError | None = None) -> None:
+        if failed is not None:
+            self._fail(failed)
+            return
         if self._socket is None:
             try:
                 self._socket = self._obtain()
@@ -154,6 +168,7 @@ class MetricsServer:
                 return
         if self._stopping.is_set():
             return
+        self.up = True
         self.serving.set()
         self._serve()
 
@@ -201,6 +216,10 @@ class MetricsServer:
 
     def _bind(self, reuse_port: bool) -> socket.socket:
         host, port = self.addr
+        if reuse_port and any(not self._sibling(pid) for pid in _port.holders(host, port)):
+            # SO_REUSEPORT would let this process join another service's port, and the
+            # kernel would deal the scrapes out between the two.
+            raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
         try:
             family, _, _, _, sockaddr = socket.getaddrinfo(
                 host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -219,6 +238,17 @@ class MetricsServer:
             raise
         listener.setblocking(False)
         return listener
+
+    def _sibling(self, pid: int) -> bool:
+        """Whether ``pid`` is another process of this server (its parent is the server's)."""
+        if self.server is None or pid == os.getpid():
+            return pid == os.getpid()
+        try:
+            with open(f"/proc/{pid}/stat") as file:
+                stat = file.read()
+        except OSError:
+            return False
+        return pid == self.server or stat.rpartition(")")[2].split()[1] == str(self.server)
 
     def _start_keeper(self, store: Store, listener: socket.socket) -> None:
         server = self.server

@@ -361,6 +361,7 @@ class Metrics:
             )
         )
         self.queues = self._add(_Queues())
+        self.server_up = self._add(_ServerUp())
         self.request_duration = self._add(
             Histogram(
                 "http_server_request_duration_seconds",
@@ -529,6 +530,26 @@ class _TargetInfo(Described):
             "Resource attributes of this process, as in OpenTelemetry.",
             value=resource_labels(self._settings),
         )
+
+
+class _ServerUp(Described):
+    """``sightline_metrics_server_up``: 1 when this process serves its metrics port, 0 when
+    it could not (the port taken, by whom is logged); absent while it is being obtained or
+    with no port configured. Seen where the metrics still are: the app's own path, the
+    merged page of the server's other processes."""
+
+    def __init__(self) -> None:
+        self.server: Any = None
+
+    def collect(self) -> Iterable[Metric]:
+        server = self.server
+        family = GaugeMetricFamily(
+            "sightline_metrics_server_up",
+            "Whether this process serves metrics on SIGHTLINE_METRICS_ADDR (0: it could not).",
+        )
+        if server is not None and server.up is not None:
+            family.add_metric([], 1.0 if server.up else 0.0)
+        yield family
 
 
 class _Queues(Described):
