@@ -41,6 +41,10 @@ class Agent:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else REGISTRY
+        # With PROMETHEUS_MULTIPROC_DIR, prometheus-client would keep every metric made
+        # from now on in memory-mapped files of its own, beside Sightline's snapshots:
+        # one storage, Sightline's, is enough (the values reach the snapshots either way).
+        self._value_class = _multiprocess.own_prometheus_values(settings)
         self.metrics = Metrics(settings, self.registry)
         self.metrics_path: str | None = settings.metrics_path or None
         self.metrics_app = make_wsgi_app(self.registry)
@@ -187,6 +191,7 @@ class Agent:
         if self.snapshots is not None:  # the last numbers of this process, for the server's
             self.snapshots.close()
         self.metrics.close()
+        _multiprocess.restore_prometheus_values(self._value_class)
         if _safety.counter == self._count_internal_error:
             _safety.counter = None
 

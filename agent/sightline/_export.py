@@ -16,6 +16,11 @@ bounded even when the backend is down or hung.
 from __future__ import annotations
 
 import base64
+
+# Loaded now, not by the first name lookup on a background thread: a process forking
+# while that thread imported it would leave the module's import lock held in the child,
+# and the child's first lookup of a name (the app's, say) would wait for ever.
+import encodings.idna  # noqa: F401
 import gzip
 import http.client
 import io

@@ -44,9 +44,11 @@ gone when a new one starts. Nothing needs creating or wiping by hand.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -120,11 +122,64 @@ class Errors:
             logger.log(level, "sightline: " + message, *args)
 
 
+def own_prometheus_values(settings: Any) -> Any:
+    """Make prometheus-client keep the values of metrics made from now on in memory, not
+    in its multi-process files, when PROMETHEUS_MULTIPROC_DIR is set and Sightline merges
+    the processes; returns what to restore (None: nothing changed)."""
+    if settings.multiprocess == "off" or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    from prometheus_client import values
+
+    previous = values.ValueClass
+    values.ValueClass = values.MutexValue
+    return previous
+
+
+def restore_prometheus_values(previous: Any) -> None:
+    if previous is not None:
+        from prometheus_client import values
+
+        values.ValueClass = previous
+
+
+#: prometheus-client's multi-process files: ``counter_<pid>.db``, ``gauge_livesum_<pid>.db``...
+_PROMETHEUS_FILE = re.compile(r"[a-z]+(?:_[a-z]+)?_(\d+)\.db")
+
+
+def remove_prometheus_files(folder: str, pid: int | None = None) -> None:
+    """Remove prometheus-client's files of process ``pid``, or of every process that is
+    no longer running: their values are in Sightline's snapshots and totals (a metric
+    made before ``init()`` still writes one), and nothing else reads them."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        match = _PROMETHEUS_FILE.fullmatch(name)
+        if match is None:
+            continue
+        owner = int(match.group(1))
+        if owner == pid or (pid is None and not _alive(owner)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: alive
+        return True
+    return True
+
+
 def open_store(server: Server | None) -> tuple[Store, str] | None:
     """The store the server's processes share and its identity, None if this process is
     not part of one; raises :class:`~sightline._store.Refused` for an untrusted one."""
     explicit = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if explicit:
+        remove_prometheus_files(explicit)
         return Store.open(Path(explicit), "sightline"), "shared"
     if server is None:
         return None
@@ -278,16 +333,21 @@ class Snapshots:
         if thread is not None and thread.ident != threading.get_ident():
             thread.join(INTERVAL)
         with _safety.internal_errors("multiprocess.final_snapshot"):
-            self.write(final=True)
+            if self.write(final=True) and self.store_id == "shared":
+                remove_prometheus_files(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""), os.getpid())
         self._closed = True
 
     def _after_fork(self) -> None:
-        # A forked child (gunicorn --preload) is a worker of the process that forked it.
+        # A child the server's main process forked (gunicorn --preload, or init() in an
+        # on_starting hook) is one of its workers. A child of anything else (a helper
+        # process a worker forks, a multiprocessing pool) is not: it writes no snapshot,
+        # so it is neither counted as a worker nor able to repeat its parent's counts.
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        server = self.server
         key = process_key(os.getpid())
-        if key is None:  # cannot tell this process apart: write nothing rather than wrong
-            self._closed = True
+        if key is None or (server is not None and os.getppid() != server.pid):
+            self._closed = True  # also: cannot tell this process apart; write nothing wrong
             return
         self.key = key
         self._closed = False

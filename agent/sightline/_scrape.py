@@ -25,6 +25,11 @@ in all. Closing waits for scrapes in progress until the shutdown deadline, then 
 from __future__ import annotations
 
 import contextlib
+
+# Loaded now, not by the first name lookup on a background thread: a process forking
+# while that thread imported it would leave the module's import lock held in the child,
+# and the child's first lookup of a name (the app's, say) would wait for ever.
+import encodings.idna  # noqa: F401
 import errno
 import logging
 import os

@@ -255,6 +255,8 @@ class SaturationCollector(Described):
             _safety.report("saturation.collect", exc)
 
     def _collect(self) -> Iterable[Metric]:
+        if self._process.pid != os.getpid():  # forked (gunicorn --preload): this process's own
+            self._process = psutil.Process()
         yield GaugeMetricFamily(
             "process_cpu_limit_cores",
             "CPU cores this process may use: the cgroup quota, else the CPUs it may run on.",

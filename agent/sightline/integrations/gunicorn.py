@@ -23,6 +23,7 @@ from .._multiprocess import Server
 from . import DidNotEnable, Integration
 
 try:
+    from gunicorn.arbiter import Arbiter
     from gunicorn.workers.base import Worker
 except ImportError:
     raise DidNotEnable("gunicorn is not installed") from None
@@ -41,22 +42,34 @@ def capacity_from_config(cfg: Any) -> int:
     return max(1, int(getattr(cfg, "worker_connections", 1000)))
 
 
-def find_config() -> tuple[Any, bool] | None:
-    """The ``cfg`` of the gunicorn objects loading us, and whether a worker is loading
-    us (rather than the master, with ``--preload``); None outside gunicorn."""
+def find_config() -> tuple[Any, bool, int] | None:
+    """The ``cfg`` of the gunicorn objects running us, whether this process is a worker
+    (rather than the master: ``--preload``, an ``on_starting`` hook), and the master's
+    pid; None outside gunicorn.
+
+    A worker is known where gunicorn made it: a ``Worker`` on the stack (the app loading,
+    ``post_worker_init``), or the arbiter's ``spawn_worker`` in a process that is not the
+    arbiter (a ``post_fork`` hook). Never by being a fork: a worker's own child is not
+    a worker."""
     frame: FrameType | None = sys._getframe(1)
     cfg: Any = None
     in_worker = False
+    master = os.getpid()
     while frame is not None:
         candidate: Any = frame.f_locals.get("self")
         if isinstance(candidate, Worker):  # also uvicorn's UvicornWorker, a subclass
             in_worker = True
+            master = int(getattr(candidate, "ppid", None) or os.getppid())
+        elif isinstance(candidate, Arbiter) and not in_worker:
+            pid = getattr(candidate, "pid", None)
+            if isinstance(pid, int) and pid != os.getpid():  # forked by it: a new worker
+                in_worker, master = True, pid
         if cfg is None and type(candidate).__module__.startswith("gunicorn."):
             found = getattr(candidate, "cfg", None)
             if found is not None and hasattr(found, "worker_class_str"):
                 cfg = found
         frame = frame.f_back
-    return (cfg, in_worker) if cfg is not None else None
+    return (cfg, in_worker, master) if cfg is not None else None
 
 
 class GunicornIntegration(Integration):
@@ -66,13 +79,10 @@ class GunicornIntegration(Integration):
         found = find_config()
         if found is None:
             return
-        cfg, in_worker = found
+        cfg, in_worker, master = found
         if agent.server is None:
             agent.server = Server(
-                "gunicorn",
-                os.getppid() if in_worker else os.getpid(),
-                workers=int(getattr(cfg, "workers", 1)),
-                worker=in_worker,
+                "gunicorn", master, workers=int(getattr(cfg, "workers", 1)), worker=in_worker
             )
         if agent.settings.worker_capacity is None:
             agent.detected_capacity = capacity_from_config(cfg)
