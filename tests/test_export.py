@@ -320,6 +320,19 @@ class RawBackend:
                 if not chunk:
                     return
                 data += chunk
+            # The whole body too: closing with some of it unread would reset the
+            # connection, and the client would see a reset instead of the answer.
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(body) < length:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return
+                body += chunk
             try:
                 self.answer(connection)
             except OSError:
