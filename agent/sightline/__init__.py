@@ -127,12 +127,22 @@ def _stop_for_exit(timeout: float) -> None:
 def instrument_app(app: Any, route_of: Callable[[Any], str | None] | None = None) -> Any:
     """Wrap any WSGI or ASGI app so its requests are recorded, whatever its framework.
 
-    ``route_of(environ_or_scope)`` may return the matched route template; without it,
-    every request is labelled ``http_route="_unmatched"``. Wrapping an app whose
-    framework is already instrumented (or wrapping twice) still records each request
-    once::
+    ``route_of(environ_or_scope)`` returns the matched route template (a string) or
+    None. A framework app inside (Flask, Django, Starlette/FastAPI, Litestar, Quart)
+    names its routes itself, and ``route_of`` then names only what it leaves unnamed;
+    with neither, requests are labelled ``http_route="_unmatched"`` and the app's first
+    request logs one warning. Wrapping an app whose framework is already instrumented
+    (or wrapping twice) still records each request once. ``sightline run`` wraps every
+    app a server loads like this already; wrap by hand to add a ``route_of``::
 
-        application = sightline.instrument_app(application)
+        def route_of(scope):
+            # an app routing on its first path segment: /db/<anything> -> /db/{rest}
+            head = scope["path"].split("/")[1]
+            return f"/{head}/{{rest}}" if head in ("db", "static") else None
+
+        application = sightline.instrument_app(application, route_of=route_of)
+
+    See docs/frameworks.md.
     """
     # An ASGI app is a coroutine function, or an object whose __call__ is one.
     if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(type(app).__call__):

@@ -13,9 +13,16 @@ Where ``init()`` runs decides what it can detect, so it waits for the right mome
   itself is not instrumented.
 - **uvicorn**: where the app is loaded (``Config.load``): in each worker with
   ``--workers``, in the one process otherwise; uvicorn's supervisor is not.
+- **hypercorn**: in each worker, as it starts (before it loads the app); hypercorn's
+  own process only with ``--workers 0``, when it serves the app itself.
 - **anything else** (``python app.py``, ``flask run``, ``manage.py``, ``celery``):
   at start-up. Every Python process the command starts is instrumented the same
   way, except multiprocessing's own helpers (its resource tracker, fork server).
+
+Every app a server loads is measured, whatever its framework: where uvicorn
+(``Config.load``) and gunicorn (``Application.wsgi``, any worker class) obtain the app,
+it goes through ``integrations._served`` (hypercorn's integration does the same), which
+wraps an app no framework integration records in the generic middleware.
 
 Such a program usually leaves SIGTERM and SIGHUP to their default, which ends the
 process at once, without ``atexit``: its last spans and log lines would be lost. Where
@@ -84,16 +91,50 @@ def bootstrap() -> None:
     program = _program()
     if program == "multiprocessing-helper":
         return  # a resource tracker or fork server: no app runs there
+    # Before the launches below: a launch on the same method restores what it found.
+    _after("uvicorn.config", "Config", "load", _uvicorn_loaded)
+    _after("gunicorn.app.base", "BaseApplication", "wsgi", _gunicorn_loaded)
+    servers = [name for name in ("uvicorn", "hypercorn") if importlib.util.find_spec(name)]
     if program == "gunicorn":
         _before("gunicorn.workers.base", "Worker", "init_process")
-    elif program == "uvicorn" or (
-        program == "multiprocessing" and importlib.util.find_spec("uvicorn") is not None
-    ):
-        # uvicorn's --workers are started with multiprocessing's spawn method.
+    elif program == "uvicorn":
         _before("uvicorn.config", "Config", "load")
+    elif program == "hypercorn":
+        _before("hypercorn.config", "Config", "create_sockets", when=_serves_in_process)
+    elif program == "multiprocessing" and servers:
+        # uvicorn's and hypercorn's workers are started with multiprocessing's spawn
+        # method: which one this is shows in what the process runs.
+        _before("multiprocessing.process", "BaseProcess", "run", when=_not_uvicorn)
+        if "uvicorn" in servers:
+            _before("uvicorn.config", "Config", "load")
     else:
         _init()
         _flush_on_signals()
+
+
+def _serves_in_process(config: Any) -> bool:
+    """hypercorn with ``--workers 0`` serves the app from its own process."""
+    return getattr(config, "workers", 1) == 0
+
+
+def _not_uvicorn(process: Any) -> bool:
+    """A spawned process that is not a uvicorn worker (those start where they load the
+    app): a hypercorn worker, or any other, starts before it runs its target."""
+    target = getattr(process, "_target", None)
+    return not str(getattr(target, "__module__", "")).startswith("uvicorn.")
+
+
+def _uvicorn_loaded(config: Any, result: Any) -> Any:
+    from .integrations import _served
+
+    _served.uvicorn_loaded(config)
+    return result
+
+
+def _gunicorn_loaded(application: Any, app: Any) -> Any:
+    from .integrations import _served
+
+    return _served.measured(app)
 
 
 #: Signals whose default action ends a process without running atexit handlers.
@@ -134,8 +175,9 @@ def _init() -> None:
         sys.stderr.write(f"sightline: not started: {exc}\n")
 
 
-def _before(module: str, cls: str, method: str) -> None:
-    """Run ``init()`` just before ``module.cls.method`` first runs in this process."""
+def _before(module: str, cls: str, method: str, when: Callable[[Any], bool] | None = None) -> None:
+    """Run ``init()`` just before ``module.cls.method`` first runs in this process (if
+    ``when(self)`` says so then)."""
     from .integrations import watcher
 
     def patch() -> None:
@@ -146,11 +188,40 @@ def _before(module: str, cls: str, method: str) -> None:
 
         def launch(self: Any, *args: Any, **kwargs: Any) -> Any:
             setattr(owner, method, original)  # once is enough
-            _init()
+            if when is None or when(self):
+                _init()
             return original(self, *args, **kwargs)
 
         launch._sightline_launch = True  # type: ignore[attr-defined]
         setattr(owner, method, launch)
+
+    if module in sys.modules:
+        patch()
+    else:
+        watcher.watch(module, patch)
+
+
+def _after(module: str, cls: str, method: str, then: Callable[[Any, Any], Any]) -> None:
+    """Make ``module.cls.method`` return ``then(self, result)`` instead of ``result``,
+    from its first import on (an error in ``then`` is Sightline's: ``result`` stands)."""
+    from .integrations import watcher
+
+    def patch() -> None:
+        owner = getattr(sys.modules[module], cls)
+        original: Callable[..., Any] = getattr(owner, method)
+        if getattr(original, "_sightline_after", False):
+            return
+
+        def after(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(self, *args, **kwargs)
+            from . import _safety
+
+            with _safety.internal_errors(f"launcher.{cls}.{method}"):
+                return then(self, result)
+            return result
+
+        after._sightline_after = True  # type: ignore[attr-defined]
+        setattr(owner, method, after)
 
     if module in sys.modules:
         patch()

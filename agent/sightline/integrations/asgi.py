@@ -4,9 +4,17 @@
 A response is timed until its last body chunk is sent (``more_body`` false), so a
 streaming response counts its whole stream. WebSocket connections and lifespan events
 pass through untouched and are not counted as HTTP requests. Framework integrations
-(Starlette/FastAPI) call :func:`handle` from the framework's own ``__call__`` and pass a
-function that reads the matched route template from the scope; any ASGI app can be
-wrapped directly with ``sightline.instrument_app(app)``.
+(Starlette/FastAPI, Litestar, Quart, Django) call :func:`handle` from the framework's own
+``__call__`` and pass a function that reads the matched route template from the scope;
+any ASGI app can be wrapped directly with ``sightline.instrument_app(app)``, and under
+``sightline run`` every app a server loads is wrapped so (see ``_served``).
+
+Each request is recorded once, by the outermost layer. When that is the generic
+middleware and a framework's app sits inside it (a FastAPI app that a server wrapped, or
+that the app wrapped by hand), the framework *claims* the request: :func:`handle` finds
+the pending request in the scope and gives it the framework's ``route_of`` instead of
+recording a second time. A request nothing claims, for an app given no ``route_of``, is
+``_unmatched``, and that app's first such request logs one warning naming the fix.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from opentelemetry.semconv.attributes import (
 from .. import _agent, _safety
 from .._http import queue_seconds, redact_query
 from ..metrics import KNOWN_METHODS, OTHER_METHOD, UNMATCHED_ROUTE
+from .wsgi import ROUTE, Unnamed
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,8 +46,11 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 RouteOf = Callable[[Scope], "str | None"]
 
-#: Set in the scope by the first layer that records a request (nested apps record once).
+#: Set in the scope by the framework layer that records a request, or that claimed it
+#: from the generic middleware outside: nested framework apps leave it alone.
 SEEN = "sightline.recorded"
+#: The request the generic middleware records, waiting for a framework to name its route.
+PENDING = "sightline.pending"
 
 _QUEUE_HEADERS = (b"x-request-start", b"x-queue-start")
 _perf_counter = time.perf_counter
@@ -87,16 +99,45 @@ def span_attributes(scope: Scope, method: str, redact: tuple[str, ...]) -> dict[
     return attributes
 
 
+def route_in_scope(scope: Scope) -> str | None:
+    """The template a framework left in the scope under ``ROUTE`` (Quart, Django)."""
+    route = scope.get(ROUTE)
+    return route if isinstance(route, str) else None
+
+
 class _Exchange:
     """One HTTP request in flight over ASGI; :meth:`finish` records it once."""
 
-    __slots__ = ("agent", "method", "route_of", "scope", "span", "started", "status", "token")
+    __slots__ = (
+        "agent",
+        "framework",
+        "framework_scope",
+        "method",
+        "route_of",
+        "scope",
+        "span",
+        "started",
+        "status",
+        "token",
+        "unnamed",
+    )
 
-    def __init__(self, agent: _agent.Agent, scope: Scope, route_of: RouteOf | None) -> None:
+    def __init__(
+        self,
+        agent: _agent.Agent,
+        scope: Scope,
+        route_of: RouteOf | None,
+        unnamed: Unnamed | None = None,
+    ) -> None:
         self.started = _perf_counter()
         self.agent: _agent.Agent | None = agent
         self.scope = scope
         self.route_of = route_of
+        #: The route_of of the framework that claimed this request, and its scope (a
+        #: middleware in between may have handed the framework a copy).
+        self.framework: RouteOf | None = None
+        self.framework_scope: Scope = scope
+        self.unnamed = unnamed
         self.status: int | None = None
         self.span: Any = None
         self.token: object = None
@@ -138,8 +179,14 @@ class _Exchange:
         route = None
         try:
             agent.metrics.active_requests.dec()
-            if self.route_of is not None:
-                route = _route(self.route_of, self.scope)
+            framework = self.framework
+            if framework is not None:
+                route = _route(framework, self.framework_scope)
+            if route is None:
+                if self.route_of is not None:
+                    route = _route(self.route_of, self.scope)
+                elif framework is None and self.unnamed is not None and not self.unnamed.warned:
+                    self.unnamed.warn()
             label = route or UNMATCHED_ROUTE
             agent.metrics.observe_request(self.method, label, str(code), elapsed, span)
             if agent.access_log:
@@ -173,18 +220,39 @@ async def handle(
     receive: Receive,
     send: Send,
     route_of: RouteOf | None,
+    unnamed: Unnamed | None = None,
 ) -> None:
+    """Record one ``http`` request to ``app``: called by a framework's patched ``__call__``
+    (``unnamed`` None), or by the generic middleware (``unnamed`` set)."""
+    pending: _Exchange | None = scope.get(PENDING)
+    if pending is not None:
+        # The generic middleware outside records this request; a framework names its route.
+        if unnamed is None:
+            pending.framework = route_of
+            pending.framework_scope = scope
+            scope[SEEN] = True
+            if pending.unnamed is not None:  # the app has a framework inside: no warning
+                pending.unnamed.warned = True
+        else:  # instrument_app(app, route_of) inside a server's wrap: the nearer app counts
+            pending.unnamed = unnamed
+            if route_of is not None:
+                pending.route_of = route_of
+        await app(scope, receive, send)
+        return
     if agent.metrics_path is not None and scope.get("path") == agent.metrics_path:
         await agent.metrics_asgi(scope, receive, send)
         return
-    scope[SEEN] = True
     try:
         agent.saturation.loop_lag.watch(asyncio.get_running_loop())
     except RuntimeError:
         pass  # not an asyncio loop (trio): no lag timer, everything else as usual
     except Exception as exc:
         _safety.report("asgi.loop_lag", exc)
-    exchange = _Exchange(agent, scope, route_of)
+    exchange = _Exchange(agent, scope, route_of, unnamed)
+    if unnamed is None:
+        scope[SEEN] = True
+    else:
+        scope[PENDING] = exchange
 
     async def send_wrapper(message: Message) -> None:
         kind = message.get("type")
@@ -214,15 +282,20 @@ async def handle(
 
 
 class SightlineASGIMiddleware:
-    """Pure ASGI middleware recording golden signals; see :func:`sightline.instrument_app`."""
+    """Pure ASGI middleware recording golden signals; see :func:`sightline.instrument_app`.
+
+    A framework app inside names the routes (it claims the request); otherwise
+    ``route_of`` does, and without it the first request logs the ``_unmatched`` warning.
+    """
 
     def __init__(self, app: ASGIApp, route_of: RouteOf | None = None) -> None:
         self.app = app
         self.route_of = route_of
+        self.unnamed = Unnamed(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         agent = _agent.current
         if agent is None or scope.get("type") != "http" or SEEN in scope:
             await self.app(scope, receive, send)
             return
-        await handle(agent, self.app, scope, receive, send, self.route_of)
+        await handle(agent, self.app, scope, receive, send, self.route_of, self.unnamed)

@@ -5,10 +5,16 @@ so apps created before or after ``init()`` are covered and the core sits outside
 user middleware. The route template is read from the scope once the response is sent:
 Starlette's router leaves the matched route in ``scope["route"]``; each ``Mount`` a
 request passes adds its path *template* (``Mount.handle`` is patched for that, since
-``root_path`` holds the matched values, e.g. a tenant name); FastAPI's ``APIRouter``
-prefixes are already part of each route's path. A request answered by a mounted app
-without routes of its own (static files, a wrapped WSGI app) is labelled
+``root_path`` holds the matched values, e.g. a tenant name). A request answered by a
+mounted app without routes of its own (static files, a wrapped WSGI app) is labelled
 ``<mount>/{path:path}``.
+
+FastAPI's router (0.12x and later) no longer leaves every route in ``scope["route"]``
+(not ``add_route()`` routes, nor its own ``/docs`` and ``/openapi.json``), and a route
+of a router included with a prefix keeps its path without that prefix. It reports each
+route it selects, with its full template, to the request-telemetry object FastAPI reads
+from ``scope["fastapi.telemetry"]``; Sightline puts its own there (:func:`_selection`),
+which also keeps FastAPI's built-in telemetry from recording the request a second time.
 """
 
 from __future__ import annotations
@@ -35,9 +41,24 @@ MOUNTS = "sightline.mounts"
 _FASTAPI_TELEMETRY = "fastapi.telemetry"
 # What install() replaced, restored by uninstall(); read by the patched methods.
 _saved: dict[str, Any] = {}
+#: The class of the route-selection record FastAPI's router fills in (None: this FastAPI
+#: reports no selections, or FastAPI is not imported).
+_selection_class: Any = None
 
 
 def route_of(scope: Scope) -> str | None:
+    selection = scope.get(_FASTAPI_TELEMETRY)
+    if selection is not None and type(selection) is _selection_class:
+        if selection.template is None:
+            if selection.nested:  # a mounted FastAPI app matched nothing: a 404
+                return None
+        # After a mount FastAPI selected, a Starlette router inside the mounted app that
+        # matched a route of its own names the request (FastAPI only saw the mount).
+        elif (
+            selection.mounted != selection.selected
+            or scope.get("route") is selection.route_at_mount
+        ):
+            return selection.template  # type: ignore[no-any-return]
     route = scope.get("route")
     path = getattr(route, "path", None)
     if not isinstance(path, str):
@@ -46,6 +67,60 @@ def route_of(scope: Scope) -> str | None:
     if isinstance(route, Mount):  # its path is in the prefix already
         return f"{prefix}/{{path:path}}"
     return prefix + path  # type: ignore[no-any-return]
+
+
+def _selection(base: Any) -> Any:
+    """The class of Sightline's record of what FastAPI's router selects.
+
+    FastAPI's router reports each selection to ``scope["fastapi.telemetry"]`` when that
+    is a ``_RequestTelemetry``: it sets ``route`` to the full template (prefixes of
+    included routers and FastAPI mounts joined) and, for a mount, first grows
+    ``_mount_prefix``. Properties catch both; nothing else of FastAPI's telemetry runs.
+    """
+
+    class Selection(base):  # type: ignore[misc]
+        # Not a dataclass: only the fields FastAPI's router and error path touch.
+        def __init__(self, prefix: str) -> None:
+            self.span = None
+            self.span_method = ""
+            self.data = None
+            self._exceptions: list[BaseException] = []
+            self.rebase(prefix)
+            self.nested = False  # whether this is a FastAPI app mounted in another app
+
+        def rebase(self, prefix: str) -> None:
+            """Start over for a FastAPI app mounted at ``prefix`` (the mounts outside it)."""
+            self.nested = True
+            self.prefix = prefix
+            self.inner = ""  # FastAPI's own mount prefix within this app
+            self.template: str | None = None
+            self.last: str | None = None
+            self.mount: str | None = None  # a mount just selected, for Mount.handle
+            self.selected = 0  # selections so far
+            self.mounted = -1  # selections when a mount was last entered
+            self.route_at_mount: Any = None  # scope["route"] then
+
+        @property
+        def _mount_prefix(self) -> str:
+            return self.inner
+
+        @_mount_prefix.setter
+        def _mount_prefix(self, value: str) -> None:
+            self.inner = value
+            self.mount = self.prefix + value
+
+        @property
+        def route(self) -> str | None:
+            return self.last
+
+        @route.setter
+        def route(self, value: str | None) -> None:
+            self.last = value
+            if value is not None:
+                self.template = self.prefix + value
+                self.selected += 1
+
+    return Selection
 
 
 async def _call(self: Starlette, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,17 +134,44 @@ async def _call(self: Starlette, scope: Scope, receive: Receive, send: Send) -> 
 
 async def _mount_handle(self: Mount, scope: Scope, receive: Receive, send: Send) -> None:
     if SEEN in scope:
-        scope[MOUNTS] = scope.get(MOUNTS, "") + self.path
+        selection = scope.get(_FASTAPI_TELEMETRY)
+        if selection is not None and type(selection) is _selection_class:
+            # FastAPI knows the mount's full template (an included router's prefix too).
+            mount, selection.mount = selection.mount, None
+            scope[MOUNTS] = mount if mount is not None else scope.get(MOUNTS, "") + self.path
+            # See route_of: a Starlette router inside the mount may match a route.
+            selection.mounted = selection.selected
+            selection.route_at_mount = scope.get("route")
+        else:
+            scope[MOUNTS] = scope.get(MOUNTS, "") + self.path
     await _saved["mount"](self, scope, receive, send)
 
 
 async def _fastapi_call(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
     # FastAPI's built-in telemetry switches itself on once a tracer provider exists (as
-    # Sightline's does) and would record every request a second time; this is the scope
-    # marker FastAPI itself sets to keep mounted apps from observing a request again.
+    # Sightline's does) and would record every request a second time; any value under
+    # this key is the marker FastAPI itself sets to keep an app from observing a request
+    # again. Sightline's value records the routes FastAPI's router selects.
     if _agent.current is not None and scope.get("type") == "http":
-        scope.setdefault(_FASTAPI_TELEMETRY, None)
+        selection = scope.get(_FASTAPI_TELEMETRY, _NONE)
+        if selection is _NONE:
+            cls = _selection_class
+            scope[_FASTAPI_TELEMETRY] = cls(scope.get(MOUNTS, "")) if cls is not None else None
+        elif selection is not None and type(selection) is _selection_class:
+            selection.rebase(scope.get(MOUNTS, ""))  # a FastAPI app mounted in another
     await _saved["fastapi"](self, scope, receive, send)
+
+
+_NONE = object()
+
+
+def _selection_base() -> Any:
+    """FastAPI's request-telemetry class, if this FastAPI's router reports selections to it."""
+    routing = sys.modules.get("fastapi.routing")
+    telemetry = sys.modules.get("fastapi.telemetry._api")
+    if routing is None or telemetry is None or not hasattr(routing, "_route_selected"):
+        return None
+    return getattr(telemetry, "_RequestTelemetry", None)
 
 
 def _fastapi_class() -> Any:
@@ -94,6 +196,10 @@ class StarletteIntegration(Integration):
             Mount.handle = _mount_handle  # type: ignore[method-assign]
         fastapi = _fastapi_class()
         if fastapi is not None and fastapi.__call__ is not _fastapi_call:
+            global _selection_class
+            _selection_class = _selection_base()
+            if _selection_class is not None:
+                _selection_class = _selection(_selection_class)
             _saved["fastapi"] = fastapi.__call__
             fastapi.__call__ = _fastapi_call
 
@@ -105,6 +211,8 @@ class StarletteIntegration(Integration):
         fastapi = _fastapi_class()
         if fastapi is not None and fastapi.__call__ is _fastapi_call:
             fastapi.__call__ = _saved["fastapi"]
+        global _selection_class
+        _selection_class = None
 
 
 INTEGRATION = StarletteIntegration

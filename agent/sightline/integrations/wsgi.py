@@ -2,9 +2,16 @@
 
 Framework integrations (Flask, Django) call :func:`handle` from the framework's own
 app callable and, once the framework has matched the request, put the route template
-in the environ under :data:`ROUTE`; any WSGI app can be wrapped directly::
+in the environ under :data:`ROUTE`; any WSGI app can be wrapped directly (and under
+``sightline run`` every app a server loads is wrapped so, see ``_served``)::
 
     app = sightline.instrument_app(app)
+
+Each request is recorded once, by the outermost layer. When that is the generic
+middleware and a framework's app sits inside it, the framework *claims* the request
+(:func:`handle` finds it pending in the environ) and names its route, rather than
+recording it again. A request nothing claims, for an app given no ``route_of``, is
+``_unmatched``, and that app's first such request logs one warning naming the fix.
 
 Per request this costs two clock reads, a gauge up and down, one dict lookup for a
 cached histogram child, a span (whose attributes are built only if it is recording)
@@ -16,6 +23,7 @@ run and no framework proxies are touched.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -38,14 +46,20 @@ if TYPE_CHECKING:
 
 RouteOf = Callable[["WSGIEnvironment"], "str | None"]
 
-#: Set in the environ by the first layer that records a request, so nested or doubly
-#: wrapped apps (auto-patched and wrapped by hand, mounted sub-apps) record it once.
+#: Set in the environ by the framework layer that records a request, or that claimed it
+#: from the generic middleware outside, so nested apps (mounted sub-apps) record it once.
 SEEN = "sightline.recorded"
+#: The request the generic middleware records, waiting for a framework to claim it.
+PENDING = "sightline.pending"
 #: Where framework integrations leave the matched route template for the core to read.
 ROUTE = "sightline.route"
+#: The documentation the ``_unmatched`` warning points to.
+ROUTE_OF_DOCS = "docs/frameworks.md#naming-routes-route_of"
 
+logger = logging.getLogger("sightline")
 access_logger = logging.getLogger("sightline.access")
 _perf_counter = time.perf_counter
+_warned = threading.Lock()
 
 
 def handle(
@@ -54,12 +68,31 @@ def handle(
     environ: WSGIEnvironment,
     start_response: StartResponse,
     route_of: RouteOf | None,
+    unnamed: Unnamed | None = None,
 ) -> Iterable[bytes]:
+    """Record one request to ``app``: called by a framework's patched app callable
+    (``unnamed`` None), or by the generic middleware (``unnamed`` set)."""
+    pending: _Exchange | None = environ.get(PENDING)
+    if pending is not None:
+        # The generic middleware outside records this request; a framework claims it.
+        if unnamed is None:
+            pending.claimed = True
+            environ[SEEN] = True
+            if pending.unnamed is not None:  # the app has a framework inside: no warning
+                pending.unnamed.warned = True
+        else:  # instrument_app(app, route_of) inside a server's wrap: the nearer app counts
+            pending.unnamed = unnamed
+        if route_of is not None:
+            pending.route_of = route_of
+        return app(environ, start_response)
     if agent.metrics_path is not None and environ.get("PATH_INFO") == agent.metrics_path:
         served: Iterable[bytes] = agent.metrics_app(environ, start_response)
         return served
-    environ[SEEN] = True
-    exchange = _Exchange(agent, environ, start_response, route_of)
+    exchange = _Exchange(agent, environ, start_response, route_of, unnamed)
+    if unnamed is None:
+        environ[SEEN] = True
+    else:
+        environ[PENDING] = exchange
     try:
         body = app(environ, exchange.start_response)
     except BaseException as error:
@@ -113,6 +146,7 @@ class _Exchange:
         "_start_response",
         "agent",
         "body",
+        "claimed",
         "environ",
         "error",
         "method",
@@ -121,6 +155,7 @@ class _Exchange:
         "started",
         "status",
         "token",
+        "unnamed",
     )
 
     def __init__(
@@ -129,12 +164,15 @@ class _Exchange:
         environ: WSGIEnvironment,
         start_response: StartResponse,
         route_of: RouteOf | None,
+        unnamed: Unnamed | None = None,
     ) -> None:
         self.started = _perf_counter()
         self.agent = agent
         self.environ = environ
         self._start_response = start_response
         self.route_of = route_of
+        self.unnamed = unnamed
+        self.claimed = False  # a framework inside names the route (under ROUTE)
         self.status: str | None = None
         self.error: BaseException | None = None  # raised while the body was iterated
         self.body: Iterable[bytes] | None = None
@@ -209,8 +247,11 @@ class _Exchange:
             if error is None and status is not None and status[:3].isdigit():
                 code = status[:3]
             route = self.environ.get(ROUTE)
-            if route is None and self.route_of is not None:
-                route = _user_route(self.route_of, self.environ)
+            if route is None:
+                if self.route_of is not None:
+                    route = _user_route(self.route_of, self.environ)
+                elif not self.claimed and self.unnamed is not None and not self.unnamed.warned:
+                    self.unnamed.warn()
             label = route or UNMATCHED_ROUTE
             agent.metrics.observe_request(self.method, label, code, elapsed, span)
             if agent.access_log:
@@ -237,6 +278,33 @@ def _user_route(route_of: RouteOf, environ: WSGIEnvironment) -> str | None:
     return route if isinstance(route, str) else None
 
 
+class Unnamed:
+    """One app whose requests no framework names: warns, once, that they are
+    ``_unmatched`` and how to name them (never, once a framework inside has named one)."""
+
+    __slots__ = ("app", "warned")
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.warned = False
+
+    def warn(self) -> None:
+        with _warned:  # two threads finishing at once still warn once
+            if self.warned:
+                return
+            self.warned = True
+        app = self.app
+        named = app if hasattr(app, "__qualname__") else type(app)  # a function, or a class
+        logger.warning(
+            "sightline: %s.%s exposes no route templates Sightline can read, so its "
+            'requests are counted as http_route="_unmatched"; name them with '
+            "sightline.instrument_app(app, route_of=...), see %s",
+            getattr(named, "__module__", "?"),
+            getattr(named, "__qualname__", "?"),
+            ROUTE_OF_DOCS,
+        )
+
+
 def _access_log(method: str, route: str, code: str, elapsed: float) -> None:
     """The optional access line, emitted while the request's span is still current."""
     duration_ms = round(elapsed * 1000, 3)
@@ -256,14 +324,19 @@ def _access_log(method: str, route: str, code: str, elapsed: float) -> None:
 
 
 class SightlineMiddleware:
-    """WSGI middleware recording golden signals; see :func:`sightline.instrument_app`."""
+    """WSGI middleware recording golden signals; see :func:`sightline.instrument_app`.
+
+    A framework app inside names the routes (it claims the request); otherwise
+    ``route_of`` does, and without it the first request logs the ``_unmatched`` warning.
+    """
 
     def __init__(self, app: WSGIApplication, route_of: RouteOf | None = None) -> None:
         self.app = app
         self.route_of = route_of
+        self.unnamed = Unnamed(app)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         agent = _agent.current
         if agent is None or SEEN in environ:
             return self.app(environ, start_response)
-        return handle(agent, self.app, environ, start_response, self.route_of)
+        return handle(agent, self.app, environ, start_response, self.route_of, self.unnamed)
