@@ -14,15 +14,17 @@ import textwrap
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 from sightline import _multiprocess
 from sightline._multiprocess import Snapshots, aggregate_registry
 from sightline._store import Store
@@ -310,6 +312,49 @@ def test_a_forked_child_does_not_repeat_its_parents_counts(tmp_path: Path) -> No
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert scrape(aggregate_registry(snapshots))[("jobs_total", ())] == 7  # 5 + 2, not 12
+
+
+# Forking with threads running is exactly the situation tested (Python 3.12+ warns of it).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_fork_never_happens_while_the_registry_is_being_read(tmp_path: Path) -> None:
+    """A fork while a snapshot reads the registry (a gunicorn master that ran init() forks
+    workers while its snapshot thread reads) waits for the read to end, so no metric's
+    lock is inherited held: the child records at once instead of hanging for ever."""
+    registry = CollectorRegistry()
+    jobs = Counter("jobs", "Jobs done.", registry=registry)
+    reading = threading.Event()
+
+    class Slow(Collector):
+        """Holds the counter's value lock while it is collected, as a slow scrape does."""
+
+        def collect(self) -> Iterator[Metric]:
+            with jobs._value._lock:  # type: ignore[attr-defined]
+                reading.set()
+                time.sleep(0.5)
+            yield from ()
+
+    registry.register(Slow())
+    snapshots = snapshots_in(tmp_path, registry)
+    reader = threading.Thread(target=snapshots.document)
+    reader.start()
+    assert reading.wait(5)
+    pid = os.fork()
+    if pid == 0:  # the child: without the wait, the value lock would be held here
+        code = 1
+        try:
+            done = threading.Event()
+
+            def record() -> None:
+                jobs.inc()
+                done.set()
+
+            threading.Thread(target=record, daemon=True).start()
+            code = 0 if done.wait(3) else 2
+        finally:
+            os._exit(code)
+    reader.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child hung on a lock held at fork"
 
 
 def test_a_closed_process_keeps_its_last_snapshot(tmp_path: Path) -> None:

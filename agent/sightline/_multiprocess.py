@@ -267,6 +267,9 @@ class Snapshots:
             raise OSError(f"cannot tell process {os.getpid()} apart from a later one")
         self.key = key
         self._lock = threading.Lock()
+        # Held while the registry is read: a fork waits for it (see _before_fork).
+        self._collecting = threading.Lock()
+        self._collecting_held = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -295,7 +298,8 @@ class Snapshots:
                             Merge(self).run()
 
     def document(self, final: bool = False) -> dict[str, Any]:
-        families = _encode(self.registry.collect(), self.max_series)
+        with self._collecting:
+            families = _encode(self.registry.collect(), self.max_series)
         if self._baseline:
             _subtract(families, self._baseline)
         return {
@@ -337,12 +341,26 @@ class Snapshots:
                 remove_prometheus_files(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""), os.getpid())
         self._closed = True
 
+    def _before_fork(self) -> None:
+        # A fork while this process's threads read the registry (a snapshot, a scrape)
+        # would leave the locks of the metrics being read held for ever in the child, and
+        # its first request recording one of them would never return. So the fork waits
+        # for the read to end (gunicorn forks workers from a master that runs init()).
+        self._collecting_held = self._collecting.acquire(timeout=2.0)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._collecting_held:
+            self._collecting_held = False
+            self._collecting.release()
+
     def _after_fork(self) -> None:
         # A child the server's main process forked (gunicorn --preload, or init() in an
         # on_starting hook) is one of its workers. A child of anything else (a helper
         # process a worker forks, a multiprocessing pool) is not: it writes no snapshot,
         # so it is neither counted as a worker nor able to repeat its parent's counts.
         self._lock = threading.Lock()
+        self._collecting = threading.Lock()
+        self._collecting_held = False
         self._stop = threading.Event()
         server = self.server
         key = process_key(os.getpid())
@@ -427,7 +445,8 @@ class Aggregate(Collector):
 
     def _alone(self) -> list[Metric]:
         try:
-            return list(self.snapshots.registry.collect())
+            with self.snapshots._collecting:
+                return list(self.snapshots.registry.collect())
         except Exception as exc:
             _safety.report("multiprocess.collect_alone", exc)
             return []
