@@ -22,32 +22,27 @@ def track(obj: Any) -> None:
     _objects.add(obj)
 
 
-def _before() -> None:
+def _each(method: str, where: str) -> None:
+    """Call ``method`` of every tracked object that has it; one failing does not stop the rest."""
     from . import _safety
 
     for obj in list(_objects):
-        before = getattr(obj, "_before_fork", None)
-        if before is not None:
-            with _safety.internal_errors(f"fork.before.{type(obj).__name__}"):
-                before()
+        call = getattr(obj, method, None)
+        if call is not None:
+            with _safety.internal_errors(f"fork.{where}.{type(obj).__name__}"):
+                call()
+
+
+def _before() -> None:
+    _each("_before_fork", "before")
 
 
 def _after_in_parent() -> None:
-    from . import _safety
-
-    for obj in list(_objects):
-        after = getattr(obj, "_after_fork_in_parent", None)
-        if after is not None:
-            with _safety.internal_errors(f"fork.parent.{type(obj).__name__}"):
-                after()
+    _each("_after_fork_in_parent", "parent")
 
 
 def _after_in_child() -> None:
-    from . import _safety
-
-    for obj in list(_objects):
-        with _safety.internal_errors(f"fork.{type(obj).__name__}"):  # one failing, not all
-            obj._after_fork()
+    _each("_after_fork", "child")
 
 
 os.register_at_fork(
