@@ -113,9 +113,9 @@ COMPONENTS = (
     Component("tempo", ("tempo",), _RELEASES.format("tempo"), 3200, "/ready"),
     Component(
         "collector",
-        ("otelcol-contrib",),
-        "https://github.com/open-telemetry/opentelemetry-collector-releases/releases "
-        "(otelcol-contrib), then put it on PATH",
+        ("otelcol-sightline", "otelcol-contrib"),
+        "compose/build-binaries (builds it from Go modules at the release compose pins), "
+        "then put the directory it prints on PATH",
         13133,
         "/",
     ),
