@@ -487,3 +487,42 @@ def test_prometheus_leaves_out_a_component_that_failed_to_start(stack_dir: Path)
 
     assert wait_until(lambda: jobs() == {"prometheus"}, timeout=20), jobs()
     assert prom.get("/api/v1/alertmanagers")["activeAlertmanagers"] == []
+
+
+def test_status_reports_versions_and_warns_when_compose_pins_another(tmp_path: Path) -> None:
+    """`stack status` gives each installed component's version: one that is not what
+    compose pins (Debian's Prometheus) is warned about, naming the pin and how to build it;
+    the binaries compose/build-binaries made are reported as pinned, without a warning."""
+    from .test_binaries import built
+
+    compose = load_compose()
+    pinned = compose["services"]["prometheus"]["image"].partition(":v")[2]
+    debian = binary("prometheus")
+    version = re.search(
+        r"version (\d+\.\d+\.\d+)",
+        subprocess.run([debian, "--version"], capture_output=True, text=True).stdout,
+    )
+    assert version is not None
+    result = sightline("stack", "status", "--dir", str(tmp_path / "s"))
+    assert result.returncode == 0, result.stderr
+    block = re.search(r"^prometheus .*\n\s+(.*)$", result.stdout, re.M)
+    assert block is not None, result.stdout
+    if version.group(1) != pinned:
+        assert block.group(1) == (
+            f"version {version.group(1)}; WARNING: compose pins {pinned}, behaviour may "
+            "differ (compose/build-binaries builds the pinned one)"
+        )
+    folder = built("prometheus").parent
+    env = {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+    pinned_run = subprocess.run(
+        [*launcher(), "stack", "status", "--dir", str(tmp_path / "p")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
+    for service in ("prometheus", "alertmanager", "collector"):
+        line = re.search(rf"^{service} .*\n\s+(.*)$", pinned_run.stdout, re.M)
+        assert line is not None, pinned_run.stdout
+        assert line.group(1).endswith("(as compose pins)"), line.group(1)

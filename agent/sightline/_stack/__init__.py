@@ -18,7 +18,9 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
+import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -104,7 +106,7 @@ COMPONENTS = (
     Component("prometheus", ("prometheus",), "apt-get install prometheus", 9090, "/-/ready"),
     Component(
         "alertmanager",
-        ("prometheus-alertmanager", "alertmanager"),
+        ("alertmanager", "prometheus-alertmanager"),
         "apt-get install prometheus-alertmanager",
         9093,
         "/-/ready",
@@ -418,11 +420,28 @@ class Stack:
             else:
                 states[name] = "absent"
                 out(f"{name:<13} absent    install: {component.get_it}")
+            if name in available:
+                out(f"{'':<13} {self._version_line(name, available[name])}")
         for name in DEMO:
             if name in alive:
                 states[name] = "running"
                 out(f"{name:<13} running   (pid {self.records[name].pid})")
         return states
+
+    def _version_line(self, service: str, binary: str) -> str:
+        """The binary's version, and a warning when compose runs another one."""
+        have = binary_version(binary)
+        pinned = pinned_version(self.compose, service)
+        if have is None:
+            return f"version unknown ({binary} --version said none)"
+        if pinned is None or have == pinned:
+            return f"version {have}" + (" (as compose pins)" if pinned else "")
+        warning = f"version {have}; WARNING: compose pins {pinned}, behaviour may differ"
+        if service in BUILT:
+            return warning + " (compose/build-binaries builds the pinned one)"
+        if service in ("loki", "tempo", "grafana"):
+            return warning + " (Grafana's releases have the pinned one: docs/stack.md)"
+        return warning
 
     def _where(self, component: Component, native: Native) -> str:
         port = native.port(component.service, component.port)
@@ -433,6 +452,30 @@ class Stack:
         if component.service == "grafana":
             return f"http://127.0.0.1:{port} (admin password in {self.directory}/grafana)"
         return f"http://127.0.0.1:{port}"
+
+
+#: Components compose/build-binaries builds at the pinned versions.
+BUILT = frozenset(("prometheus", "alertmanager", "collector"))
+_VERSION = re.compile(r"(\d+\.\d+\.\d+)")
+
+
+def binary_version(binary: str) -> str | None:
+    """``X.Y.Z`` from ``binary --version`` (every component's binary takes that flag)."""
+    try:
+        result = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = _VERSION.search(result.stdout + result.stderr)
+    return match.group(1) if match else None
+
+
+def pinned_version(compose: Mapping[str, Any], service: str) -> str | None:
+    """The version of the image compose runs for ``service`` (its tag, without a ``v``)."""
+    image = str(compose["services"].get(service, {}).get("image", ""))
+    match = _VERSION.search(image.partition(":")[2])
+    return match.group(1) if match else None
 
 
 def _tail(path: Path, lines: int = 20) -> str:
