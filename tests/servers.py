@@ -43,13 +43,32 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def binary(*names: str) -> str:
-    """The installed binary (the stack's own lookup); a failure under CI, else a skip."""
-    path = processes.find_binary(names)
+#: Which build of Prometheus and Alertmanager a test runs: the machine's own (Debian's
+#: packages, what a Debian user's native stack has) or the version compose pins, built by
+#: compose/build-binaries. Rules, routes and dashboards must work on both.
+FLAVOURS = ("installed", "pinned")
+
+
+def pinned_dir() -> Path:
+    """Where compose/build-binaries put its binaries (.ci/run sets SIGHTLINE_PINNED_BIN)."""
+    return Path(os.environ.get("SIGHTLINE_PINNED_BIN") or Path.home() / ".cache/sightline/bin")
+
+
+def binary(*names: str, flavour: str = "installed") -> str:
+    """The installed binary (the stack's own lookup), or the one built at the version
+    compose pins; a failure under CI, else a skip."""
+    if flavour == "pinned":
+        found = [pinned_dir() / name for name in names if os.access(pinned_dir() / name, os.X_OK)]
+        path = str(found[0]) if found else None
+        missing = f"{names[0]} at the version compose pins is not in {pinned_dir()}"
+        fix = "run compose/build-binaries"
+    else:
+        path = processes.find_binary(names)
+        missing, fix = f"{names[0]} is not installed", "apt-get install it"
     if path is None:
         if os.environ.get("CI"):
-            pytest.fail(f"{names[0]} is not installed (.ci/run installs it)")
-        pytest.skip(f"{names[0]} is not installed")
+            pytest.fail(f"{missing} (.ci/run does that)")
+        pytest.skip(f"{missing}: {fix}")
     return path
 
 
@@ -71,11 +90,14 @@ class Prometheus:
 
 @contextlib.contextmanager
 def prometheus(
-    tmp_path: Path, targets: dict[str, str], rule_files: Sequence[Path] = ()
+    tmp_path: Path,
+    targets: dict[str, str],
+    rule_files: Sequence[Path] = (),
+    flavour: str = "installed",
 ) -> Iterator[Prometheus]:
-    """Start a real Prometheus scraping ``targets`` (job -> host:port) every second and
-    evaluating ``rule_files`` every second."""
-    exe = binary(*BY_NAME["prometheus"].binaries)
+    """Start a real Prometheus (of ``flavour``, see :data:`FLAVOURS`) scraping ``targets``
+    (job -> host:port) every second and evaluating ``rule_files`` every second."""
+    exe = binary(*BY_NAME["prometheus"].binaries, flavour=flavour)
     port = free_port()
     config = tmp_path / "prometheus.yml"
     jobs = "".join(

@@ -3,13 +3,14 @@ compose pins, the Collector holding exactly the components its configuration use
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from .servers import binary
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
@@ -37,16 +38,8 @@ def pinned(image: str) -> str:
 
 
 def built(name: str) -> Path:
-    """A binary build-binaries made (SIGHTLINE_PINNED_BIN, as .ci/run sets it, else the
-    script's default directory); a failure under CI, else a skip."""
-    folder = Path(os.environ.get("SIGHTLINE_PINNED_BIN") or Path.home() / ".cache/sightline/bin")
-    path = folder / name
-    if not os.access(path, os.X_OK):
-        message = f"{path} is missing: run compose/build-binaries"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (.ci/run does)")
-        pytest.skip(message)
-    return path
+    """A binary build-binaries made; a failure under CI, else a skip."""
+    return Path(binary(name, flavour="pinned"))
 
 
 @pytest.mark.parametrize("name", list(IMAGES))

@@ -32,7 +32,16 @@ from sightline._queries import ERROR_RATIO, GOLDEN_SIGNALS, Query
 
 from .helpers import free_port, wait_until
 from .receivers import Backend
-from .servers import ROOT, Prometheus, celery_worker, gunicorn, process, prometheus, redis
+from .servers import (
+    FLAVOURS,
+    ROOT,
+    Prometheus,
+    celery_worker,
+    gunicorn,
+    process,
+    prometheus,
+    redis,
+)
 
 Json = dict[str, Any]
 
@@ -592,7 +601,7 @@ def traffic(base: str, stop: threading.Event) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Prometheus]]:
     """Prometheus with the rule files, scraping a gunicorn Flask app (job shop, 2 workers,
     exporting to a backend that fails twice first), a Celery worker (shop-worker) and the
     process publishing its tasks (shop-producer), all with traffic flowing."""
@@ -626,13 +635,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
             "shop-worker": f"127.0.0.1:{worker_port}",
             "shop-producer": f"127.0.0.1:{producer_port}",
         }
-        prom = stack.enter_context(prometheus(tmp, targets, rule_files=RULE_FILES))
+        # Debian's Prometheus and the one compose pins, scraping the same processes.
+        proms = {}
+        for flavour in FLAVOURS:
+            (tmp / flavour).mkdir()
+            proms[flavour] = stack.enter_context(
+                prometheus(tmp / flavour, targets, rule_files=RULE_FILES, flavour=flavour)
+            )
         stop = threading.Event()
         thread = threading.Thread(target=traffic, args=(base, stop), daemon=True)
         thread.start()
         stack.callback(thread.join, 10)
         stack.callback(stop.set)
-        yield prom
+        yield proms
 
 
 def run(prom: Prometheus, promql: str) -> list[Json]:
@@ -651,20 +666,25 @@ def has_numbers(result: list[Json]) -> bool:
 PROMETHEUS_CASES = queries("prometheus")
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
 @pytest.mark.parametrize("case", PROMETHEUS_CASES, ids=str)
-def test_prometheus_query_runs_and_has_data(stack: Prometheus, case: Case) -> None:
-    """The query runs on a real Prometheus and, once the app, the worker and the producer
-    have had traffic, returns a number (panels that can only have data in the full stack
-    excepted, each with its reason)."""
+def test_prometheus_query_runs_and_has_data(
+    stack: dict[str, Prometheus], case: Case, flavour: str
+) -> None:
+    """The query runs on a real Prometheus, Debian's and the version compose pins, and,
+    once the app, the worker and the producer have had traffic, returns a number (panels
+    that can only have data in the full stack excepted, each with its reason)."""
+    prom = stack[flavour]
     promql = substitute(case.query)
     if (case.board, case.title) in MAY_BE_EMPTY:
-        run(stack, promql)
+        run(prom, promql)
         return
-    result = wait_until(lambda: has_numbers(run(stack, promql)), timeout=30, every=0.5)
+    result = wait_until(lambda: has_numbers(run(prom, promql)), timeout=30, every=0.5)
     assert result, f"{case} returned no number: {promql}"
 
 
-def test_variables_list_values(stack: Prometheus) -> None:
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_variables_list_values(stack: dict[str, Prometheus], flavour: str) -> None:
     """Every template variable's label_values() query lists at least one value."""
     for uid, board in dashboards().items():
         for variable in board["templating"]["list"]:
@@ -676,6 +696,6 @@ def test_variables_list_values(stack: Prometheus) -> None:
             selector, label = substitute(match.group(1)), match.group(2)
 
             def values(selector: str = selector, label: str = label) -> Any:
-                return stack.get(f"/api/v1/label/{label}/values", **{"match[]": selector})
+                return stack[flavour].get(f"/api/v1/label/{label}/values", **{"match[]": selector})
 
             assert wait_until(values, timeout=30, every=0.5), (uid, variable["name"])
