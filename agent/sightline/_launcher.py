@@ -178,40 +178,24 @@ def _init() -> None:
 def _before(module: str, cls: str, method: str, when: Callable[[Any], bool] | None = None) -> None:
     """Run ``init()`` just before ``module.cls.method`` first runs in this process (if
     ``when(self)`` says so then)."""
-    from .integrations import watcher
 
-    def patch() -> None:
-        owner = getattr(sys.modules[module], cls)
-        original: Callable[..., Any] = getattr(owner, method)
-        if getattr(original, "_sightline_launch", False):
-            return
-
+    def wrap(owner: Any, original: Callable[..., Any]) -> Callable[..., Any]:
         def launch(self: Any, *args: Any, **kwargs: Any) -> Any:
             setattr(owner, method, original)  # once is enough
             if when is None or when(self):
                 _init()
             return original(self, *args, **kwargs)
 
-        launch._sightline_launch = True  # type: ignore[attr-defined]
-        setattr(owner, method, launch)
+        return launch
 
-    if module in sys.modules:
-        patch()
-    else:
-        watcher.watch(module, patch)
+    _patch(module, cls, method, "_sightline_launch", wrap)
 
 
 def _after(module: str, cls: str, method: str, then: Callable[[Any, Any], Any]) -> None:
     """Make ``module.cls.method`` return ``then(self, result)`` instead of ``result``,
     from its first import on (an error in ``then`` is Sightline's: ``result`` stands)."""
-    from .integrations import watcher
 
-    def patch() -> None:
-        owner = getattr(sys.modules[module], cls)
-        original: Callable[..., Any] = getattr(owner, method)
-        if getattr(original, "_sightline_after", False):
-            return
-
+    def wrap(owner: Any, original: Callable[..., Any]) -> Callable[..., Any]:
         def after(self: Any, *args: Any, **kwargs: Any) -> Any:
             result = original(self, *args, **kwargs)
             from . import _safety
@@ -220,8 +204,30 @@ def _after(module: str, cls: str, method: str, then: Callable[[Any, Any], Any]) 
                 return then(self, result)
             return result
 
-        after._sightline_after = True  # type: ignore[attr-defined]
-        setattr(owner, method, after)
+        return after
+
+    _patch(module, cls, method, "_sightline_after", wrap)
+
+
+def _patch(
+    module: str,
+    cls: str,
+    method: str,
+    marker: str,
+    wrap: Callable[[Any, Callable[..., Any]], Callable[..., Any]],
+) -> None:
+    """Replace ``module.cls.method`` by ``wrap(owner, original)`` (marked with ``marker``,
+    so never twice) now if the module is imported, else right after its first import."""
+    from .integrations import watcher
+
+    def patch() -> None:
+        owner = getattr(sys.modules[module], cls)
+        original: Callable[..., Any] = getattr(owner, method)
+        if getattr(original, marker, False):
+            return
+        patched = wrap(owner, original)
+        setattr(patched, marker, True)
+        setattr(owner, method, patched)
 
     if module in sys.modules:
         patch()

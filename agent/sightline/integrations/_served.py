@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from .. import _agent
+from .. import _agent, _safety
 
 logger = logging.getLogger("sightline")
 
@@ -53,7 +53,16 @@ def protocol(app: Any) -> Protocol | None:
 
 def measured(app: Any, kind: Protocol | None = None) -> Any:
     """``app``, wrapped in the generic middleware unless it is recorded already (or the
-    agent is not running, or ``app`` is neither WSGI nor ASGI 3: then as it is)."""
+    agent is not running, or ``app`` is neither WSGI nor ASGI 3: then as it is). Never
+    raises: the server loading the app is the app's, and gets it unwrapped instead."""
+    try:
+        return _measured(app, kind)
+    except Exception as exc:
+        _safety.report("served.measured", exc)
+        return app
+
+
+def _measured(app: Any, kind: Protocol | None) -> Any:
     if _agent.current is None or recorded(app):
         return app
     kind = kind or protocol(app)
