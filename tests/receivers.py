@@ -1,7 +1,9 @@
-"""Loopback backends that decode what Sightline really sends: OTLP/HTTP protobuf and Loki push.
+"""Loopback backends that decode what they are sent: OTLP/HTTP and OTLP/gRPC protobuf,
+Loki's push API and Loki's OTLP logs endpoint.
 
-One :class:`Backend` serves both ``/v1/traces`` (decoded with ``opentelemetry-proto``)
-and ``/loki/api/v1/push`` (Loki's JSON push body), and can misbehave on demand:
+One :class:`Backend` serves ``/v1/traces`` (decoded with ``opentelemetry-proto``),
+``/loki/api/v1/push`` (Loki's JSON push body) and ``/otlp/v1/logs`` (OTLP logs, as the
+Collector sends them to Loki's native OTLP endpoint), and can misbehave on demand:
 answer a scripted sequence of error statuses, or accept connections and never answer.
 With ``keep_alive`` it speaks HTTP/1.1 and keeps connections open, as the Collector and
 Loki do; ``drop_idle`` then closes each one after answering without saying so, as a
@@ -9,7 +11,8 @@ backend or load balancer timing out idle connections does. With ``tls`` (a serve
 ``ssl.SSLContext``) it speaks HTTPS, and ``client_certificates`` records the subject of
 each client certificate presented.
 It is a test double for Tempo/the Collector and Loki, which cannot run here; it checks
-the wire format, not those servers.
+the wire format, not those servers. :class:`GrpcTraces` stands in for Tempo's OTLP/gRPC
+ingest (port 4317), where the Collector sends the traces it keeps.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from .helpers import free_port
@@ -45,6 +50,7 @@ class Backend:
         self.handshake_failures: list[str] = []
         self.trace_requests: list[ExportTraceServiceRequest] = []
         self.loki_pushes: list[dict[str, Any]] = []
+        self.otlp_logs: list[ExportLogsServiceRequest] = []
         self.headers: list[dict[str, str]] = []
         self.targets: list[str] = []  # request targets as sent (absolute through a proxy)
         self.peers: list[tuple[str, int]] = []  # the client address of each request
@@ -89,13 +95,18 @@ class Backend:
     def spans(self) -> list[tuple[dict[str, Any], Span]]:
         """Every span received, with its resource attributes."""
         with self._lock:
-            requests = list(self.trace_requests)
+            return spans_of(self.trace_requests)
+
+    def log_records(self) -> list[tuple[dict[str, Any], LogRecord]]:
+        """Every OTLP log record received on ``/otlp/v1/logs``, with its resource attributes."""
+        with self._lock:
+            requests = list(self.otlp_logs)
         found = []
         for request in requests:
-            for resource_spans in request.resource_spans:
-                resource = attributes(resource_spans.resource.attributes)
-                for scope in resource_spans.scope_spans:
-                    found.extend((resource, span) for span in scope.spans)
+            for resource_logs in request.resource_logs:
+                resource = attributes(resource_logs.resource.attributes)
+                for scope in resource_logs.scope_logs:
+                    found.extend((resource, record) for record in scope.log_records)
         return found
 
     def log_entries(self) -> list[tuple[dict[str, str], str, str, dict[str, str]]]:
@@ -150,6 +161,16 @@ class Backend:
             with self._lock:
                 self.loki_pushes.append(json.loads(body))
             self._answer(request, 204)
+        elif path == "/otlp/v1/logs":
+            # Loki's OTLP endpoint takes protobuf (and JSON, which the Collector never sends).
+            if request.headers.get("Content-Type") != "application/x-protobuf":
+                self._answer(request, 415)
+                return
+            logs = ExportLogsServiceRequest()
+            logs.ParseFromString(body)
+            with self._lock:
+                self.otlp_logs.append(logs)
+            self._answer(request, 204)
         else:
             self._answer(request, 404)
 
@@ -178,6 +199,60 @@ class _Server(ThreadingHTTPServer):
             return
         with wrapped:
             super().finish_request(wrapped, client_address)
+
+
+class GrpcTraces:
+    """OTLP/gRPC trace ingest (``TraceService/Export``, gzip or not) on a loopback port, as
+    Tempo serves it on 4317: records and decodes every request and answers success."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.requests: list[ExportTraceServiceRequest] = []
+        self.peers: list[str] = []
+        self._lock = threading.Lock()
+        self._server: Any = None
+
+    def start(self) -> GrpcTraces:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        receiver = self
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: ExportTraceServiceRequest, context: Any) -> Any:
+                with receiver._lock:
+                    receiver.requests.append(request)
+                    receiver.peers.append(context.peer())
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self._server)
+        if self._server.add_insecure_port(f"127.0.0.1:{self.port}") != self.port:
+            raise OSError(f"cannot listen on 127.0.0.1:{self.port}")
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(grace=None)
+            self._server = None
+
+    def spans(self) -> list[tuple[dict[str, Any], Span]]:
+        """Every span received, with its resource attributes."""
+        with self._lock:
+            return spans_of(self.requests)
+
+
+def spans_of(requests: list[ExportTraceServiceRequest]) -> list[tuple[dict[str, Any], Span]]:
+    found = []
+    for request in requests:
+        for resource_spans in request.resource_spans:
+            resource = attributes(resource_spans.resource.attributes)
+            for scope in resource_spans.scope_spans:
+                found.extend((resource, span) for span in scope.spans)
+    return found
 
 
 def attributes(pairs: Any) -> dict[str, Any]:
