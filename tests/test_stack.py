@@ -122,6 +122,8 @@ def test_stack_up_scrapes_the_demo_and_loads_every_rule_file(stack_dir: Path) ->
         output, _ = demo.communicate(timeout=90)
     assert demo.returncode == 0, output
     assert "already running" in output  # the demo reused the stack
+    # The view lists the alerts of the whole stack, the dropped-in service's included.
+    assert re.search(r"^pending +SightlineServiceDown +\S+ +.*job=checkout", output, re.M), output
     # The burst (from 20 s) sends checkouts faster than the worker drains them.
     peak = prom.query('max_over_time(max(worker_queue_depth{job="shop-worker"})[5m:1s])')
     assert peak, "no queue depth scraped"
@@ -170,6 +172,14 @@ def test_demo_runs_for_its_duration_and_prints_golden_signals(stack_dir: Path) -
     assert {name for name, _depth in queues} == {"orders", "emails"}, out
     assert "no Redis here" in out
     assert re.search(r"^redis\s+left out", out, re.M)
+    # Which signals flow and which are off, and why.
+    assert re.search(r"^metrics +on +scraped by Prometheus at http://127\.0\.0\.1:\d+$", out, re.M)
+    assert re.search(
+        r"^traces +off +left out \(--without collector, --without tempo\)", out, re.M
+    ), out
+    assert re.search(r"^logs +off +left out \(--without loki\)", out, re.M), out
+    assert "ALERTS (firing and pending)" in out
+    assert "SCALING (sightline:recommended_replicas:count)" in out
     assert processes.ours(stack_dir.resolve()) == []
 
 

@@ -136,3 +136,54 @@ GOLDEN_SIGNALS = (
     TASK_FAILURE_RATIO,
     WORKER_UTILISATION,
 )
+
+
+# -- the agent's own export path, and the scaling hints (alerts/scaling.rules.yml) ----------
+
+EXPORTED = Query(
+    "Exported per second",
+    "sum by ({by}) (rate(sightline_exported_total{{{sel}}}[{w}]))",
+    ("job", "signal"),
+    "short",
+)
+
+EXPORT_FAILURES = Query(
+    "Failed export requests per second",
+    "sum by ({by}) (rate(sightline_export_failures_total{{{sel}}}[{w}]))",
+    ("job", "signal", "reason"),
+    "reqps",
+)
+
+DROPPED = Query(
+    "Dropped per second",
+    "sum by ({by}) (rate(sightline_dropped_total{{{sel}}}[{w}]))",
+    ("job", "signal", "reason"),
+    "short",
+)
+
+ACTUAL_REPLICAS = Query(
+    "Replicas", "sum by ({by}) (sightline:actual_replicas:count{{{sel}}})", ("job",), "short"
+)
+
+RECOMMENDED_REPLICAS = Query(
+    "Recommended replicas",
+    "max by ({by}) (sightline:recommended_replicas:count{{{sel}}})",
+    ("job",),
+    "short",
+)
+
+REQUIRED_REPLICAS = Query(
+    "Replicas required, by reason",
+    "max by ({by}) (sightline:required_replicas:count{{{sel}}})",
+    ("job", "reason"),
+    "short",
+)
+
+STATUS = (
+    EXPORTED,
+    EXPORT_FAILURES,
+    DROPPED,
+    ACTUAL_REPLICAS,
+    RECOMMENDED_REPLICAS,
+    REQUIRED_REPLICAS,
+)

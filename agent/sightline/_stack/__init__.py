@@ -383,7 +383,8 @@ class Stack:
         return proc
 
     def stop(self, names: Iterable[str], out: Out = print) -> None:
-        order = [*DEMO, *(c.service for c in reversed(COMPONENTS))]
+        # The load first, so that nothing it sends meets a server already gone.
+        order = [*reversed(DEMO), *(c.service for c in reversed(COMPONENTS))]
         for name in sorted(set(names), key=lambda n: order.index(n) if n in order else -1):
             record = self.records.get(name)
             if record is None:

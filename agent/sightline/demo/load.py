@@ -17,6 +17,7 @@ import http.client
 import json
 import queue
 import random
+import re
 import signal
 import sys
 import threading
@@ -25,6 +26,9 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from urllib.parse import quote_plus
+
+_SEARCHES = ("lamp", "product 1", "mug", "x")
 
 # (weight at baseline, weight in a burst, method, path builder)
 # Sized for the compose demo (4 gunicorn workers x 2 threads, 2 Celery slots): the
@@ -34,10 +38,17 @@ from dataclasses import dataclass
 _MIX: tuple[tuple[int, int, str, Callable[[], str]], ...] = (
     (25, 15, "GET", lambda: f"/products?page={random.randint(1, 10)}"),
     (35, 23, "GET", lambda: f"/products/{random.randint(1, 220)}"),  # > 200: a 404
-    (8, 35, "GET", lambda: f"/search?q={random.choice(['lamp', 'product 1', 'mug', 'x'])}"),
+    (8, 35, "GET", lambda: "/search?q=" + quote_plus(random.choice(_SEARCHES))),
     (17, 17, "POST", lambda: f"/cart/{random.randint(1, 500)}/items"),
     (15, 10, "POST", lambda: "/checkout"),
 )
+
+
+# gunicorn closes a kept-alive connection after 2 s idle (its --keep-alive default): the
+# load reuses one only within half of that.
+_REUSE_WITHIN = 1.0
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE"))
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,7 @@ class Load:
         self.counts: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self._last_failure_said = -1.0
         self.workers = [
             threading.Thread(target=self._worker, daemon=True) for _ in range(concurrency)
         ]
@@ -80,30 +92,63 @@ class Load:
         with self.lock:
             self.counts[key] += 1
 
+    def _say_failure(self, what: str) -> None:
+        """Why a request failed, at most once a second (the counts say how often)."""
+        now = time.monotonic()
+        with self.lock:
+            if now - self._last_failure_said < 1.0:
+                return
+            self._last_failure_said = now
+        print(f"load: failed {what}", flush=True)
+
     def _worker(self) -> None:
         connection: http.client.HTTPConnection | None = None
+        last_used = 0.0
         while True:
             item = self.pending.get()
             if item is None:
+                if connection is not None:
+                    connection.close()
                 return
             method, path = item
             body = json.dumps({"product_id": random.randint(1, 200)}) if method == "POST" else None
             headers = {"Content-Type": "application/json"} if body else {}
-            try:
-                if connection is None:
-                    connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
-                connection.request(method, path, body=body, headers=headers)
-                response = connection.getresponse()
-                response.read()
-                self._count(f"{response.status // 100}xx")
-            except (OSError, http.client.HTTPException):
-                self._count("connection errors")
-                if connection is not None:
-                    connection.close()
+            # A connection idle for longer than the server keeps it may be closed by now:
+            # start a new one rather than race the server's close.
+            if connection is not None and time.monotonic() - last_used > _REUSE_WITHIN:
+                connection.close()
                 connection = None
-                time.sleep(0.2)
+            for attempt in (1, 2):
+                reused = connection is not None
+                try:
+                    if connection is None:
+                        connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                    connection.request(method, path, body=body, headers=headers)
+                    response = connection.getresponse()
+                    response.read()
+                    last_used = time.monotonic()
+                    self._count(f"{response.status // 100}xx")
+                    if response.will_close:
+                        connection.close()
+                        connection = None
+                    break
+                except (OSError, http.client.HTTPException) as exc:
+                    if connection is not None:
+                        connection.close()
+                    connection = None
+                    # A kept-alive connection the server closed as the request went out:
+                    # the request never reached the app. Sent again only when repeating
+                    # it is harmless (RFC 9110 9.2.2), as browsers do.
+                    stale = reused and isinstance(exc, _STALE)
+                    if attempt == 1 and stale and method in _IDEMPOTENT:
+                        self._count("retried")
+                        continue
+                    self._count("failed")
+                    self._say_failure(f"{method} {path}: {exc!r}" + (" (reused)" if reused else ""))
+                    time.sleep(0.2)
+                    break
 
-    def run(self, duration: float | None, report_every: float = 10.0) -> Counter[str]:
+    def run(self, duration: float | None, report_every: float = 5.0) -> Counter[str]:
         for worker in self.workers:
             worker.start()
         start = time.monotonic()
@@ -134,13 +179,43 @@ class Load:
                 self.pending.put(None, timeout=1)
             except queue.Full:
                 break
+        # Let requests under way finish (and be counted), for a few seconds at most.
+        deadline = time.monotonic() + 5
+        for worker in self.workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
         return self.counts
 
     def report(self, elapsed: float, bursting: bool) -> None:
         with self.lock:
-            counts = ", ".join(f"{key} {value}" for key, value in sorted(self.counts.items()))
+            counts = Counter(self.counts)
         phase = "burst" if bursting else "baseline"
-        print(f"load: {elapsed:5.0f} s {phase:<8} {counts}", flush=True)
+        print(f"load: {elapsed:5.0f} s {phase:<8} {format_counts(counts)}", flush=True)
+
+
+#: What the load reports, in this order: requests sent, failed (no answer, even after a
+#: retry), sent again on a fresh connection, shed (over --concurrency), answers by class.
+REPORTED = ("sent", "failed", "retried", "shed", "2xx", "3xx", "4xx", "5xx")
+
+
+def format_counts(counts: Counter[str]) -> str:
+    return ", ".join(
+        f"{key} {counts[key]}" for key in REPORTED if key in counts or key in REPORTED[:2]
+    )
+
+
+_REPORT = re.compile(r"^load: .*?((?:\w+ \d+(?:, )?)+)$")
+
+
+def parse_report(line: str) -> Counter[str] | None:
+    """The counts in one of the load's report lines (``None`` if it is not one)."""
+    match = _REPORT.match(line.strip())
+    if not match:
+        return None
+    counts: Counter[str] = Counter()
+    for item in match.group(1).split(", "):
+        key, _, value = item.rpartition(" ")
+        counts[key] = int(value)
+    return counts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         counts = load.run(args.duration)
     except KeyboardInterrupt:
         counts = load.counts
-    print("load: done, " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), flush=True)
+    print(f"load: done {format_counts(counts)}", flush=True)
     return 0
 
 

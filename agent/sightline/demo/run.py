@@ -22,6 +22,7 @@ from .._stack import DEMO, DEMO_TARGETS, Out, Stack, StackError, python_command
 from .._stack.native import Native
 from .._stack.processes import NotReady, port_free, wait_http
 from . import view
+from .load import parse_report
 
 
 def environment(stack: Stack, service: str) -> dict[str, str]:
@@ -41,6 +42,62 @@ def environment(stack: Stack, service: str) -> dict[str, str]:
         env["SIGHTLINE_DEMO_BROKER"] = "filesystem://"
         env["SIGHTLINE_DEMO_BROKER_DIR"] = str(stack.directory / "broker")
     return env
+
+
+def signals(stack: Stack) -> list[view.Signal]:
+    """Where the demo's signals go on this machine (as ``environment`` set them up), or
+    why they are off and how to turn them on."""
+    native = stack.native()
+    running = stack.running()
+
+    def missing(*names: str) -> str:
+        left_out = [n for n in names if n in stack.without]
+        if left_out:
+            return "left out (" + ", ".join(f"--without {n}" for n in left_out) + ")"
+        return "no " + " or ".join(_TITLES[n] for n in names) + " on this machine"
+
+    found = [view.Signal("metrics", f"scraped by Prometheus at {native.url('prometheus', 9090)}")]
+    if "collector" in running:
+        where = f"the Collector at {native.url('collector', 4318)}"
+        if "tempo" not in running:
+            where += f" (but {missing('tempo')}: what it keeps is stored nowhere)"
+        found.append(view.Signal("traces", where))
+    elif "tempo" in running:
+        found.append(view.Signal("traces", f"Tempo at {native.url('tempo', 4318)}"))
+    else:
+        fix = "; sightline stack status says how to get them"
+        found.append(view.Signal("traces", "", missing("collector", "tempo") + fix))
+    if "loki" in running:
+        found.append(view.Signal("logs", f"Loki at {native.url('loki', 3100)}"))
+    else:
+        found.append(view.Signal("logs", "", missing("loki") + "; sightline stack status says how"))
+    return found
+
+
+_TITLES = {"collector": "Collector", "tempo": "Tempo", "loki": "Loki"}
+
+
+def load_report(stack: Stack) -> str:
+    """The load generator's latest counts, from its log, as one line."""
+    record = stack.records.get("demo-load")
+    counts = None
+    if record is not None:
+        try:
+            with open(record.log, "rb") as log:
+                log.seek(max(0, os.fstat(log.fileno()).st_size - 4096))
+                tail = log.read().decode(errors="replace").splitlines()
+        except OSError:
+            tail = []
+        for line in reversed(tail):
+            counts = parse_report(line)
+            if counts is not None:
+                break
+    if counts is None:
+        return "load     (no report yet)"
+    sent, failed = counts["sent"], counts["failed"]
+    share = f" ({100 * failed / sent:.1f} %)" if sent else ""
+    rest = ", ".join(f"{k} {counts[k]}" for k in ("retried", "shed") if counts[k])
+    return f"load     sent {sent}, failed {failed}{share}" + (f", {rest}" if rest else "")
 
 
 def start_demo(stack: Stack, launched: list[str]) -> None:
@@ -158,7 +215,8 @@ def _watch(stack: Stack, prometheus: str, duration: float | None, refresh: float
             + (f" of {duration:.0f}" if duration else " · Ctrl-C to stop")
             + (f" · exited: {', '.join(dead)} (see {stack.directory}/logs)" if dead else "")
         ]
-        text = view.render(view.read(prometheus, demo_jobs), header)
+        header.append(load_report(stack))
+        text = view.render(view.read(prometheus, demo_jobs), header, signals(stack))
         if interactive:
             out("\x1b[H\x1b[2J" + "\n".join(urls(stack)) + "\n" + text)
         else:

@@ -1,7 +1,8 @@
 """The terminal view of ``sightline demo``: golden signals read back from Prometheus.
 
 Every number is the result of a query in ``sightline._queries``, the PromQL the Grafana
-dashboards are generated from, over a one-minute window.
+dashboards are generated from, over a one-minute window; below them, where each signal
+goes and whether it flows, the alerts firing or pending, and the scaling hints.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import _queries as q
 from .._stack.processes import LOCAL
@@ -25,6 +27,7 @@ class Snapshot:
     """One reading of every signal, keyed by the query's ``by`` labels."""
 
     values: dict[str, dict[Key, float]] = field(default_factory=dict)
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # firing or pending
     error: str = ""
 
     def get(self, query: q.Query, key: Key) -> float | None:
@@ -36,20 +39,25 @@ class Snapshot:
 
 def read(prometheus: str, sel: str = "", timeout: float = 3.0) -> Snapshot:
     snapshot = Snapshot()
-    for query in q.GOLDEN_SIGNALS:
-        params = urllib.parse.urlencode({"query": query.render(sel, WINDOW)})
-        try:
-            with LOCAL.open(f"{prometheus}/api/v1/query?{params}", timeout=timeout) as response:
-                payload = json.load(response)
-        except (OSError, ValueError) as exc:
-            snapshot.error = f"Prometheus at {prometheus} did not answer: {exc}"
-            return snapshot
-        series: dict[Key, float] = {}
-        for item in payload.get("data", {}).get("result", []):
-            key = tuple(item["metric"].get(label, "") for label in query.by)
-            series[key] = float(item["value"][1])
-        snapshot.values[query.title] = series
+    try:
+        for query in (*q.GOLDEN_SIGNALS, *q.STATUS):
+            params = urllib.parse.urlencode({"query": query.render(sel, WINDOW)})
+            payload = _get(f"{prometheus}/api/v1/query?{params}", timeout)
+            series: dict[Key, float] = {}
+            for item in payload.get("data", {}).get("result", []):
+                key = tuple(item["metric"].get(label, "") for label in query.by)
+                series[key] = float(item["value"][1])
+            snapshot.values[query.title] = series
+        # Every alert of the stack, not only the demo's: a user's own service may be down.
+        snapshot.alerts = _get(f"{prometheus}/api/v1/alerts", timeout)["data"]["alerts"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        snapshot.error = f"Prometheus at {prometheus} did not answer: {exc}"
     return snapshot
+
+
+def _get(url: str, timeout: float) -> Any:
+    with LOCAL.open(url, timeout=timeout) as response:
+        return json.load(response)
 
 
 def _num(value: float | None, fmt: str, scale: float = 1.0) -> str:
@@ -58,7 +66,20 @@ def _num(value: float | None, fmt: str, scale: float = 1.0) -> str:
     return fmt.format(value * scale)
 
 
-def render(snapshot: Snapshot, header: Sequence[str] = ()) -> str:
+@dataclass(frozen=True)
+class Signal:
+    """Where one signal goes from the demo, or why it does not."""
+
+    name: str  # metrics, traces, logs
+    to: str  # a description of the destination; "" when off
+    off: str = ""  # why it is off, and how to turn it on
+
+
+def render(
+    snapshot: Snapshot,
+    header: Sequence[str] = (),
+    signals: Sequence[Signal] = (),
+) -> str:
     lines = list(header)
     if snapshot.error:
         return "\n".join([*lines, snapshot.error])
@@ -103,4 +124,88 @@ def render(snapshot: Snapshot, header: Sequence[str] = ()) -> str:
         )
     if not queues:
         lines.append("(no queues scraped yet)")
+    if signals:
+        lines += ["", "SIGNALS", *_signals(snapshot, signals)]
+    lines += ["", "ALERTS (firing and pending)", *_alerts(snapshot.alerts)]
+    lines += ["", "SCALING (sightline:recommended_replicas:count)", *_scaling(snapshot)]
     return "\n".join(lines)
+
+
+def _signals(snapshot: Snapshot, signals: Sequence[Signal]) -> list[str]:
+    """One line per signal: where it goes and whether it flows, or why it is off; then
+    one line per failure or drop reason the agents report."""
+    lines = []
+    for signal in signals:
+        if not signal.to:
+            lines.append(f"{signal.name:<9}off      {signal.off}")
+            continue
+        if signal.name == "metrics":
+            lines.append(f"{signal.name:<9}on       {signal.to}")
+            continue
+        sent = _by(snapshot, q.EXPORTED, signal.name)
+        failed = _by(snapshot, q.EXPORT_FAILURES, signal.name)
+        dropped = _by(snapshot, q.DROPPED, signal.name)
+        state = "FAILING" if failed or dropped else "on"
+        flow = f"{sum(sent.values()):.1f}/s delivered" if sent else "nothing delivered yet"
+        lines.append(f"{signal.name:<9}{state:<9}{signal.to}: {flow}")
+        for reason, rate in sorted(failed.items()):
+            lines.append(f"{'':<18}{rate:.2f} export requests/s failing ({reason})")
+        for reason, rate in sorted(dropped.items()):
+            lines.append(f"{'':<18}{rate:.2f}/s dropped ({reason})")
+    return lines
+
+
+def _by(snapshot: Snapshot, query: q.Query, signal: str) -> dict[str, float]:
+    """``query``'s per-second rates for ``signal``, summed over jobs, by reason; only
+    those above zero."""
+    found: dict[str, float] = {}
+    for key, value in snapshot.values.get(query.title, {}).items():
+        labels = dict(zip(query.by, key, strict=True))
+        if labels.get("signal") == signal and value > 0:
+            reason = labels.get("reason", "")
+            found[reason] = found.get(reason, 0.0) + value
+    return found
+
+
+def _alerts(alerts: Sequence[Mapping[str, Any]]) -> list[str]:
+    shown = sorted(
+        (a for a in alerts if a.get("state") in ("firing", "pending")),
+        key=lambda a: (a["state"] != "firing", a["labels"].get("alertname", "")),
+    )
+    lines = []
+    for alert in shown:
+        labels = alert["labels"]
+        where = " ".join(
+            f"{k}={v}" for k, v in sorted(labels.items()) if k not in ("alertname", "severity")
+        )
+        since = str(alert.get("activeAt", ""))[11:19]
+        lines.append(
+            f"{alert['state']:<9}{labels.get('alertname', ''):<34}"
+            f"{labels.get('severity', ''):<9}{where}" + (f"  since {since} UTC" if since else "")
+        )
+    return lines or ["(none)"]
+
+
+def _scaling(snapshot: Snapshot) -> list[str]:
+    recommended = snapshot.values.get(q.RECOMMENDED_REPLICAS.title, {})
+    if not recommended:
+        return ["(no recommendation yet: the rules need a few minutes of data)"]
+    lines = [f"{'SERVICE':<14}{'REPLICAS':>9}{'RECOMMENDED':>13}  WHY"]
+    required = snapshot.values.get(q.REQUIRED_REPLICAS.title, {})
+    for (job,), wanted in sorted(recommended.items()):
+        now = snapshot.get(q.ACTUAL_REPLICAS, (job,))
+        reasons = sorted(
+            ((reason, value) for (j, reason), value in required.items() if j == job),
+            key=lambda item: (-item[1], item[0]),
+        )
+        change = (
+            "keep"
+            if now is None or wanted == now
+            else ("scale up" if wanted > now else "scale down")
+        )
+        why = ", ".join(f"{reason} needs {value:.0f}" for reason, value in reasons)
+        lines.append(
+            f"{job:<14}{_num(now, '{:.0f}'):>9}{wanted:>13.0f}  {change}"
+            + (f": {why}" if why else "")
+        )
+    return lines
