@@ -18,7 +18,7 @@ import psutil
 import pytest
 import yaml
 from sightline._stack import BY_NAME, Stack, processes, python_command
-from sightline._stack.native import COMPOSE_DIR, Native, load_compose
+from sightline._stack.native import COMPOSE_DIR, DEMO_TARGETS, Native, load_compose
 from sightline.demo.load import Plan, pick
 
 from .helpers import free_port, wait_until
@@ -196,9 +196,55 @@ def test_stack_up_names_a_taken_port_and_how_to_move_it(stack_dir: Path) -> None
             *only(*NEEDED),
         )  # fmt: skip
     assert result.returncode == 1
-    assert f"port {taken} on 127.0.0.1 is taken" in result.stdout
-    assert "--port prometheus:9090=PORT" in result.stdout
+    # The holder is this test's own process: named, with its PID.
+    holder_name = psutil.Process().name()
+    assert (
+        f"port {taken} on 127.0.0.1 (for prometheus:9090) is taken by {holder_name} "
+        f"(pid {os.getpid()}); move prometheus with --port prometheus:9090=PORT, or run "
+        "this whole stack beside the other one with --port-offset N"
+    ) in result.stdout, result.stdout
     assert Stack(stack_dir).running() == {"alertmanager", "redis"}
+
+
+def test_a_second_stack_runs_beside_the_first_with_port_offset(tmp_path: Path) -> None:
+    """A second stack on the first one's ports is refused, naming the first stack's
+    process and directory; the demo then says Prometheus failed and why, not that it is
+    missing. With --port-offset the second stack starts on every compose port + N, and
+    says where."""
+    for name in NEEDED:
+        binary(*BY_NAME[name].binaries)
+    first, second = tmp_path / "first", tmp_path / "second"
+    offset = random.randrange(20000, 30000)
+    try:
+        up = sightline(
+            "stack", "up", "--dir", str(first), f"--port-offset={offset}", *only(*NEEDED)
+        )
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"prometheus    started   http://127.0.0.1:{9090 + offset}" in up.stdout
+
+        clash = sightline(
+            "demo", "--dir", str(second), f"--port-offset={offset}", "--duration", "5",
+            *only(*NEEDED),
+        )  # fmt: skip
+        assert clash.returncode == 1
+        assert re.search(
+            rf"^sightline demo needs Prometheus running: port {9090 + offset} on 127\.0\.0\.1 "
+            rf"\(for prometheus:9090\) is taken by prometheus \(pid \d+\) of the Sightline "
+            rf"stack in {re.escape(str(first.resolve()))};",
+            clash.stdout,
+            re.M,
+        ), clash.stdout
+        assert "apt-get install" not in clash.stdout
+
+        beside = sightline(
+            "stack", "up", "--dir", str(second), f"--port-offset={offset + 7}", *only(*NEEDED)
+        )
+        assert beside.returncode == 0, beside.stdout + beside.stderr
+        assert f"prometheus    started   http://127.0.0.1:{9097 + offset}" in beside.stdout
+        assert Stack(first).running() == Stack(second).running() == set(NEEDED)
+    finally:
+        for directory in (first, second):
+            Stack(directory).down(out=lambda line: None)
 
 
 def test_status_names_absent_components_and_how_to_get_them(tmp_path: Path) -> None:
@@ -272,6 +318,22 @@ def test_native_prometheus_config_passes_promtool_and_skips_absent_services(
     check = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "SUCCESS" in check.stdout + check.stderr
+    # The targets directory's README speaks of this stack: loopback addresses, its own
+    # Prometheus, the file the demo writes; and its example is a valid targets file.
+    targets = native.paths("prometheus")["/etc/prometheus/targets"]
+    readme = (targets / "README.md").read_text()
+    assert "host.docker.internal" not in readme
+    assert str(targets) in readme
+    assert f"http://127.0.0.1:{native.port('prometheus', 9090)}/targets" in readme
+    assert f"`{DEMO_TARGETS}` is written here by `sightline demo`" in readme
+    example = re.search(r"```yaml\n(.*?)```", readme, re.S)
+    assert example
+    (targets / "checkout.yml").write_text(example.group(1))
+    check = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert yaml.safe_load(example.group(1)) == [
+        {"targets": ["127.0.0.1:9464"], "labels": {"job": "checkout"}}
+    ]
     config = yaml.safe_load(path.read_text())
     jobs = {job["job_name"] for job in config["scrape_configs"]}
     assert jobs == {"apps", "prometheus", "alertmanager"}

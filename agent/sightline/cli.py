@@ -1,7 +1,7 @@
 """The ``sightline`` command.
 
 sightline run [--service NAME] -- gunicorn app:app -w 4
-sightline stack up|down|status [--dir DIR] [--port SERVICE:PORT=HOSTPORT ...]
+sightline stack up|down|status [--dir DIR] [--port SERVICE:PORT=HOSTPORT ...] [--port-offset N]
 sightline demo [--dir DIR] [--duration SECONDS]
 """
 
@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SERVICE:PORT=HOSTPORT",
         help="listen on HOSTPORT where compose has SERVICE:PORT (e.g. prometheus:9090=19090)",
+    )
+    state.add_argument(
+        "--port-offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="listen on every compose port + N: a second stack beside the first (e.g. 10000)",
     )
     state.add_argument(
         "--without",
@@ -140,6 +147,8 @@ def stack(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     for name in args.without:
         if name not in BY_NAME:
             parser.error(f"--without: no component {name!r} (one of {', '.join(BY_NAME)})")
+    if not 0 <= args.port_offset < 65535:
+        parser.error(f"--port-offset: expected 0 to 65534, got {args.port_offset}")
     if args.command == "demo":
         if args.duration is not None and args.duration <= 0:
             parser.error("--duration must be positive")
@@ -150,9 +159,9 @@ def stack(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         except ImportError as exc:
             sys.stderr.write(f"sightline: {exc.name} is missing: pip install 'sightline[demo]'\n")
             return 2
-        return demo(directory, args.duration, ports, args.refresh, args.without)
+        return demo(directory, args.duration, ports, args.refresh, args.without, args.port_offset)
     try:
-        native = Stack(directory, ports, args.without)
+        native = Stack(directory, ports, args.without, args.port_offset)
         if args.action == "up":
             _started, failures = native.up()
             return 1 if failures else 0

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from . import processes
-from .native import Native, listen_ports, load_compose
+from .native import DEMO_TARGETS, Native, assign_ports, listen_ports, load_compose
 from .processes import Record
 
 Out = Callable[[str], None]
@@ -150,7 +150,16 @@ class StackError(RuntimeError):
     """A component could not be started; the message says which and why."""
 
 
-DEMO_TARGETS = "sightline-demo.yml"  # written by `sightline demo` into targets/
+def check_ports(native: Native, service: str) -> None:
+    """Refuse to start ``service`` on a port another program holds, naming that program
+    and both ways around it."""
+    for key, port in native.ports.items():
+        if key.split(":")[0] == service and not processes.port_free(port):
+            raise StackError(
+                f"port {port} on 127.0.0.1 (for {key}) is taken by {processes.holder(port)}; "
+                f"move {service} with --port {key}=PORT, or run this whole stack beside "
+                "the other one with --port-offset N (every port + N)"
+            )
 
 
 class Stack:
@@ -161,6 +170,7 @@ class Stack:
         directory: Path,
         ports: Mapping[str, int] | None = None,
         without: Iterable[str] = (),
+        port_offset: int = 0,
     ) -> None:
         self.directory = directory.resolve()
         self.state_file = self.directory / "stack.json"
@@ -174,6 +184,9 @@ class Stack:
         self._added: dict[str, Record] = {}
         self._removed: set[str] = set()
         self.ports: dict[str, int] = dict(state.get("ports", {}))
+        self.port_offset = port_offset
+        if port_offset:
+            ports = {**self._offset(port_offset), **(ports or {})}
         self._override(ports or {})
 
     # -- state --------------------------------------------------------------------------
@@ -258,6 +271,19 @@ class Stack:
                 raise StackError(f"{owners[port]} and {key} would both listen on port {port}")
             owners[port] = key
 
+    def _offset(self, offset: int) -> dict[str, int]:
+        """Every port a stack takes by default + ``offset`` (--port-offset): a second stack
+        beside the first."""
+        base = assign_ports(self.compose["services"], self.listening, {})
+        shifted = {key: port + offset for key, port in base.items()}
+        highest = max(shifted.items(), key=lambda item: item[1])
+        if highest[1] > 65535:
+            raise StackError(
+                f"--port-offset {offset}: {highest[0]} would be port {highest[1]}; "
+                f"the largest offset possible is {offset - (highest[1] - 65535)}"
+            )
+        return shifted
+
     def running(self) -> set[str]:
         return {name for name, rec in self.records.items() if rec.alive()}
 
@@ -280,12 +306,12 @@ class Stack:
 
     def up(
         self, out: Out = print, timeout: float = 60.0, started: list[str] | None = None
-    ) -> tuple[list[str], list[str]]:
+    ) -> tuple[list[str], dict[str, str]]:
         """Start every available component not already running.
 
         Returns the components started (also appended to ``started`` as they start, so
-        a caller interrupted half-way knows what to stop) and the failures (one message
-        each); a component that fails does not stop the others from starting.
+        a caller interrupted half-way knows what to stop) and the failures (component ->
+        message); a component that fails does not stop the others from starting.
         """
         started = [] if started is None else started
         available = self.available()
@@ -294,7 +320,7 @@ class Stack:
         self.ports = dict(native.ports)
         self._save()
         self._remove_stale_demo_targets()
-        failures = []
+        failures: dict[str, str] = {}
         for component in COMPONENTS:
             name = component.service
             if name in alive:
@@ -305,7 +331,7 @@ class Stack:
             try:
                 self._start(component, available[name], native, timeout)
             except StackError as exc:
-                failures.append(str(exc))
+                failures[name] = str(exc)
                 out(f"{name:<13} FAILED    {exc}")
                 continue
             started.append(name)
@@ -333,12 +359,7 @@ class Stack:
 
     def _start(self, component: Component, binary: str, native: Native, timeout: float) -> None:
         name = component.service
-        for key, port in native.ports.items():
-            if key.split(":")[0] == name and not processes.port_free(port):
-                raise StackError(
-                    f"port {port} on 127.0.0.1 is taken by another program; "
-                    f"choose another with --port {key}=PORT"
-                )
+        check_ports(native, name)
         try:
             native.write_configs(name)
             argv = component.argv(binary, native, self.directory)

@@ -39,6 +39,44 @@ _CONFIG_SUFFIXES = {".yml", ".yaml", ".json", ".ini", ".conf"}
 _ANY = r"(?:0\.0\.0\.0|localhost|127\.0\.0\.1)"
 
 
+DEMO_TARGETS = "sightline-demo.yml"  # written by `sightline demo` into targets/
+
+_TARGETS_README = """\
+# Scrape targets
+
+Prometheus ({prometheus}) reads every `*.yml` file in this directory
+({directory}) as a list of scrape targets. Other files, like this README, are ignored.
+
+## Add your own app
+
+Run the app with Sightline (`sightline.init(service="checkout")`, or
+`sightline run --service checkout -- gunicorn app:app`) and drop one file per service
+here, named after it, for example `checkout.yml`:
+
+```yaml
+- targets: ["127.0.0.1:9464"]
+  labels:
+    job: checkout
+```
+
+- **`job` is the service name**: dashboards and alerts group by it, so use the same name
+  as `SIGHTLINE_SERVICE` (or `service=` in `init()`).
+- **The address** is the app's metrics port (`SIGHTLINE_METRICS_ADDR`, 9464 by default)
+  on this machine: `127.0.0.1:9464`. Two services on one machine need two ports (set
+  `SIGHTLINE_METRICS_ADDR=127.0.0.1:9465` for the second); an app on another machine is
+  `host:9464`, listening on an address this machine reaches.
+- **Several processes or hosts** of one service go in the same file:
+  `targets: ["127.0.0.1:9464", "10.0.0.6:9464"]`. The workers of one gunicorn or Celery
+  master share one port: one target.
+
+Prometheus notices new, changed and deleted files within seconds, without a restart. The
+new job shows on {prometheus}/targets.
+
+`{demo}` is written here by `sightline demo` while the demo runs (the shop and its
+worker) and removed when it stops: leave it alone, and do not name a file of yours so.
+"""
+
+
 def load_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
@@ -186,9 +224,7 @@ class Native:
                 continue
             if mount.target == "/etc/prometheus/targets":
                 host.mkdir(parents=True, exist_ok=True)
-                readme = source / "README.md"
-                if readme.exists():
-                    (host / "README.md").write_text(readme.read_text())
+                (host / "README.md").write_text(self.targets_readme(host))
                 continue
             files = [source] if source.is_file() else sorted(source.rglob("*"))
             for path in files:
@@ -277,6 +313,12 @@ class Native:
         if "alerting" in config:
             config["alerting"]["alertmanagers"] = managers
         return config
+
+    def targets_readme(self, directory: Path) -> str:
+        """How to add an app to the native stack's scrape targets (compose's README is
+        about containers: host.docker.internal, a mounted directory)."""
+        prometheus = f"http://127.0.0.1:{self.port('prometheus', 9090)}"
+        return _TARGETS_README.format(directory=directory, prometheus=prometheus, demo=DEMO_TARGETS)
 
     def demo_targets(self) -> str:
         """The demo's file_sd targets, rewritten (written by ``sightline demo``)."""

@@ -201,6 +201,35 @@ def port_free(port: int) -> bool:
     return True
 
 
+def holder(port: int) -> str:
+    """Who listens on TCP ``port``, as a phrase: the program and its PID, and the state
+    directory if it is another Sightline stack's; or why that cannot be seen."""
+    try:
+        listeners = [
+            c
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+        ]
+    except (psutil.Error, OSError):
+        listeners = []
+    for conn in listeners:
+        if conn.pid is None:
+            continue
+        try:
+            proc = psutil.Process(conn.pid)
+            name = proc.name()
+        except psutil.Error:
+            continue
+        directory = _environ(proc).get(MARKER)
+        if directory:
+            return f"{name} (pid {conn.pid}) of the Sightline stack in {directory}"
+        return f"{name} (pid {conn.pid})"
+    return (
+        "a program this user cannot see (another user's; as root, "
+        f"`ss -ltnp 'sport = :{port}'` names it)"
+    )
+
+
 def stop(record: Record, timeout: float = 10.0) -> bool:
     """SIGTERM the process group of ``record``, SIGKILL what is left after ``timeout``.
 

@@ -18,9 +18,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import FrameType
 
-from .._stack import DEMO, DEMO_TARGETS, Out, Stack, StackError, python_command
-from .._stack.native import Native
-from .._stack.processes import NotReady, port_free, wait_http
+from .._stack import (
+    BY_NAME,
+    DEMO,
+    Out,
+    Stack,
+    StackError,
+    check_ports,
+    python_command,
+)
+from .._stack.native import DEMO_TARGETS, Native
+from .._stack.processes import NotReady, wait_http
 from . import view
 from .load import parse_report
 
@@ -109,12 +117,8 @@ def start_demo(stack: Stack, launched: list[str]) -> None:
             f"a demo is already running from {stack.directory}; stop it first, or use another --dir"
         )
     native = stack.native()
-    for key, port in native.ports.items():
-        if key.split(":")[0] in DEMO and not port_free(port):
-            raise StackError(
-                f"port {port} on 127.0.0.1 is taken by another program; "
-                f"choose another with --port {key}=PORT"
-            )
+    for service in DEMO:
+        check_ports(native, service)
     targets = stack.directory / "targets"
     targets.mkdir(parents=True, exist_ok=True)
     (targets / DEMO_TARGETS).write_text(native.demo_targets())
@@ -157,6 +161,7 @@ def demo(
     ports: Mapping[str, int] | None = None,
     refresh: float = 5.0,
     without: Iterable[str] = (),
+    port_offset: int = 0,
     out: Out = print,
 ) -> int:
     started: list[str] = []  # components this demo started, filled as they start
@@ -164,13 +169,15 @@ def demo(
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     stack: Stack | None = None
     try:
-        stack = Stack(directory, ports, without)
+        stack = Stack(directory, ports, without, port_offset)
         _started, failures = stack.up(out, started=started)
         if "prometheus" not in stack.running():
-            if any(f.startswith("prometheus") for f in failures) or "prometheus" in stack.without:
-                out("sightline demo needs Prometheus running (see above)")
+            if "prometheus" in failures:
+                out(f"sightline demo needs Prometheus running: {failures['prometheus']}")
+            elif "prometheus" in stack.without:
+                out("sightline demo needs Prometheus: do not leave it out (--without prometheus)")
             else:
-                out("sightline demo needs Prometheus (apt-get install prometheus)")
+                out(f"sightline demo needs Prometheus: {BY_NAME['prometheus'].get_it}")
             return 1
         if "redis" not in stack.running():
             out("no Redis here: the demo's Celery messages go through files instead")
