@@ -3,6 +3,7 @@ Redis, gunicorn and Celery processes on loopback, configured from the compose fi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -204,6 +205,33 @@ def test_stack_up_names_a_taken_port_and_how_to_move_it(stack_dir: Path) -> None
         "this whole stack beside the other one with --port-offset N"
     ) in result.stdout, result.stdout
     assert Stack(stack_dir).running() == {"alertmanager", "redis"}
+
+
+def test_first_up_moves_off_a_taken_default_port_and_says_so(stack_dir: Path) -> None:
+    """The first `stack up` of a state directory, finding compose's port for Prometheus
+    held by another program, starts it on the next free port, naming the holder, the
+    port used and how to choose; later commands keep that port."""
+    with contextlib.ExitStack() as held:
+        if processes.port_free(9090):
+            holder = held.enter_context(socket.socket())
+            holder.bind(("127.0.0.1", 9090))
+            holder.listen()
+        up = sightline(
+            "stack", "up", "--dir", str(stack_dir), *port_args(("alertmanager", "redis")),
+            *only(*NEEDED),
+        )  # fmt: skip
+        assert up.returncode == 0, up.stdout + up.stderr
+        moved = Stack(stack_dir).ports["prometheus:9090"]
+        assert moved != 9090
+        assert re.search(
+            rf"^prometheus +port 9090 is taken by .+: prometheus:9090 listens on {moved} "
+            r"instead \(--port prometheus:9090=PORT to choose\)$",
+            up.stdout,
+            re.M,
+        ), up.stdout
+        assert f"prometheus    started   http://127.0.0.1:{moved}" in up.stdout
+    status = sightline("stack", "status", "--dir", str(stack_dir))
+    assert f"http://127.0.0.1:{moved}" in status.stdout
 
 
 def test_a_second_stack_runs_beside_the_first_with_port_offset(tmp_path: Path) -> None:

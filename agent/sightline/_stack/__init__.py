@@ -316,6 +316,7 @@ class Stack:
         started = [] if started is None else started
         available = self.available()
         alive = self.running()
+        self._choose_ports(out)
         native = self.native(alive | set(available))
         self.ports = dict(native.ports)
         self._save()
@@ -343,6 +344,30 @@ class Stack:
                 out(f"{component.service:<13} absent    install: {component.get_it}")
         self._reload_prometheus()
         return started, failures
+
+    def _choose_ports(self, out: Out) -> None:
+        """The first time, every port not given with --port is compose's unless another
+        program holds it, then the next free one, said here; from then on this state
+        directory keeps its ports (a taken one is refused, naming its holder)."""
+        if set(self.ports) >= {f"{s}:{p}" for s, ports in self.listening.items() for p in ports}:
+            return
+        services = self.compose["services"]
+        wanted = assign_ports(services, self.listening, self.ports)
+        chosen = assign_ports(
+            services, self.listening, self.ports, busy=lambda port: not processes.port_free(port)
+        )
+        for key, port in chosen.items():
+            if (
+                port != wanted[key]
+                and key.split(":")[0] not in self.without
+                and not processes.port_free(wanted[key])
+            ):
+                out(
+                    f"{key.split(':')[0]:<13} port {wanted[key]} is taken by "
+                    f"{processes.holder(wanted[key])}: {key} listens on {port} instead "
+                    f"(--port {key}=PORT to choose)"
+                )
+        self.ports = chosen
 
     def _reload_prometheus(self) -> None:
         """Scrape and alert to what really runs now (a component may have failed, or
