@@ -4,7 +4,8 @@ Loki's push API and Loki's OTLP logs endpoint.
 One :class:`Backend` serves ``/v1/traces`` (decoded with ``opentelemetry-proto``),
 ``/loki/api/v1/push`` (Loki's JSON push body) and ``/otlp/v1/logs`` (OTLP logs, as the
 Collector sends them to Loki's native OTLP endpoint), and can misbehave on demand:
-answer a scripted sequence of error statuses, or accept connections and never answer.
+answer a scripted sequence of error statuses, refuse a wrong ``Authorization`` with 401,
+send a Date header from a clock that is off, or accept connections and never answer.
 With ``keep_alive`` it speaks HTTP/1.1 and keeps connections open, as the Collector and
 Loki do; ``drop_idle`` then closes each one after answering without saying so, as a
 backend or load balancer timing out idle connections does. With ``tls`` (a server-side
@@ -59,6 +60,8 @@ class Backend:
         self.script: list[int] = []  # statuses to answer before succeeding
         self.answered: list[int] = []
         self.hang = threading.Event()  # while set, requests are accepted and never answered
+        self.authorization: str | None = None  # when set, any other Authorization gets 401
+        self.clock_offset = 0.0  # seconds added to the time in its Date headers
         self._release = threading.Event()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -72,6 +75,9 @@ class Backend:
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                return super().date_time_string(time.time() + backend.clock_offset)
 
             def do_POST(self) -> None:
                 backend._handle(self)
@@ -143,6 +149,10 @@ class Backend:
             self.targets.append(request.path)
             self.peers.append(request.client_address)
             status = self.script.pop(0) if self.script else 0
+            if self.authorization is not None and (
+                request.headers.get("Authorization") != self.authorization
+            ):
+                status = 401
         if status:
             self.answered.append(status)
             self._answer(request, status)

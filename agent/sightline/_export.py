@@ -117,10 +117,11 @@ class ExportStats:
 class PushError(Exception):
     """A push that did not deliver; ``reason`` is a metric label, ``retry`` says if worth it."""
 
-    def __init__(self, reason: str, retry: bool, detail: str) -> None:
+    def __init__(self, reason: str, retry: bool, detail: str, status: int = 0) -> None:
         super().__init__(detail)
         self.reason = reason
         self.retry = retry
+        self.status = status  # the HTTP status, when the backend answered
 
 
 class Endpoint:
@@ -154,6 +155,7 @@ class Endpoint:
         self.gzip = gzip
         self._connection: _Deadlined | None = None
         self._target = "/"
+        self.date: str | None = None
         _fork.track(self)
 
     def _after_fork(self) -> None:
@@ -190,11 +192,11 @@ class Endpoint:
         if 200 <= status < 300:
             return
         if status == 429:
-            raise PushError("http_429", True, f"HTTP 429 from {url}")
+            raise PushError("http_429", True, f"HTTP 429 from {url}", status)
         if status >= 500:
-            raise PushError("http_5xx", True, f"HTTP {status} from {url}")
+            raise PushError("http_5xx", True, f"HTTP {status} from {url}", status)
         # Other 4xx, and redirects (not followed): sending the same again won't help.
-        raise PushError("http_4xx", False, f"HTTP {status} from {url}")
+        raise PushError("http_4xx", False, f"HTTP {status} from {url}", status)
 
     def _exchange(self, body: bytes, headers: dict[str, str], timeout: float) -> int:
         deadline = time.monotonic() + timeout
@@ -224,6 +226,7 @@ class Endpoint:
             self._connection = None
             connection.close()
             raise
+        self.date = response.getheader("Date")  # the backend's clock, for `sightline doctor`
         if response.will_close or not response.isclosed():  # closing or left unread
             self._connection = None
             connection.close()

@@ -3,6 +3,7 @@
 sightline run [--service NAME] -- gunicorn app:app -w 4
 sightline stack up|down|status [--dir DIR] [--port SERVICE:PORT=HOSTPORT ...] [--port-offset N]
 sightline demo [--dir DIR] [--duration SECONDS]
+sightline doctor [--service NAME] [--prometheus URL] [--json]
 """
 
 from __future__ import annotations
@@ -85,6 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
             "load generator, and show the golden signals every few seconds."
         ),
     )
+    doctor = commands.add_parser(
+        "doctor",
+        help="check this app's settings, ports and backends, each with its fix",
+        description=(
+            "Run from the app's environment (its SIGHTLINE_* and OTEL_* variables): checks "
+            "the settings, the metrics port, the OTLP and Loki endpoints (a test write), "
+            "whether Prometheus scrapes the service, the workers' shared directory, the "
+            "clock and the packages. Exit code 0, 1 or 2: ok, warnings, errors."
+        ),
+    )
+    doctor.add_argument("--service", help="the service name (default SIGHTLINE_SERVICE)")
+    doctor.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="the Prometheus that should scrape the app (default: the native stack's)",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--refresh", type=float, default=5.0, help="seconds between redraws")
     return parser
@@ -97,6 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(parser, args)
     if args.command in ("stack", "demo"):
         return stack(parser, args)
+    if args.command == "doctor":
+        from . import _doctor
+
+        overrides = {"service": args.service} if args.service else {}
+        return _doctor.main(os.environ, overrides, args.prometheus, args.json)
     parser.print_help()
     return 0
 

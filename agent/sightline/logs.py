@@ -271,34 +271,39 @@ def text_formatter() -> logging.Formatter:
 LokiItem = tuple[tuple[tuple[str, str], ...], str, str, dict[str, str]]
 
 
+def loki_endpoint(settings: Settings) -> Endpoint:
+    """Loki's push API, with the credentials, tenant and TLS the settings give."""
+    url, user, password = split_credentials(settings.loki_url)
+    if urllib.parse.urlsplit(url).path in ("", "/"):
+        url = url.rstrip("/") + "/loki/api/v1/push"
+    headers: dict[str, str] = {}
+    if settings.loki_token:
+        headers["Authorization"] = f"Bearer {settings.loki_token}"
+    elif settings.loki_username or user is not None:
+        if settings.loki_username:
+            user, password = settings.loki_username, settings.loki_password
+        pair = f"{user}:{password or ''}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+    if settings.loki_tenant:
+        headers["X-Scope-OrgID"] = settings.loki_tenant
+    return Endpoint(
+        url=url,
+        headers=headers,
+        timeout=settings.loki_timeout,
+        tls=tls_context(
+            settings.loki_certificate,
+            settings.loki_client_certificate,
+            settings.loki_client_key,
+        ),
+        ca_setting="SIGHTLINE_LOKI_CERTIFICATE",
+    )
+
+
 class LokiSender:
     """Groups a batch into streams and pushes it as Loki's JSON push body."""
 
     def __init__(self, settings: Settings, stats: ExportStats) -> None:
-        url, user, password = split_credentials(settings.loki_url)
-        if urllib.parse.urlsplit(url).path in ("", "/"):
-            url = url.rstrip("/") + "/loki/api/v1/push"
-        headers: dict[str, str] = {}
-        if settings.loki_token:
-            headers["Authorization"] = f"Bearer {settings.loki_token}"
-        elif settings.loki_username or user is not None:
-            if settings.loki_username:
-                user, password = settings.loki_username, settings.loki_password
-            pair = f"{user}:{password or ''}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-        if settings.loki_tenant:
-            headers["X-Scope-OrgID"] = settings.loki_tenant
-        self.endpoint = Endpoint(
-            url=url,
-            headers=headers,
-            timeout=settings.loki_timeout,
-            tls=tls_context(
-                settings.loki_certificate,
-                settings.loki_client_certificate,
-                settings.loki_client_key,
-            ),
-            ca_setting="SIGHTLINE_LOKI_CERTIFICATE",
-        )
+        self.endpoint = loki_endpoint(settings)
         self.stats = stats
         self.policy = Retrying(base=0.5, cap=10.0, max_attempts=8)
         self.queue: BatchQueue[LokiItem] | None = None

@@ -114,23 +114,28 @@ def _own_provider() -> TracerProvider:
         return _provider
 
 
+def otlp_endpoint(settings: Settings) -> Endpoint:
+    """Where spans go, with the headers and TLS the settings give."""
+    url = settings.otlp_traces_endpoint or settings.otlp_endpoint.rstrip("/") + "/v1/traces"
+    return Endpoint(
+        url=url,
+        headers=dict(settings.otlp_headers),
+        timeout=settings.otlp_timeout,
+        gzip=settings.otlp_compression == "gzip",
+        tls=tls_context(
+            settings.otlp_certificate,
+            settings.otlp_client_certificate,
+            settings.otlp_client_key,
+        ),
+        ca_setting="OTEL_EXPORTER_OTLP_CERTIFICATE",
+    )
+
+
 class OtlpSender:
     """Encodes a batch of spans as OTLP protobuf and pushes it with retries."""
 
     def __init__(self, settings: Settings, stats: ExportStats) -> None:
-        url = settings.otlp_traces_endpoint or settings.otlp_endpoint.rstrip("/") + "/v1/traces"
-        self.endpoint = Endpoint(
-            url=url,
-            headers=dict(settings.otlp_headers),
-            timeout=settings.otlp_timeout,
-            gzip=settings.otlp_compression == "gzip",
-            tls=tls_context(
-                settings.otlp_certificate,
-                settings.otlp_client_certificate,
-                settings.otlp_client_key,
-            ),
-            ca_setting="OTEL_EXPORTER_OTLP_CERTIFICATE",
-        )
+        self.endpoint = otlp_endpoint(settings)
         self.settings = settings
         self.stats = stats
         # OTEL_BSP_EXPORT_TIMEOUT caps the backoff between two attempts.

@@ -1,0 +1,480 @@
+"""``sightline doctor``: is this app's telemetry going where it should?
+
+Run from the app's environment (its ``SIGHTLINE_*`` and ``OTEL_*`` variables), it checks
+what the agent would do and what it would meet: the settings, the metrics port, the OTLP
+and Loki endpoints (a real, harmless write, with the app's credentials and TLS), whether
+Prometheus scrapes this service, the directory the workers of a server share, the clock
+against the backends', and the packages installed. Each check ends ok, warning or error,
+with the fix in one line. The exit code is 0, 1 or 2 for the worst of them.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import json
+import os
+import socket
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ._settings import ConfigError, Settings
+
+OK, WARNING, ERROR = "ok", "warning", "error"
+_RANK = {OK: 0, WARNING: 1, ERROR: 2}
+#: Clock differences below this are Date headers' one-second resolution and network time.
+SKEW_WARNING = 5.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    status: str  # ok, warning, error
+    message: str
+    fix: str = ""
+
+
+@dataclass
+class Doctor:
+    environ: Mapping[str, str]
+    overrides: Mapping[str, Any]
+    prometheus: str
+    dates: list[tuple[str, str]]  # (backend, its Date header) for the clock check
+    service: str = ""
+
+    def run(self) -> list[Finding]:
+        try:
+            settings = Settings.load(self.environ, self.overrides)
+            self.service = settings.service
+        except ConfigError as exc:
+            return [
+                Finding("settings", ERROR, str(exc), "correct or unset that setting"),
+                packages(),
+            ]
+        found = [Finding("settings", OK, summary(settings))]
+        for check in (
+            metrics_port,
+            self.traces,
+            self.logs,
+            self.scraped,
+            multiprocess_dir,
+        ):
+            try:
+                found.append(check(settings))
+            except Exception as exc:  # a check that breaks is a finding, not a traceback
+                name = getattr(check, "__name__", "check").replace("_", " ")
+                found.append(Finding(name, ERROR, f"the check itself failed: {exc!r}"))
+        found.append(clock(self.dates))
+        found.append(packages())
+        return found
+
+    # -- the backends: a real write each, as the agent would make it
+
+    def traces(self, settings: Settings) -> Finding:
+        off = _off(
+            settings,
+            ("traces", "SIGHTLINE_TRACES=false"),
+            ("sdk_disabled", "OTEL_SDK_DISABLED=true"),
+        )
+        if off or settings.traces_exporter == "none":
+            return Finding("traces", OK, f"off ({off or 'OTEL_TRACES_EXPORTER=none'})")
+        from .tracing import otlp_endpoint
+
+        endpoint = otlp_endpoint(settings)
+        # An export request with no spans: a valid OTLP write that stores nothing.
+        return self._write("traces", endpoint, b"", "application/x-protobuf", _OTLP_FIXES)
+
+    def logs(self, settings: Settings) -> Finding:
+        if not settings.logs or not settings.loki_url or settings.logs_exporter == "none":
+            why = (
+                "SIGHTLINE_LOGS=false"
+                if not settings.logs
+                else "OTEL_LOGS_EXPORTER=none"
+                if settings.logs_exporter == "none"
+                else "SIGHTLINE_LOKI_URL is not set"
+            )
+            return Finding("logs", OK, f"not shipped ({why}); JSON lines on stdout")
+        from .logs import loki_endpoint
+
+        endpoint = loki_endpoint(settings)
+        line = f"sightline doctor: test write from {socket.gethostname()}"
+        body = {
+            "streams": [
+                {
+                    "stream": {"service_name": settings.service, "source": "sightline-doctor"},
+                    "values": [[str(time.time_ns()), line]],
+                }
+            ]
+        }
+        payload = json.dumps(body).encode()
+        return self._write("logs", endpoint, payload, "application/json", _LOKI_FIXES)
+
+    def _write(
+        self,
+        check: str,
+        endpoint: Any,
+        body: bytes,
+        content_type: str,
+        fixes: Mapping[str, str],
+    ) -> Finding:
+        from ._export import PushError
+
+        try:
+            endpoint.post(body, content_type, endpoint.timeout)
+        except PushError as exc:
+            if endpoint.date:
+                self.dates.append((endpoint.url, endpoint.date))
+            key = str(exc.status) if str(exc.status) in fixes else exc.reason
+            return Finding(check, ERROR, str(exc), fixes.get(key, fixes["other"]))
+        finally:
+            endpoint.close()
+        if endpoint.date:
+            self.dates.append((endpoint.url, endpoint.date))
+        return Finding(check, OK, f"{endpoint.url} accepted a test write")
+
+    # -- Prometheus
+
+    def scraped(self, settings: Settings) -> Finding:
+        service = settings.service
+        where = f"Prometheus at {self.prometheus}"
+        try:
+            data = _get_json(f"{self.prometheus}/api/v1/targets?state=active", self.dates)
+            targets = data["data"]["activeTargets"]
+        except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException) as exc:
+            return Finding(
+                "prometheus",
+                WARNING,
+                f"no answer from {where}: {exc}",
+                "name the Prometheus that should scrape this app with --prometheus URL",
+            )
+        ours = [t for t in targets if t.get("labels", {}).get("job") == service]
+        if not ours:
+            jobs = ", ".join(sorted({t.get("labels", {}).get("job", "") for t in targets}))
+            return Finding(
+                "prometheus",
+                ERROR,
+                f"{where} has no target with job={service!r} (its jobs: {jobs or 'none'})",
+                f"add a targets file naming the metrics port with `job: {service}`"
+                + _targets_hint(self.prometheus),
+            )
+        down = [t for t in ours if t.get("health") != "up"]
+        if down:
+            target = down[0]
+            return Finding(
+                "prometheus",
+                ERROR,
+                f"{where} cannot scrape {target.get('scrapeUrl')}: "
+                f"{target.get('lastError') or target.get('health')}",
+                "start the app, or make the target's address its SIGHTLINE_METRICS_ADDR",
+            )
+        ages = [_age(t.get("lastScrape", "")) for t in ours]
+        known = [age for age in ages if age is not None]
+        age = max(known) if known else None
+        urls = ", ".join(str(t.get("scrapeUrl")) for t in ours)
+        interval = _seconds(ours[0].get("scrapeInterval", "")) or 60.0
+        if age is not None and age > 3 * interval:
+            return Finding(
+                "prometheus",
+                WARNING,
+                f"{where} last scraped {urls} {age:.0f} s ago (every {interval:.0f} s expected)",
+                "check Prometheus's log: it may be overloaded or stopped",
+            )
+        ago = f", last {age:.0f} s ago" if age is not None else ""
+        return Finding("prometheus", OK, f"{where} scrapes {urls} (up{ago})")
+
+
+# -- checks that need no network
+
+
+def summary(settings: Settings) -> str:
+    metrics = (
+        f"{settings.metrics_addr[0]}:{settings.metrics_addr[1]}"
+        if settings.metrics_addr
+        else "not served"
+    )
+    return f"valid: service {settings.service!r}, metrics {metrics}"
+
+
+def metrics_port(settings: Settings) -> Finding:
+    from . import _port
+
+    if settings.metrics_addr is None:
+        return Finding("metrics port", OK, "not served by the agent (SIGHTLINE_METRICS_ADDR)")
+    host, port = settings.metrics_addr
+    if _bindable(host, port):
+        return Finding("metrics port", OK, f"{host}:{port} is free for this service")
+    served = _port.served_service(host, port)
+    if served == settings.service:
+        return Finding("metrics port", OK, f"{host}:{port} serves this service's metrics")
+    free = next((p for p in range(port + 1, min(port + 100, 65536)) if _bindable(host, p)), None)
+    fix = (
+        f"give this service its own port: SIGHTLINE_METRICS_ADDR={host}:{free}"
+        if free
+        else "give this service its own port with SIGHTLINE_METRICS_ADDR"
+    )
+    return Finding(
+        "metrics port",
+        ERROR,
+        f"{host}:{port} is {_port.describe(host, port, settings.service)}",
+        fix,
+    )
+
+
+def multiprocess_dir(settings: Settings) -> Finding:
+    from ._store import Refused, Store
+
+    if settings.multiprocess == "off":
+        return Finding("multiprocess", OK, "off (SIGHTLINE_MULTIPROCESS=off)")
+    explicit = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    parent, name = (
+        (Path(explicit), "sightline")
+        if explicit
+        else (Path(tempfile.gettempdir()), f"sightline-{os.geteuid()}")
+    )
+    try:
+        Store.open(parent, name).close()
+    except Refused as exc:
+        setting = "PROMETHEUS_MULTIPROC_DIR" if explicit else "TMPDIR"
+        return Finding(
+            "multiprocess",
+            ERROR,
+            f"the workers' shared directory {parent / name} is refused: {exc}",
+            f"use a directory only you can write (chmod 0700), or set {setting} to one",
+        )
+    return Finding("multiprocess", OK, f"{parent / name} is private and usable")
+
+
+def clock(dates: list[tuple[str, str]]) -> Finding:
+    skews = []
+    for backend, header in dates:
+        try:
+            theirs = email.utils.parsedate_to_datetime(header).timestamp()
+        except (TypeError, ValueError):
+            continue
+        skews.append((theirs - time.time(), backend))
+    if not skews:
+        return Finding("clock", OK, "no backend answered with its time (Date header)")
+    skew, backend = max(skews, key=lambda item: abs(item[0]))
+    if abs(skew) > SKEW_WARNING:
+        ahead = "behind" if skew > 0 else "ahead of"
+        return Finding(
+            "clock",
+            WARNING,
+            f"this machine's clock is {abs(skew):.0f} s {ahead} {backend}'s: "
+            "spans and log lines land at the wrong times",
+            "synchronise the clocks (NTP: timedatectl set-ntp true)",
+        )
+    return Finding("clock", OK, f"within {SKEW_WARNING:.0f} s of {len(skews)} backend(s)")
+
+
+_PACKAGES = (
+    "sightline",
+    "opentelemetry-sdk",
+    "opentelemetry-api",
+    "prometheus-client",
+    "flask",
+    "django",
+    "fastapi",
+    "starlette",
+    "litestar",
+    "quart",
+    "celery",
+    "rq",
+    "gunicorn",
+    "uvicorn",
+    "hypercorn",
+)
+
+
+def packages() -> Finding:
+    """The versions that matter, and any requirement of Sightline they do not meet."""
+    from importlib import metadata
+
+    found = {}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    unmet = []
+    try:
+        from packaging.requirements import Requirement
+
+        for spec in metadata.requires("sightline") or ():
+            requirement = Requirement(spec)
+            if requirement.marker is not None:
+                continue  # an extra's requirement
+            try:
+                have = metadata.version(requirement.name)
+            except metadata.PackageNotFoundError:
+                unmet.append(f"{requirement.name} missing")
+                continue
+            if not requirement.specifier.contains(have, prereleases=True):
+                unmet.append(f"{requirement.name} {have} (needs {requirement.specifier})")
+    except (ImportError, metadata.PackageNotFoundError):
+        pass  # no `packaging` or no installed metadata: versions only
+    listed = ", ".join(f"{name} {version}" for name, version in found.items())
+    if unmet:
+        return Finding(
+            "packages",
+            WARNING,
+            f"{'; '.join(unmet)}; installed: {listed}",
+            "pip install --upgrade sightline (it pulls in what it was tested with)",
+        )
+    return Finding("packages", OK, listed)
+
+
+# -- helpers
+
+
+_OTLP_FIXES = {
+    "connection": "start the Collector or Tempo (sightline stack up), or point "
+    "OTEL_EXPORTER_OTLP_ENDPOINT at yours",
+    "timeout": "the endpoint accepts connections but does not answer in time: check it, "
+    "or raise OTEL_EXPORTER_OTLP_TIMEOUT",
+    "401": "the endpoint wants credentials: set them in OTEL_EXPORTER_OTLP_HEADERS "
+    "(e.g. authorization=Bearer TOKEN)",
+    "403": "the credentials in OTEL_EXPORTER_OTLP_HEADERS are refused: check them",
+    "404": "nothing takes OTLP at that path: OTEL_EXPORTER_OTLP_ENDPOINT is the base URL "
+    "(/v1/traces is added); OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is the full one",
+    "tls": "see the message: OTEL_EXPORTER_OTLP_CERTIFICATE names the CA to trust",
+    "other": "check the endpoint in OTEL_EXPORTER_OTLP_ENDPOINT and its logs",
+}
+
+_LOKI_FIXES = {
+    "connection": "start Loki (sightline stack up), or point SIGHTLINE_LOKI_URL at yours",
+    "timeout": "Loki accepts connections but does not answer in time: check it, or raise "
+    "SIGHTLINE_LOKI_TIMEOUT",
+    "401": "Loki wants credentials: set SIGHTLINE_LOKI_TOKEN, or SIGHTLINE_LOKI_USERNAME "
+    "and SIGHTLINE_LOKI_PASSWORD",
+    "403": "Loki refuses these credentials or this tenant: check SIGHTLINE_LOKI_TOKEN / "
+    "SIGHTLINE_LOKI_USERNAME / SIGHTLINE_LOKI_TENANT",
+    "404": "no Loki push API at that URL: SIGHTLINE_LOKI_URL is Loki's base URL",
+    "tls": "see the message: SIGHTLINE_LOKI_CERTIFICATE names the CA to trust",
+    "other": "check SIGHTLINE_LOKI_URL and Loki's log",
+}
+
+
+def _off(settings: Settings, *switches: tuple[str, str]) -> str:
+    for attribute, setting in switches:
+        value = getattr(settings, attribute)
+        if (attribute == "traces" and not value) or (attribute != "traces" and value):
+            return setting
+    return ""
+
+
+def _bindable(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _get_json(url: str, dates: list[tuple[str, str]], timeout: float = 5.0) -> Any:
+    # Prometheus on this machine is reached directly, never through a proxy.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as response:
+        date = response.headers.get("Date")
+        if date:
+            dates.append((url.split("/api/")[0], date))
+        return json.loads(response.read(16 << 20))
+
+
+def _age(timestamp: str) -> float | None:
+    """Seconds since an RFC 3339 time as Prometheus writes it (nanoseconds included)."""
+    from datetime import datetime
+
+    if not timestamp or timestamp.startswith("0001-"):
+        return None
+    head, _, rest = timestamp.partition(".")
+    zone = rest.lstrip("0123456789") if rest else ""
+    try:
+        when = datetime.fromisoformat(head + (zone.replace("Z", "+00:00") or "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, time.time() - when.timestamp())
+
+
+def _seconds(duration: str) -> float | None:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for unit in ("ms", "s", "m", "h"):
+        if duration.endswith(unit) and duration[: -len(unit)].isdigit():
+            return int(duration[: -len(unit)]) * units[unit]
+    return None
+
+
+def _targets_hint(prometheus: str) -> str:
+    """Where the native stack's targets directory is, when ``prometheus`` is its."""
+    try:
+        from ._stack import Stack, default_dir
+
+        stack = Stack(default_dir())
+    except Exception:
+        return ""
+    port = stack.ports.get("prometheus:9090")
+    if port and urllib.parse.urlsplit(prometheus).port == port:
+        return f" in {stack.directory / 'targets'} (its README.md shows how)"
+    return ""
+
+
+def default_prometheus() -> str:
+    """The native stack's Prometheus if one was set up here, else the usual address."""
+    try:
+        from ._stack import Stack, default_dir
+
+        port = Stack(default_dir()).ports.get("prometheus:9090", 9090)
+    except Exception:
+        port = 9090
+    return f"http://127.0.0.1:{port}"
+
+
+def worst(findings: list[Finding]) -> int:
+    return max((_RANK[f.status] for f in findings), default=0)
+
+
+def render(findings: list[Finding], service: str) -> str:
+    lines = [f"sightline doctor · service {service!r}" if service else "sightline doctor"]
+    for finding in findings:
+        lines.append(f"{finding.status:<9}{finding.check:<14}{finding.message}")
+        if finding.fix:
+            lines.append(f"{'':<23}fix: {finding.fix}")
+    counts = {s: sum(f.status == s for f in findings) for s in (ERROR, WARNING)}
+    lines.append(f"{counts[ERROR]} error(s), {counts[WARNING]} warning(s)")
+    return "\n".join(lines)
+
+
+def main(
+    environ: Mapping[str, str],
+    overrides: Mapping[str, Any],
+    prometheus: str | None,
+    as_json: bool,
+    out: Callable[[str], None] = print,
+) -> int:
+    doctor = Doctor(environ, overrides, prometheus or default_prometheus(), [])
+    findings = doctor.run()
+    code = worst(findings)
+    service = doctor.service
+    if as_json:
+        out(
+            json.dumps(
+                {
+                    "service": service,
+                    "status": {0: OK, 1: WARNING, 2: ERROR}[code],
+                    "checks": [asdict(f) for f in findings],
+                },
+                indent=2,
+            )
+        )
+    else:
+        out(render(findings, str(service)))
+    return code

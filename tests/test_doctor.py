@@ -1,0 +1,178 @@
+"""`sightline doctor` against real failures: a closed port, a server that never answers,
+a wrong token, a Prometheus without the target, a metrics port another service holds, a
+shared directory others may write, a backend whose clock is off; and all ok when all is."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .helpers import free_port, wait_until
+from .receivers import Backend
+from .servers import ROOT, Prometheus, gunicorn, launcher, prometheus
+
+
+def doctor(env: dict[str, str], *args: str) -> tuple[int, dict[str, dict[str, str]], str]:
+    """Run `sightline doctor --json` with ``env`` over a clean SIGHTLINE_*/OTEL_* slate;
+    the exit code, the findings by check, and the text report of a second run."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SIGHTLINE_", "OTEL_"))}
+    base.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    full = {**base, **env}
+    command = [*launcher(), "doctor", *args]
+    result = subprocess.run(
+        [*command, "--json"], env=full, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    report = json.loads(result.stdout)
+    text = subprocess.run(command, env=full, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert text.returncode == result.returncode
+    findings = {f["check"]: f for f in report["checks"]}
+    assert report["status"] == ["ok", "warning", "error"][result.returncode]
+    return result.returncode, findings, text.stdout
+
+
+@pytest.fixture
+def backends() -> Iterator[tuple[Backend, Backend]]:
+    """An OTLP endpoint and a Loki, both wanting a token."""
+    otlp, loki = Backend().start(), Backend().start()
+    otlp.authorization = "Bearer otlp-secret"
+    loki.authorization = "Bearer loki-secret"
+    yield otlp, loki
+    otlp.stop()
+    loki.stop()
+
+
+def settings(otlp: Backend, loki: Backend, metrics: int, **extra: str) -> dict[str, str]:
+    return {
+        "SIGHTLINE_SERVICE": "shop",
+        "SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{metrics}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url,
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer otlp-secret",
+        "SIGHTLINE_LOKI_URL": loki.url,
+        "SIGHTLINE_LOKI_TOKEN": "loki-secret",
+        **extra,
+    }
+
+
+def test_all_ok_when_the_app_is_served_scraped_and_every_backend_accepts(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """With the app running on its metrics port, Prometheus scraping it and both backends
+    taking the app's credentials, every check is ok and the exit code is 0; the test
+    writes are an OTLP request with no spans and one labelled Loki line."""
+    otlp, loki = backends
+    port = free_port()
+    env = {"SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{port}"}
+    with (
+        gunicorn("tests.apps.flask_app:app", env, ["--workers", "2"], tmp_path),
+        prometheus(tmp_path, {"shop": f"127.0.0.1:{port}"}) as prom,
+    ):
+        assert wait_until(lambda: _up(prom, "shop"), timeout=20)
+        code, found, text = doctor(settings(otlp, loki, port), "--prometheus", prom.url)
+    assert code == 0, text
+    assert {f["status"] for f in found.values()} == {"ok"}, text
+    assert set(found) == {
+        "settings", "metrics port", "traces", "logs", "prometheus", "multiprocess", "clock",
+        "packages",
+    }  # fmt: skip
+    assert "serves this service's metrics" in found["metrics port"]["message"]
+    assert f"scrapes http://127.0.0.1:{port}/metrics (up" in found["prometheus"]["message"]
+    assert found["clock"]["message"].startswith("within 5 s of 3 backend(s)")
+    assert [len(r.resource_spans) for r in otlp.trace_requests] == [0, 0]  # two runs
+    lines = [line for labels, _ts, line, _meta in loki.log_entries()]
+    assert len(lines) == 2
+    assert lines[0].startswith("sightline doctor: test write from ")
+    assert {labels["source"] for labels, *_ in loki.log_entries()} == {"sightline-doctor"}
+
+
+def test_each_real_failure_is_an_error_with_its_fix(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """A wrong OTLP token, a Loki that never answers, a Prometheus with no target for the
+    service, another service on the metrics port and a shared directory others may write
+    are each an error whose fix names the setting to change; exit code 2, in bounded
+    time."""
+    otlp, loki = backends
+    loki.hang.set()
+    port = free_port()
+    shared = tmp_path / "shared"
+    (shared / "sightline").mkdir(parents=True)
+    os.chmod(shared / "sightline", 0o777)
+    env = settings(
+        otlp,
+        loki,
+        port,
+        SIGHTLINE_SERVICE="checkout",
+        OTEL_EXPORTER_OTLP_HEADERS="authorization=Bearer wrong",
+        SIGHTLINE_LOKI_TIMEOUT="1",
+        PROMETHEUS_MULTIPROC_DIR=str(shared),
+    )
+    app_env = {"SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{port}"}
+    with (
+        gunicorn("tests.apps.flask_app:app", app_env, [], tmp_path),
+        prometheus(tmp_path, {"shop": f"127.0.0.1:{port}"}) as prom,
+    ):
+        assert wait_until(lambda: _up(prom, "shop"), timeout=20)
+        started = time.monotonic()
+        code, found, text = doctor(env, "--prometheus", prom.url)
+        took = time.monotonic() - started
+    assert code == 2, text
+    assert took < 30
+    expect = {
+        "traces": ("HTTP 401 from", "OTEL_EXPORTER_OTLP_HEADERS"),
+        "logs": ("no answer from", "SIGHTLINE_LOKI_TIMEOUT"),
+        "prometheus": ("has no target with job='checkout' (its jobs: shop)", "job: checkout"),
+        "metrics port": ("held by the service 'shop'", "SIGHTLINE_METRICS_ADDR=127.0.0.1:"),
+        "multiprocess": ("is refused", "PROMETHEUS_MULTIPROC_DIR"),
+    }
+    for check, (message, fix) in expect.items():
+        assert found[check]["status"] == "error", (check, text)
+        assert message in found[check]["message"], (check, text)
+        assert fix in found[check]["fix"], (check, text)
+    assert "fix: the endpoint wants credentials" in text
+
+
+def test_closed_port_is_an_error_and_a_skewed_clock_a_warning(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """An OTLP endpoint nobody listens on is an error naming the address; a backend whose
+    Date is two minutes ahead makes the clock check a warning that says by how much."""
+    otlp, loki = backends
+    loki.clock_offset = 120
+    closed = free_port()
+    env = settings(
+        otlp, loki, free_port(), OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{closed}"
+    )
+    code, found, text = doctor(env, "--prometheus", f"http://127.0.0.1:{free_port()}")
+    assert code == 2, text
+    assert found["traces"]["status"] == "error"
+    assert f"cannot reach http://127.0.0.1:{closed}/v1/traces" in found["traces"]["message"]
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in found["traces"]["fix"]
+    assert found["clock"]["status"] == "warning", text
+    assert "clock is 120 s behind" in found["clock"]["message"] or (
+        "clock is 119 s behind" in found["clock"]["message"]
+    ), text
+    assert found["prometheus"]["status"] == "warning"  # no Prometheus there: named, not fatal
+    assert "--prometheus URL" in found["prometheus"]["fix"]
+
+
+def test_an_invalid_setting_is_an_error_naming_it() -> None:
+    """A setting that does not parse is the one error reported, naming the variable and
+    the bad value; exit code 2."""
+    code, found, _text = doctor({"SIGHTLINE_MAX_SERIES": "lots"})
+    assert code == 2
+    assert found["settings"]["status"] == "error"
+    assert "SIGHTLINE_MAX_SERIES" in found["settings"]["message"]
+    assert "'lots'" in found["settings"]["message"]
+    assert set(found) == {"settings", "packages"}
+
+
+def _up(prom: Prometheus, job: str) -> bool:
+    targets: list[dict[str, Any]] = prom.get("/api/v1/targets")["activeTargets"]
+    return any(t["labels"].get("job") == job and t["health"] == "up" for t in targets)
