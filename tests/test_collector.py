@@ -35,6 +35,9 @@ from .receivers import Backend, GrpcTraces, attributes
 from .servers import ROOT, Prometheus, binary, gunicorn, launcher
 from .test_stack import NEEDED, only, port_args
 
+# Checks the stack's files, binaries and processes: not run again by .ci/newest-sdk.
+pytestmark = pytest.mark.stack
+
 CONFIG = yaml.safe_load((ROOT / "collector" / "config.yml").read_text())
 SAMPLING = CONFIG["processors"]["tail_sampling"]
 POLICIES = {policy["name"]: policy for policy in SAMPLING["policies"]}

@@ -43,6 +43,9 @@ from .servers import (
     redis,
 )
 
+# Checks the stack's files, binaries and processes: not run again by .ci/newest-sdk.
+pytestmark = pytest.mark.stack
+
 Json = dict[str, Any]
 
 BOARDS = ROOT / "dashboards"

@@ -12,6 +12,9 @@ from sightline._settings import CHECKED, SPECS
 
 from .helpers import call_wsgi
 
+# Checks the stack's files, binaries and processes: not run again by .ci/newest-sdk.
+pytestmark = pytest.mark.stack
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 

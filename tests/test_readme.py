@@ -13,6 +13,9 @@ from sightline._stack import Stack, processes
 
 from .servers import ROOT
 
+# Checks the stack's files, binaries and processes: not run again by .ci/newest-sdk.
+pytestmark = pytest.mark.stack
+
 
 def no_docker_block() -> str:
     """The shell block under README's "Without Docker" paragraph: the one that makes the

@@ -25,6 +25,9 @@ from sightline.demo.load import Plan, pick
 from .helpers import free_port, wait_until
 from .servers import ROOT, Prometheus, binary, launcher
 
+# Checks the stack's files, binaries and processes: not run again by .ci/newest-sdk.
+pytestmark = pytest.mark.stack
+
 SERVICES = load_compose()["services"]
 NEEDED = ("prometheus", "alertmanager", "redis")
 
