@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from .helpers import free_port, wait_until
 from .receivers import Backend
@@ -176,3 +178,35 @@ def test_an_invalid_setting_is_an_error_naming_it() -> None:
 def _up(prom: Prometheus, job: str) -> bool:
     targets: list[dict[str, Any]] = prom.get("/api/v1/targets")["activeTargets"]
     return any(t["labels"].get("job") == job and t["health"] == "up" for t in targets)
+
+
+def test_traces_check_uses_the_apps_tls_settings(tmp_path: Path) -> None:
+    """Against an HTTPS endpoint signed by a private CA, the traces check fails naming
+    OTEL_EXPORTER_OTLP_CERTIFICATE until that setting names the CA, and then (with the
+    client certificate the endpoint requires) succeeds."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+    ca.configure_trust(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    client = ca.issue_cert("shop@example.com")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    client.cert_chain_pems[0].write_to_path(str(tmp_path / "client.pem"))
+    client.private_key_pem.write_to_path(str(tmp_path / "client.key"))
+    backend = Backend(tls=context).start()
+    try:
+        env = {"SIGHTLINE_SERVICE": "shop", "OTEL_EXPORTER_OTLP_ENDPOINT": backend.url}
+        _code, found, _text = doctor(env)
+        assert found["traces"]["status"] == "error"
+        assert "cannot trust" in found["traces"]["message"]
+        assert "OTEL_EXPORTER_OTLP_CERTIFICATE" in found["traces"]["message"]
+        env |= {
+            "OTEL_EXPORTER_OTLP_CERTIFICATE": str(tmp_path / "ca.pem"),
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(tmp_path / "client.pem"),
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(tmp_path / "client.key"),
+        }
+        _code, found, _text = doctor(env)
+        assert found["traces"]["status"] == "ok", found["traces"]
+        assert backend.client_certificates
+    finally:
+        backend.stop()
