@@ -106,14 +106,7 @@ class Backend:
     def log_records(self) -> list[tuple[dict[str, Any], LogRecord]]:
         """Every OTLP log record received on ``/otlp/v1/logs``, with its resource attributes."""
         with self._lock:
-            requests = list(self.otlp_logs)
-        found = []
-        for request in requests:
-            for resource_logs in request.resource_logs:
-                resource = attributes(resource_logs.resource.attributes)
-                for scope in resource_logs.scope_logs:
-                    found.extend((resource, record) for record in scope.log_records)
-        return found
+            return _flatten(self.otlp_logs, "resource_logs", "scope_logs", "log_records")
 
     def log_entries(self) -> list[tuple[dict[str, str], str, str, dict[str, str]]]:
         """Every (labels, ts, line, structured metadata) received."""
@@ -256,12 +249,18 @@ class GrpcTraces:
 
 
 def spans_of(requests: list[ExportTraceServiceRequest]) -> list[tuple[dict[str, Any], Span]]:
+    return _flatten(requests, "resource_spans", "scope_spans", "spans")
+
+
+def _flatten(requests: list[Any], resources: str, scopes: str, items: str) -> list[Any]:
+    """Every item of OTLP export requests (spans, log records), with its resource's
+    attributes."""
     found = []
     for request in requests:
-        for resource_spans in request.resource_spans:
-            resource = attributes(resource_spans.resource.attributes)
-            for scope in resource_spans.scope_spans:
-                found.extend((resource, span) for span in scope.spans)
+        for per_resource in getattr(request, resources):
+            resource = attributes(per_resource.resource.attributes)
+            for scope in getattr(per_resource, scopes):
+                found.extend((resource, item) for item in getattr(scope, items))
     return found
 
 
