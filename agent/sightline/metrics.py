@@ -43,6 +43,8 @@ def prometheus_label(attribute: str) -> str:
 METHOD = prometheus_label(http_attributes.HTTP_REQUEST_METHOD)
 ROUTE = prometheus_label(http_attributes.HTTP_ROUTE)
 STATUS = prometheus_label(http_attributes.HTTP_RESPONSE_STATUS_CODE)
+SERVER_ADDRESS = "server_address"  # server.address: the host called, without the port
+ERROR_TYPE = "error_type"  # error.type: the exception of a request that got no response
 
 #: ``http.server.request.duration`` boundaries from OpenTelemetry's stable HTTP conventions.
 HTTP_DURATION_BUCKETS = (
@@ -385,6 +387,16 @@ class Metrics:
                 self.series_folded,
             )
         ).child(())
+        self.client_duration = self._add(
+            Histogram(
+                "http_client_request_duration_seconds",
+                "Duration of outgoing HTTP requests, until the response headers arrive.",
+                [METHOD, SERVER_ADDRESS, STATUS, ERROR_TYPE],
+                HTTP_DURATION_BUCKETS,
+                settings.max_series,
+                self.series_folded,
+            )
+        )
         self.task_duration = self._add(
             Histogram(
                 "worker_task_duration_seconds",
@@ -494,6 +506,15 @@ class Metrics:
                 child.observe(seconds, {"trace_id": trace_id, "span_id": span_id})
                 return
         child.observe(seconds)
+
+    def observe_client(
+        self, method: str, host: str, status: str, error: str, seconds: float
+    ) -> None:
+        """Record one outgoing request: ``status`` empty when no response came, ``error``
+        the exception's class then."""
+        if method not in KNOWN_METHODS:
+            method = method.upper() if method.upper() in KNOWN_METHODS else OTHER_METHOD
+        self.client_duration.child((method, host.lower(), status, error)).observe(seconds)
 
 
 def hex_ids(span: Any) -> tuple[str, str]:

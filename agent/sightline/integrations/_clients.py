@@ -1,24 +1,54 @@
-"""Shared shape of the outgoing-HTTP integrations: enable an official OpenTelemetry
-instrumentation so downstream calls carry ``traceparent`` and show as CLIENT spans."""
+"""Shared shape of the outgoing-HTTP integrations.
+
+Each one measures every request its library sends (``http_client_request_duration_seconds``,
+by method, host, status and error), whether tracing is on or not, by wrapping the one
+method through which the library sends a request. With tracing on it also enables the
+official OpenTelemetry instrumentation, so that calls carry ``traceparent`` and show as
+CLIENT spans; when that package is missing, one warning says how to get it.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .. import _agent, _safety
 from . import Integration
 
 if TYPE_CHECKING:
     from .._agent import Agent
 
+logger = logging.getLogger("sightline")
+
 
 class ClientIntegration(Integration):
+    #: The OpenTelemetry instrumentor class, None when its package is not installed.
     instrumentor: ClassVar[Any]
+    package: ClassVar[str]  # the instrumentation's distribution, for the warning
 
     def __init__(self) -> None:
         self._enabled: Any = None
 
+    def measure(self) -> None:
+        """Wrap the library's send method (idempotent)."""
+
+    def unmeasure(self) -> None:
+        """Put it back."""
+
     def install(self, agent: Agent) -> None:
-        if agent.tracing is None:
+        self.measure()
+        if agent.tracing is None or self._enabled is not None:
+            return
+        if self.instrumentor is None:
+            logger.warning(
+                "sightline: outgoing %s calls are measured but carry no trace context, so "
+                "the services they call start traces of their own: pip install "
+                "'sightline[clients]' (%s)",
+                self.name,
+                self.package,
+            )
             return
         instrumentor = self.instrumentor()
         if instrumentor.is_instrumented_by_opentelemetry:
@@ -27,6 +57,73 @@ class ClientIntegration(Integration):
         self._enabled = instrumentor
 
     def uninstall(self) -> None:
+        self.unmeasure()
         if self._enabled is not None:
             self._enabled.uninstrument()
             self._enabled = None
+
+
+def timed(
+    send: Callable[..., Any],
+    describe: Callable[[tuple[Any, ...]], tuple[str, str]],
+    where: str,
+) -> Callable[..., Any]:
+    """``send`` measured: ``describe(args)`` gives (method, host); the response's
+    ``status`` or ``status_code`` gives the status. Nothing of Sightline's reaches the
+    caller, and what ``send`` raises is raised unchanged."""
+
+    def measured(*args: Any, **kwargs: Any) -> Any:
+        agent = _agent.current
+        if agent is None:
+            return send(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            response = send(*args, **kwargs)
+        except Exception as exc:
+            _observe(agent, describe, args, "", type(exc).__name__, start, where)
+            raise
+        status = getattr(response, "status_code", None) or getattr(response, "status", "")
+        _observe(agent, describe, args, str(status), "", start, where)
+        return response
+
+    measured.__wrapped__ = send  # type: ignore[attr-defined]
+    return measured
+
+
+def timed_async(
+    send: Callable[..., Any],
+    describe: Callable[[tuple[Any, ...]], tuple[str, str]],
+    where: str,
+) -> Callable[..., Any]:
+    """:func:`timed` for a coroutine function."""
+
+    async def measured(*args: Any, **kwargs: Any) -> Any:
+        agent = _agent.current
+        if agent is None:
+            return await send(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            response = await send(*args, **kwargs)
+        except Exception as exc:
+            _observe(agent, describe, args, "", type(exc).__name__, start, where)
+            raise
+        _observe(agent, describe, args, str(response.status_code), "", start, where)
+        return response
+
+    measured.__wrapped__ = send  # type: ignore[attr-defined]
+    return measured
+
+
+def _observe(
+    agent: Agent,
+    describe: Callable[[tuple[Any, ...]], tuple[str, str]],
+    args: tuple[Any, ...],
+    status: str,
+    error: str,
+    start: float,
+    where: str,
+) -> None:
+    seconds = time.perf_counter() - start
+    with _safety.internal_errors(where):
+        method, host = describe(args)
+        agent.metrics.observe_client(method, host, status, error, seconds)
