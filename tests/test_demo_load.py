@@ -4,10 +4,13 @@ reports is what the terminal view reads; what the view makes of alerts, hints an
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from sightline import _queries as q
+from sightline.demo import load as load_module
 from sightline.demo import view
 from sightline.demo.load import Load, Plan, format_counts, parse_report
 
@@ -26,7 +29,35 @@ def test_load_loses_nothing_to_connections_the_server_closed_while_idle(tmp_path
     assert counts["sent"] >= 20
     assert counts["failed"] == 0, counts
     answered = sum(n for key, n in counts.items() if key.endswith("xx"))
-    assert answered == counts["sent"] - counts["shed"]
+    assert answered == counts["sent"]
+
+
+@pytest.mark.parametrize(("method", "retried"), [("GET", True), ("POST", False)])
+def test_only_idempotent_requests_are_sent_again_on_a_connection_the_server_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, retried: bool
+) -> None:
+    """With connections kept far longer than the server keeps them (1 s), a GET that meets
+    one the server closed is sent again on a fresh one and answered; a POST is not sent
+    again (it may have been applied) and counts as failed."""
+    monkeypatch.setattr(load_module, "_REUSE_WITHIN", 3600.0)
+    args = ["--worker-class", "gthread", "--threads", "2", "--keep-alive", "1"]
+    with gunicorn("tests.apps.flask_app:app", {}, args, tmp_path) as url:
+        load = Load(url, Plan(), concurrency=1)
+        load.workers[0].start()
+        for _ in range(3):  # each after the server closed the connection the last one used
+            load.pending.put((method, "/health" if method == "GET" else "/orders"))
+            time.sleep(1.8)
+        load.pending.put(None)
+        load.workers[0].join(10)
+    counts = load.counts
+    assert counts["sent"] == 3, counts
+    if retried:
+        assert counts["retried"] == 2, counts
+        assert (counts["failed"], counts["2xx"]) == (0, 3), counts
+    else:
+        assert counts["retried"] == 0, counts
+        # The second met the closed connection; the third went on a new one.
+        assert (counts["failed"], counts["2xx"]) == (1, 2), counts
 
 
 def test_report_lines_read_back_as_the_counts_they_print() -> None:

@@ -4,6 +4,7 @@ shared directory others may write, a backend whose clock is off; and all ok when
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import ssl
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import trustme
+from sightline import _doctor
 
 from .helpers import free_port, wait_until
 from .receivers import Backend
@@ -210,3 +212,46 @@ def test_traces_check_uses_the_apps_tls_settings(tmp_path: Path) -> None:
         assert backend.client_certificates
     finally:
         backend.stop()
+
+
+def test_prometheus_times_and_durations_parse_as_prometheus_writes_them() -> None:
+    """Last-scrape times with or without a fraction of a second and Go's zero time, and
+    scrape intervals written as Prometheus durations, are read right."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now - 30))
+    for written in (f"{stamp}Z", f"{stamp}.123456789Z", f"{stamp}.5+00:00"):
+        age = _doctor._age(written)
+        assert age is not None
+        assert 29 <= age <= 32, written
+    assert _doctor._age("0001-01-01T00:00:00Z") is None
+    assert _doctor._age("yesterday") is None
+    durations = {"15s": 15, "1m30s": 90, "500ms": 0.5, "1d": 86400, "2h": 7200}
+    for written, seconds in durations.items():
+        assert _doctor._seconds(written) == seconds
+    assert _doctor._seconds("15 s") is None
+
+
+def test_clock_compares_each_date_with_the_time_it_arrived() -> None:
+    """A backend's Date is compared with this machine's time when the answer came, not
+    when the report is written: a slow check later does not read as skew."""
+    arrived = float(int(time.time()) - 20)  # an answer 20 s before the report (whole s)
+    same = email.utils.formatdate(arrived, usegmt=True)
+    assert _doctor.clock([("http://a", same, arrived)]).status == "ok"
+    ahead = email.utils.formatdate(arrived + 120, usegmt=True)
+    finding = _doctor.clock([("http://a", same, arrived), ("http://b", ahead, arrived)])
+    assert finding.status == "warning"
+    assert "120 s behind http://b's" in finding.message
+
+
+def test_logs_switched_off_by_opentelemetry_are_not_tested_against_loki() -> None:
+    """With OTEL_LOGS_EXPORTER=console (or OTEL_SDK_DISABLED) the agent ships no logs, so
+    an unreachable Loki is no error; the finding says what switched shipping off."""
+    env = {
+        "SIGHTLINE_SERVICE": "shop",
+        "SIGHTLINE_LOKI_URL": f"http://127.0.0.1:{free_port()}",
+        "SIGHTLINE_TRACES": "false",
+    }
+    for switch, value in (("OTEL_LOGS_EXPORTER", "console"), ("OTEL_SDK_DISABLED", "true")):
+        _code, found, _text = doctor({**env, switch: value})
+        assert found["logs"]["status"] == "ok"
+        assert f"not shipped ({switch}={value})" in found["logs"]["message"]

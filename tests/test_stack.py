@@ -19,7 +19,13 @@ import psutil
 import pytest
 import yaml
 from sightline._stack import BY_NAME, Stack, processes, python_command
-from sightline._stack.native import COMPOSE_DIR, DEMO_TARGETS, Native, load_compose
+from sightline._stack.native import (
+    COMPOSE_DIR,
+    DEMO_TARGETS,
+    Native,
+    assign_ports,
+    load_compose,
+)
 from sightline.demo.load import Plan, pick
 
 from .helpers import free_port, wait_until
@@ -235,6 +241,28 @@ def test_first_up_moves_off_a_taken_default_port_and_says_so(stack_dir: Path) ->
         assert f"prometheus    started   http://127.0.0.1:{moved}" in up.stdout
     status = sightline("stack", "status", "--dir", str(stack_dir))
     assert f"http://127.0.0.1:{moved}" in status.stdout
+
+
+def test_moving_one_taken_port_moves_no_other_silently(tmp_path: Path) -> None:
+    """When the Collector's gRPC port (4317) is taken, it moves, and its HTTP port (4318,
+    what apps send to) keeps its number rather than being pushed along; every port that
+    differs from its usual number is announced."""
+    with contextlib.ExitStack() as held:
+        if processes.port_free(4317):
+            holder = held.enter_context(socket.socket())
+            holder.bind(("127.0.0.1", 4317))
+            holder.listen()
+        stack = Stack(tmp_path / "s")
+        lines: list[str] = []
+        stack._choose_ports(lines.append)
+    usual = assign_ports(SERVICES, stack.listening, {})
+    assert stack.ports["collector:4317"] != 4317
+    if processes.port_free(4318):
+        assert stack.ports["collector:4318"] == 4318
+    moved = {key for key, port in stack.ports.items() if port != usual[key]}
+    assert moved
+    for key in moved:
+        assert any(f" {key} listens on {stack.ports[key]} instead" in line for line in lines), key
 
 
 def test_a_second_stack_runs_beside_the_first_with_port_offset(tmp_path: Path) -> None:

@@ -11,9 +11,11 @@ with the fix in one line. The exit code is 0, 1 or 2 for the worst of them.
 from __future__ import annotations
 
 import email.utils
+import errno
 import http.client
 import json
 import os
+import re
 import socket
 import tempfile
 import time
@@ -45,7 +47,7 @@ class Doctor:
     environ: Mapping[str, str]
     overrides: Mapping[str, Any]
     prometheus: str
-    dates: list[tuple[str, str]]  # (backend, its Date header) for the clock check
+    dates: list[tuple[str, str, float]]  # (backend, its Date header, our time then)
     service: str = ""
 
     def run(self) -> list[Finding]:
@@ -57,18 +59,28 @@ class Doctor:
                 Finding("settings", ERROR, str(exc), "correct or unset that setting"),
                 packages(),
             ]
-        found = [Finding("settings", OK, summary(settings))]
-        for check in (
-            metrics_port,
-            self.traces,
-            self.logs,
-            self.scraped,
-            multiprocess_dir,
-        ):
+        if settings.disabled:
+            found = [
+                Finding(
+                    "settings",
+                    WARNING,
+                    "SIGHTLINE_DISABLED is set: the agent does nothing in this environment",
+                    "unset SIGHTLINE_DISABLED to measure this app",
+                )
+            ]
+        else:
+            found = [Finding("settings", OK, summary(settings))]
+        checks: tuple[tuple[str, Callable[[Settings], Finding]], ...] = (
+            ("metrics port", metrics_port),
+            ("traces", self.traces),
+            ("logs", self.logs),
+            ("prometheus", self.scraped),
+            ("multiprocess", self.multiprocess_dir),
+        )
+        for name, check in checks:
             try:
                 found.append(check(settings))
             except Exception as exc:  # a check that breaks is a finding, not a traceback
-                name = getattr(check, "__name__", "check").replace("_", " ")
                 found.append(Finding(name, ERROR, f"the check itself failed: {exc!r}"))
         found.append(clock(self.dates))
         found.append(packages())
@@ -77,13 +89,15 @@ class Doctor:
     # -- the backends: a real write each, as the agent would make it
 
     def traces(self, settings: Settings) -> Finding:
-        off = _off(
-            settings,
-            ("traces", "SIGHTLINE_TRACES=false"),
-            ("sdk_disabled", "OTEL_SDK_DISABLED=true"),
-        )
-        if off or settings.traces_exporter == "none":
-            return Finding("traces", OK, f"off ({off or 'OTEL_TRACES_EXPORTER=none'})")
+        if not settings.exports_traces:
+            off = (
+                "SIGHTLINE_TRACES=false"
+                if not settings.traces
+                else "OTEL_SDK_DISABLED=true"
+                if settings.sdk_disabled
+                else f"OTEL_TRACES_EXPORTER={settings.traces_exporter}"
+            )
+            return Finding("traces", OK, f"off ({off})")
         from .tracing import otlp_endpoint
 
         endpoint = otlp_endpoint(settings)
@@ -91,15 +105,17 @@ class Doctor:
         return self._write("traces", endpoint, b"", "application/x-protobuf", _OTLP_FIXES)
 
     def logs(self, settings: Settings) -> Finding:
-        if not settings.logs or not settings.loki_url or settings.logs_exporter == "none":
+        if not settings.logs or not settings.ships_logs:
             why = (
                 "SIGHTLINE_LOGS=false"
                 if not settings.logs
-                else "OTEL_LOGS_EXPORTER=none"
-                if settings.logs_exporter == "none"
                 else "SIGHTLINE_LOKI_URL is not set"
+                if not settings.loki_url
+                else "OTEL_SDK_DISABLED=true"
+                if settings.sdk_disabled
+                else f"OTEL_LOGS_EXPORTER={settings.logs_exporter}"
             )
-            return Finding("logs", OK, f"not shipped ({why}); JSON lines on stdout")
+            return Finding("logs", OK, f"not shipped ({why})")
         from .logs import loki_endpoint
 
         endpoint = loki_endpoint(settings)
@@ -129,14 +145,37 @@ class Doctor:
             endpoint.post(body, content_type, endpoint.timeout)
         except PushError as exc:
             if endpoint.date:
-                self.dates.append((endpoint.url, endpoint.date))
+                self.dates.append((endpoint.url, endpoint.date, time.time()))
             key = str(exc.status) if str(exc.status) in fixes else exc.reason
             return Finding(check, ERROR, str(exc), fixes.get(key, fixes["other"]))
         finally:
             endpoint.close()
         if endpoint.date:
-            self.dates.append((endpoint.url, endpoint.date))
+            self.dates.append((endpoint.url, endpoint.date, time.time()))
         return Finding(check, OK, f"{endpoint.url} accepted a test write")
+
+    def multiprocess_dir(self, settings: Settings) -> Finding:
+        from ._store import Refused, Store
+
+        if settings.multiprocess == "off":
+            return Finding("multiprocess", OK, "off (SIGHTLINE_MULTIPROCESS=off)")
+        explicit = self.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        parent, name = (
+            (Path(explicit), "sightline")
+            if explicit
+            else (Path(tempfile.gettempdir()), f"sightline-{os.geteuid()}")
+        )
+        try:
+            Store.open(parent, name).close()
+        except Refused as exc:
+            setting = "PROMETHEUS_MULTIPROC_DIR" if explicit else "TMPDIR"
+            return Finding(
+                "multiprocess",
+                ERROR,
+                f"the workers' shared directory {parent / name} is refused: {exc}",
+                f"use a directory only you can write (chmod 0700), or set {setting} to one",
+            )
+        return Finding("multiprocess", OK, f"{parent / name} is private and usable")
 
     # -- Prometheus
 
@@ -163,7 +202,14 @@ class Doctor:
                 f"add a targets file naming the metrics port with `job: {service}`"
                 + _targets_hint(self.prometheus),
             )
-        down = [t for t in ours if t.get("health") != "up"]
+        if all(t.get("health") == "unknown" for t in ours):
+            return Finding(
+                "prometheus",
+                WARNING,
+                f"{where} has the target {ours[0].get('scrapeUrl')} but has not scraped it yet",
+                "run the doctor again after one scrape interval",
+            )
+        down = [t for t in ours if t.get("health") == "down"]
         if down:
             target = down[0]
             return Finding(
@@ -205,14 +251,31 @@ def metrics_port(settings: Settings) -> Finding:
     from . import _port
 
     if settings.metrics_addr is None:
-        return Finding("metrics port", OK, "not served by the agent (SIGHTLINE_METRICS_ADDR)")
+        return Finding(
+            "metrics port",
+            OK,
+            "not served by the agent: the app serves its metrics (SIGHTLINE_METRICS_PATH) "
+            "or none (SIGHTLINE_METRICS_ADDR=off)",
+        )
     host, port = settings.metrics_addr
-    if _bindable(host, port):
+    problem = _bind_error(host, port)
+    if problem is None:
         return Finding("metrics port", OK, f"{host}:{port} is free for this service")
+    if problem != errno.EADDRINUSE:
+        return Finding(
+            "metrics port",
+            ERROR,
+            f"cannot listen on {host}:{port}: {os.strerror(problem)}",
+            "set SIGHTLINE_METRICS_ADDR to an address of this machine and a port this user "
+            "may bind (1024 or above unless root)",
+        )
     served = _port.served_service(host, port)
     if served == settings.service:
         return Finding("metrics port", OK, f"{host}:{port} serves this service's metrics")
-    free = next((p for p in range(port + 1, min(port + 100, 65536)) if _bindable(host, p)), None)
+    free = next(
+        (p for p in range(port + 1, min(port + 100, 65536)) if _bind_error(host, p) is None),
+        None,
+    )
     fix = (
         f"give this service its own port: SIGHTLINE_METRICS_ADDR={host}:{free}"
         if free
@@ -226,38 +289,14 @@ def metrics_port(settings: Settings) -> Finding:
     )
 
 
-def multiprocess_dir(settings: Settings) -> Finding:
-    from ._store import Refused, Store
-
-    if settings.multiprocess == "off":
-        return Finding("multiprocess", OK, "off (SIGHTLINE_MULTIPROCESS=off)")
-    explicit = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    parent, name = (
-        (Path(explicit), "sightline")
-        if explicit
-        else (Path(tempfile.gettempdir()), f"sightline-{os.geteuid()}")
-    )
-    try:
-        Store.open(parent, name).close()
-    except Refused as exc:
-        setting = "PROMETHEUS_MULTIPROC_DIR" if explicit else "TMPDIR"
-        return Finding(
-            "multiprocess",
-            ERROR,
-            f"the workers' shared directory {parent / name} is refused: {exc}",
-            f"use a directory only you can write (chmod 0700), or set {setting} to one",
-        )
-    return Finding("multiprocess", OK, f"{parent / name} is private and usable")
-
-
-def clock(dates: list[tuple[str, str]]) -> Finding:
+def clock(dates: list[tuple[str, str, float]]) -> Finding:
     skews = []
-    for backend, header in dates:
+    for backend, header, ours in dates:
         try:
             theirs = email.utils.parsedate_to_datetime(header).timestamp()
         except (TypeError, ValueError):
             continue
-        skews.append((theirs - time.time(), backend))
+        skews.append((theirs - ours, backend))
     if not skews:
         return Finding("clock", OK, "no backend answered with its time (Date header)")
     skew, backend = max(skews, key=lambda item: abs(item[0]))
@@ -369,48 +408,52 @@ def _off(settings: Settings, *switches: tuple[str, str]) -> str:
     return ""
 
 
-def _bindable(host: str, port: int) -> bool:
+def _bind_error(host: str, port: int) -> int | None:
+    """The errno binding ``host:port`` fails with, None when it can be had."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
-        except OSError:
-            return False
-    return True
+        except OSError as exc:
+            return exc.errno or errno.EADDRINUSE
+    return None
 
 
-def _get_json(url: str, dates: list[tuple[str, str]], timeout: float = 5.0) -> Any:
+def _get_json(url: str, dates: list[tuple[str, str, float]], timeout: float = 5.0) -> Any:
     # Prometheus on this machine is reached directly, never through a proxy.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=timeout) as response:
         date = response.headers.get("Date")
         if date:
-            dates.append((url.split("/api/")[0], date))
+            dates.append((url.split("/api/")[0], date, time.time()))
         return json.loads(response.read(16 << 20))
 
 
+_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]\d\d:\d\d)$")
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
 def _age(timestamp: str) -> float | None:
-    """Seconds since an RFC 3339 time as Prometheus writes it (nanoseconds included)."""
+    """Seconds since an RFC 3339 time as Prometheus writes it (any fraction of a second;
+    none when it is zero); None for Go's zero time (never scraped) or anything else."""
     from datetime import datetime
 
-    if not timestamp or timestamp.startswith("0001-"):
+    match = _RFC3339.match(timestamp)
+    if not match or timestamp.startswith("0001-"):
         return None
-    head, _, rest = timestamp.partition(".")
-    zone = rest.lstrip("0123456789") if rest else ""
-    try:
-        when = datetime.fromisoformat(head + (zone.replace("Z", "+00:00") or "+00:00"))
-    except ValueError:
-        return None
+    zone = "+00:00" if match.group(2) == "Z" else match.group(2)
+    when = datetime.fromisoformat(match.group(1) + zone)
     return max(0.0, time.time() - when.timestamp())
 
 
 def _seconds(duration: str) -> float | None:
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    for unit in ("ms", "s", "m", "h"):
-        if duration.endswith(unit) and duration[: -len(unit)].isdigit():
-            return int(duration[: -len(unit)]) * units[unit]
-    return None
+    """A Prometheus duration (``15s``, ``1m30s``, ``500ms``, ``1d``) in seconds."""
+    parts = _DURATION.findall(duration)
+    if not parts or "".join(n + u for n, u in parts) != duration:
+        return None
+    return sum(int(n) * _UNITS[u] for n, u in parts)
 
 
 def _targets_hint(prometheus: str) -> str:

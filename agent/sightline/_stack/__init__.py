@@ -346,28 +346,31 @@ class Stack:
         return started, failures
 
     def _choose_ports(self, out: Out) -> None:
-        """The first time, every port not given with --port is compose's unless another
-        program holds it, then the next free one, said here; from then on this state
-        directory keeps its ports (a taken one is refused, naming its holder)."""
+        """The first time, every port not given with --port is its usual one unless
+        another program holds it, then the next number neither held nor usual for another
+        listener here, said here; from then on this state directory keeps its ports (a
+        taken one is refused, naming its holder)."""
         if set(self.ports) >= {f"{s}:{p}" for s, ports in self.listening.items() for p in ports}:
             return
         services = self.compose["services"]
-        wanted = assign_ports(services, self.listening, self.ports)
-        chosen = assign_ports(
-            services, self.listening, self.ports, busy=lambda port: not processes.port_free(port)
-        )
-        for key, port in chosen.items():
-            if (
-                port != wanted[key]
-                and key.split(":")[0] not in self.without
-                and not processes.port_free(wanted[key])
-            ):
+        usual = assign_ports(services, self.listening, self.ports)
+        reserved = set(usual.values())
+        moved: dict[str, int] = {}
+        for key, port in usual.items():
+            if key in self.ports or processes.port_free(port):
+                continue
+            new = port + 1
+            while new in reserved or not processes.port_free(new):
+                new += 1
+            reserved.add(new)
+            moved[key] = new
+            if key.split(":")[0] not in self.without:
                 out(
-                    f"{key.split(':')[0]:<13} port {wanted[key]} is taken by "
-                    f"{processes.holder(wanted[key])}: {key} listens on {port} instead "
+                    f"{key.split(':')[0]:<13} port {port} is taken by "
+                    f"{processes.holder(port)}: {key} listens on {new} instead "
                     f"(--port {key}=PORT to choose)"
                 )
-        self.ports = chosen
+        self.ports = {**usual, **moved}  # no other port moves along
 
     def _reload_prometheus(self) -> None:
         """Scrape and alert to what really runs now (a component may have failed, or

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -372,14 +372,10 @@ def listen_ports(services: Mapping[str, Mapping[str, Any]]) -> dict[str, list[in
 
 
 def assign_ports(
-    services: Mapping[str, Any],
-    ports: Mapping[str, list[int]],
-    overrides: Mapping[str, int],
-    busy: Callable[[int], bool] = lambda port: False,
+    services: Mapping[str, Any], ports: Mapping[str, list[int]], overrides: Mapping[str, int]
 ) -> dict[str, int]:
     """Native port per ``service:port``: the overrides, then published ports keep their
-    numbers where they can (users know them), then internal ones, in compose order; a
-    port for which ``busy`` is true (another program holds it) is passed over."""
+    numbers where they can (users know them), then internal ones, in compose order."""
     taken = set(overrides.values())
     assigned = {key: port for key, port in overrides.items()}
     published = {f"{name}:{port}" for name in services for port in _published(services[name])}
@@ -390,7 +386,7 @@ def assign_ports(
                 if key in assigned or (key in published) != first:
                     continue
                 native = port
-                while native in taken or busy(native):
+                while native in taken:
                     native += 1
                 taken.add(native)
                 assigned[key] = native

@@ -111,6 +111,7 @@ class Load:
                     connection.close()
                 return
             method, path = item
+            self._count("sent")
             body = json.dumps({"product_id": random.randint(1, 200)}) if method == "POST" else None
             headers = {"Content-Type": "application/json"} if body else {}
             # A connection idle for longer than the server keeps it may be closed by now:
@@ -165,7 +166,6 @@ class Load:
             bursting = self.plan.bursting(elapsed)
             try:
                 self.pending.put_nowait(pick(bursting))
-                self._count("sent")
             except queue.Full:
                 self._count("shed")
             # Exponential gaps: arrivals as a Poisson process at the current rate.
@@ -174,6 +174,12 @@ class Load:
             if now >= next_report:
                 next_report += report_every
                 self.report(elapsed, bursting)
+        # Requests still waiting for a free worker are not sent (nor counted as sent).
+        while True:
+            try:
+                self.pending.get_nowait()
+            except queue.Empty:
+                break
         for _ in self.workers:
             try:
                 self.pending.put(None, timeout=1)

@@ -7,6 +7,7 @@ goes and whether it flows, the alerts firing or pending, and the scaling hints.
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import urllib.parse
@@ -49,9 +50,19 @@ def read(prometheus: str, sel: str = "", timeout: float = 3.0) -> Snapshot:
                 series[key] = float(item["value"][1])
             snapshot.values[query.title] = series
         # Every alert of the stack, not only the demo's: a user's own service may be down.
-        snapshot.alerts = _get(f"{prometheus}/api/v1/alerts", timeout)["data"]["alerts"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        snapshot.error = f"Prometheus at {prometheus} did not answer: {exc}"
+        alerts = _get(f"{prometheus}/api/v1/alerts", timeout)["data"]["alerts"]
+        snapshot.alerts = [
+            a for a in alerts if isinstance(a, dict) and isinstance(a.get("labels"), dict)
+        ]
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        http.client.HTTPException,
+    ) as exc:
+        snapshot.error = f"Prometheus at {prometheus} did not answer as expected: {exc!r}"
     return snapshot
 
 
