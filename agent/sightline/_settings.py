@@ -32,6 +32,7 @@ INTEGRATION_NAMES = (
     "requests",
     "httpx",
     "urllib3",
+    "redis",
 )
 
 SAMPLERS = (

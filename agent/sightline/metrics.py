@@ -45,6 +45,11 @@ ROUTE = prometheus_label(http_attributes.HTTP_ROUTE)
 STATUS = prometheus_label(http_attributes.HTTP_RESPONSE_STATUS_CODE)
 SERVER_ADDRESS = "server_address"  # server.address: the host called, without the port
 ERROR_TYPE = "error_type"  # error.type: the exception of a request that got no response
+DB_SYSTEM = "db_system_name"  # db.system.name: redis, postgresql, sqlite, ...
+DB_OPERATION = "db_operation_name"  # db.operation.name: GET, SELECT, ...
+
+#: ``db.client.operation.duration`` boundaries from OpenTelemetry's database conventions.
+DB_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 
 #: ``http.server.request.duration`` boundaries from OpenTelemetry's stable HTTP conventions.
 HTTP_DURATION_BUCKETS = (
@@ -397,6 +402,24 @@ class Metrics:
                 self.series_folded,
             )
         )
+        self.db_duration = self._add(
+            Histogram(
+                "db_client_operation_duration_seconds",
+                "Duration of database and cache operations, by system, operation and error.",
+                [DB_SYSTEM, DB_OPERATION, ERROR_TYPE],
+                DB_DURATION_BUCKETS,
+                settings.max_series,
+                self.series_folded,
+            )
+        )
+        self.cache_lookups = self._add(
+            Counter(
+                "cache_lookups",
+                "Cache reads, by whether the key was found (hit) or not (miss).",
+                [DB_SYSTEM, "cache_result"],
+                registry=None,
+            )
+        )
         self.task_duration = self._add(
             Histogram(
                 "worker_task_duration_seconds",
@@ -455,6 +478,7 @@ class Metrics:
         # Children of labelled task instruments, looked up once (as Histogram.child does).
         self._active_children: dict[str, Any] = {}
         self._published_children: dict[tuple[str, str, str], Any] = {}
+        self._lookup_children: dict[tuple[str, str], Any] = {}
 
     def _add(self, collector: Any) -> Any:
         self._collectors.append(collector)
@@ -515,6 +539,18 @@ class Metrics:
         if method not in KNOWN_METHODS:
             method = method.upper() if method.upper() in KNOWN_METHODS else OTHER_METHOD
         self.client_duration.child((method, host.lower(), status, error)).observe(seconds)
+
+    def observe_db(self, system: str, operation: str, error: str, seconds: float) -> None:
+        self.db_duration.child((system, operation, error)).observe(seconds)
+
+    def cache_lookup(self, system: str, hits: int, misses: int) -> None:
+        for result, n in (("hit", hits), ("miss", misses)):
+            if n:
+                key = (system, result)
+                child = self._lookup_children.get(key)
+                if child is None:
+                    child = self._lookup_children[key] = self.cache_lookups.labels(*key)
+                child.inc(n)
 
 
 def hex_ids(span: Any) -> tuple[str, str]:

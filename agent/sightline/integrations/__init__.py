@@ -77,6 +77,7 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
     "requests": ("requests",),
     "httpx": ("httpx",),
     "urllib3": ("urllib3",),
+    "redis": ("redis",),
 }
 
 

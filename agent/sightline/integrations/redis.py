@@ -1,0 +1,160 @@
+"""Redis (redis-py, sync and asyncio): every command measured, and cache hits and misses.
+
+- ``db_client_operation_duration_seconds{db_system_name="redis"}``: one observation per
+  command, by command name (``GET``, ``HSET``, ...; one that is not a command name is
+  ``_OTHER``) and error (the exception's class, empty on success). A pipeline is one
+  operation, ``PIPELINE`` (``MULTI`` for a transaction).
+- ``cache_lookups_total{db_system_name="redis", cache_result}``: ``GET`` counts a hit
+  when the key held a value and a miss when it did not; ``MGET`` counts each key.
+
+``Redis.execute_command`` and ``Pipeline.execute`` are wrapped on their classes (sync and
+asyncio) and put back by ``uninstall``. Commands Sightline sends itself (reading a
+queue's depth, from its ``sightline-*`` threads) are not counted.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import _agent, _safety
+from . import DidNotEnable, Integration
+
+try:
+    from redis.client import Pipeline, Redis
+except ImportError:
+    raise DidNotEnable("redis is not installed") from None
+_async: Any
+try:
+    import redis.asyncio.client as _async
+except ImportError:  # redis-py before 4.2
+    _async = None
+
+if TYPE_CHECKING:
+    from .._agent import Agent
+
+SYSTEM = "redis"
+OTHER = "_OTHER"
+#: A command name (``GET``), or a command and its subcommand as redis-py sends some.
+_COMMAND = re.compile(r"[A-Z][A-Z0-9_.|-]{0,31}(?: [A-Z][A-Z0-9_-]{0,31})?")
+_LOOKUPS = frozenset(("GET", "MGET"))
+
+_saved: dict[tuple[Any, str], Any] = {}
+
+
+def operation(args: tuple[Any, ...]) -> str:
+    name = args[0] if args else ""
+    if isinstance(name, (bytes, bytearray)):
+        name = bytes(name).decode("ascii", "replace")
+    name = str(name).upper()
+    return name if _COMMAND.fullmatch(name) else OTHER
+
+
+def _ours() -> bool:
+    return threading.current_thread().name.startswith("sightline-")
+
+
+def _record(agent: Agent, name: str, result: Any, error: str, start: float) -> None:
+    seconds = time.perf_counter() - start
+    with _safety.internal_errors("redis.measure"):
+        agent.metrics.observe_db(SYSTEM, name, error, seconds)
+        if error or name not in _LOOKUPS:
+            return
+        if name == "GET":
+            hit = result is not None
+            agent.metrics.cache_lookup(SYSTEM, int(hit), int(not hit))
+        elif isinstance(result, list):
+            misses = sum(value is None for value in result)
+            agent.metrics.cache_lookup(SYSTEM, len(result) - misses, misses)
+
+
+def _sync(original: Any, name_of: Any) -> Any:
+    def measured(self: Any, *args: Any, **kwargs: Any) -> Any:
+        agent = _agent.current
+        if agent is None or _ours():
+            return original(self, *args, **kwargs)
+        name = name_of(self, args)  # before: running a pipeline resets it
+        start = time.perf_counter()
+        try:
+            result = original(self, *args, **kwargs)
+        except Exception as exc:
+            _record(agent, name, None, type(exc).__name__, start)
+            raise
+        _record(agent, name, result, "", start)
+        return result
+
+    measured.__wrapped__ = original  # type: ignore[attr-defined]
+    return measured
+
+
+def _async_wrapper(original: Any, name_of: Any) -> Any:
+    async def measured(self: Any, *args: Any, **kwargs: Any) -> Any:
+        agent = _agent.current
+        if agent is None or _ours():
+            return await original(self, *args, **kwargs)
+        name = name_of(self, args)  # before: running a pipeline resets it
+        start = time.perf_counter()
+        try:
+            result = await original(self, *args, **kwargs)
+        except Exception as exc:
+            _record(agent, name, None, type(exc).__name__, start)
+            raise
+        _record(agent, name, result, "", start)
+        return result
+
+    measured.__wrapped__ = original  # type: ignore[attr-defined]
+    return measured
+
+
+def _command_name(client: Any, args: tuple[Any, ...]) -> str:
+    try:
+        return operation(args)
+    except Exception:  # an argument whose str() fails: the command still runs
+        return OTHER
+
+
+def _pipeline_name(pipeline: Any, args: tuple[Any, ...]) -> str:
+    # `is_transaction` in the asyncio client, `transaction` in the sync one (where the
+    # asyncio pipeline has the client's `transaction()` method instead); MULTI called by
+    # hand makes a transaction of either.
+    flags = (
+        getattr(pipeline, "is_transaction", None),
+        getattr(pipeline, "transaction", None),
+        getattr(pipeline, "explicit_transaction", None),
+    )
+    return "MULTI" if any(flag is True for flag in flags) else "PIPELINE"
+
+
+def _targets() -> list[tuple[Any, str, Any]]:
+    """(class, method, wrapper factory) for every method measured."""
+    found: list[tuple[Any, str, Any]] = [
+        (Redis, "execute_command", lambda f: _sync(f, _command_name)),
+        (Pipeline, "execute", lambda f: _sync(f, _pipeline_name)),
+    ]
+    if _async is not None:
+        found += [
+            (_async.Redis, "execute_command", lambda f: _async_wrapper(f, _command_name)),
+            (_async.Pipeline, "execute", lambda f: _async_wrapper(f, _pipeline_name)),
+        ]
+    return found
+
+
+class RedisIntegration(Integration):
+    name = "redis"
+
+    def install(self, agent: Agent) -> None:
+        for cls, method, wrap in _targets():
+            if (cls, method) not in _saved:
+                original = cls.__dict__[method]
+                _saved[(cls, method)] = original
+                setattr(cls, method, wrap(original))
+
+    def uninstall(self) -> None:
+        for (cls, method), original in list(_saved.items()):
+            setattr(cls, method, original)
+            del _saved[(cls, method)]
+
+
+INTEGRATION = RedisIntegration
