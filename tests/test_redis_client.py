@@ -50,7 +50,8 @@ def test_sync_commands_pipelines_errors_and_lookups_are_counted_exactly(
     agent: CollectorRegistry, broker: str
 ) -> None:
     """Each command is one observation by name and error; a pipeline or transaction is one;
-    GET and MGET count hits and misses per key; the error reaches the caller unchanged."""
+    GET and MGET count hits and misses per key; the error reaches the caller unchanged; a
+    command that waits for data (BLPOP) is not counted."""
     client = redis.Redis.from_url(broker)
     client.set("a", "x")
     client.set("b", "y")
@@ -63,6 +64,7 @@ def test_sync_commands_pipelines_errors_and_lookups_are_counted_exactly(
         pipeline.get("a").execute()
     with pytest.raises(redis.ResponseError):
         client.incr("a")
+    assert client.blpop(["empty"], timeout=0.1) is None  # waits for data: not counted
     client.close()
     assert operations(agent) == EXPECTED
     assert lookups(agent) == {"hit": 2.0, "miss": 3.0}

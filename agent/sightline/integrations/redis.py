@@ -9,7 +9,8 @@
 
 ``Redis.execute_command`` and ``Pipeline.execute`` are wrapped on their classes (sync and
 asyncio) and put back by ``uninstall``. Commands Sightline sends itself (reading a
-queue's depth, from its ``sightline-*`` threads) are not counted.
+queue's depth, from its ``sightline-*`` threads) are not counted, nor those that wait for
+data (:data:`BLOCKING`): their time is a queue's idleness, not Redis's.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ OTHER = "_OTHER"
 #: A command name (``GET``), or a command and its subcommand as redis-py sends some.
 _COMMAND = re.compile(r"[A-Z][A-Z0-9_.|-]{0,31}(?: [A-Z][A-Z0-9_-]{0,31})?")
 _LOOKUPS = frozenset(("GET", "MGET"))
+#: Commands that wait for data: their time is how long a list stayed empty (an RQ worker
+#: waiting for a job), not Redis's latency. Not counted.
+BLOCKING = frozenset(
+    ("BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP")
+)
 
 _saved: dict[tuple[Any, str], Any] = {}
 
@@ -58,6 +64,8 @@ def _ours() -> bool:
 
 def _record(agent: Agent, name: str, result: Any, error: str, start: float) -> None:
     seconds = time.perf_counter() - start
+    if name in BLOCKING:
+        return
     with _safety.internal_errors("redis.measure"):
         agent.metrics.observe_db(SYSTEM, name, error, seconds)
         if error or name not in _LOOKUPS:
