@@ -6,8 +6,10 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -247,6 +249,65 @@ def redis(tmp_path: Path) -> Iterator[str]:
     finally:
         processes.stop(record)
         stop(proc)
+
+
+def postgres_bin() -> Path:
+    """The newest PostgreSQL server's bin directory (Debian: postgresql-NN); a failure
+    under CI, else a skip."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: p.parts)
+    if not found:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (.ci/run installs it)")
+        pytest.skip("PostgreSQL is not installed: apt-get install postgresql")
+    return found[-1].parent
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL server (Debian's package) on a loopback port, trusting local
+    connections; yields the URL of its ``postgres`` database as user ``postgres``. As root
+    the server runs as the ``postgres`` user, since PostgreSQL refuses to run as root."""
+    bin_dir = postgres_bin()
+    base = Path(tempfile.mkdtemp(prefix="sightline-pg-"))
+    data, sockets = base / "data", base / "run"
+    sockets.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        account = pwd.getpwnam("postgres")
+        for path in (base, sockets):
+            os.chown(path, account.pw_uid, account.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+         "--no-sync", "-E", "UTF8", "--locale=C"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    port = free_port()
+    log = open(base / "postgres.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [*as_user, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k",
+         str(sockets), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+         "-c", "max_connections=50"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log_file = base / "postgres.log"
+                    raise RuntimeError(f"PostgreSQL did not start: see {log_file}") from None
+                time.sleep(0.1)
+        yield f"postgres@127.0.0.1:{port}/postgres"
+    finally:
+        stop(proc)
+        log.close()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ INTEGRATION_NAMES = (
     "httpx",
     "urllib3",
     "redis",
+    "sqlalchemy",
 )
 
 SAMPLERS = (

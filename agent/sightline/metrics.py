@@ -47,6 +47,7 @@ SERVER_ADDRESS = "server_address"  # server.address: the host called, without th
 ERROR_TYPE = "error_type"  # error.type: the exception of a request that got no response
 DB_SYSTEM = "db_system_name"  # db.system.name: redis, postgresql, sqlite, ...
 DB_OPERATION = "db_operation_name"  # db.operation.name: GET, SELECT, ...
+POOL_NAME = "db_client_connection_pool_name"  # db.client.connection.pool.name
 
 #: ``db.client.operation.duration`` boundaries from OpenTelemetry's database conventions.
 DB_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
@@ -410,6 +411,24 @@ class Metrics:
                 DB_DURATION_BUCKETS,
                 settings.max_series,
                 self.series_folded,
+            )
+        )
+        self.pool_wait = self._add(
+            Histogram(
+                "db_client_connection_wait_time_seconds",
+                "Time taken to get a connection from a pool (waiting for one, or opening one).",
+                [DB_SYSTEM, POOL_NAME],
+                DB_DURATION_BUCKETS,
+                settings.max_series,
+                self.series_folded,
+            )
+        )
+        self.pool_timeouts = self._add(
+            Counter(
+                "db_client_connection_timeouts",
+                "Requests for a pool connection that gave up waiting.",
+                [DB_SYSTEM, POOL_NAME],
+                registry=None,
             )
         )
         self.cache_lookups = self._add(

@@ -78,6 +78,7 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
     "httpx": ("httpx",),
     "urllib3": ("urllib3",),
     "redis": ("redis",),
+    "sqlalchemy": ("sqlalchemy",),
 }
 
 

@@ -1,0 +1,243 @@
+"""SQLAlchemy (sync and asyncio engines): every statement measured, and each connection
+pool's saturation.
+
+- ``db_client_operation_duration_seconds``: one observation per statement the engine
+  sends (an ``executemany`` is one), by system (``postgresql``, ``sqlite``, ``mysql``,
+  ...), operation (the statement's first keyword: ``SELECT``, ``INSERT``, ...; never the
+  SQL text) and error (the driver's exception class, empty on success).
+- ``db_client_connection_count{db_client_connection_state="used"|"idle"}`` and
+  ``db_client_connection_max`` (pool size plus overflow): read from every queue pool at
+  scrape time.
+- ``db_client_connection_wait_time_seconds``: how long ``Pool.connect`` took to hand out a
+  connection, waiting for a free one or opening one; ``db_client_connection_timeouts_total``:
+  requests that gave up (QueuePool's ``pool_timeout``).
+
+Statements are timed with class-level ``Engine`` events (``before_cursor_execute``,
+``after_cursor_execute``, ``handle_error``), so every engine is measured whenever it was
+made; ``Pool.connect`` is wrapped on its class. A pool is named after its engine's URL
+without user or password (``postgresql+psycopg://db.internal:5432/shop``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from .. import _agent, _safety
+from ..metrics import DB_SYSTEM, POOL_NAME, Described
+from . import DidNotEnable, Integration
+
+try:
+    from sqlalchemy import event
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.pool import Pool, QueuePool
+except ImportError:
+    raise DidNotEnable("sqlalchemy is not installed") from None
+
+if TYPE_CHECKING:
+    from .._agent import Agent
+
+OTHER = "_OTHER"
+#: The first keyword of a statement, as its operation name; any other is _OTHER.
+OPERATIONS = frozenset(
+    (
+        "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "WITH", "BEGIN", "COMMIT",
+        "ROLLBACK", "SAVEPOINT", "RELEASE", "CREATE", "DROP", "ALTER", "TRUNCATE", "SET",
+        "SHOW", "EXPLAIN", "PRAGMA", "COPY", "CALL", "LOCK", "VACUUM", "ANALYZE", "GRANT",
+        "REVOKE", "DECLARE", "FETCH", "CLOSE", "LISTEN", "NOTIFY", "REPLACE", "UPSERT",
+    )
+)  # fmt: skip
+#: SQLAlchemy dialect names that OpenTelemetry's db.system.name spells otherwise.
+SYSTEMS = {"mssql": "microsoft.sql_server", "oracle": "oracle.db"}
+
+# Every pool seen, and its name (the engine's URL, or its dialect until an engine says).
+_pools: weakref.WeakKeyDictionary[Any, tuple[str, str]] = weakref.WeakKeyDictionary()
+_pools_lock = threading.Lock()
+_saved: dict[str, Any] = {}
+
+
+def operation(statement: Any) -> str:
+    """The statement's first keyword, from its first 64 characters."""
+    if not isinstance(statement, str):
+        return OTHER
+    head = statement[:64].lstrip(" \t\r\n(").split(None, 1)
+    word = head[0].upper() if head else ""
+    return word if word in OPERATIONS else OTHER
+
+
+def system(dialect: Any) -> str:
+    name = str(getattr(dialect, "name", "") or "other")
+    return SYSTEMS.get(name, name)
+
+
+def pool_name(url: Any) -> str:
+    host = f"{url.host}:{url.port}" if url.port else (url.host or "")
+    return f"{url.drivername}://{host}/{url.database or ''}"
+
+
+def _remember(engine: Any) -> None:
+    pool = getattr(engine, "pool", None)
+    if pool is None:
+        return
+    with _pools_lock:
+        if pool not in _pools or _pools[pool][1] == _pools[pool][0]:
+            dialect = system(engine.dialect)
+            _pools[pool] = (dialect, pool_name(engine.url))
+
+
+def _identity(pool: Any) -> tuple[str, str]:
+    found = _pools.get(pool)
+    if found is None:
+        dialect = system(getattr(pool, "_dialect", None))
+        found = (dialect, dialect)  # named once an engine using it is seen
+        with _pools_lock:
+            _pools.setdefault(pool, found)
+    return found
+
+
+# -- statements
+
+
+def _before(conn: Any, cursor: Any, statement: Any, params: Any, context: Any, many: Any) -> None:
+    if _agent.current is not None and context is not None:
+        context._sightline_started = time.perf_counter()
+
+
+def _after(conn: Any, cursor: Any, statement: Any, params: Any, context: Any, many: Any) -> None:
+    _statement_done(conn, context, statement, "")
+
+
+def _error(exception_context: Any) -> None:
+    error = type(exception_context.original_exception).__name__
+    _statement_done(
+        exception_context.connection,
+        exception_context.execution_context,
+        exception_context.statement,
+        error,
+    )
+
+
+def _statement_done(conn: Any, context: Any, statement: Any, error: str) -> None:
+    agent = _agent.current
+    started = getattr(context, "_sightline_started", None)
+    if agent is None or started is None:
+        return
+    seconds = time.perf_counter() - started
+    context._sightline_started = None
+    with _safety.internal_errors("sqlalchemy.measure"):
+        engine = getattr(conn, "engine", None)
+        if engine is not None and engine.pool not in _pools:
+            _remember(engine)
+        agent.metrics.observe_db(system(conn.dialect), operation(statement), error, seconds)
+
+
+# -- pools
+
+
+def _connect(self: Any) -> Any:
+    agent = _agent.current
+    if agent is None:
+        return _saved["connect"](self)
+    start = time.perf_counter()
+    try:
+        connection = _saved["connect"](self)
+    except sa_exc.TimeoutError:
+        _waited(agent, self, start, timed_out=True)
+        raise
+    _waited(agent, self, start, timed_out=False)
+    return connection
+
+
+def _waited(agent: Agent, pool: Any, start: float, timed_out: bool) -> None:
+    seconds = time.perf_counter() - start
+    with _safety.internal_errors("sqlalchemy.pool"):
+        key = _identity(pool)
+        agent.metrics.pool_wait.child(key).observe(seconds)
+        if timed_out:
+            agent.metrics.pool_timeouts.labels(*key).inc()
+
+
+def _engine_init(self: Any, *args: Any, **kwargs: Any) -> None:
+    _saved["engine_init"](self, *args, **kwargs)
+    with _safety.internal_errors("sqlalchemy.engine"):
+        _remember(self)
+
+
+class PoolCollector(Described):
+    """Connections used and idle, and the most a pool hands out, of every queue pool."""
+
+    def collect(self) -> Iterable[Metric]:
+        labels = [DB_SYSTEM, POOL_NAME, "db_client_connection_state"]
+        count = GaugeMetricFamily(
+            "db_client_connection_count",
+            "Connections in a pool, by state: used (checked out) or idle.",
+            labels=labels,
+        )
+        most = GaugeMetricFamily(
+            "db_client_connection_max",
+            "The most connections a pool hands out at once (its size plus overflow).",
+            labels=[DB_SYSTEM, POOL_NAME],
+        )
+        with _pools_lock:
+            pools = list(_pools.items())
+        totals: dict[tuple[str, str], list[float]] = {}
+        for pool, key in pools:
+            if not isinstance(pool, QueuePool):
+                continue
+            used, idle = float(pool.checkedout()), float(pool.checkedin())
+            overflow = getattr(pool, "_max_overflow", -1)
+            limit = float(pool.size() + overflow) if overflow >= 0 else -1.0
+            # Pools of one name (an engine made twice) add up.
+            found = totals.setdefault(key, [0.0, 0.0, 0.0])
+            found[0] += used
+            found[1] += idle
+            found[2] = -1.0 if limit < 0 or found[2] < 0 else found[2] + limit
+        for key, (used, idle, limit) in totals.items():
+            count.add_metric([*key, "used"], used)
+            count.add_metric([*key, "idle"], idle)
+            if limit >= 0:
+                most.add_metric(list(key), limit)
+        yield count
+        yield most
+
+
+class SQLAlchemyIntegration(Integration):
+    name = "sqlalchemy"
+
+    def __init__(self) -> None:
+        self._collector: PoolCollector | None = None
+
+    def install(self, agent: Agent) -> None:
+        if "connect" not in _saved:
+            for name, listener in _LISTENERS:
+                event.listen(Engine, name, listener)
+            _saved["connect"] = Pool.connect
+            Pool.connect = _connect  # type: ignore[method-assign]
+            _saved["engine_init"] = Engine.__init__
+            Engine.__init__ = _engine_init  # type: ignore[method-assign]
+        if self._collector is None:
+            self._collector = PoolCollector()
+            agent.metrics.register(self._collector)
+
+    def uninstall(self) -> None:
+        if "connect" in _saved:
+            for name, listener in _LISTENERS:
+                event.remove(Engine, name, listener)
+            Pool.connect = _saved.pop("connect")  # type: ignore[method-assign]
+            Engine.__init__ = _saved.pop("engine_init")  # type: ignore[method-assign]
+        self._collector = None  # the agent's metrics unregister it
+
+
+_LISTENERS = (
+    ("before_cursor_execute", _before),
+    ("after_cursor_execute", _after),
+    ("handle_error", _error),
+)
+
+INTEGRATION = SQLAlchemyIntegration

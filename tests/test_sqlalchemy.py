@@ -1,0 +1,202 @@
+"""SQLAlchemy measured (sync and asyncio engines): statements by system, operation and
+error, and the saturation of a connection pool driven to exhaustion."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+sqlalchemy = pytest.importorskip("sqlalchemy")
+from sqlalchemy import text  # noqa: E402
+
+from .servers import postgres  # noqa: E402
+
+
+def operations(registry: CollectorRegistry, system: str) -> dict[tuple[str, str], float]:
+    found = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "db_client_operation_duration_seconds_count"
+                and labels["db_system_name"] == system
+            ):
+                found[(labels["db_operation_name"], labels["error_type"])] = sample.value
+    return found
+
+
+def delta(before: dict[Any, float], after: dict[Any, float]) -> dict[Any, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+
+
+def workload(conn: Any) -> None:
+    """The same statements for every engine: 1 CREATE, 2 INSERT (one executemany), 2
+    SELECT, 1 UPDATE, 1 DELETE, and an INSERT refused by the primary key."""
+    conn.execute(text("CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT)"))
+    conn.execute(text("INSERT INTO item (id, name) VALUES (1, 'lamp')"))
+    conn.execute(
+        text("INSERT INTO item (id, name) VALUES (:i, :n)"),
+        [{"i": 2, "n": "mug"}, {"i": 3, "n": "cup"}],
+    )
+    assert conn.execute(text("SELECT count(*) FROM item")).scalar() == 3
+    conn.execute(text("  select name from item where id = 2")).all()
+    conn.execute(text("UPDATE item SET name = 'big mug' WHERE id = 2"))
+    conn.execute(text("DELETE FROM item WHERE id = 3"))
+
+
+EXPECTED = {
+    ("CREATE", ""): 1.0,
+    ("INSERT", ""): 2.0,
+    ("SELECT", ""): 2.0,
+    ("UPDATE", ""): 1.0,
+    ("DELETE", ""): 1.0,
+    ("INSERT", "IntegrityError"): 1.0,
+}
+
+
+def test_statements_are_counted_by_operation_and_error(
+    agent: CollectorRegistry, tmp_path: Path
+) -> None:
+    """Each statement is one observation by its first keyword (case and leading space
+    aside; an executemany is one) and the driver's error class; never its text."""
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'shop.db'}")
+    with engine.connect() as conn:
+        before = operations(agent, "sqlite")
+        workload(conn)
+        with pytest.raises(sqlalchemy.exc.IntegrityError):
+            conn.execute(text("INSERT INTO item (id, name) VALUES (1, 'again')"))
+        assert delta(before, operations(agent, "sqlite")) == EXPECTED
+    engine.dispose()
+    labels = {v for (op, err) in EXPECTED for v in (op, err)}
+    assert "lamp" not in str(labels)
+
+
+def test_asyncio_engine_is_counted_the_same(agent: CollectorRegistry, tmp_path: Path) -> None:
+    """An asyncio engine (aiosqlite) gives the same counts as a sync one."""
+    pytest.importorskip("aiosqlite")
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def run() -> dict[Any, float]:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}")
+        async with engine.connect() as conn:
+            before = operations(agent, "sqlite")
+            await conn.run_sync(workload)
+            with pytest.raises(sqlalchemy.exc.IntegrityError):
+                await conn.execute(text("INSERT INTO item (id, name) VALUES (1, 'again')"))
+            after = operations(agent, "sqlite")
+        await engine.dispose()
+        return delta(before, after)
+
+    assert asyncio.run(run()) == EXPECTED
+
+
+def test_an_exhausted_pool_shows_used_connections_wait_time_and_timeouts(
+    agent: CollectorRegistry, tmp_path: Path
+) -> None:
+    """With its one connection held, the pool reads 1 used of 1, a second checkout waits
+    the pool timeout and gives up (counted, its wait observed); released, it reads idle."""
+    url = f"sqlite:///{tmp_path / 'pool.db'}"
+    engine = sqlalchemy.create_engine(
+        url, poolclass=sqlalchemy.pool.QueuePool, pool_size=1, max_overflow=0, pool_timeout=0.3
+    )
+    name = f"sqlite:///{tmp_path / 'pool.db'}"
+    labels = {"db_system_name": "sqlite", "db_client_connection_pool_name": name}
+
+    def gauge(metric: str, **extra: str) -> float | None:
+        return agent.get_sample_value(metric, {**labels, **extra})
+
+    held = engine.connect()
+    assert gauge("db_client_connection_count", db_client_connection_state="used") == 1
+    assert gauge("db_client_connection_count", db_client_connection_state="idle") == 0
+    assert gauge("db_client_connection_max") == 1
+    failed: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            engine.connect()
+        except sqlalchemy.exc.TimeoutError as exc:
+            failed.append(exc)
+
+    started = time.monotonic()
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    waiter.join(10)
+    assert time.monotonic() - started >= 0.3
+    assert len(failed) == 1
+    assert gauge("db_client_connection_timeouts_total") == 1
+    waits = gauge("db_client_connection_wait_time_seconds_count")
+    assert waits == 2  # the first checkout, and the one that gave up
+    assert (gauge("db_client_connection_wait_time_seconds_sum") or 0) >= 0.3
+    assert gauge("db_client_connection_wait_time_seconds_bucket", le="0.1") == 1
+    held.close()
+    assert gauge("db_client_connection_count", db_client_connection_state="used") == 0
+    assert gauge("db_client_connection_count", db_client_connection_state="idle") == 1
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def postgresql() -> Iterator[str]:
+    """A real PostgreSQL server for this module; its address as user@host:port/database."""
+    with postgres() as address:
+        yield address
+
+
+def test_postgresql_through_psycopg_sync_and_async(
+    agent: CollectorRegistry, postgresql: str
+) -> None:
+    """On a real PostgreSQL, through psycopg 3, sync and asyncio engines give the same
+    exact counts (system `postgresql`, the unique-key violation as psycopg's class), and the
+    pool is named after the URL without credentials."""
+    pytest.importorskip("psycopg")
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = sqlalchemy.create_engine(f"postgresql+psycopg://{postgresql}")
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS item"))
+    with engine.connect() as conn:
+        before = operations(agent, "postgresql")
+        workload(conn)
+        conn.commit()
+        with pytest.raises(sqlalchemy.exc.IntegrityError):
+            conn.execute(text("INSERT INTO item (id, name) VALUES (1, 'again')"))
+        conn.rollback()
+        conn.execute(text("DROP TABLE item"))
+        conn.commit()
+        sync = delta(before, operations(agent, "postgresql"))
+    engine.dispose()
+    unique = {**EXPECTED, ("DROP", ""): 1.0}
+    del unique[("INSERT", "IntegrityError")]
+    unique[("INSERT", "UniqueViolation")] = 1.0
+    assert sync == unique
+
+    async def run() -> dict[Any, float]:
+        engine = create_async_engine(f"postgresql+psycopg://{postgresql}")
+        async with engine.connect() as conn:
+            before = operations(agent, "postgresql")
+            await conn.run_sync(workload)
+            await conn.commit()
+            with pytest.raises(sqlalchemy.exc.IntegrityError):
+                await conn.execute(text("INSERT INTO item (id, name) VALUES (1, 'again')"))
+            await conn.rollback()
+            await conn.execute(text("DROP TABLE item"))
+            await conn.commit()
+            after = operations(agent, "postgresql")
+        await engine.dispose()
+        return delta(before, after)
+
+    assert asyncio.run(run()) == unique
+    host = postgresql.split("@", 1)[1]
+    names = {
+        s.labels["db_client_connection_pool_name"]
+        for f in agent.collect()
+        for s in f.samples
+        if s.name == "db_client_connection_wait_time_seconds_count"
+    }
+    assert f"postgresql+psycopg://{host}" in names
