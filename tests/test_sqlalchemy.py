@@ -1,5 +1,6 @@
-"""SQLAlchemy measured (sync and asyncio engines): statements by system, operation and
-error, and the saturation of a connection pool driven to exhaustion."""
+"""SQLAlchemy (sync and asyncio engines) and psycopg 3 measured: statements by system,
+operation and error, on SQLite and a real PostgreSQL, and the saturation of a connection
+pool driven to exhaustion."""
 
 from __future__ import annotations
 
@@ -200,3 +201,43 @@ def test_postgresql_through_psycopg_sync_and_async(
         if s.name == "db_client_connection_wait_time_seconds_count"
     }
     assert f"postgresql+psycopg://{host}" in names
+
+
+def test_raw_psycopg_sync_and_async_statements_are_counted(
+    agent: CollectorRegistry, postgresql: str
+) -> None:
+    """psycopg 3 used directly, sync and asyncio: each execute or executemany is one
+    observation, by first keyword and psycopg's error class."""
+    psycopg = pytest.importorskip("psycopg")
+    dsn = f"postgresql://{postgresql}"
+    statements = [
+        ("CREATE TABLE raw_item (id integer PRIMARY KEY)", None),
+        ("INSERT INTO raw_item (id) VALUES (%s)", (1,)),
+        ("select count(*) from raw_item", None),
+    ]
+    want = {("CREATE", ""): 1.0, ("INSERT", ""): 2.0, ("SELECT", ""): 1.0,
+            ("INSERT", "UniqueViolation"): 1.0, ("DROP", ""): 1.0}  # fmt: skip
+
+    before = operations(agent, "postgresql")
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cursor:
+        for sql, params in statements:
+            cursor.execute(sql, params)
+        cursor.executemany("INSERT INTO raw_item (id) VALUES (%s)", [(2,), (3,)])
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            cursor.execute("INSERT INTO raw_item (id) VALUES (1)")
+        cursor.execute("DROP TABLE raw_item")
+    assert delta(before, operations(agent, "postgresql")) == want
+
+    async def run() -> None:
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        async with conn, conn.cursor() as cursor:
+            for sql, params in statements:
+                await cursor.execute(sql, params)
+            await cursor.executemany("INSERT INTO raw_item (id) VALUES (%s)", [(2,), (3,)])
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                await cursor.execute("INSERT INTO raw_item (id) VALUES (1)")
+            await cursor.execute("DROP TABLE raw_item")
+
+    before = operations(agent, "postgresql")
+    asyncio.run(run())
+    assert delta(before, operations(agent, "postgresql")) == want

@@ -34,6 +34,7 @@ INTEGRATION_NAMES = (
     "urllib3",
     "redis",
     "sqlalchemy",
+    "psycopg",
 )
 
 SAMPLERS = (

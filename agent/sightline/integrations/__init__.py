@@ -79,6 +79,7 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
     "urllib3": ("urllib3",),
     "redis": ("redis",),
     "sqlalchemy": ("sqlalchemy",),
+    "psycopg": ("psycopg",),
 }
 
 

@@ -8,16 +8,23 @@ is the full pattern, prefixes from ``include()`` joined in (``api/users/<int:pk>
 left in the WSGI environ or the ASGI scope for the core. Exceptions Django turns
 into its 500 page are recorded on the request's span through the
 ``got_request_exception`` signal, sent only on errors.
+
+The ORM's statements (and raw ``connection.cursor()`` ones) are measured where every
+backend runs them, ``CursorWrapper._execute_with_wrappers``:
+``db_client_operation_duration_seconds`` by the backend's vendor (``postgresql``,
+``sqlite``, ``mysql``, ``oracle.db``), the statement's first keyword and the driver's error
+class. On psycopg 3 the driver's own integration counts them instead, once.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.semconv.attributes import error_attributes
 
-from .. import _agent, _safety
+from .. import _agent, _db, _safety
 from . import DidNotEnable, Integration, asgi
 from .wsgi import ROUTE, SEEN, handle
 
@@ -26,6 +33,7 @@ try:
     from django.core.handlers.base import BaseHandler
     from django.core.handlers.wsgi import WSGIHandler
     from django.core.signals import got_request_exception
+    from django.db.backends.utils import CursorWrapper
 except ImportError:
     raise DidNotEnable("django is not installed") from None
 
@@ -88,6 +96,28 @@ def _record_exception(sender: Any, request: Any = None, **extra: Any) -> None:
         _safety.report("django.exception", exc)
 
 
+def _execute_with_wrappers(self: Any, sql: Any, params: Any, many: Any, executor: Any) -> Any:
+    original = _saved["execute"]
+    agent = _agent.current
+    if agent is None or _db.measured_by_driver(self.cursor):
+        return original(self, sql, params, many, executor)
+    start = time.perf_counter()
+    try:
+        result = original(self, sql, params, many, executor)
+    except Exception as exc:
+        _statement(agent, self, sql, type(exc).__name__, start)
+        raise
+    _statement(agent, self, sql, "", start)
+    return result
+
+
+def _statement(agent: Agent, wrapper: Any, sql: Any, error: str, start: float) -> None:
+    seconds = time.perf_counter() - start
+    with _safety.internal_errors("django.db"):
+        system = _db.system(str(wrapper.db.vendor))
+        agent.metrics.observe_db(system, _db.operation(sql), error, seconds)
+
+
 class DjangoIntegration(Integration):
     name = "django"
 
@@ -105,6 +135,8 @@ class DjangoIntegration(Integration):
         WSGIHandler.__call__ = _call
         ASGIHandler.__call__ = _asgi_call
         BaseHandler.resolve_request = _resolve_request
+        _saved["execute"] = CursorWrapper._execute_with_wrappers
+        CursorWrapper._execute_with_wrappers = _execute_with_wrappers
         got_request_exception.connect(_record_exception, dispatch_uid="sightline")
         self._patched = True
 
@@ -117,6 +149,8 @@ class DjangoIntegration(Integration):
             ASGIHandler.__call__ = _saved["asgi"]
         if BaseHandler.resolve_request is _resolve_request:
             BaseHandler.resolve_request = _saved["resolve"]
+        if CursorWrapper._execute_with_wrappers is _execute_with_wrappers:
+            CursorWrapper._execute_with_wrappers = _saved["execute"]
         got_request_exception.disconnect(dispatch_uid="sightline")
         self._patched = False
 

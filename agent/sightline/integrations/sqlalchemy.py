@@ -4,7 +4,8 @@ pool's saturation.
 - ``db_client_operation_duration_seconds``: one observation per statement the engine
   sends (an ``executemany`` is one), by system (``postgresql``, ``sqlite``, ``mysql``,
   ...), operation (the statement's first keyword: ``SELECT``, ``INSERT``, ...; never the
-  SQL text) and error (the driver's exception class, empty on success).
+  SQL text) and error (the driver's exception class, empty on success). Over a driver
+  measured by its own integration (psycopg 3), statements are left to it.
 - ``db_client_connection_count{db_client_connection_state="used"|"idle"}`` and
   ``db_client_connection_max`` (pool size plus overflow): read from every queue pool at
   scrape time.
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from .. import _agent, _safety
+from .. import _agent, _db, _safety
 from ..metrics import DB_SYSTEM, POOL_NAME, Described
 from . import DidNotEnable, Integration
 
@@ -43,37 +44,14 @@ except ImportError:
 if TYPE_CHECKING:
     from .._agent import Agent
 
-OTHER = "_OTHER"
-#: The first keyword of a statement, as its operation name; any other is _OTHER.
-OPERATIONS = frozenset(
-    (
-        "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "WITH", "BEGIN", "COMMIT",
-        "ROLLBACK", "SAVEPOINT", "RELEASE", "CREATE", "DROP", "ALTER", "TRUNCATE", "SET",
-        "SHOW", "EXPLAIN", "PRAGMA", "COPY", "CALL", "LOCK", "VACUUM", "ANALYZE", "GRANT",
-        "REVOKE", "DECLARE", "FETCH", "CLOSE", "LISTEN", "NOTIFY", "REPLACE", "UPSERT",
-    )
-)  # fmt: skip
-#: SQLAlchemy dialect names that OpenTelemetry's db.system.name spells otherwise.
-SYSTEMS = {"mssql": "microsoft.sql_server", "oracle": "oracle.db"}
-
 # Every pool seen, and its name (the engine's URL, or its dialect until an engine says).
 _pools: weakref.WeakKeyDictionary[Any, tuple[str, str]] = weakref.WeakKeyDictionary()
 _pools_lock = threading.Lock()
 _saved: dict[str, Any] = {}
 
 
-def operation(statement: Any) -> str:
-    """The statement's first keyword, from its first 64 characters."""
-    if not isinstance(statement, str):
-        return OTHER
-    head = statement[:64].lstrip(" \t\r\n(").split(None, 1)
-    word = head[0].upper() if head else ""
-    return word if word in OPERATIONS else OTHER
-
-
 def system(dialect: Any) -> str:
-    name = str(getattr(dialect, "name", "") or "other")
-    return SYSTEMS.get(name, name)
+    return _db.system(str(getattr(dialect, "name", "") or ""))
 
 
 def pool_name(url: Any) -> str:
@@ -134,7 +112,9 @@ def _statement_done(conn: Any, context: Any, statement: Any, error: str) -> None
         engine = getattr(conn, "engine", None)
         if engine is not None and engine.pool not in _pools:
             _remember(engine)
-        agent.metrics.observe_db(system(conn.dialect), operation(statement), error, seconds)
+        if conn.dialect.driver in _db.DRIVER_NAMES:
+            return  # the driver's own integration counted it
+        agent.metrics.observe_db(system(conn.dialect), _db.operation(statement), error, seconds)
 
 
 # -- pools

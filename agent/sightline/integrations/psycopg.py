@@ -1,0 +1,106 @@
+"""psycopg 3 (sync and asyncio): every statement measured at the driver.
+
+``db_client_operation_duration_seconds{db_system_name="postgresql"}``: one observation per
+``execute`` or ``executemany`` of a client-side cursor (``Connection.execute`` included),
+by operation (the statement's first keyword; a ``psycopg.sql`` composition is
+``_OTHER``) and error (psycopg's exception class: ``UniqueViolation``, ``OperationalError``,
+...). SQLAlchemy and Django over psycopg 3 leave their statements to this integration, so
+each is counted once. ``Cursor.execute``/``executemany`` and their asyncio counterparts are
+wrapped on their classes and put back by ``uninstall``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import _agent, _db, _safety
+from . import DidNotEnable, Integration
+
+try:
+    import psycopg
+except ImportError:
+    raise DidNotEnable("psycopg is not installed") from None
+
+if TYPE_CHECKING:
+    from .._agent import Agent
+
+SYSTEM = "postgresql"
+_SQLALCHEMY_DRIVERS = ("psycopg", "psycopg_async")
+_saved: dict[tuple[Any, str], Any] = {}
+
+
+def _record(agent: Agent, query: Any, error: str, start: float) -> None:
+    seconds = time.perf_counter() - start
+    with _safety.internal_errors("psycopg.measure"):
+        agent.metrics.observe_db(SYSTEM, _db.operation(query), error, seconds)
+
+
+def _sync(original: Any) -> Any:
+    def measured(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        agent = _agent.current
+        if agent is None:
+            return original(self, query, *args, **kwargs)
+        start = time.perf_counter()
+        try:
+            result = original(self, query, *args, **kwargs)
+        except Exception as exc:
+            _record(agent, query, type(exc).__name__, start)
+            raise
+        _record(agent, query, "", start)
+        return result
+
+    measured.__wrapped__ = original  # type: ignore[attr-defined]
+    return measured
+
+
+def _async(original: Any) -> Any:
+    async def measured(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        agent = _agent.current
+        if agent is None:
+            return await original(self, query, *args, **kwargs)
+        start = time.perf_counter()
+        try:
+            result = await original(self, query, *args, **kwargs)
+        except Exception as exc:
+            _record(agent, query, type(exc).__name__, start)
+            raise
+        _record(agent, query, "", start)
+        return result
+
+    measured.__wrapped__ = original  # type: ignore[attr-defined]
+    return measured
+
+
+_TARGETS = (
+    (psycopg.Cursor, "execute", _sync),
+    (psycopg.Cursor, "executemany", _sync),
+    (psycopg.AsyncCursor, "execute", _async),
+    (psycopg.AsyncCursor, "executemany", _async),
+)
+
+
+class PsycopgIntegration(Integration):
+    name = "psycopg"
+
+    def install(self, agent: Agent) -> None:
+        for cls, method, wrap in _TARGETS:
+            if (cls, method) not in _saved:
+                _saved[(cls, method)] = cls.__dict__[method]
+                setattr(cls, method, wrap(_saved[(cls, method)]))
+        for cursor in (psycopg.Cursor, psycopg.AsyncCursor):
+            if cursor not in _db.DRIVER_CURSORS:
+                _db.DRIVER_CURSORS.append(cursor)
+        _db.DRIVER_NAMES.update(_SQLALCHEMY_DRIVERS)
+
+    def uninstall(self) -> None:
+        for (cls, method), original in list(_saved.items()):
+            setattr(cls, method, original)
+            del _saved[(cls, method)]
+        for cursor in (psycopg.Cursor, psycopg.AsyncCursor):
+            if cursor in _db.DRIVER_CURSORS:
+                _db.DRIVER_CURSORS.remove(cursor)
+        _db.DRIVER_NAMES.difference_update(_SQLALCHEMY_DRIVERS)
+
+
+INTEGRATION = PsycopgIntegration
