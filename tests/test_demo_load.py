@@ -76,12 +76,14 @@ def test_report_lines_read_back_as_the_counts_they_print() -> None:
 def test_view_shows_alerts_and_the_scaling_hint_with_its_reasons() -> None:
     """The view lists firing alerts before pending ones with their labels, and per service
     the replicas it runs, the recommendation, the direction and each reason's need,
-    largest first; a signal that is off says why."""
+    largest first, and says when saturated database pools make more replicas no answer;
+    a signal that is off says why."""
     snapshot = view.Snapshot()
     snapshot.values = {
         q.ACTUAL_REPLICAS.title: {("shop",): 2.0, ("shop-worker",): 1.0},
         q.RECOMMENDED_REPLICAS.title: {("shop",): 5.0, ("shop-worker",): 1.0},
         q.REQUIRED_REPLICAS.title: {("shop", "concurrency"): 5.0, ("shop", "cpu"): 3.0},
+        q.POOL_UTILISATION.title: {("shop",): 0.95, ("shop-worker",): 0.95},
         q.EXPORTED.title: {("shop", "traces"): 12.5},
         q.EXPORT_FAILURES.title: {("shop", "traces", "connection"): 0.5},
     }
@@ -103,6 +105,9 @@ def test_view_shows_alerts_and_the_scaling_hint_with_its_reasons() -> None:
     assert "inactive" not in text
     assert re.search(r"^shop +2 +5  scale up: concurrency needs 5, cpu needs 3$", text, re.M), text
     assert re.search(r"^shop-worker +1 +1  keep$", text, re.M), text
+    # Scaling up past a saturated pool is called out; keeping the count is not.
+    assert re.search(r"^ +but its database pools are 95% in use: more replicas", text, re.M)
+    assert text.count("database pools") == 1
     assert re.search(
         r"^traces +FAILING +the Collector at http://127.0.0.1:4318: 12.5/s delivered$", text, re.M
     )

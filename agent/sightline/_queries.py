@@ -179,6 +179,14 @@ REQUIRED_REPLICAS = Query(
     "short",
 )
 
+# The fullest database connection pool of each service (alerts/dependencies.rules.yml).
+POOL_UTILISATION = Query(
+    "Fullest connection pool",
+    "max by ({by}) (job:db_client_connection_utilisation:max{{{sel}}})",
+    ("job",),
+    "percentunit",
+)
+
 STATUS = (
     EXPORTED,
     EXPORT_FAILURES,
@@ -186,4 +194,5 @@ STATUS = (
     ACTUAL_REPLICAS,
     RECOMMENDED_REPLICAS,
     REQUIRED_REPLICAS,
+    POOL_UTILISATION,
 )

@@ -19,6 +19,8 @@ from .. import _queries as q
 from .._stack.processes import LOCAL
 
 WINDOW = "1m"
+#: Pool use from which more replicas are no answer (SightlineDbPoolSaturated's threshold).
+POOL_SATURATED = 0.9
 
 Key = tuple[str, ...]
 
@@ -219,4 +221,10 @@ def _scaling(snapshot: Snapshot) -> list[str]:
             f"{job:<14}{_num(now, '{:.0f}'):>9}{wanted:>13.0f}  {change}"
             + (f": {why}" if why else "")
         )
+        pool = snapshot.get(q.POOL_UTILISATION, (job,))
+        if pool is not None and pool >= POOL_SATURATED and (now is None or wanted > now):
+            lines.append(
+                f"{'':<38}but its database pools are {pool:.0%} in use: more replicas "
+                "open more connections; raise the pools or the database first"
+            )
     return lines
