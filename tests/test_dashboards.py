@@ -82,6 +82,10 @@ MAY_BE_EMPTY = {
     ("sightline-workers", "RQ registries"): "RQ only; the worker under test is Celery",
     ("sightline-health", "Internal errors since start"): NO_INTERNAL_ERRORS,
     ("sightline-health", "Internal errors"): NO_INTERNAL_ERRORS,
+    ("sightline-dependencies", "Pool timeouts"): (
+        "the counter has no series until a request for a connection gives up, which the "
+        "app under test never makes it do"
+    ),
     ("sightline-health", "Snapshot store problems"): (
         "the counter has no series until the snapshot directory gives trouble, which it "
         "does not on a healthy machine"
@@ -585,9 +589,9 @@ while True:
 
 
 def traffic(base: str, stop: threading.Event) -> None:
-    """Requests that succeed, fail (500), miss (404) and are refused (418), each with a
-    front-proxy timestamp, until ``stop`` is set."""
-    paths = ["/users/1", "/users/2", "/boom", "/nothing-here", "/teapot/green"]
+    """Requests that succeed, fail (500), miss (404), are refused (418) and wait on Redis,
+    SQLite and an HTTP call, each with a front-proxy timestamp, until ``stop`` is set."""
+    paths = ["/users/1", "/users/2", "/boom", "/nothing-here", "/teapot/green", "/deps"]
     while not stop.is_set():
         for path in paths:
             start = f"t={time.time() - 0.02:.3f}"
@@ -624,6 +628,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Promet
             "OTEL_EXPORTER_OTLP_ENDPOINT": backend.url,
             "OTEL_BSP_SCHEDULE_DELAY": "200",
             "SIGHTLINE_LOKI_URL": backend.url,
+            # The backend answers GET with 501: calls that fail, for the HTTP panels.
+            "DEPS_HTTP_URL": backend.url + "/deps",
         }
         base = stack.enter_context(
             gunicorn("tests.apps.flask_app:application", app_env, ["--workers", "2"], tmp)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .capacity import capacity
+from .dependencies import dependencies
 from .health import health
 from .overview import overview
 from .panels import Json
@@ -23,4 +24,5 @@ DASHBOARDS: dict[str, Callable[[], Json]] = {
     "workers.json": workers,
     "capacity.json": capacity,
     "health.json": health,
+    "dependencies.json": dependencies,
 }

@@ -41,6 +41,39 @@ def teapot(kind: str) -> str:
     abort(418)
 
 
+@app.route("/deps")
+def deps() -> str:
+    """A request that waits on what a service depends on: a Redis cache (a hit and a miss),
+    a SQLite database through a SQLAlchemy pool, and an HTTP call (to DEPS_HTTP_URL)."""
+    import os
+
+    import redis
+    import urllib3
+
+    cache = redis.Redis.from_url(os.environ["BROKER_URL"])
+    cache.set("deps:known", "1")
+    cache.mget("deps:known", "deps:unknown")
+    with _engine().connect() as conn:
+        conn.exec_driver_sql("SELECT 1").all()
+    urllib3.request("GET", os.environ["DEPS_HTTP_URL"], timeout=5, retries=False)
+    return "waited"
+
+
+_engines: list[Any] = []
+
+
+def _engine() -> Any:
+    if not _engines:
+        import os
+        import tempfile
+
+        import sqlalchemy
+
+        path = os.path.join(tempfile.gettempdir(), f"deps-{os.getpid()}.db")
+        _engines.append(sqlalchemy.create_engine(f"sqlite:///{path}", pool_size=2))
+    return _engines[0]
+
+
 def application(environ: dict[str, Any], start_response: Any) -> Any:
     """The app; with ``X-Start-Span: 1`` it runs inside a recording SDK span (like a tracer)."""
     if environ.get("HTTP_X_START_SPAN") != "1":
