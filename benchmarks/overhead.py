@@ -55,6 +55,17 @@ event loop per batch. Variants are entries in :data:`VARIANTS`, grouped into the
     OpenTelemetry instrumentation for RQ, so Sightline's added cost is given in µs against
     :data:`RQ_BOUND_US`, and as a share of a bare job.
 
+``sqlalchemy``
+    One ``SELECT`` through a SQLAlchemy connection on an in-memory SQLite database, what an
+    app's query costs on the client side with no network: ``sqla_bare``, ``sqla_incumbent``
+    (OpenTelemetry's SQLAlchemy instrumentation, a span per statement, with the SDK and
+    exporter as in ``incumbent``) and ``sqla_sightline`` (``sightline.init()``: the
+    statement's duration histogram and the pool's wait).
+``redis``
+    One ``GET`` through redis-py on an in-process Redis (fakeredis): ``redis_bare``,
+    ``redis_incumbent`` (OpenTelemetry's Redis instrumentation, SDK and exporter as above)
+    and ``redis_sightline`` (the command's histogram and the cache hit counter).
+
 Each run is a fresh subprocess that checks its variant works, warms up, then times
 ``--requests`` requests (log calls in the ``log`` suite, tasks in ``celery`` and ``rq``) with
 ``time.perf_counter_ns``. Rounds run a suite's variants in rotating order. The report gives
@@ -67,6 +78,8 @@ per-round differences) and that cost relative to the stack it is compared with::
     python benchmarks/overhead.py --suite full --rounds 5 --requests 2000 --json
     python benchmarks/overhead.py --suite celery        # 8 rounds x 3000 tasks
     python benchmarks/overhead.py --suite rq            # 8 rounds x 1000 jobs
+    python benchmarks/overhead.py --suite sqlalchemy    # 10 rounds x 20000 queries
+    python benchmarks/overhead.py --suite redis         # 10 rounds x 20000 commands
 """
 
 from __future__ import annotations
@@ -946,6 +959,121 @@ def log_worker(name: str, calls: int, warmup: int) -> dict[str, Any]:
     return {"us_per_request": elapsed / calls / 1000}
 
 
+class OpVariant(NamedTuple):
+    """What an operation setup built: one call to time, and how the worker checks it."""
+
+    #: Runs the operation once; returns its result.
+    call: Callable[[], Any]
+    #: The result every call returns.
+    expected: Any
+    #: Operations the variant's metrics counted, read after the timed calls.
+    recorded: Probe | None = None
+    #: Flushes the spans after the timed calls; returns how many the sink received.
+    exported: Callable[[], int] | None = None
+
+
+def sqla_query() -> tuple[Callable[[], Any], Any]:
+    """A SELECT on an in-memory SQLite database through one SQLAlchemy connection."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine("sqlite://")
+    conn = engine.connect()
+    conn.exec_driver_sql("CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.exec_driver_sql("INSERT INTO item VALUES (42, 'lamp')")
+    query = sqlalchemy.text("SELECT name FROM item WHERE id = :id")
+    return (lambda: conn.execute(query, {"id": 42}).scalar()), engine
+
+
+def setup_sqla_bare() -> OpVariant:
+    call, _ = sqla_query()
+    return OpVariant(call, "lamp")
+
+
+def setup_sqla_incumbent() -> OpVariant:
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    provider, exported = otel_sdk()
+    call, engine = sqla_query()
+    SQLAlchemyInstrumentor().instrument(engine=engine, tracer_provider=provider)
+    return OpVariant(call, "lamp", None, exported)
+
+
+def setup_sqla_sightline() -> OpVariant:
+    import sightline
+
+    registry = CollectorRegistry()
+    sightline.init(service="bench", registry=registry, metrics_addr="off", traces=False, logs=False)
+    call, _ = sqla_query()
+    return OpVariant(call, "lamp", samples(registry, "db_client_operation_duration_seconds_count"))
+
+
+def redis_get() -> tuple[Callable[[], Any], Any]:
+    import fakeredis
+
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    client.set("user:42", "lamp")
+    return (lambda: client.get("user:42")), client
+
+
+def setup_redis_bare() -> OpVariant:
+    call, _ = redis_get()
+    return OpVariant(call, b"lamp")
+
+
+def setup_redis_incumbent() -> OpVariant:
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    call, _ = redis_get()  # its SET before the instrumentation: GETs alone are traced
+    provider, exported = otel_sdk()
+    RedisInstrumentor().instrument(tracer_provider=provider)
+    return OpVariant(call, b"lamp", None, exported)
+
+
+def setup_redis_sightline() -> OpVariant:
+    import sightline
+
+    registry = CollectorRegistry()
+    sightline.init(service="bench", registry=registry, metrics_addr="off", traces=False, logs=False)
+    call, _ = redis_get()
+    return OpVariant(call, b"lamp", samples(registry, "db_client_operation_duration_seconds_count"))
+
+
+OP_VARIANTS: dict[str, Callable[[], OpVariant]] = {
+    "sqla_bare": setup_sqla_bare,
+    "sqla_incumbent": setup_sqla_incumbent,
+    "sqla_sightline": setup_sqla_sightline,
+    "redis_bare": setup_redis_bare,
+    "redis_incumbent": setup_redis_incumbent,
+    "redis_sightline": setup_redis_sightline,
+}
+
+
+def op_worker(name: str, calls: int, warmup: int) -> dict[str, Any]:
+    """µs per call of the variant's operation."""
+    variant = OP_VARIANTS[name]()
+    call = variant.call
+    # The variant's setup ran operations of its own (a CREATE, a SET): counted from here.
+    before = variant.recorded() if variant.recorded is not None else 0.0
+    for _ in range(warmup):
+        call()
+    gc.collect()
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        result = call()
+    elapsed = time.perf_counter_ns() - start
+    if result != variant.expected:
+        raise SystemExit(f"{name}: got {result!r}, not {variant.expected!r}")
+    total = warmup + calls
+    if variant.recorded is not None and variant.recorded() - before != total:
+        raise SystemExit(f"{name}: {variant.recorded() - before} counted for {total} calls")
+    out: dict[str, Any] = {"us_per_request": elapsed / calls / 1000}
+    if variant.exported is not None:
+        out["spans"] = spans = variant.exported()
+        out["spans_share"] = spans / total
+        check_exported(name, spans, total, 1.0)
+    return out
+
+
 @dataclass(frozen=True)
 class Suite:
     title: str
@@ -1110,6 +1238,34 @@ SUITES: dict[str, Suite] = {
         unit="job",
         request="each enqueued, then run by the worker's loop",
         bounds_us={"rq_sightline": RQ_BOUND_US},
+    ),
+    "sqlalchemy": Suite(
+        title="SQLAlchemy: a SELECT on in-memory SQLite",
+        variants=("sqla_bare", "sqla_incumbent", "sqla_sightline"),
+        baseline="sqla_bare",
+        references={"sqla_incumbent": "sqla_incumbent", "sqla_sightline": "sqla_incumbent"},
+        targets={"sqla_sightline": 0.25},
+        rounds=10,
+        requests=20000,
+        warmup=2000,
+        libraries=("sqlalchemy", "opentelemetry-instrumentation-sqlalchemy"),
+        unit="statement",
+        request="SELECT name FROM item WHERE id = 42",
+        target_text={"sqla_sightline": "0.25x"},
+    ),
+    "redis": Suite(
+        title="Redis: a GET through redis-py on an in-process Redis (fakeredis)",
+        variants=("redis_bare", "redis_incumbent", "redis_sightline"),
+        baseline="redis_bare",
+        references={"redis_incumbent": "redis_incumbent", "redis_sightline": "redis_incumbent"},
+        targets={"redis_sightline": 0.25},
+        rounds=10,
+        requests=20000,
+        warmup=2000,
+        libraries=("redis", "fakeredis", "opentelemetry-instrumentation-redis"),
+        unit="command",
+        request="GET user:42",
+        target_text={"redis_sightline": "0.25x"},
     ),
 }
 
@@ -1345,7 +1501,7 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         help="default: metrics 2000, full, fastapi, django and celery 1000, log 5000, rq 300",
     )
-    every = [*VARIANTS, *LOG_VARIANTS, *TASK_VARIANTS]
+    every = [*VARIANTS, *LOG_VARIANTS, *TASK_VARIANTS, *OP_VARIANTS]
     parser.add_argument(
         "--variants", nargs="+", choices=every, help="run only these (and baselines)"
     )
@@ -1359,6 +1515,8 @@ def main(argv: list[str] | None = None) -> None:
             run = log_worker
         elif args.worker in TASK_VARIANTS:
             run = task_worker
+        elif args.worker in OP_VARIANTS:
+            run = op_worker
         print(json.dumps(run(args.worker, args.requests, args.warmup)), file=out, flush=True)
         return
     reports = {}

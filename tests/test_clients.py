@@ -166,6 +166,26 @@ def test_shutdown_puts_the_send_methods_back(registry: CollectorRegistry) -> Non
     ) == originals
 
 
+def test_shutdown_leaves_a_patch_made_after_init(registry: CollectorRegistry) -> None:
+    """Something that wraps urllib3's send after init (another instrumentation) keeps its
+    wrapper after shutdown; only Sightline's own is taken out of the way."""
+    from urllib3.connectionpool import HTTPConnectionPool
+
+    original = HTTPConnectionPool._make_request
+    sightline.init(service="test", registry=registry, metrics_addr="off", traces=False, logs=False)
+    ours = HTTPConnectionPool._make_request
+
+    def theirs(*args: Any, **kwargs: Any) -> Any:
+        return ours(*args, **kwargs)
+
+    HTTPConnectionPool._make_request = theirs  # type: ignore[method-assign]
+    try:
+        sightline.shutdown()
+        assert HTTPConnectionPool._make_request is theirs
+    finally:
+        HTTPConnectionPool._make_request = original  # type: ignore[method-assign]
+
+
 def test_without_the_instrumentation_requests_are_measured_and_one_warning_says_why(
     registry: CollectorRegistry,
     backend: Any,

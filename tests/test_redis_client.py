@@ -115,3 +115,28 @@ def test_sightlines_own_commands_and_uninstall_leave_no_count(
     sightline.shutdown()
     assert (Redis.execute_command, Pipeline.execute) == originals
     client.close()
+
+
+def test_transaction_helper_counts_its_watch_and_its_transaction(
+    agent: CollectorRegistry, broker: str
+) -> None:
+    """Redis.transaction(): the WATCH and the read it sends at once are counted, then the
+    MULTI; an empty pipeline, which sends nothing, is not."""
+    client = redis.Redis.from_url(broker)
+    client.set("n", 1)
+
+    def bump(pipe: Any) -> None:
+        value = int(pipe.get("n"))
+        pipe.multi()
+        pipe.set("n", value + 1)
+
+    client.transaction(bump, "n")
+    client.pipeline().execute()
+    assert client.get("n") == b"2"
+    client.close()
+    assert operations(agent) == {
+        ("redis", "SET", ""): 1.0,
+        ("redis", "WATCH", ""): 1.0,
+        ("redis", "GET", ""): 2.0,
+        ("redis", "MULTI", ""): 1.0,
+    }

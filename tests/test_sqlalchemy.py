@@ -139,6 +139,12 @@ def test_an_exhausted_pool_shows_used_connections_wait_time_and_timeouts(
     held.close()
     assert gauge("db_client_connection_count", db_client_connection_state="used") == 0
     assert gauge("db_client_connection_count", db_client_connection_state="idle") == 1
+    # After dispose() (as after a fork) the new pool keeps its engine's name.
+    engine.dispose()
+    with engine.connect():
+        pass
+    assert gauge("db_client_connection_wait_time_seconds_count") == 3
+    assert gauge("db_client_connection_count", db_client_connection_state="idle") == 1
     engine.dispose()
 
 
@@ -241,3 +247,10 @@ def test_raw_psycopg_sync_and_async_statements_are_counted(
     before = operations(agent, "postgresql")
     asyncio.run(run())
     assert delta(before, operations(agent, "postgresql")) == want
+
+    # A named (server-side) cursor runs its own execute, counted too.
+    before = operations(agent, "postgresql")
+    with psycopg.connect(dsn) as conn, conn.cursor(name="stream") as cursor:
+        cursor.execute("SELECT generate_series(1, 3)")
+        assert [row[0] for row in cursor] == [1, 2, 3]
+    assert delta(before, operations(agent, "postgresql")) == {("SELECT", ""): 1.0}

@@ -4,6 +4,7 @@ over them does not count a statement twice)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 OTHER = "_OTHER"
@@ -31,14 +32,19 @@ DRIVER_NAMES: set[str] = set()
 
 
 def operation(statement: Any) -> str:
-    """The statement's first keyword, from its first 64 characters; never its text."""
+    """The statement's first keyword, after any leading comments; never its text."""
     if isinstance(statement, (bytes, bytearray)):
         statement = bytes(statement[:64]).decode("ascii", "replace")
     if not isinstance(statement, str):
         return OTHER
-    head = statement[:64].lstrip(" \t\r\n(").split(None, 1)
+    text = _COMMENTS.sub("", statement[:256]).lstrip(" \t\r\n(")
+    head = text[:64].split(None, 1)
     word = head[0].upper() if head else ""
     return word if word in OPERATIONS else OTHER
+
+
+#: Comments before a statement's first keyword (``-- name: get_user``, ``/* app:shop */``).
+_COMMENTS = re.compile(r"\A(?:\s*(?:--[^\n]*(?:\n|\Z)|/\*.*?\*/))+", re.S)
 
 
 def system(name: str) -> str:

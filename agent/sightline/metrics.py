@@ -498,6 +498,8 @@ class Metrics:
         self._active_children: dict[str, Any] = {}
         self._published_children: dict[tuple[str, str, str], Any] = {}
         self._lookup_children: dict[tuple[str, str], Any] = {}
+        self._timeout_children: dict[tuple[str, str], Any] = {}
+        self._max_series = settings.max_series
 
     def _add(self, collector: Any) -> Any:
         self._collectors.append(collector)
@@ -561,6 +563,15 @@ class Metrics:
 
     def observe_db(self, system: str, operation: str, error: str, seconds: float) -> None:
         self.db_duration.child((system, operation, error)).observe(seconds)
+
+    def pool_timeout(self, key: tuple[str, str]) -> None:
+        """Count a checkout that gave up; past ``max_series`` pools, into ``_overflow``."""
+        child = self._timeout_children.get(key)
+        if child is None:
+            if len(self._timeout_children) >= self._max_series:
+                key = (OVERFLOW, OVERFLOW)
+            child = self._timeout_children.setdefault(key, self.pool_timeouts.labels(*key))
+        child.inc()
 
     def cache_lookup(self, system: str, hits: int, misses: int) -> None:
         for result, n in (("hit", hits), ("miss", misses)):

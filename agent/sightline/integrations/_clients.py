@@ -27,6 +27,9 @@ class ClientIntegration(Integration):
     #: The OpenTelemetry instrumentor class, None when its package is not installed.
     instrumentor: ClassVar[Any]
     package: ClassVar[str]  # the instrumentation's distribution, for the warning
+    #: Whether calls go without trace context when the instrumentor is missing (requests
+    #: sends through urllib3, whose instrumentation carries it).
+    warn_without: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._enabled: Any = None
@@ -42,18 +45,23 @@ class ClientIntegration(Integration):
         if agent.tracing is None or self._enabled is not None:
             return
         if self.instrumentor is None:
-            logger.warning(
-                "sightline: outgoing %s calls are measured but carry no trace context, so "
-                "the services they call start traces of their own: pip install "
-                "'sightline[clients]' (%s)",
-                self.name,
-                self.package,
-            )
+            if self.warn_without:
+                logger.warning(
+                    "sightline: outgoing %s calls are measured but carry no trace context, "
+                    "so the services they call start traces of their own: pip install "
+                    "'sightline[clients]' (%s)",
+                    self.name,
+                    self.package,
+                )
             return
         instrumentor = self.instrumentor()
         if instrumentor.is_instrumented_by_opentelemetry:
             return  # the app (or opentelemetry-instrument) did it already: leave it theirs
-        instrumentor.instrument()
+        try:
+            instrumentor.instrument()
+        except BaseException:
+            self.unmeasure()  # a failed install leaves nothing behind
+            raise
         self._enabled = instrumentor
 
     def uninstall(self) -> None:
@@ -63,11 +71,10 @@ class ClientIntegration(Integration):
             self._enabled = None
 
 
-def timed(
-    send: Callable[..., Any],
-    describe: Callable[[tuple[Any, ...]], tuple[str, str]],
-    where: str,
-) -> Callable[..., Any]:
+Describe = Callable[[tuple[Any, ...]], tuple[str, str]]
+
+
+def timed(send: Callable[..., Any], describe: Describe, where: str) -> Callable[..., Any]:
     """``send`` measured: ``describe(args)`` gives (method, host); the response's
     ``status`` or ``status_code`` gives the status. Nothing of Sightline's reaches the
     caller, and what ``send`` raises is raised unchanged."""
@@ -79,22 +86,17 @@ def timed(
         start = time.perf_counter()
         try:
             response = send(*args, **kwargs)
-        except Exception as exc:
-            _observe(agent, describe, args, "", type(exc).__name__, start, where)
+        except BaseException as exc:  # a timeout or a cancellation included
+            _observe(agent, describe, args, None, type(exc).__name__, start, where)
             raise
-        status = getattr(response, "status_code", None) or getattr(response, "status", "")
-        _observe(agent, describe, args, str(status), "", start, where)
+        _observe(agent, describe, args, response, "", start, where)
         return response
 
     measured.__wrapped__ = send  # type: ignore[attr-defined]
     return measured
 
 
-def timed_async(
-    send: Callable[..., Any],
-    describe: Callable[[tuple[Any, ...]], tuple[str, str]],
-    where: str,
-) -> Callable[..., Any]:
+def timed_async(send: Callable[..., Any], describe: Describe, where: str) -> Callable[..., Any]:
     """:func:`timed` for a coroutine function."""
 
     async def measured(*args: Any, **kwargs: Any) -> Any:
@@ -104,10 +106,10 @@ def timed_async(
         start = time.perf_counter()
         try:
             response = await send(*args, **kwargs)
-        except Exception as exc:
-            _observe(agent, describe, args, "", type(exc).__name__, start, where)
+        except BaseException as exc:  # asyncio.CancelledError included
+            _observe(agent, describe, args, None, type(exc).__name__, start, where)
             raise
-        _observe(agent, describe, args, str(response.status_code), "", start, where)
+        _observe(agent, describe, args, response, "", start, where)
         return response
 
     measured.__wrapped__ = send  # type: ignore[attr-defined]
@@ -116,9 +118,9 @@ def timed_async(
 
 def _observe(
     agent: Agent,
-    describe: Callable[[tuple[Any, ...]], tuple[str, str]],
+    describe: Describe,
     args: tuple[Any, ...],
-    status: str,
+    response: Any,
     error: str,
     start: float,
     where: str,
@@ -126,4 +128,8 @@ def _observe(
     seconds = time.perf_counter() - start
     with _safety.internal_errors(where):
         method, host = describe(args)
+        status = ""
+        if response is not None:
+            code = getattr(response, "status_code", None) or getattr(response, "status", "")
+            status = str(int(code)) if code else ""
         agent.metrics.observe_client(method, host, status, error, seconds)

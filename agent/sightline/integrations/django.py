@@ -104,7 +104,7 @@ def _execute_with_wrappers(self: Any, sql: Any, params: Any, many: Any, executor
     start = time.perf_counter()
     try:
         result = original(self, sql, params, many, executor)
-    except Exception as exc:
+    except BaseException as exc:  # a cancelled async view's query included
         _statement(agent, self, sql, type(exc).__name__, start)
         raise
     _statement(agent, self, sql, "", start)

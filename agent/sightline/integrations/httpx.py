@@ -13,6 +13,7 @@ from typing import Any
 
 from . import DidNotEnable
 from ._clients import ClientIntegration, timed, timed_async
+from ._patches import Patches
 
 try:
     import httpx
@@ -23,8 +24,6 @@ try:
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor as _instrumentor
 except ImportError:
     _instrumentor = None
-
-_saved: dict[str, Any] = {}
 
 
 def _describe(args: tuple[Any, ...]) -> tuple[str, str]:
@@ -38,22 +37,22 @@ class HTTPXIntegration(ClientIntegration):
     package = "opentelemetry-instrumentation-httpx"
 
     def measure(self) -> None:
-        if "sync" not in _saved:
-            _saved["sync"] = httpx.HTTPTransport.handle_request
-            httpx.HTTPTransport.handle_request = timed(  # type: ignore[method-assign]
-                _saved["sync"], _describe, "httpx.measure"
-            )
-        if "async" not in _saved:
-            _saved["async"] = httpx.AsyncHTTPTransport.handle_async_request
-            httpx.AsyncHTTPTransport.handle_async_request = timed_async(  # type: ignore[method-assign]
-                _saved["async"], _describe, "httpx.measure"
-            )
+        _patches.apply(
+            httpx.HTTPTransport,
+            "handle_request",
+            lambda original: timed(original, _describe, "httpx.measure"),
+        )
+        _patches.apply(
+            httpx.AsyncHTTPTransport,
+            "handle_async_request",
+            lambda original: timed_async(original, _describe, "httpx.measure"),
+        )
 
     def unmeasure(self) -> None:
-        if "sync" in _saved:
-            httpx.HTTPTransport.handle_request = _saved.pop("sync")  # type: ignore[method-assign]
-        if "async" in _saved:
-            httpx.AsyncHTTPTransport.handle_async_request = _saved.pop("async")  # type: ignore[method-assign]
+        _patches.restore()
+
+
+_patches = Patches()
 
 
 INTEGRATION = HTTPXIntegration

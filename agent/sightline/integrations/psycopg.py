@@ -1,7 +1,8 @@
 """psycopg 3 (sync and asyncio): every statement measured at the driver.
 
 ``db_client_operation_duration_seconds{db_system_name="postgresql"}``: one observation per
-``execute`` or ``executemany`` of a client-side cursor (``Connection.execute`` included),
+``execute`` or ``executemany`` of a cursor (``Connection.execute`` and named, server-side
+cursors included; ``stream()`` and ``copy()`` are not measured),
 by operation (the statement's first keyword; a ``psycopg.sql`` composition is
 ``_OTHER``) and error (psycopg's exception class: ``UniqueViolation``, ``OperationalError``,
 ...). SQLAlchemy and Django over psycopg 3 leave their statements to this integration, so
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _agent, _db, _safety
 from . import DidNotEnable, Integration
+from ._patches import Patches
 
 try:
     import psycopg
@@ -27,7 +29,6 @@ if TYPE_CHECKING:
 
 SYSTEM = "postgresql"
 _SQLALCHEMY_DRIVERS = ("psycopg", "psycopg_async")
-_saved: dict[tuple[Any, str], Any] = {}
 
 
 def _record(agent: Agent, query: Any, error: str, start: float) -> None:
@@ -44,7 +45,7 @@ def _sync(original: Any) -> Any:
         start = time.perf_counter()
         try:
             result = original(self, query, *args, **kwargs)
-        except Exception as exc:
+        except BaseException as exc:  # cancelled or timed out included
             _record(agent, query, type(exc).__name__, start)
             raise
         _record(agent, query, "", start)
@@ -62,7 +63,7 @@ def _async(original: Any) -> Any:
         start = time.perf_counter()
         try:
             result = await original(self, query, *args, **kwargs)
-        except Exception as exc:
+        except BaseException as exc:  # cancelled or timed out included
             _record(agent, query, type(exc).__name__, start)
             raise
         _record(agent, query, "", start)
@@ -77,7 +78,12 @@ _TARGETS = (
     (psycopg.Cursor, "executemany", _sync),
     (psycopg.AsyncCursor, "execute", _async),
     (psycopg.AsyncCursor, "executemany", _async),
+    # Named (server-side) cursors run their own execute: Django's iterator(), SQLAlchemy's
+    # stream_results.
+    (psycopg.ServerCursor, "execute", _sync),
+    (psycopg.AsyncServerCursor, "execute", _async),
 )
+_patches = Patches()
 
 
 class PsycopgIntegration(Integration):
@@ -85,18 +91,15 @@ class PsycopgIntegration(Integration):
 
     def install(self, agent: Agent) -> None:
         for cls, method, wrap in _TARGETS:
-            if (cls, method) not in _saved:
-                _saved[(cls, method)] = cls.__dict__[method]
-                setattr(cls, method, wrap(_saved[(cls, method)]))
+            if method in cls.__dict__:
+                _patches.apply(cls, method, wrap)
         for cursor in (psycopg.Cursor, psycopg.AsyncCursor):
             if cursor not in _db.DRIVER_CURSORS:
                 _db.DRIVER_CURSORS.append(cursor)
         _db.DRIVER_NAMES.update(_SQLALCHEMY_DRIVERS)
 
     def uninstall(self) -> None:
-        for (cls, method), original in list(_saved.items()):
-            setattr(cls, method, original)
-            del _saved[(cls, method)]
+        _patches.restore()
         for cursor in (psycopg.Cursor, psycopg.AsyncCursor):
             if cursor in _db.DRIVER_CURSORS:
                 _db.DRIVER_CURSORS.remove(cursor)

@@ -5,7 +5,8 @@
   ``_OTHER``) and error (the exception's class, empty on success). A pipeline is one
   operation, ``PIPELINE`` (``MULTI`` for a transaction).
 - ``cache_lookups_total{db_system_name="redis", cache_result}``: ``GET`` counts a hit
-  when the key held a value and a miss when it did not; ``MGET`` counts each key.
+  when the key held a value and a miss when it did not; ``MGET`` counts each key (reads
+  inside a pipeline are not counted as lookups). Redis Cluster clients are not measured.
 
 ``Redis.execute_command`` and ``Pipeline.execute`` are wrapped on their classes (sync and
 asyncio) and put back by ``uninstall``. Commands Sightline sends itself (reading a
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _agent, _safety
 from . import DidNotEnable, Integration
+from ._patches import Patches
 
 try:
     from redis.client import Pipeline, Redis
@@ -41,13 +43,14 @@ OTHER = "_OTHER"
 #: A command name (``GET``), or a command and its subcommand as redis-py sends some.
 _COMMAND = re.compile(r"[A-Z][A-Z0-9_.|-]{0,31}(?: [A-Z][A-Z0-9_-]{0,31})?")
 _LOOKUPS = frozenset(("GET", "MGET"))
-#: Commands that wait for data: their time is how long a list stayed empty (an RQ worker
-#: waiting for a job), not Redis's latency. Not counted.
+#: Commands that wait for data or replicas: their time is how long a list stayed empty (an
+#: RQ worker waiting for a job), not Redis's latency. Not counted, nor XREAD with BLOCK.
 BLOCKING = frozenset(
-    ("BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP")
-)
-
-_saved: dict[tuple[Any, str], Any] = {}
+    (
+        "BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP",
+        "WAIT", "WAITAOF",
+    )
+)  # fmt: skip
 
 
 def operation(args: tuple[Any, ...]) -> str:
@@ -64,8 +67,6 @@ def _ours() -> bool:
 
 def _record(agent: Agent, name: str, result: Any, error: str, start: float) -> None:
     seconds = time.perf_counter() - start
-    if name in BLOCKING:
-        return
     with _safety.internal_errors("redis.measure"):
         agent.metrics.observe_db(SYSTEM, name, error, seconds)
         if error or name not in _LOOKUPS:
@@ -78,16 +79,24 @@ def _record(agent: Agent, name: str, result: Any, error: str, start: float) -> N
             agent.metrics.cache_lookup(SYSTEM, len(result) - misses, misses)
 
 
+def _name(name_of: Any, client: Any, args: tuple[Any, ...]) -> str | None:
+    """The operation's name, None when it is not counted; never raises."""
+    try:
+        return name_of(client, args)  # type: ignore[no-any-return]
+    except Exception:  # an argument whose str() fails: the command still runs, as _OTHER
+        return OTHER
+
+
 def _sync(original: Any, name_of: Any) -> Any:
     def measured(self: Any, *args: Any, **kwargs: Any) -> Any:
         agent = _agent.current
-        if agent is None or _ours():
+        name = None if agent is None or _ours() else _name(name_of, self, args)
+        if agent is None or name is None:
             return original(self, *args, **kwargs)
-        name = name_of(self, args)  # before: running a pipeline resets it
         start = time.perf_counter()
         try:
             result = original(self, *args, **kwargs)
-        except Exception as exc:
+        except BaseException as exc:  # cancelled or timed out (gevent) included
             _record(agent, name, None, type(exc).__name__, start)
             raise
         _record(agent, name, result, "", start)
@@ -100,13 +109,13 @@ def _sync(original: Any, name_of: Any) -> Any:
 def _async_wrapper(original: Any, name_of: Any) -> Any:
     async def measured(self: Any, *args: Any, **kwargs: Any) -> Any:
         agent = _agent.current
-        if agent is None or _ours():
+        name = None if agent is None or _ours() else _name(name_of, self, args)
+        if agent is None or name is None:
             return await original(self, *args, **kwargs)
-        name = name_of(self, args)  # before: running a pipeline resets it
         start = time.perf_counter()
         try:
             result = await original(self, *args, **kwargs)
-        except Exception as exc:
+        except BaseException as exc:  # asyncio.CancelledError included
             _record(agent, name, None, type(exc).__name__, start)
             raise
         _record(agent, name, result, "", start)
@@ -116,14 +125,24 @@ def _async_wrapper(original: Any, name_of: Any) -> Any:
     return measured
 
 
-def _command_name(client: Any, args: tuple[Any, ...]) -> str:
-    try:
-        return operation(args)
-    except Exception:  # an argument whose str() fails: the command still runs
-        return OTHER
+def _command_name(client: Any, args: tuple[Any, ...]) -> str | None:
+    name = operation(args)
+    if name in BLOCKING:
+        return None
+    if name in ("XREAD", "XREADGROUP") and any(_word(arg) == b"BLOCK" for arg in args[1:]):
+        return None  # XREAD ... BLOCK waits for data, as BLPOP does
+    return name
 
 
-def _pipeline_name(pipeline: Any, args: tuple[Any, ...]) -> str:
+def _word(arg: Any) -> bytes:
+    if isinstance(arg, bytes):
+        return arg.upper()
+    return arg.upper().encode("ascii", "ignore") if isinstance(arg, str) else b""
+
+
+def _pipeline_name(pipeline: Any, args: tuple[Any, ...]) -> str | None:
+    if not getattr(pipeline, "command_stack", True):
+        return None  # an empty pipeline sends nothing
     # `is_transaction` in the asyncio client, `transaction` in the sync one (where the
     # asyncio pipeline has the client's `transaction()` method instead); MULTI called by
     # hand makes a transaction of either.
@@ -136,17 +155,27 @@ def _pipeline_name(pipeline: Any, args: tuple[Any, ...]) -> str:
 
 
 def _targets() -> list[tuple[Any, str, Any]]:
-    """(class, method, wrapper factory) for every method measured."""
+    """(class, method, wrapper factory) for every method measured: commands, pipelines,
+    and the commands a pipeline sends at once (WATCH and the reads after it)."""
     found: list[tuple[Any, str, Any]] = [
         (Redis, "execute_command", lambda f: _sync(f, _command_name)),
         (Pipeline, "execute", lambda f: _sync(f, _pipeline_name)),
+        (Pipeline, "immediate_execute_command", lambda f: _sync(f, _command_name)),
     ]
     if _async is not None:
         found += [
             (_async.Redis, "execute_command", lambda f: _async_wrapper(f, _command_name)),
             (_async.Pipeline, "execute", lambda f: _async_wrapper(f, _pipeline_name)),
+            (
+                _async.Pipeline,
+                "immediate_execute_command",
+                lambda f: _async_wrapper(f, _command_name),
+            ),
         ]
-    return found
+    return [(cls, name, wrap) for cls, name, wrap in found if name in cls.__dict__]
+
+
+_patches = Patches()
 
 
 class RedisIntegration(Integration):
@@ -154,15 +183,10 @@ class RedisIntegration(Integration):
 
     def install(self, agent: Agent) -> None:
         for cls, method, wrap in _targets():
-            if (cls, method) not in _saved:
-                original = cls.__dict__[method]
-                _saved[(cls, method)] = original
-                setattr(cls, method, wrap(original))
+            _patches.apply(cls, method, wrap)
 
     def uninstall(self) -> None:
-        for (cls, method), original in list(_saved.items()):
-            setattr(cls, method, original)
-            del _saved[(cls, method)]
+        _patches.restore()
 
 
 INTEGRATION = RedisIntegration

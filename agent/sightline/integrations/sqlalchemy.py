@@ -32,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from .. import _agent, _db, _safety
 from ..metrics import DB_SYSTEM, POOL_NAME, Described
 from . import DidNotEnable, Integration
+from ._patches import Patches
 
 try:
     from sqlalchemy import event
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 # Every pool seen, and its name (the engine's URL, or its dialect until an engine says).
 _pools: weakref.WeakKeyDictionary[Any, tuple[str, str]] = weakref.WeakKeyDictionary()
 _pools_lock = threading.Lock()
-_saved: dict[str, Any] = {}
+_patches = Patches()
 
 
 def system(dialect: Any) -> str:
@@ -64,9 +65,13 @@ def _remember(engine: Any) -> None:
     if pool is None:
         return
     with _pools_lock:
-        if pool not in _pools or _pools[pool][1] == _pools[pool][0]:
-            dialect = system(engine.dialect)
-            _pools[pool] = (dialect, pool_name(engine.url))
+        _pools[pool] = (system(engine.dialect), pool_name(engine.url))
+
+
+def _unnamed(engine: Any) -> bool:
+    """Whether the engine's pool is unknown, or known only by its system's name."""
+    known = _pools.get(getattr(engine, "pool", None))
+    return known is None or known[0] == known[1]
 
 
 def _identity(pool: Any) -> tuple[str, str]:
@@ -110,7 +115,7 @@ def _statement_done(conn: Any, context: Any, statement: Any, error: str) -> None
     context._sightline_started = None
     with _safety.internal_errors("sqlalchemy.measure"):
         engine = getattr(conn, "engine", None)
-        if engine is not None and engine.pool not in _pools:
+        if engine is not None and _unnamed(engine):
             _remember(engine)
         if conn.dialect.driver in _db.DRIVER_NAMES:
             return  # the driver's own integration counted it
@@ -120,18 +125,34 @@ def _statement_done(conn: Any, context: Any, statement: Any, error: str) -> None
 # -- pools
 
 
-def _connect(self: Any) -> Any:
-    agent = _agent.current
-    if agent is None:
-        return _saved["connect"](self)
-    start = time.perf_counter()
-    try:
-        connection = _saved["connect"](self)
-    except sa_exc.TimeoutError:
-        _waited(agent, self, start, timed_out=True)
-        raise
-    _waited(agent, self, start, timed_out=False)
-    return connection
+def _connect(original: Any) -> Any:
+    def connect(self: Any) -> Any:
+        agent = _agent.current
+        if agent is None:
+            return original(self)
+        start = time.perf_counter()
+        try:
+            connection = original(self)
+        except sa_exc.TimeoutError:
+            _waited(agent, self, start, timed_out=True)
+            raise
+        _waited(agent, self, start, timed_out=False)
+        return connection
+
+    connect.__wrapped__ = original  # type: ignore[attr-defined]
+    return connect
+
+
+def _recreate(original: Any) -> Any:
+    def recreate(self: Any) -> Any:
+        new = original(self)
+        with _safety.internal_errors("sqlalchemy.pool"), _pools_lock:
+            if self in _pools:
+                _pools[new] = _pools[self]  # engine.dispose(): the new pool keeps the name
+        return new
+
+    recreate.__wrapped__ = original  # type: ignore[attr-defined]
+    return recreate
 
 
 def _waited(agent: Agent, pool: Any, start: float, timed_out: bool) -> None:
@@ -140,13 +161,17 @@ def _waited(agent: Agent, pool: Any, start: float, timed_out: bool) -> None:
         key = _identity(pool)
         agent.metrics.pool_wait.child(key).observe(seconds)
         if timed_out:
-            agent.metrics.pool_timeouts.labels(*key).inc()
+            agent.metrics.pool_timeout(key)
 
 
-def _engine_init(self: Any, *args: Any, **kwargs: Any) -> None:
-    _saved["engine_init"](self, *args, **kwargs)
-    with _safety.internal_errors("sqlalchemy.engine"):
-        _remember(self)
+def _engine_init(original: Any) -> Any:
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        with _safety.internal_errors("sqlalchemy.engine"):
+            _remember(self)
+
+    init.__wrapped__ = original  # type: ignore[attr-defined]
+    return init
 
 
 class PoolCollector(Described):
@@ -187,6 +212,17 @@ class PoolCollector(Described):
         yield most
 
 
+def _pool_classes() -> list[type]:
+    """Pool and every pool class SQLAlchemy ships (each may define connect or recreate)."""
+    import sqlalchemy.pool as pools
+
+    found: list[type] = [Pool]
+    for value in vars(pools).values():
+        if isinstance(value, type) and issubclass(value, Pool) and value not in found:
+            found.append(value)
+    return found
+
+
 class SQLAlchemyIntegration(Integration):
     name = "sqlalchemy"
 
@@ -194,23 +230,25 @@ class SQLAlchemyIntegration(Integration):
         self._collector: PoolCollector | None = None
 
     def install(self, agent: Agent) -> None:
-        if "connect" not in _saved:
+        if self._collector is None:
+            collector = PoolCollector()
+            agent.metrics.register(collector)  # first: it may refuse a name the app took
+            self._collector = collector
+        if not _patches:
+            for cls in _pool_classes():
+                if "connect" in cls.__dict__:  # Pool, and SingletonThreadPool's own
+                    _patches.apply(cls, "connect", _connect)
+                if "recreate" in cls.__dict__:
+                    _patches.apply(cls, "recreate", _recreate)
+            _patches.apply(Engine, "__init__", _engine_init)
             for name, listener in _LISTENERS:
                 event.listen(Engine, name, listener)
-            _saved["connect"] = Pool.connect
-            Pool.connect = _connect  # type: ignore[method-assign]
-            _saved["engine_init"] = Engine.__init__
-            Engine.__init__ = _engine_init  # type: ignore[method-assign]
-        if self._collector is None:
-            self._collector = PoolCollector()
-            agent.metrics.register(self._collector)
 
     def uninstall(self) -> None:
-        if "connect" in _saved:
+        if _patches:
             for name, listener in _LISTENERS:
                 event.remove(Engine, name, listener)
-            Pool.connect = _saved.pop("connect")  # type: ignore[method-assign]
-            Engine.__init__ = _saved.pop("engine_init")  # type: ignore[method-assign]
+            _patches.restore()
         self._collector = None  # the agent's metrics unregister it
 
 

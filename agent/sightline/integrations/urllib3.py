@@ -3,16 +3,19 @@ tracing on, calls carry ``traceparent`` and appear as CLIENT spans.
 
 The measurement wraps ``HTTPConnectionPool._make_request``, which sends one request on
 one connection (urllib3 1.26 and 2.x): each retry and each redirect it follows is a
-request of its own, as OpenTelemetry's conventions count them. Spans come from
+request of its own, as OpenTelemetry's conventions count them. It lasts until the response
+headers, or the whole body when urllib3 preloads it (its default; requests streams). Spans come from
 ``opentelemetry-instrumentation-urllib3`` (``pip install 'sightline[clients]'``).
 """
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 from . import DidNotEnable
 from ._clients import ClientIntegration, timed
+from ._patches import Patches
 
 try:
     from urllib3.connectionpool import HTTPConnectionPool
@@ -24,12 +27,29 @@ try:
 except ImportError:
     _instrumentor = None
 
-_saved: dict[str, Any] = {}
-
 
 def _describe(args: tuple[Any, ...]) -> tuple[str, str]:
     pool, _conn, method = args[:3]
+    url = args[3] if len(args) > 3 else ""
+    if isinstance(url, str) and url.startswith(("http://", "https://")):
+        # Absolute form: a plain-HTTP request through a proxy; the host is the target's.
+        return str(method), urllib.parse.urlsplit(url).hostname or str(pool.host)
     return str(method), str(pool.host)
+
+
+_patches = Patches()
+
+
+def measure() -> None:
+    _patches.apply(
+        HTTPConnectionPool,
+        "_make_request",
+        lambda original: timed(original, _describe, "urllib3.measure"),
+    )
+
+
+def unmeasure() -> None:
+    _patches.restore()
 
 
 class URLLib3Integration(ClientIntegration):
@@ -38,16 +58,10 @@ class URLLib3Integration(ClientIntegration):
     package = "opentelemetry-instrumentation-urllib3"
 
     def measure(self) -> None:
-        if "make_request" not in _saved:
-            _saved["make_request"] = HTTPConnectionPool._make_request
-            HTTPConnectionPool._make_request = timed(  # type: ignore[method-assign]
-                _saved["make_request"], _describe, "urllib3.measure"
-            )
+        measure()
 
     def unmeasure(self) -> None:
-        original = _saved.pop("make_request", None)
-        if original is not None:
-            HTTPConnectionPool._make_request = original  # type: ignore[method-assign]
+        unmeasure()
 
 
 INTEGRATION = URLLib3Integration
