@@ -10,12 +10,12 @@ CLIENT spans; when that package is missing, one warning says how to get it.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .. import _agent, _safety
+from .. import _agent
 from . import Integration
+from ._patches import timed, timed_async
 
 if TYPE_CHECKING:
     from .._agent import Agent
@@ -74,62 +74,21 @@ class ClientIntegration(Integration):
 Describe = Callable[[tuple[Any, ...]], tuple[str, str]]
 
 
-def timed(send: Callable[..., Any], describe: Describe, where: str) -> Callable[..., Any]:
-    """``send`` measured: ``describe(args)`` gives (method, host); the response's
-    ``status`` or ``status_code`` gives the status. Nothing of Sightline's reaches the
-    caller, and what ``send`` raises is raised unchanged."""
+def measuring(send: Callable[..., Any], describe: Describe, where: str, sync: bool = True) -> Any:
+    """``send`` timed (see :mod:`._patches`): ``describe(args)`` gives (method, host), the
+    response's ``status_code`` or ``status`` the status; empty when no response came."""
 
-    def measured(*args: Any, **kwargs: Any) -> Any:
+    def begin(args: tuple[Any, ...]) -> Any:
         agent = _agent.current
-        if agent is None:
-            return send(*args, **kwargs)
-        start = time.perf_counter()
-        try:
-            response = send(*args, **kwargs)
-        except BaseException as exc:  # a timeout or a cancellation included
-            _observe(agent, describe, args, None, type(exc).__name__, start, where)
-            raise
-        _observe(agent, describe, args, response, "", start, where)
-        return response
+        return None if agent is None else (agent, args)
 
-    measured.__wrapped__ = send  # type: ignore[attr-defined]
-    return measured
-
-
-def timed_async(send: Callable[..., Any], describe: Describe, where: str) -> Callable[..., Any]:
-    """:func:`timed` for a coroutine function."""
-
-    async def measured(*args: Any, **kwargs: Any) -> Any:
-        agent = _agent.current
-        if agent is None:
-            return await send(*args, **kwargs)
-        start = time.perf_counter()
-        try:
-            response = await send(*args, **kwargs)
-        except BaseException as exc:  # asyncio.CancelledError included
-            _observe(agent, describe, args, None, type(exc).__name__, start, where)
-            raise
-        _observe(agent, describe, args, response, "", start, where)
-        return response
-
-    measured.__wrapped__ = send  # type: ignore[attr-defined]
-    return measured
-
-
-def _observe(
-    agent: Agent,
-    describe: Describe,
-    args: tuple[Any, ...],
-    response: Any,
-    error: str,
-    start: float,
-    where: str,
-) -> None:
-    seconds = time.perf_counter() - start
-    with _safety.internal_errors(where):
+    def end(context: Any, response: Any, error: str, seconds: float) -> None:
+        agent, args = context
         method, host = describe(args)
         status = ""
         if response is not None:
             code = getattr(response, "status_code", None) or getattr(response, "status", "")
             status = str(int(code)) if code else ""
         agent.metrics.observe_client(method, host, status, error, seconds)
+
+    return (timed if sync else timed_async)(send, begin, end, where)

@@ -1,4 +1,4 @@
-"""Methods replaced on library classes by the integrations, and put back.
+"""Methods replaced on library classes by the integrations, put back, and timed.
 
 A method is put back only while it is still the wrapper installed here: if something
 patched it afterwards (another instrumentation, a test double), that patch stays, and the
@@ -7,8 +7,11 @@ wrapper inside it passes calls straight through once the agent has stopped.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
+
+from .. import _safety
 
 
 class Patches:
@@ -32,3 +35,64 @@ class Patches:
 
     def __bool__(self) -> bool:
         return bool(self._done)
+
+
+#: Called with a call's arguments before it runs: what ``end`` needs, or None to let the
+#: call through unmeasured (no agent, a call not counted).
+Begin = Callable[[tuple[Any, ...]], Any]
+#: Called after it: (what ``begin`` returned, the result or None, the exception's class
+#: name or "", seconds).
+End = Callable[[Any, Any, str, float], None]
+
+
+def timed(original: Callable[..., Any], begin: Begin, end: End, where: str) -> Any:
+    """``original`` timed: what it returns or raises (a cancellation included) reaches the
+    caller unchanged; ``begin`` and ``end`` run under the safety net."""
+
+    def measured(*args: Any, **kwargs: Any) -> Any:
+        context = _begin(begin, args, where)
+        if context is None:
+            return original(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            result = original(*args, **kwargs)
+        except BaseException as exc:
+            _end(end, context, None, type(exc).__name__, start, where)
+            raise
+        _end(end, context, result, "", start, where)
+        return result
+
+    measured.__wrapped__ = original  # type: ignore[attr-defined]
+    return measured
+
+
+def timed_async(original: Callable[..., Any], begin: Begin, end: End, where: str) -> Any:
+    """:func:`timed` for a coroutine function."""
+
+    async def measured(*args: Any, **kwargs: Any) -> Any:
+        context = _begin(begin, args, where)
+        if context is None:
+            return await original(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            result = await original(*args, **kwargs)
+        except BaseException as exc:
+            _end(end, context, None, type(exc).__name__, start, where)
+            raise
+        _end(end, context, result, "", start, where)
+        return result
+
+    measured.__wrapped__ = original  # type: ignore[attr-defined]
+    return measured
+
+
+def _begin(begin: Begin, args: tuple[Any, ...], where: str) -> Any:
+    with _safety.internal_errors(where):
+        return begin(args)
+    return None  # begin failed (reported): the call goes through unmeasured
+
+
+def _end(end: End, context: Any, result: Any, error: str, start: float, where: str) -> None:
+    seconds = time.perf_counter() - start
+    with _safety.internal_errors(where):
+        end(context, result, error, seconds)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import DidNotEnable
-from ._clients import ClientIntegration, timed, timed_async
+from ._clients import ClientIntegration, measuring
 from ._patches import Patches
 
 try:
@@ -40,12 +40,12 @@ class HTTPXIntegration(ClientIntegration):
         _patches.apply(
             httpx.HTTPTransport,
             "handle_request",
-            lambda original: timed(original, _describe, "httpx.measure"),
+            lambda original: measuring(original, _describe, "httpx.measure"),
         )
         _patches.apply(
             httpx.AsyncHTTPTransport,
             "handle_async_request",
-            lambda original: timed_async(original, _describe, "httpx.measure"),
+            lambda original: measuring(original, _describe, "httpx.measure", sync=False),
         )
 
     def unmeasure(self) -> None:

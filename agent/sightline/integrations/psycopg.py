@@ -12,12 +12,11 @@ wrapped on their classes and put back by ``uninstall``.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
-from .. import _agent, _db, _safety
+from .. import _agent, _db
 from . import DidNotEnable, Integration
-from ._patches import Patches
+from ._patches import Patches, timed, timed_async
 
 try:
     import psycopg
@@ -31,46 +30,22 @@ SYSTEM = "postgresql"
 _SQLALCHEMY_DRIVERS = ("psycopg", "psycopg_async")
 
 
-def _record(agent: Agent, query: Any, error: str, start: float) -> None:
-    seconds = time.perf_counter() - start
-    with _safety.internal_errors("psycopg.measure"):
-        agent.metrics.observe_db(SYSTEM, _db.operation(query), error, seconds)
+def _begin(args: tuple[Any, ...]) -> Any:
+    agent = _agent.current
+    return None if agent is None or len(args) < 2 else (agent, args[1])
+
+
+def _end(context: Any, result: Any, error: str, seconds: float) -> None:
+    agent, query = context
+    agent.metrics.observe_db(SYSTEM, _db.operation(query), error, seconds)
 
 
 def _sync(original: Any) -> Any:
-    def measured(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-        agent = _agent.current
-        if agent is None:
-            return original(self, query, *args, **kwargs)
-        start = time.perf_counter()
-        try:
-            result = original(self, query, *args, **kwargs)
-        except BaseException as exc:  # cancelled or timed out included
-            _record(agent, query, type(exc).__name__, start)
-            raise
-        _record(agent, query, "", start)
-        return result
-
-    measured.__wrapped__ = original  # type: ignore[attr-defined]
-    return measured
+    return timed(original, _begin, _end, "psycopg.measure")
 
 
 def _async(original: Any) -> Any:
-    async def measured(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-        agent = _agent.current
-        if agent is None:
-            return await original(self, query, *args, **kwargs)
-        start = time.perf_counter()
-        try:
-            result = await original(self, query, *args, **kwargs)
-        except BaseException as exc:  # cancelled or timed out included
-            _record(agent, query, type(exc).__name__, start)
-            raise
-        _record(agent, query, "", start)
-        return result
-
-    measured.__wrapped__ = original  # type: ignore[attr-defined]
-    return measured
+    return timed_async(original, _begin, _end, "psycopg.measure")
 
 
 _TARGETS = (

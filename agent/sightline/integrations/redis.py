@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
-from .. import _agent, _safety
+from .. import _agent
 from . import DidNotEnable, Integration
-from ._patches import Patches
+from ._patches import Patches, timed, timed_async
 
 try:
     from redis.client import Pipeline, Redis
@@ -65,64 +64,39 @@ def _ours() -> bool:
     return threading.current_thread().name.startswith("sightline-")
 
 
-def _record(agent: Agent, name: str, result: Any, error: str, start: float) -> None:
-    seconds = time.perf_counter() - start
-    with _safety.internal_errors("redis.measure"):
-        agent.metrics.observe_db(SYSTEM, name, error, seconds)
-        if error or name not in _LOOKUPS:
-            return
-        if name == "GET":
-            hit = result is not None
-            agent.metrics.cache_lookup(SYSTEM, int(hit), int(not hit))
-        elif isinstance(result, list):
-            misses = sum(value is None for value in result)
-            agent.metrics.cache_lookup(SYSTEM, len(result) - misses, misses)
+def _end(context: Any, result: Any, error: str, seconds: float) -> None:
+    agent, name = context
+    agent.metrics.observe_db(SYSTEM, name, error, seconds)
+    if error or name not in _LOOKUPS:
+        return
+    if name == "GET":
+        hit = result is not None
+        agent.metrics.cache_lookup(SYSTEM, int(hit), int(not hit))
+    elif isinstance(result, list):
+        misses = sum(value is None for value in result)
+        agent.metrics.cache_lookup(SYSTEM, len(result) - misses, misses)
 
 
-def _name(name_of: Any, client: Any, args: tuple[Any, ...]) -> str | None:
-    """The operation's name, None when it is not counted; never raises."""
-    try:
-        return name_of(client, args)  # type: ignore[no-any-return]
-    except Exception:  # an argument whose str() fails: the command still runs, as _OTHER
-        return OTHER
+def _beginning(name_of: Any) -> Any:
+    def begin(args: tuple[Any, ...]) -> Any:
+        agent = _agent.current
+        if agent is None or _ours():
+            return None
+        try:
+            name = name_of(args[0], args[1:])  # before running: a pipeline resets itself
+        except Exception:  # an argument whose str() fails: the command still runs
+            name = OTHER
+        return None if name is None else (agent, name)
+
+    return begin
 
 
 def _sync(original: Any, name_of: Any) -> Any:
-    def measured(self: Any, *args: Any, **kwargs: Any) -> Any:
-        agent = _agent.current
-        name = None if agent is None or _ours() else _name(name_of, self, args)
-        if agent is None or name is None:
-            return original(self, *args, **kwargs)
-        start = time.perf_counter()
-        try:
-            result = original(self, *args, **kwargs)
-        except BaseException as exc:  # cancelled or timed out (gevent) included
-            _record(agent, name, None, type(exc).__name__, start)
-            raise
-        _record(agent, name, result, "", start)
-        return result
-
-    measured.__wrapped__ = original  # type: ignore[attr-defined]
-    return measured
+    return timed(original, _beginning(name_of), _end, "redis.measure")
 
 
 def _async_wrapper(original: Any, name_of: Any) -> Any:
-    async def measured(self: Any, *args: Any, **kwargs: Any) -> Any:
-        agent = _agent.current
-        name = None if agent is None or _ours() else _name(name_of, self, args)
-        if agent is None or name is None:
-            return await original(self, *args, **kwargs)
-        start = time.perf_counter()
-        try:
-            result = await original(self, *args, **kwargs)
-        except BaseException as exc:  # asyncio.CancelledError included
-            _record(agent, name, None, type(exc).__name__, start)
-            raise
-        _record(agent, name, result, "", start)
-        return result
-
-    measured.__wrapped__ = original  # type: ignore[attr-defined]
-    return measured
+    return timed_async(original, _beginning(name_of), _end, "redis.measure")
 
 
 def _command_name(client: Any, args: tuple[Any, ...]) -> str | None:

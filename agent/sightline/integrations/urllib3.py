@@ -14,7 +14,7 @@ import urllib.parse
 from typing import Any
 
 from . import DidNotEnable
-from ._clients import ClientIntegration, timed
+from ._clients import ClientIntegration, measuring
 from ._patches import Patches
 
 try:
@@ -44,7 +44,7 @@ def measure() -> None:
     _patches.apply(
         HTTPConnectionPool,
         "_make_request",
-        lambda original: timed(original, _describe, "urllib3.measure"),
+        lambda original: measuring(original, _describe, "urllib3.measure"),
     )
 
 
