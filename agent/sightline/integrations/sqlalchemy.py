@@ -87,9 +87,13 @@ def _identity(pool: Any) -> tuple[str, str]:
 # -- statements
 
 
+# The listeners run inside the app's own execute: nothing of theirs may reach it.
+
+
 def _before(conn: Any, cursor: Any, statement: Any, params: Any, context: Any, many: Any) -> None:
     if _agent.current is not None and context is not None:
-        context._sightline_started = time.perf_counter()
+        with _safety.internal_errors("sqlalchemy.measure"):
+            context._sightline_started = time.perf_counter()
 
 
 def _after(conn: Any, cursor: Any, statement: Any, params: Any, context: Any, many: Any) -> None:
@@ -97,13 +101,13 @@ def _after(conn: Any, cursor: Any, statement: Any, params: Any, context: Any, ma
 
 
 def _error(exception_context: Any) -> None:
-    error = type(exception_context.original_exception).__name__
-    _statement_done(
-        exception_context.connection,
-        exception_context.execution_context,
-        exception_context.statement,
-        error,
-    )
+    with _safety.internal_errors("sqlalchemy.measure"):
+        _statement_done(
+            exception_context.connection,
+            exception_context.execution_context,
+            exception_context.statement,
+            type(exception_context.original_exception).__name__,
+        )
 
 
 def _statement_done(conn: Any, context: Any, statement: Any, error: str) -> None:
@@ -112,8 +116,8 @@ def _statement_done(conn: Any, context: Any, statement: Any, error: str) -> None
     if agent is None or started is None:
         return
     seconds = time.perf_counter() - started
-    context._sightline_started = None
     with _safety.internal_errors("sqlalchemy.measure"):
+        context._sightline_started = None
         engine = getattr(conn, "engine", None)
         if engine is not None and _unnamed(engine):
             _remember(engine)
