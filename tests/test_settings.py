@@ -305,6 +305,7 @@ SAMPLES = {
     "worker_capacity": "8",
     "multiprocess": "off",
     "queue_sample_interval": "2.5",
+    "rabbitmq_api": "http://monitor:s3cret@rabbit:15672",
     "exemplars": "false",
     "integrations": "flask,celery",
     "disabled_integrations": "rq",
@@ -397,3 +398,21 @@ def test_keywords_are_seconds_and_tuples_whatever_the_variable_takes() -> None:
         Settings.load({}, {"metrics_addr": ("0.0.0.0", "9464")})
     with pytest.raises(ConfigError, match="otlp_headers"):
         Settings.load({}, {"otlp_headers": {"bad name": "x"}})
+
+
+@pytest.mark.parametrize("raw", ["ftp://rabbit:15672", "sometimes", "http://rabbit:15672/?x=1"])
+def test_rabbitmq_api_refuses_what_is_neither_a_url_nor_a_word(raw: str) -> None:
+    """SIGHTLINE_RABBITMQ_API takes auto, off or an http(s) URL; anything else is an error
+    naming the variable and the choices, with any password in the value hidden."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"SIGHTLINE_RABBITMQ_API": raw})
+    assert "SIGHTLINE_RABBITMQ_API" in str(caught.value)
+    assert "auto, off" in str(caught.value)
+
+
+def test_rabbitmq_api_hides_the_password_of_a_bad_url() -> None:
+    """A bad SIGHTLINE_RABBITMQ_API URL with credentials is reported without its password."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"SIGHTLINE_RABBITMQ_API": "http://monitor:s3cret@rabbit:99999"})
+    assert "s3cret" not in str(caught.value)
+    assert "rabbit:99999" in str(caught.value)

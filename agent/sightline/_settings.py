@@ -177,6 +177,22 @@ def _url(raw: str) -> str:
     return value
 
 
+def _url_or_word(*words: str) -> Callable[[str], str]:
+    """A URL, or one of ``words`` (``auto``, ``off``) meaning something else."""
+
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if value.lower() in words:
+            return value.lower()
+        try:
+            return _url(value)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, or one of {', '.join(words)}") from None
+
+    parse.is_url = True  # type: ignore[attr-defined]
+    return parse
+
+
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
@@ -412,6 +428,14 @@ SPECS: dict[str, _Spec] = {
         _Number(0.1, 3600, whole=False, unit="of seconds"),
         "5",
         "Seconds between two readings of the background-task queues' depth.",
+    ),
+    "rabbitmq_api": _Spec(
+        ("SIGHTLINE_RABBITMQ_API",),
+        _url_or_word("auto", "off"),
+        "auto",
+        "RabbitMQ management API read for the age of a Celery queue's oldest message: "
+        "`auto` is port 15672 of the broker's host with the broker's credentials; a URL "
+        "(credentials in it, or the broker's); `off` reads the depth only.",
     ),
     "exemplars": _Spec(
         ("SIGHTLINE_EXEMPLARS",),
@@ -758,6 +782,7 @@ class Settings:
     worker_capacity: int | None
     multiprocess: str
     queue_sample_interval: float
+    rabbitmq_api: str
     exemplars: bool
     integrations: tuple[str, ...]
     disabled_integrations: tuple[str, ...]
@@ -940,7 +965,8 @@ def _shown(spec: _Spec, value: Any) -> str:
     the password it may carry (the message goes to logs and terminals)."""
     if spec.secret:
         return "<hidden>"
-    if spec.parse is _url and isinstance(value, str) and "@" in value:
+    is_url = spec.parse is _url or getattr(spec.parse, "is_url", False)
+    if is_url and isinstance(value, str) and "@" in value:
         # Everything up to the last "@" may be credentials (a password may hold "/").
         scheme, sep, rest = value.partition("://")
         value = f"{scheme}{sep}<hidden>@{rest.rpartition('@')[2]}"

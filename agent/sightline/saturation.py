@@ -321,6 +321,7 @@ class QueueDepths(Described):
         self.interval = interval
         self._sources: dict[tuple[str, str], tuple[DepthReader, AgeReader | None, Registries]] = {}
         self._values: dict[tuple[str, str], tuple[float, float | None, dict[str, float]]] = {}
+        self._failures: dict[tuple[str, str, str], int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -360,24 +361,34 @@ class QueueDepths(Described):
             sources = list(self._sources.items())
         for key, (depth, age, registries) in sources:
             try:
-                value = (
-                    float(depth()),
-                    age() if age is not None else None,
-                    {state: float(read()) for state, read in registries.items()},
-                )
+                count = float(depth())
+                held = {state: float(read()) for state, read in registries.items()}
             except Exception as exc:
                 self._values.pop(key, None)
-                warn_rate_limited(
-                    "queues",
-                    type(exc).__name__,
-                    "sightline: cannot read the depth of %s queue %r (%s); retrying",
-                    key[0],
-                    key[1],
-                    exc,
-                )
+                self._failed(key, "depth", exc)
                 continue
+            oldest = None
+            if age is not None:
+                # A broker that tells the depth but not the age still shows the depth.
+                try:
+                    oldest = age()
+                except Exception as exc:
+                    self._failed(key, "age", exc)
             if key in self._sources:
-                self._values[key] = value
+                self._values[key] = (count, oldest, held)
+
+    def _failed(self, key: tuple[str, str], reading: str, exc: Exception) -> None:
+        failures = (*key, reading)
+        self._failures[failures] = self._failures.get(failures, 0) + 1
+        warn_rate_limited(
+            "queues",
+            f"{reading}:{type(exc).__name__}",
+            "sightline: cannot read the %s of %s queue %r (%s); retrying",
+            reading,
+            key[0],
+            key[1],
+            exc,
+        )
 
     def close(self) -> None:
         self._stop.set()
@@ -385,6 +396,7 @@ class QueueDepths(Described):
     def _after_fork(self) -> None:
         self._sources = {}
         self._values = {}
+        self._failures = {}
         self._thread = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -411,6 +423,14 @@ class QueueDepths(Described):
                 age.add_metric(list(key), oldest)
             for state, jobs in registries.items():
                 held.add_metric([*key, state], jobs)
+        failed = CounterMetricFamily(
+            "sightline_queue_read_failures",
+            "Readings of a queue's depth or oldest-message age that failed (logged).",
+            labels=["task_system", "task_queue", "reading"],
+        )
+        for labels, n in list(self._failures.items()):
+            failed.add_metric(list(labels), n)
         yield depth
         yield age
         yield held
+        yield failed

@@ -17,7 +17,9 @@ Everything goes through Celery's own signals, connected once and disconnected by
   concurrency (``worker_process_init`` keeps pool processes from repeating it). With the
   prefork pool the worker becomes a multi-process server, so the pool processes' numbers
   are merged on the main process's metrics endpoint. The depth of every queue the worker
-  consumes is sampled off the task path (on Redis also the age of the oldest message).
+  consumes is sampled off the task path, and the age of its oldest message: on Redis
+  from the list, on RabbitMQ from the management API (``SIGHTLINE_RABBITMQ_API``; the
+  publish hook sets the AMQP ``timestamp`` property it reports).
 
 Eager tasks (``task_always_eager`` or ``.apply()``) run the same hooks, in the caller's
 trace. The worker replaces the root logger's handlers with its own unless
@@ -42,6 +44,7 @@ from .. import _agent, _safety
 from .._multiprocess import Server
 from .._tasks import Run, publish_span
 from . import DidNotEnable, Integration
+from ._rabbitmq import ManagementApi
 
 try:
     from celery import signals
@@ -101,13 +104,18 @@ def _before_publish(
     body: Any = None,
     headers: dict[str, Any] | None = None,
     routing_key: str | None = None,
+    properties: dict[str, Any] | None = None,
     **extra: Any,
 ) -> None:
     agent = _agent.current
     if agent is None or headers is None:
         return
     with _safety.internal_errors("celery.publish"):
-        headers[PUBLISHED] = time.time()
+        now = time.time()
+        headers[PUBLISHED] = now
+        if properties is not None and "timestamp" not in properties:
+            # AMQP's own timestamp: RabbitMQ reports the head message's to its API.
+            properties["timestamp"] = int(now)  # whole seconds since the epoch
         if agent.tracing is None:
             return
         name = str(headers.get("task") or sender)
@@ -240,12 +248,16 @@ def _after_setup_logger(sender: Any = None, **extra: Any) -> None:
 def _track_queues(agent: Agent, app: Any) -> None:
     queues = list(app.amqp.queues.consume_from or app.amqp.queues)
     for queue in queues:
-        agent.queue_depths.track(SYSTEM, str(queue), *_readers(app, str(queue)))
+        readers = _readers(app, str(queue), agent.settings.rabbitmq_api)
+        agent.queue_depths.track(SYSTEM, str(queue), *readers)
 
 
-def _readers(app: Any, queue: str) -> tuple[Any, Any]:
-    """Depth of ``queue`` through kombu (any broker), and on Redis the oldest message's age."""
+def _readers(app: Any, queue: str, rabbitmq_api: str) -> tuple[Any, Any]:
+    """Depth of ``queue`` through kombu (any broker), and the oldest message's age on
+    Redis (the list's last entry) and RabbitMQ (its management API)."""
     connection: Any = None
+    management: list[ManagementApi | None] = []  # made at the first reading
+    waiting = 0.0  # the last depth read
 
     def channel() -> Any:
         nonlocal connection
@@ -256,10 +268,12 @@ def _readers(app: Any, queue: str) -> tuple[Any, Any]:
         return connection.default_channel
 
     def depth() -> float:
-        nonlocal connection
+        nonlocal connection, waiting
+        waiting = 0.0
         try:
             declared = channel().queue_declare(queue=queue, passive=True)
-            return float(declared.message_count)
+            waiting = float(declared.message_count)
+            return waiting
         except Exception as exc:
             if str(getattr(exc, "reply_code", "")) == "404":
                 return 0.0  # Redis deletes an empty list; RabbitMQ: not declared yet
@@ -271,7 +285,12 @@ def _readers(app: Any, queue: str) -> tuple[Any, Any]:
     def age() -> float | None:
         client = getattr(channel(), "client", None)  # kombu's Redis transport only
         if client is None or not hasattr(client, "lindex"):
-            return None
+            if getattr(connection.transport, "driver_type", "") != "amqp":
+                return None
+            if not management:
+                management.append(ManagementApi.for_broker(rabbitmq_api, connection))
+            api = management[0]
+            return api.age(queue, waiting) if api is not None else None
         raw = client.lindex(queue, -1)  # kombu pushes left and pops right: the oldest
         if raw is None:
             return 0.0
