@@ -1,6 +1,6 @@
 """Outgoing HTTP requests measured: `http_client_request_duration_seconds` by method,
-host, status and error, for requests, urllib3 and httpx (sync and async), against a real
-HTTP server on loopback, with tracing off."""
+host, status and error, for requests, urllib3, httpx (sync and async) and aiohttp's
+client, against a real HTTP server on loopback, with tracing off."""
 
 from __future__ import annotations
 
@@ -98,11 +98,26 @@ def _httpx_async(method: str, url: str) -> None:
     asyncio.run(call())
 
 
+def _aiohttp(method: str, url: str) -> None:
+    import aiohttp
+
+    async def call() -> None:
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.request(method, url) as response,
+        ):
+            await response.read()
+
+    asyncio.run(call())
+
+
 CLIENTS: dict[str, Callable[[str, str], None]] = {
     "requests": _requests,
     "urllib3": _urllib3,
     "httpx": _httpx,
     "httpx-async": _httpx_async,
+    "aiohttp": _aiohttp,
 }
 # (what the caller gets, what error_type says: urllib3's exception under requests' own)
 CONNECT_ERRORS = {
@@ -110,6 +125,7 @@ CONNECT_ERRORS = {
     "urllib3": ("urllib3.exceptions.MaxRetryError", "NewConnectionError"),
     "httpx": ("httpx.ConnectError", "ConnectError"),
     "httpx-async": ("httpx.ConnectError", "ConnectError"),
+    "aiohttp": ("aiohttp.ClientConnectorError", "ClientConnectorError"),
 }
 
 
@@ -147,23 +163,51 @@ def test_each_outgoing_request_is_counted_by_method_host_status_and_error(
 def test_shutdown_puts_the_send_methods_back(registry: CollectorRegistry) -> None:
     """After shutdown the libraries' send methods are their own again, and requests are
     no longer measured."""
+    import aiohttp
     import httpx
     from urllib3.connectionpool import HTTPConnectionPool
 
-    originals = (
-        HTTPConnectionPool._make_request,
-        httpx.HTTPTransport.handle_request,
-        httpx.AsyncHTTPTransport.handle_async_request,
-    )
+    def current() -> tuple[Any, ...]:
+        return (
+            HTTPConnectionPool._make_request,
+            httpx.HTTPTransport.handle_request,
+            httpx.AsyncHTTPTransport.handle_async_request,
+            aiohttp.ClientSession.__init__,
+        )
+
+    originals = current()
     sightline.init(service="test", registry=registry, metrics_addr="off", traces=False, logs=False)
-    assert HTTPConnectionPool._make_request is not originals[0]
-    assert httpx.HTTPTransport.handle_request is not originals[1]
+    assert all(now is not before for now, before in zip(current(), originals, strict=True))
     sightline.shutdown()
-    assert (
-        HTTPConnectionPool._make_request,
-        httpx.HTTPTransport.handle_request,
-        httpx.AsyncHTTPTransport.handle_async_request,
-    ) == originals
+    assert current() == originals
+
+
+def test_shutdown_with_tracing_puts_every_send_method_back(
+    registry: CollectorRegistry, backend: Any
+) -> None:
+    """With tracing on, OpenTelemetry's client instrumentations wrap some of the methods
+    Sightline wrapped; after shutdown every one is the library's own again."""
+    import aiohttp
+    import httpx
+    from urllib3.connectionpool import HTTPConnectionPool
+
+    def current() -> tuple[Any, ...]:
+        return (
+            HTTPConnectionPool._make_request,
+            HTTPConnectionPool.urlopen,
+            httpx.HTTPTransport.handle_request,
+            httpx.AsyncHTTPTransport.handle_async_request,
+            aiohttp.ClientSession.__init__,
+        )
+
+    originals = current()
+    sightline.init(
+        service="test", registry=registry, metrics_addr="off", logs=False,
+        otlp_endpoint=backend.url,
+    )  # fmt: skip
+    assert current() != originals
+    sightline.shutdown()
+    assert current() == originals
 
 
 def test_shutdown_leaves_a_patch_made_after_init(registry: CollectorRegistry) -> None:
@@ -209,3 +253,28 @@ def test_without_the_instrumentation_requests_are_measured_and_one_warning_says_
     [warning] = [r.getMessage() for r in caplog.records if "urllib3 calls" in r.getMessage()]
     assert "carry no trace context" in warning
     assert "pip install 'sightline[clients]' (opentelemetry-instrumentation-urllib3)" in warning
+
+
+def test_aiohttp_sessions_keep_their_own_trace_configs(
+    agent: CollectorRegistry, server: str
+) -> None:
+    """An aiohttp session made with trace configs of its own keeps them (their hooks still
+    run) and is measured too."""
+    aiohttp = pytest.importorskip("aiohttp")
+    seen: list[str] = []
+
+    async def on_end(session: Any, context: Any, params: Any) -> None:
+        seen.append(str(params.response.status))
+
+    theirs = aiohttp.TraceConfig()
+    theirs.on_request_end.append(on_end)
+
+    async def call() -> None:
+        async with aiohttp.ClientSession(trace_configs=[theirs]) as session:
+            for _ in range(2):
+                async with session.get(server + "/status/201") as response:
+                    await response.read()
+
+    asyncio.run(call())
+    assert seen == ["201", "201"]
+    assert counts(agent) == {("GET", "127.0.0.1", "201", ""): 2.0}

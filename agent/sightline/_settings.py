@@ -31,6 +31,7 @@ INTEGRATION_NAMES = (
     "rq",
     "requests",
     "httpx",
+    "aiohttp",
     "urllib3",
     "redis",
     "sqlalchemy",

@@ -76,6 +76,7 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
     "rq": ("rq",),
     "requests": ("requests",),
     "httpx": ("httpx",),
+    "aiohttp": ("aiohttp",),
     "urllib3": ("urllib3",),
     "redis": ("redis",),
     "sqlalchemy": ("sqlalchemy",),

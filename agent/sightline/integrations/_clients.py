@@ -65,10 +65,12 @@ class ClientIntegration(Integration):
         self._enabled = instrumentor
 
     def uninstall(self) -> None:
-        self.unmeasure()
+        # The instrumentation first: it may have wrapped the same method after us, and
+        # unwrapping gives ours back, to be put back in turn.
         if self._enabled is not None:
             self._enabled.uninstrument()
             self._enabled = None
+        self.unmeasure()
 
 
 Describe = Callable[[tuple[Any, ...]], tuple[str, str]]
