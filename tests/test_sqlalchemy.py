@@ -254,3 +254,68 @@ def test_raw_psycopg_sync_and_async_statements_are_counted(
         cursor.execute("SELECT generate_series(1, 3)")
         assert [row[0] for row in cursor] == [1, 2, 3]
     assert delta(before, operations(agent, "postgresql")) == {("SELECT", ""): 1.0}
+
+
+def copy_then_fail(cursor: Any) -> None:
+    with cursor.copy("COPY copied (id) FROM STDIN") as copy:
+        copy.write_row((99,))
+        raise ValueError("the app's own")
+
+
+async def copy_then_fail_async(cursor: Any) -> None:
+    async with cursor.copy("COPY copied (id) FROM STDIN") as copy:
+        await copy.write_row((99,))
+        raise ValueError("the app's own")
+
+
+def test_psycopg_stream_and_copy_are_operations_too(
+    agent: CollectorRegistry, postgresql: str
+) -> None:
+    """psycopg's stream() is one operation, counted when its first row comes (or its
+    error), with every row still reaching the caller, even one that stops early; copy()
+    is one operation for its whole block, failed when the block raises; sync and
+    asyncio alike."""
+    psycopg = pytest.importorskip("psycopg")
+    dsn = f"postgresql://{postgresql}"
+    want = {("CREATE", ""): 1.0, ("COPY", ""): 1.0, ("COPY", "ValueError"): 1.0,
+            ("SELECT", ""): 2.0, ("SELECT", "UndefinedTable"): 1.0,
+            ("DROP", ""): 1.0}  # fmt: skip
+
+    before = operations(agent, "postgresql")
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cursor:
+        cursor.execute("CREATE TABLE copied (id integer)")
+        with cursor.copy("COPY copied (id) FROM STDIN") as copy:
+            for i in range(5):
+                copy.write_row((i,))
+        with pytest.raises(ValueError, match="the app's own"):
+            copy_then_fail(cursor)
+        assert [row[0] for row in cursor.stream("SELECT id FROM copied ORDER BY id")] == [
+            0, 1, 2, 3, 4,
+        ]  # fmt: skip
+        for _row in cursor.stream("SELECT id FROM copied ORDER BY id"):
+            break  # stopped early: the connection is still usable below
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            list(cursor.stream("SELECT * FROM no_such_table"))
+        cursor.execute("DROP TABLE copied")
+    assert delta(before, operations(agent, "postgresql")) == want
+
+    async def run() -> list[int]:
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        async with conn, conn.cursor() as cursor:
+            await cursor.execute("CREATE TABLE copied (id integer)")
+            async with cursor.copy("COPY copied (id) FROM STDIN") as copy:
+                for i in range(5):
+                    await copy.write_row((i,))
+            with pytest.raises(ValueError, match="the app's own"):
+                await copy_then_fail_async(cursor)
+            rows = [row[0] async for row in cursor.stream("SELECT id FROM copied ORDER BY id")]
+            async for _row in cursor.stream("SELECT id FROM copied ORDER BY id"):
+                break
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                [row async for row in cursor.stream("SELECT * FROM no_such_table")]
+            await cursor.execute("DROP TABLE copied")
+            return rows
+
+    before = operations(agent, "postgresql")
+    assert asyncio.run(run()) == [0, 1, 2, 3, 4]
+    assert delta(before, operations(agent, "postgresql")) == want

@@ -7,6 +7,7 @@ wrapper inside it passes calls straight through once the agent has stopped.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -96,3 +97,106 @@ def _end(end: End, context: Any, result: Any, error: str, start: float, where: s
     seconds = time.perf_counter() - start
     with _safety.internal_errors(where):
         end(context, result, error, seconds)
+
+
+def timed_stream(original: Callable[..., Any], begin: Begin, end: End, where: str) -> Any:
+    """:func:`timed` for a generator function that runs its call when the first item is
+    asked for (a query streamed row by row): timed until the first item (or the end, or
+    the error); the rest is the caller's pace, not the call's."""
+
+    def measured(*args: Any, **kwargs: Any) -> Any:
+        items = original(*args, **kwargs)
+        context = _begin(begin, args, where)
+        return items if context is None else _first_timed(items, context, end, where)
+
+    measured.__wrapped__ = original  # type: ignore[attr-defined]
+    return measured
+
+
+def _first_timed(items: Any, context: Any, end: End, where: str) -> Any:
+    start = time.perf_counter()
+    try:
+        first = next(items)
+    except StopIteration:
+        _end(end, context, None, "", start, where)
+        return
+    except BaseException as exc:
+        _end(end, context, None, type(exc).__name__, start, where)
+        raise
+    _end(end, context, None, "", start, where)
+    yield first
+    yield from items
+
+
+def timed_async_stream(original: Callable[..., Any], begin: Begin, end: End, where: str) -> Any:
+    """:func:`timed_stream` for an async generator function."""
+
+    def measured(*args: Any, **kwargs: Any) -> Any:
+        items = original(*args, **kwargs)
+        context = _begin(begin, args, where)
+        return items if context is None else _first_timed_async(items, context, end, where)
+
+    measured.__wrapped__ = original  # type: ignore[attr-defined]
+    return measured
+
+
+async def _first_timed_async(items: Any, context: Any, end: End, where: str) -> Any:
+    start = time.perf_counter()
+    try:
+        first = await items.__anext__()
+    except StopAsyncIteration:
+        _end(end, context, None, "", start, where)
+        return
+    except BaseException as exc:
+        _end(end, context, None, type(exc).__name__, start, where)
+        raise
+    _end(end, context, None, "", start, where)
+    try:
+        yield first
+        async for item in items:
+            yield item
+    finally:
+        await items.aclose()  # as `yield from` would close it: the connection is freed
+
+
+def timed_block(original: Callable[..., Any], begin: Begin, end: End, where: str) -> Any:
+    """:func:`timed` for a method returning a context manager (a COPY): timed from entering
+    it to leaving it; an exception leaving the block is the call's error."""
+
+    @contextlib.contextmanager
+    def measured(*args: Any, **kwargs: Any) -> Any:
+        context = _begin(begin, args, where)
+        start = time.perf_counter()
+        try:
+            with original(*args, **kwargs) as value:
+                yield value
+        except BaseException as exc:
+            if context is not None:
+                _end(end, context, None, type(exc).__name__, start, where)
+            raise
+        if context is not None:
+            _end(end, context, None, "", start, where)
+
+    measured.__wrapped__ = original  # type: ignore[attr-defined]
+    return measured
+
+
+def timed_async_block(original: Callable[..., Any], begin: Begin, end: End, where: str) -> Any:
+    """:func:`timed_block` for a method returning an async context manager."""
+
+    @contextlib.asynccontextmanager
+    async def measured(*args: Any, **kwargs: Any) -> Any:
+        context = _begin(begin, args, where)
+        start = time.perf_counter()
+        try:
+            async with original(*args, **kwargs) as value:
+                yield value
+        except BaseException as exc:
+            if context is not None:
+                _end(end, context, None, type(exc).__name__, start, where)
+            raise
+        if context is not None:
+            _end(end, context, None, "", start, where)
+
+    measured.__wrapped__ = original  # type: ignore[attr-defined]
+    return measured

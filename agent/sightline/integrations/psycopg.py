@@ -1,8 +1,9 @@
 """psycopg 3 (sync and asyncio): every statement measured at the driver.
 
 ``db_client_operation_duration_seconds{db_system_name="postgresql"}``: one observation per
-``execute`` or ``executemany`` of a cursor (``Connection.execute`` and named, server-side
-cursors included; ``stream()`` and ``copy()`` are not measured),
+``execute``, ``executemany``, ``stream`` or ``copy`` of a cursor (``Connection.execute``
+and named, server-side cursors included; ``stream()`` is timed until its first row, as
+the rest comes at the caller's pace; ``copy()`` from entering its block to leaving it),
 by operation (the statement's first keyword; a ``psycopg.sql`` composition is
 ``_OTHER``) and error (psycopg's exception class: ``UniqueViolation``, ``OperationalError``,
 ...). SQLAlchemy and Django over psycopg 3 leave their statements to this integration, so
@@ -16,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _agent, _db
 from . import DidNotEnable, Integration
-from ._patches import Patches, timed, timed_async
+from ._patches import (
+    Patches,
+    timed,
+    timed_async,
+    timed_async_block,
+    timed_async_stream,
+    timed_block,
+    timed_stream,
+)
 
 try:
     import psycopg
@@ -48,11 +57,19 @@ def _async(original: Any) -> Any:
     return timed_async(original, _begin, _end, "psycopg.measure")
 
 
+def _wrapping(timer: Any) -> Any:
+    return lambda original: timer(original, _begin, _end, "psycopg.measure")
+
+
 _TARGETS = (
     (psycopg.Cursor, "execute", _sync),
     (psycopg.Cursor, "executemany", _sync),
+    (psycopg.Cursor, "stream", _wrapping(timed_stream)),
+    (psycopg.Cursor, "copy", _wrapping(timed_block)),
     (psycopg.AsyncCursor, "execute", _async),
     (psycopg.AsyncCursor, "executemany", _async),
+    (psycopg.AsyncCursor, "stream", _wrapping(timed_async_stream)),
+    (psycopg.AsyncCursor, "copy", _wrapping(timed_async_block)),
     # Named (server-side) cursors run their own execute: Django's iterator(), SQLAlchemy's
     # stream_results.
     (psycopg.ServerCursor, "execute", _sync),
