@@ -80,6 +80,7 @@ per-round differences) and that cost relative to the stack it is compared with::
     python benchmarks/overhead.py --suite rq            # 8 rounds x 1000 jobs
     python benchmarks/overhead.py --suite sqlalchemy    # 10 rounds x 20000 queries
     python benchmarks/overhead.py --suite redis         # 10 rounds x 20000 commands
+    python benchmarks/overhead.py --suite http_client   # 10 rounds x 5000 requests
 """
 
 from __future__ import annotations
@@ -1038,6 +1039,69 @@ def setup_redis_sightline() -> OpVariant:
     return OpVariant(call, b"lamp", samples(registry, "db_client_operation_duration_seconds_count"))
 
 
+#: A keep-alive HTTP/1.1 server answering every GET with "ok", run in a process of its
+#: own so that it takes no time from the process being measured.
+HTTP_SERVER = """
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Answer(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as written
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+server = HTTPServer(("127.0.0.1", 0), Answer)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+def http_get() -> Callable[[], Any]:
+    """A GET through one requests Session (a kept-alive connection) to a loopback server."""
+    import atexit
+
+    import requests
+
+    server = subprocess.Popen(
+        [sys.executable, "-c", HTTP_SERVER], stdout=subprocess.PIPE, text=True
+    )
+    atexit.register(server.kill)
+    assert server.stdout is not None
+    url = f"http://127.0.0.1:{server.stdout.readline().strip()}/items/42"
+    session = requests.Session()
+    return lambda: session.get(url).content
+
+
+def setup_http_bare() -> OpVariant:
+    return OpVariant(http_get(), b"ok")
+
+
+def setup_http_incumbent() -> OpVariant:
+    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+
+    provider, exported = otel_sdk()
+    RequestsInstrumentor().instrument(tracer_provider=provider)
+    return OpVariant(http_get(), b"ok", None, exported)
+
+
+def setup_http_sightline() -> OpVariant:
+    import sightline
+
+    registry = CollectorRegistry()
+    sightline.init(service="bench", registry=registry, metrics_addr="off", traces=False, logs=False)
+    return OpVariant(
+        http_get(), b"ok", samples(registry, "http_client_request_duration_seconds_count")
+    )
+
+
 OP_VARIANTS: dict[str, Callable[[], OpVariant]] = {
     "sqla_bare": setup_sqla_bare,
     "sqla_incumbent": setup_sqla_incumbent,
@@ -1045,6 +1109,9 @@ OP_VARIANTS: dict[str, Callable[[], OpVariant]] = {
     "redis_bare": setup_redis_bare,
     "redis_incumbent": setup_redis_incumbent,
     "redis_sightline": setup_redis_sightline,
+    "http_bare": setup_http_bare,
+    "http_incumbent": setup_http_incumbent,
+    "http_sightline": setup_http_sightline,
 }
 
 
@@ -1252,6 +1319,20 @@ SUITES: dict[str, Suite] = {
         unit="statement",
         request="SELECT name FROM item WHERE id = 42",
         target_text={"sqla_sightline": "0.25x"},
+    ),
+    "http_client": Suite(
+        title="Outgoing HTTP: a GET through requests to a loopback server in another process",
+        variants=("http_bare", "http_incumbent", "http_sightline"),
+        baseline="http_bare",
+        references={"http_incumbent": "http_incumbent", "http_sightline": "http_incumbent"},
+        targets={"http_sightline": 0.25},
+        rounds=10,
+        requests=5000,
+        warmup=500,
+        libraries=("requests", "urllib3", "opentelemetry-instrumentation-requests"),
+        unit="request",
+        request="GET /items/42 (kept-alive connection)",
+        target_text={"http_sightline": "0.25x"},
     ),
     "redis": Suite(
         title="Redis: a GET through redis-py on an in-process Redis (fakeredis)",
