@@ -319,3 +319,70 @@ def test_psycopg_stream_and_copy_are_operations_too(
     before = operations(agent, "postgresql")
     assert asyncio.run(run()) == [0, 1, 2, 3, 4]
     assert delta(before, operations(agent, "postgresql")) == want
+
+
+def test_statements_in_a_traced_request_are_client_spans_without_their_literals(
+    backend: Any, registry: CollectorRegistry, postgresql: str
+) -> None:
+    """Inside a recorded request, each statement (SQLAlchemy on SQLite, psycopg on
+    PostgreSQL) is a CLIENT span under the request's span, named by its operation, with
+    db.system.name and the query text with every literal replaced by ``?`` (placeholders
+    kept); a failed one has error.type and ERROR status. A statement outside any trace
+    is counted but makes no span."""
+    import sightline
+    from flask import Flask
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+    from .helpers import call_wsgi
+    from .receivers import attributes
+
+    psycopg = pytest.importorskip("psycopg")
+    sightline.init(
+        service="shop", registry=registry, metrics_addr="off", logs=False,
+        otlp_endpoint=backend.url, bsp_schedule_delay=0.05,
+    )  # fmt: skip
+    engine = sqlalchemy.create_engine("sqlite://")
+    with engine.begin() as conn:  # outside any request: no span
+        conn.execute(text("CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT)"))
+    app = Flask("shop")
+
+    @app.route("/items")
+    def items() -> str:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO item VALUES (42, 'secret lamp')"))
+            name = conn.execute(text("SELECT name FROM item WHERE id = :id"), {"id": 42})
+            found = name.scalar()
+        with psycopg.connect(f"postgresql://{postgresql}", autocommit=True) as pg:
+            pg.execute("SELECT 'hunter2' AS word, %s::int AS n", (7,))
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                pg.execute("SELECT * FROM no_such_table WHERE code = 'x1'")
+        return str(found)
+
+    status, body = call_wsgi(app, "/items")
+    assert (status, body) == ("200 OK", b"secret lamp")
+    sightline.shutdown()
+    spans = [s for _, s in backend.spans()]
+    [server] = [s for s in spans if s.kind == Span.SPAN_KIND_SERVER]
+    clients = [s for s in spans if s.kind == Span.SPAN_KIND_CLIENT]
+    assert all(s.parent_span_id == server.span_id for s in clients)
+    assert all(s.trace_id == server.trace_id for s in clients)
+    shown: dict[str, list[tuple[Any, ...]]] = {}
+    for span in clients:
+        found = attributes(span.attributes)
+        shown.setdefault(found["db.system.name"], []).append(
+            (span.name, found.get("db.query.text"), found.get("error.type"), span.status.code)
+        )
+    ok, failed = Status.STATUS_CODE_UNSET, Status.STATUS_CODE_ERROR
+    assert shown == {
+        "sqlite": [
+            ("INSERT", "INSERT INTO item VALUES (?, ?)", None, ok),
+            ("SELECT", "SELECT name FROM item WHERE id = ?", None, ok),
+        ],
+        "postgresql": [
+            ("SELECT", "SELECT ? AS word, %s::int AS n", None, ok),
+            ("SELECT", "SELECT * FROM no_such_table WHERE code = ?", "UndefinedTable", failed),
+        ],
+    }
+    for span in clients:
+        assert span.start_time_unix_nano >= server.start_time_unix_nano
+        assert span.end_time_unix_nano <= server.end_time_unix_nano

@@ -5,7 +5,10 @@ over them does not count a statement twice)."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._agent import Agent
 
 OTHER = "_OTHER"
 #: The first keyword of a statement, as its operation name; any other is _OTHER.
@@ -53,3 +56,36 @@ def system(name: str) -> str:
 
 def measured_by_driver(cursor: Any) -> bool:
     return bool(DRIVER_CURSORS) and isinstance(cursor, tuple(DRIVER_CURSORS))
+
+
+def record(
+    agent: Agent, system: str, operation: str, error: str, seconds: float, statement: Any = None
+) -> None:
+    """One database operation that just ended: its observation, and inside a recorded
+    trace a CLIENT span for it, carrying ``statement`` with its literals stripped."""
+    agent.metrics.observe_db(system, operation, error, seconds)
+    if agent.tracing is None:
+        return
+    attributes: dict[str, Any] = {"db.system.name": system, "db.operation.name": operation}
+    if isinstance(statement, (bytes, bytearray)):
+        statement = bytes(statement[:MAX_QUERY_TEXT]).decode("utf-8", "replace")
+    if isinstance(statement, str):
+        attributes["db.query.text"] = lambda: strip_literals(statement)
+    name = operation if operation != OTHER else system
+    agent.tracing.client_span(name, attributes, error, seconds)
+
+
+#: Longest query text a span carries (the rest is cut).
+MAX_QUERY_TEXT = 2048
+#: String literals ('it''s', E'…', dollar-quoted bodies) and numbers that are not part of
+#: a name or a placeholder ($1, :p1): what a span's query text must not show.
+_LITERALS = re.compile(
+    r"""'(?:[^']|'')*'|\$(\w*)\$.*?\$\1\$|(?<![\w$:.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b""",
+    re.S,
+)
+
+
+def strip_literals(statement: str) -> str:
+    """``statement`` with every literal value replaced by ``?``: a query's shape, never
+    the data in it."""
+    return _LITERALS.sub("?", statement[:MAX_QUERY_TEXT])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -348,6 +349,38 @@ class Tracing:
         if span.is_recording():
             span.set_attributes(attributes)
         return span
+
+    def client_span(
+        self, name: str, attributes: dict[str, Any], error: str, seconds: float
+    ) -> None:
+        """A CLIENT span (a database call) that ended just now after ``seconds``, under the
+        current span, made only when that span is recorded: a call outside any recorded
+        trace is a metric alone. Attribute values that are callables are computed only
+        for a span that is recorded."""
+        parent = context.get_current()
+        outer = trace.get_current_span(parent)
+        if not outer.is_recording():
+            return
+        end = time.time_ns()
+        start = end - int(seconds * 1e9)
+        values = {k: v() if callable(v) else v for k, v in attributes.items()}
+        if error:
+            values["error.type"] = error
+        if self.sampling is None or self.queue is None:
+            span = self.tracer.start_span(
+                name, context=parent, kind=SpanKind.CLIENT, attributes=values, start_time=start
+            )
+        else:
+            span = LeanSpan(
+                name, outer.get_span_context(), self.sampling, self.queue.put, SpanKind.CLIENT
+            )
+            if not span.is_recording():
+                return
+            span.start_ns = start
+            span.set_attributes(values)
+        if error:
+            span.set_status(Status(StatusCode.ERROR))
+        span.end(end_time=end)
 
     def end_server_span(
         self,

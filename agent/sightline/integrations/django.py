@@ -115,7 +115,7 @@ def _statement(agent: Agent, wrapper: Any, sql: Any, error: str, start: float) -
     seconds = time.perf_counter() - start
     with _safety.internal_errors("django.db"):
         system = _db.system(str(wrapper.db.vendor))
-        agent.metrics.observe_db(system, _db.operation(sql), error, seconds)
+        _db.record(agent, system, _db.operation(sql), error, seconds, sql)
 
 
 class DjangoIntegration(Integration):

@@ -46,7 +46,7 @@ def _begin(args: tuple[Any, ...]) -> Any:
 
 def _end(context: Any, result: Any, error: str, seconds: float) -> None:
     agent, query = context
-    agent.metrics.observe_db(SYSTEM, _db.operation(query), error, seconds)
+    _db.record(agent, SYSTEM, _db.operation(query), error, seconds, query)
 
 
 def _sync(original: Any) -> Any:

@@ -20,7 +20,7 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .. import _agent
+from .. import _agent, _db
 from . import DidNotEnable, Integration
 from ._patches import Patches, timed, timed_async
 
@@ -66,7 +66,7 @@ def _ours() -> bool:
 
 def _end(context: Any, result: Any, error: str, seconds: float) -> None:
     agent, name = context
-    agent.metrics.observe_db(SYSTEM, name, error, seconds)
+    _db.record(agent, SYSTEM, name, error, seconds)  # no query text: values are data
     if error or name not in _LOOKUPS:
         return
     if name == "GET":

@@ -123,7 +123,7 @@ def _statement_done(conn: Any, context: Any, statement: Any, error: str) -> None
             _remember(engine)
         if conn.dialect.driver in _db.DRIVER_NAMES:
             return  # the driver's own integration counted it
-        agent.metrics.observe_db(system(conn.dialect), _db.operation(statement), error, seconds)
+        _db.record(agent, system(conn.dialect), _db.operation(statement), error, seconds, statement)
 
 
 # -- pools
