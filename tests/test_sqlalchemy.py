@@ -386,3 +386,19 @@ def test_statements_in_a_traced_request_are_client_spans_without_their_literals(
     for span in clients:
         assert span.start_time_unix_nano >= server.start_time_unix_nano
         assert span.end_time_unix_nano <= server.end_time_unix_nano
+
+
+def test_a_pool_reports_its_size_and_its_overflow_limit_apart(
+    agent: CollectorRegistry, tmp_path: Path
+) -> None:
+    """A pool of size 3 with 2 overflow keeps at most 3 idle and hands out at most 5:
+    db_client_connection_idle_max and db_client_connection_max say each."""
+    url = f"sqlite:///{tmp_path / 'sized.db'}"
+    engine = sqlalchemy.create_engine(
+        url, poolclass=sqlalchemy.pool.QueuePool, pool_size=3, max_overflow=2
+    )
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    labels = {"db_system_name": "sqlite", "db_client_connection_pool_name": url}
+    assert agent.get_sample_value("db_client_connection_idle_max", labels) == 3
+    assert agent.get_sample_value("db_client_connection_max", labels) == 5

@@ -179,7 +179,8 @@ def _engine_init(original: Any) -> Any:
 
 
 class PoolCollector(Described):
-    """Connections used and idle, and the most a pool hands out, of every queue pool."""
+    """Connections used and idle, the most a pool keeps idle (its size) and the most it
+    hands out (size plus overflow), of every queue pool."""
 
     def collect(self) -> Iterable[Metric]:
         labels = [DB_SYSTEM, POOL_NAME, "db_client_connection_state"]
@@ -193,6 +194,11 @@ class PoolCollector(Described):
             "The most connections a pool hands out at once (its size plus overflow).",
             labels=[DB_SYSTEM, POOL_NAME],
         )
+        size = GaugeMetricFamily(
+            "db_client_connection_idle_max",
+            "The most idle connections a pool keeps (its size; overflow ones are closed).",
+            labels=[DB_SYSTEM, POOL_NAME],
+        )
         with _pools_lock:
             pools = list(_pools.items())
         totals: dict[tuple[str, str], list[float]] = {}
@@ -203,17 +209,20 @@ class PoolCollector(Described):
             overflow = getattr(pool, "_max_overflow", -1)
             limit = float(pool.size() + overflow) if overflow >= 0 else -1.0
             # Pools of one name (an engine made twice) add up.
-            found = totals.setdefault(key, [0.0, 0.0, 0.0])
+            found = totals.setdefault(key, [0.0, 0.0, 0.0, 0.0])
             found[0] += used
             found[1] += idle
             found[2] = -1.0 if limit < 0 or found[2] < 0 else found[2] + limit
-        for key, (used, idle, limit) in totals.items():
+            found[3] += float(pool.size())
+        for key, (used, idle, limit, kept) in totals.items():
             count.add_metric([*key, "used"], used)
             count.add_metric([*key, "idle"], idle)
+            size.add_metric(list(key), kept)
             if limit >= 0:
                 most.add_metric(list(key), limit)
         yield count
         yield most
+        yield size
 
 
 def _pool_classes() -> list[type]:
