@@ -96,9 +96,11 @@ def prometheus(
     targets: dict[str, str],
     rule_files: Sequence[Path] = (),
     flavour: str = "installed",
+    alertmanager: str = "",
 ) -> Iterator[Prometheus]:
     """Start a real Prometheus (of ``flavour``, see :data:`FLAVOURS`) scraping ``targets``
-    (job -> host:port) every second and evaluating ``rule_files`` every second."""
+    (job -> host:port) every second and evaluating ``rule_files`` every second, sending
+    its alerts to ``alertmanager`` (host:port) if given, resent every second."""
     exe = binary(*BY_NAME["prometheus"].binaries, flavour=flavour)
     port = free_port()
     config = tmp_path / "prometheus.yml"
@@ -110,6 +112,12 @@ def prometheus(
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         + (f"rule_files:\n{rules}" if rules else "")
+        + (
+            f"alerting:\n  alertmanagers:\n    - static_configs:\n"
+            f"        - targets: ['{alertmanager}']\n"
+            if alertmanager
+            else ""
+        )
         + "scrape_configs:\n"
         + jobs
     )
@@ -119,9 +127,27 @@ def prometheus(
         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
         f"--web.listen-address=127.0.0.1:{port}",
         "--enable-feature=exemplar-storage",
+        "--rules.alert.resend-delay=1s",
     ]
     with started("prometheus", argv, tmp_path, f"http://127.0.0.1:{port}/-/ready"):
         yield Prometheus(f"http://127.0.0.1:{port}")
+
+
+@contextlib.contextmanager
+def alertmanager(tmp_path: Path, config: Path, flavour: str = "installed") -> Iterator[str]:
+    """Start a real Alertmanager (of ``flavour``) with ``config`` on a loopback port, no
+    cluster; yields its URL."""
+    exe = binary(*BY_NAME["alertmanager"].binaries, flavour=flavour)
+    port = free_port()
+    argv = [
+        exe,
+        f"--config.file={config}",
+        f"--storage.path={tmp_path / 'alertmanager-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
+    with started("alertmanager", argv, tmp_path, f"http://127.0.0.1:{port}/-/ready"):
+        yield f"http://127.0.0.1:{port}"
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from sightline import _alerts
 from sightline import _queries as q
 from sightline.demo import load as load_module
 from sightline.demo import view
@@ -74,8 +75,8 @@ def test_report_lines_read_back_as_the_counts_they_print() -> None:
 
 
 def test_view_shows_alerts_and_the_scaling_hint_with_its_reasons() -> None:
-    """The view lists firing alerts before pending ones with their labels, and per service
-    the replicas it runs, the recommendation, the direction and each reason's need,
+    """The view lists firing alerts in their Alertmanager groups before pending ones, and
+    per service the replicas it runs, the recommendation, the direction and each reason's need,
     largest first, and says when saturated database pools make more replicas no answer;
     a signal that is off says why."""
     snapshot = view.Snapshot()
@@ -87,22 +88,37 @@ def test_view_shows_alerts_and_the_scaling_hint_with_its_reasons() -> None:
         q.EXPORTED.title: {("shop", "traces"): 12.5},
         q.EXPORT_FAILURES.title: {("shop", "traces", "connection"): 0.5},
     }
-    snapshot.alerts = [
-        {"state": "pending", "labels": {"alertname": "B", "job": "shop"}},
-        {"state": "firing", "labels": {"alertname": "A", "severity": "page", "job": "shop"},
-         "activeAt": "2026-12-03T21:40:12.5Z"},
-        {"state": "inactive", "labels": {"alertname": "C"}},
-    ]  # fmt: skip
+    snapshot.alerts = _alerts.Alerts(
+        firing=[
+            _alerts.Group(
+                {"alertname": "A", "job": "shop", "severity": "critical"},
+                "page",
+                [_alerts.Alert({"alertname": "A", "job": "shop", "severity": "critical",
+                                "instance": "a:1"}, "", "2026-12-03T21:40:12.5Z", "firing")],
+            )
+        ],
+        pending=[
+            _alerts.Group(
+                {"alertname": "B", "job": "shop"}, "",
+                [_alerts.Alert({"alertname": "B", "job": "shop"}, "", "", "pending")],
+            )
+        ],
+    )  # fmt: skip
     signals = [
         view.Signal("traces", "the Collector at http://127.0.0.1:4318"),
         view.Signal("logs", "", "no Loki on this machine"),
     ]
     text = view.render(snapshot, signals=signals)
     lines = text.splitlines()
-    alerts = lines[lines.index("ALERTS (firing and pending)") + 1 :][:2]
-    assert alerts[0].split() == ["firing", "A", "page", "job=shop", "since", "21:40:12", "UTC"]
-    assert alerts[1].split() == ["pending", "B", "job=shop"]
-    assert "inactive" not in text
+    alerts = lines[lines.index("ALERTS") + 1 :][:6]
+    assert alerts == [
+        "FIRING (as Alertmanager groups and routes them)",
+        "  {alertname=A, job=shop, severity=critical} -> page  (1 alert)",
+        "    A instance=a:1  since 21:40:12 UTC",
+        "PENDING (in Prometheus until their `for` passes; not notified yet)",
+        "  {alertname=B, job=shop}  (1 alert)",
+        "    B",
+    ]
     assert re.search(r"^shop +2 +5  scale up: concurrency needs 5, cpu needs 3$", text, re.M), text
     assert re.search(r"^shop-worker +1 +1  keep$", text, re.M), text
     # Scaling up past a saturated pool is called out; keeping the count is not.

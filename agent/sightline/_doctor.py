@@ -472,12 +472,18 @@ def _targets_hint(prometheus: str) -> str:
 
 def default_prometheus() -> str:
     """The native stack's Prometheus if one was set up here, else the usual address."""
+    return default_url("prometheus", 9090)
+
+
+def default_url(service: str, port: int) -> str:
+    """The native stack's ``service`` (listening on ``port`` in compose) if one was set up
+    here, else ``port`` on this machine."""
     try:
         from ._stack import Stack, default_dir
 
-        port = Stack(default_dir()).ports.get("prometheus:9090", 9090)
+        port = Stack(default_dir()).ports.get(f"{service}:{port}", port)
     except Exception:
-        port = 9090
+        pass
     return f"http://127.0.0.1:{port}"
 
 

@@ -4,6 +4,7 @@ sightline run [--service NAME] -- gunicorn app:app -w 4
 sightline stack up|down|status [--dir DIR] [--port SERVICE:PORT=HOSTPORT ...] [--port-offset N]
 sightline demo [--dir DIR] [--duration SECONDS]
 sightline doctor [--service NAME] [--prometheus URL] [--json]
+sightline alerts [--prometheus URL] [--alertmanager URL] [--json]
 """
 
 from __future__ import annotations
@@ -103,6 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Prometheus that should scrape the app (default: the native stack's)",
     )
     doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    alerts = commands.add_parser(
+        "alerts",
+        help="list the alerts firing and pending, grouped as Alertmanager groups them",
+        description=(
+            "Firing alerts as Alertmanager groups and routes them (each group's receiver; "
+            "silenced or inhibited ones marked), and the alerts pending in Prometheus. Exit "
+            "code 1 when Prometheus or Alertmanager did not answer."
+        ),
+    )
+    alerts.add_argument(
+        "--prometheus", metavar="URL", help="Prometheus (default: the native stack's)"
+    )
+    alerts.add_argument(
+        "--alertmanager", metavar="URL", help="Alertmanager (default: the native stack's)"
+    )
+    alerts.add_argument("--json", action="store_true", help="print the groups as JSON")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--refresh", type=float, default=5.0, help="seconds between redraws")
     return parser
@@ -120,8 +137,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         overrides = {"service": args.service} if args.service else {}
         return _doctor.main(os.environ, overrides, args.prometheus, args.json)
+    if args.command == "alerts":
+        return alerts_command(args)
     parser.print_help()
     return 0
+
+
+def alerts_command(args: argparse.Namespace) -> int:
+    import json
+
+    from . import _alerts
+    from ._doctor import default_url
+
+    prometheus = args.prometheus or default_url("prometheus", 9090)
+    alertmanager = args.alertmanager or default_url("alertmanager", 9093)
+    found = _alerts.read(prometheus.rstrip("/"), alertmanager.rstrip("/"))
+    if args.json:
+        print(json.dumps(found.as_json(), indent=2))
+    else:
+        print("\n".join(_alerts.render(found)))
+    return 1 if found.errors else 0
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -223,7 +223,9 @@ def _watch(stack: Stack, prometheus: str, duration: float | None, refresh: float
             + (f" · exited: {', '.join(dead)} (see {stack.directory}/logs)" if dead else "")
         ]
         header.append(load_report(stack))
-        text = view.render(view.read(prometheus, demo_jobs), header, signals(stack))
+        alertmanager = stack.native().url("alertmanager", 9093)
+        snapshot = view.read(prometheus, alertmanager, demo_jobs)
+        text = view.render(snapshot, header, signals(stack))
         if interactive:
             out("\x1b[H\x1b[2J" + "\n".join(urls(stack)) + "\n" + text)
         else:

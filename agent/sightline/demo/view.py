@@ -11,10 +11,11 @@ import http.client
 import json
 import math
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _alerts
 from .. import _queries as q
 from .._stack.processes import LOCAL
 
@@ -30,7 +31,7 @@ class Snapshot:
     """One reading of every signal, keyed by the query's ``by`` labels."""
 
     values: dict[str, dict[Key, float]] = field(default_factory=dict)
-    alerts: list[dict[str, Any]] = field(default_factory=list)  # firing or pending
+    alerts: _alerts.Alerts = field(default_factory=_alerts.Alerts)
     error: str = ""
 
     def get(self, query: q.Query, key: Key) -> float | None:
@@ -40,7 +41,7 @@ class Snapshot:
         return sorted(self.values.get(query.title, {}))
 
 
-def read(prometheus: str, sel: str = "", timeout: float = 3.0) -> Snapshot:
+def read(prometheus: str, alertmanager: str, sel: str = "", timeout: float = 3.0) -> Snapshot:
     snapshot = Snapshot()
     try:
         for query in (*q.GOLDEN_SIGNALS, *q.STATUS):
@@ -51,11 +52,6 @@ def read(prometheus: str, sel: str = "", timeout: float = 3.0) -> Snapshot:
                 key = tuple(item["metric"].get(label, "") for label in query.by)
                 series[key] = float(item["value"][1])
             snapshot.values[query.title] = series
-        # Every alert of the stack, not only the demo's: a user's own service may be down.
-        alerts = _get(f"{prometheus}/api/v1/alerts", timeout)["data"]["alerts"]
-        snapshot.alerts = [
-            a for a in alerts if isinstance(a, dict) and isinstance(a.get("labels"), dict)
-        ]
     except (
         OSError,
         ValueError,
@@ -65,6 +61,9 @@ def read(prometheus: str, sel: str = "", timeout: float = 3.0) -> Snapshot:
         http.client.HTTPException,
     ) as exc:
         snapshot.error = f"Prometheus at {prometheus} did not answer as expected: {exc!r}"
+        return snapshot
+    # Every alert of the stack, not only the demo's: a user's own service may be down.
+    snapshot.alerts = _alerts.read(prometheus, alertmanager, timeout)
     return snapshot
 
 
@@ -139,7 +138,7 @@ def render(
         lines.append("(no queues scraped yet)")
     if signals:
         lines += ["", "SIGNALS", *_signals(snapshot, signals)]
-    lines += ["", "ALERTS (firing and pending)", *_alerts(snapshot.alerts)]
+    lines += ["", "ALERTS", *_alerts.render(snapshot.alerts)]
     lines += ["", "SCALING (sightline:recommended_replicas:count)", *_scaling(snapshot)]
     return "\n".join(lines)
 
@@ -178,25 +177,6 @@ def _by(snapshot: Snapshot, query: q.Query, signal: str) -> dict[str, float]:
             reason = labels.get("reason", "")
             found[reason] = found.get(reason, 0.0) + value
     return found
-
-
-def _alerts(alerts: Sequence[Mapping[str, Any]]) -> list[str]:
-    shown = sorted(
-        (a for a in alerts if a.get("state") in ("firing", "pending")),
-        key=lambda a: (a["state"] != "firing", a["labels"].get("alertname", "")),
-    )
-    lines = []
-    for alert in shown:
-        labels = alert["labels"]
-        where = " ".join(
-            f"{k}={v}" for k, v in sorted(labels.items()) if k not in ("alertname", "severity")
-        )
-        since = str(alert.get("activeAt", ""))[11:19]
-        lines.append(
-            f"{alert['state']:<9}{labels.get('alertname', ''):<34}"
-            f"{labels.get('severity', ''):<9}{where}" + (f"  since {since} UTC" if since else "")
-        )
-    return lines or ["(none)"]
 
 
 def _scaling(snapshot: Snapshot) -> list[str]:
