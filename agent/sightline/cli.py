@@ -5,6 +5,8 @@ sightline stack up|down|status [--dir DIR] [--port SERVICE:PORT=HOSTPORT ...] [-
 sightline demo [--dir DIR] [--duration SECONDS]
 sightline doctor [--service NAME] [--prometheus URL] [--json]
 sightline alerts [--prometheus URL] [--alertmanager URL] [--json]
+sightline rules export --format prometheus|mimir [--out FILE|DIR] [--name NAME]
+                       [--namespace NS] [--label KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -120,6 +122,48 @@ def build_parser() -> argparse.ArgumentParser:
         "--alertmanager", metavar="URL", help="Alertmanager (default: the native stack's)"
     )
     alerts.add_argument("--json", action="store_true", help="print the groups as JSON")
+    rules = commands.add_parser(
+        "rules",
+        help="write the alert and recording rules for a Prometheus Operator or Mimir ruler",
+        description=(
+            "Write every group of the shipped rule files (alerts/*.rules.yml), unchanged, "
+            "as a Kubernetes PrometheusRule (Prometheus Operator, kube-prometheus-stack) or "
+            "as a Mimir/Cortex ruler namespace file (mimirtool rules load). "
+            "Exit code 0, or 2 with one line saying why."
+        ),
+    )
+    rules.add_argument("action", choices=("export",))
+    rules.add_argument(
+        "--format",
+        required=True,
+        metavar="{prometheus,mimir}",
+        help="prometheus: a PrometheusRule manifest; mimir: a ruler namespace file",
+    )
+    rules.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE|DIR",
+        help="write to FILE, or into DIR as NAME-prometheusrule.yaml or NAME-mimir.yaml "
+        "(default: standard output)",
+    )
+    rules.add_argument(
+        "--name",
+        default="sightline",
+        help="the PrometheusRule's metadata.name, or the Mimir namespace (default sightline)",
+    )
+    rules.add_argument(
+        "--namespace",
+        metavar="NS",
+        help="the PrometheusRule's Kubernetes namespace (--format prometheus only)",
+    )
+    rules.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of the PrometheusRule, repeatable; kube-prometheus-stack loads those "
+        "with its release label, e.g. release=kube-prometheus-stack",
+    )
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--refresh", type=float, default=5.0, help="seconds between redraws")
     return parser
@@ -139,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _doctor.main(os.environ, overrides, args.prometheus, args.json)
     if args.command == "alerts":
         return alerts_command(args)
+    if args.command == "rules":
+        return rules_command(args)
     parser.print_help()
     return 0
 
@@ -179,6 +225,20 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         sys.stderr.write(f"sightline: cannot run {program[0]}: {exc.strerror or exc}\n")
         return 127
     return 0  # not reached: the program replaced this process
+
+
+def rules_command(args: argparse.Namespace) -> int:
+    try:
+        from . import _rules
+    except ImportError as exc:
+        sys.stderr.write(f"sightline: {exc.name} is missing: pip install pyyaml\n")
+        return 2
+    try:
+        labels = _rules.parse_labels(args.label)
+    except _rules.RulesError as exc:
+        sys.stderr.write(f"sightline: {exc}\n")
+        return 2
+    return _rules.export(args.format, args.out, args.name, args.namespace, labels)
 
 
 def _ports(parser: argparse.ArgumentParser, specs: Sequence[str]) -> dict[str, int]:

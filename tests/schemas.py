@@ -1,0 +1,177 @@
+"""Schemas published in Go modules, and Kubernetes CRD schemas made checkable by jsonschema.
+
+A file of a Go module at a pinned version comes from the module proxy through
+``go mod download`` (Go verifies it against the checksum database and keeps it in its
+module cache, so only the first run downloads). A CustomResourceDefinition's
+``openAPIV3Schema`` is a *structural* schema the API server applies with rules plain JSON
+Schema does not have; :func:`crd_validator` writes those rules out as JSON Schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import jsonschema
+import pytest
+import yaml
+from jsonschema.protocols import Validator
+
+
+@dataclass(frozen=True)
+class GoModule:
+    path: str
+    version: str
+    sum: str  # the go.sum hash ("h1:..."): a proxy serving other content fails the test
+
+    def file(self, name: str) -> Path:
+        """The file ``name`` inside the module; a failure under CI, else a skip when Go or
+        the module proxy is unavailable."""
+        go = shutil.which("go")
+        if go is None:
+            _unavailable("Go is not installed", "install Go")
+        result = subprocess.run(
+            [go, "mod", "download", "-json", f"{self.path}@{self.version}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            cwd=Path(__file__).parent,  # not inside any Go module
+        )
+        try:
+            info = json.loads(result.stdout)
+        except ValueError:
+            info = {}
+        if result.returncode != 0 or "Dir" not in info:
+            reason = info.get("Error") or result.stderr.strip() or f"exit code {result.returncode}"
+            _unavailable(f"go mod download {self.path}@{self.version}: {reason}", "check GOPROXY")
+        assert info["Sum"] == self.sum, f"{self.path}@{self.version} is not the pinned content"
+        found = Path(info["Dir"]) / name
+        assert found.is_file(), f"{self.path}@{self.version} has no {name}"
+        return found
+
+
+def _unavailable(missing: str, fix: str) -> NoReturn:
+    if os.environ.get("CI"):
+        pytest.fail(f"{missing} (.ci/run needs Go and the module proxy)")
+    pytest.skip(f"{missing}: {fix}")
+
+
+#: ObjectMeta as the API server checks the fields a manifest sets (apimachinery's
+#: validation: a name is a DNS subdomain, a namespace a DNS label, label keys qualified
+#: names, label values up to 63 characters). A CRD's schema leaves metadata to the server.
+#: Fields beyond these are refused here: stricter than the server, for manifests we write.
+_DNS_LABEL = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_NAME = "([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]"
+OBJECT_META: dict[str, Any] = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {
+            "type": "string",
+            "maxLength": 253,
+            "pattern": f"^{_DNS_LABEL}(\\.{_DNS_LABEL})*$",
+        },
+        "namespace": {"type": "string", "maxLength": 63, "pattern": f"^{_DNS_LABEL}$"},
+        "labels": {
+            "type": "object",
+            "patternProperties": {
+                f"^({_DNS_LABEL}(\\.{_DNS_LABEL})*/)?{_NAME}$": {
+                    "type": "string",
+                    "pattern": f"^({_NAME})?$",
+                }
+            },
+            "additionalProperties": False,
+        },
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+    "additionalProperties": False,
+}
+
+
+def _python_pattern(pattern: str) -> str:
+    """A Go (RE2) regular expression as Python reads it. RE2 takes a flag group anywhere
+    and applies it to the rest (the CRD's ``^(?i)(abort|warn)?$``); Python only at the
+    start, so the rest becomes a scoped group, which means the same."""
+    head, flag, tail = pattern.partition("(?i)")
+    return f"{head}(?i:{tail})" if flag and head else pattern
+
+
+def structural(schema: dict[str, Any]) -> dict[str, Any]:
+    """A CRD schema node as JSON Schema with the API server's rules written out:
+
+    - an object keeps only the fields its ``properties`` name (the server prunes or, with
+      strict field validation, refuses the others), unless it has
+      ``additionalProperties`` or ``x-kubernetes-preserve-unknown-fields``;
+    - ``x-kubernetes-int-or-string`` takes an integer or a string;
+    - ``x-kubernetes-list-type: map`` lists have unique ``x-kubernetes-list-map-keys``,
+      ``set`` lists unique items (the ``listMapKeys`` keyword of :func:`crd_validator`).
+
+    An extension this does not know (CEL ``x-kubernetes-validations``, embedded
+    resources) raises: a schema checked only in part must not pass as checked."""
+    node = dict(schema)
+    for key in [k for k in node if k.startswith("x-kubernetes-")]:
+        value = node.pop(key)
+        if key == "x-kubernetes-int-or-string" and value:
+            node.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+        elif key == "x-kubernetes-list-type":
+            if value == "map":
+                node["listMapKeys"] = schema["x-kubernetes-list-map-keys"]
+            elif value == "set":
+                node["uniqueItems"] = True
+        elif key == "x-kubernetes-preserve-unknown-fields" and value:
+            node["additionalProperties"] = node.get("additionalProperties", True)
+        elif key != "x-kubernetes-list-map-keys":
+            raise NotImplementedError(f"CRD schema extension {key} is not checked here")
+    if "pattern" in node:
+        node["pattern"] = _python_pattern(node["pattern"])
+    if node.get("type") == "object" and "additionalProperties" not in node:
+        node["additionalProperties"] = False
+    for key in ("properties", "patternProperties"):
+        if key in node:
+            node[key] = {name: structural(sub) for name, sub in node[key].items()}
+    for key in ("items", "additionalProperties", "not"):
+        if isinstance(node.get(key), dict):
+            node[key] = structural(node[key])
+    for key in ("anyOf", "allOf", "oneOf"):
+        if key in node:
+            node[key] = [structural(sub) for sub in node[key]]
+    return node
+
+
+def _list_map_keys(
+    validator: Validator, keys: list[str], instance: Any, schema: dict[str, Any]
+) -> Any:
+    if not validator.is_type(instance, "array"):
+        return
+    seen = set()
+    for item in instance:
+        if not isinstance(item, dict):
+            continue
+        key = tuple(json.dumps(item.get(k), sort_keys=True) for k in keys)
+        if key in seen:
+            yield jsonschema.ValidationError(
+                f"{dict(zip(keys, key, strict=True))} is in the list twice"
+            )
+        seen.add(key)
+
+
+def crd_validator(crd_path: Path, version: str = "v1") -> Validator:
+    """A validator of objects of the CRD in ``crd_path`` at API ``version``."""
+    crd = yaml.safe_load(crd_path.read_text())
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    schema = structural(served["schema"]["openAPIV3Schema"])
+    schema["properties"]["metadata"] = OBJECT_META
+    schema["properties"]["apiVersion"]["enum"] = [f"{crd['spec']['group']}/{version}"]
+    schema["properties"]["kind"]["enum"] = [crd["spec"]["names"]["kind"]]
+    schema["required"] = sorted({*schema.get("required", ()), "apiVersion", "kind", "metadata"})
+    # OpenAPI v3.0 schemas, which CRDs use, are JSON Schema draft 4 with extensions.
+    cls = jsonschema.validators.extend(jsonschema.Draft4Validator, {"listMapKeys": _list_map_keys})
+    cls.check_schema(schema)
+    validator: Validator = cls(schema)
+    return validator
