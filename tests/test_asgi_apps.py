@@ -33,6 +33,9 @@ def command(server: str, app: str, port: int, args: list[str]) -> list[str]:
         return [sys.executable, "-m", "uvicorn", *bind, *args, app]
     if server == "hypercorn":
         return [sys.executable, "-m", "hypercorn", "-b", f"127.0.0.1:{port}", *args, app]
+    if server == "waitress":
+        bind = ["--host=127.0.0.1", f"--port={port}"]
+        return [sys.executable, "-m", "waitress", *bind, *args, app]
     bind = ["--chdir", str(ROOT), "-b", f"127.0.0.1:{port}"]
     return [sys.executable, "-m", "gunicorn", *bind, *args, app]
 
@@ -195,9 +198,13 @@ def test_fastapi_own_routes_add_route_and_mounts(tmp_path: Path) -> None:
         ("gunicorn", "tests.apps.router_app:wsgi_app", []),
         ("gunicorn", "tests.apps.router_app:app", ["-k", "asgi"]),
         ("gunicorn", "tests.apps.router_app:app", ["-k", "uvicorn.workers.UvicornWorker"]),
+        ("waitress", "tests.apps.router_app:wsgi_app", []),
     ],
-    ids=["uvicorn", "uvicorn-wsgi", "hypercorn", "gunicorn", "gunicorn-asgi", "gunicorn-uvicorn"],
-)
+    ids=[
+        "uvicorn", "uvicorn-wsgi", "hypercorn", "gunicorn", "gunicorn-asgi", "gunicorn-uvicorn",
+        "waitress",
+    ],
+)  # fmt: skip
 def test_app_with_its_own_router_is_unmatched_with_one_warning(
     tmp_path: Path, server: str, app: str, args: list[str]
 ) -> None:
@@ -478,3 +485,19 @@ def test_access_log_line_of_a_claimed_request(
     assert asgi_get(sightline.instrument_app(app), "/api/v3/items/z")[0] == 200
     routes = [r.__dict__["http_route"] for r in caplog.records if r.name == "sightline.access"]
     assert routes == ["/api/{version}/items/{name}"]
+
+
+def test_waitress_counts_a_flask_app_once_and_its_threads_are_its_capacity(
+    tmp_path: Path,
+) -> None:
+    """A Flask app under waitress, started by `sightline run`, is counted once per
+    request by its route templates (not wrapped a second time by the server's hook), with
+    the same responses as without Sightline, and waitress's --threads is the capacity."""
+    paths = ["/users/1", "/users/2", "/nope"]
+    expected = {("/users/<int:uid>", "200"): 2.0, ("_unmatched", "404"): 1.0}
+    args = ["--threads=3"]
+    _, log = compare("waitress", "tests.apps.plain_app:app", tmp_path, paths, expected, args)
+    assert warnings_in(log) == []
+    with served("waitress", "tests.apps.plain_app:app", tmp_path, True, args) as (url, metrics, _):
+        fetch(url + "/users/3")
+        assert scrape(metrics).get(("http_server_worker_capacity", ())) == 3

@@ -27,6 +27,7 @@ INTEGRATION_NAMES = (
     "gunicorn",
     "uvicorn",
     "hypercorn",
+    "waitress",
     "celery",
     "rq",
     "requests",

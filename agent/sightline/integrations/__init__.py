@@ -72,6 +72,7 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
     "gunicorn": ("gunicorn",),
     "uvicorn": ("uvicorn",),
     "hypercorn": ("hypercorn",),
+    "waitress": ("waitress",),
     "celery": ("celery",),
     "rq": ("rq",),
     "requests": ("requests",),

@@ -1,0 +1,58 @@
+"""waitress: the app it serves is measured, and its threads are the process's capacity.
+
+Every way of starting waitress (``waitress-serve app:app``, ``waitress.serve(app)``,
+PasteDeploy's ``egg:waitress#main`` under ``pserve``) makes its listening servers through
+``BaseWSGIServer.__init__``, which is patched so that the app it is given is measured
+whatever its framework (see ``_served``): an app no framework integration records (a
+Pyramid app, a bare WSGI callable) is wrapped in the generic middleware, its requests
+``_unmatched`` unless it is given a ``route_of``. waitress runs ``threads`` requests at
+once (4 by default) in one process: that is its worker capacity, unless
+SIGHTLINE_WORKER_CAPACITY says otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .. import _agent, _safety
+from . import DidNotEnable, Integration, _served
+from ._patches import Patches
+
+try:
+    from waitress.server import BaseWSGIServer
+except ImportError:
+    raise DidNotEnable("waitress is not installed") from None
+
+if TYPE_CHECKING:
+    from .._agent import Agent
+
+
+def _init(original: Any) -> Any:
+    def __init__(self: Any, application: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, _served.measured(application, "wsgi"), *args, **kwargs)
+        agent = _agent.current
+        if agent is None or agent.settings.worker_capacity is not None:
+            return
+        with _safety.internal_errors("waitress.capacity"):
+            threads = int(getattr(getattr(self, "adj", None), "threads", 0) or 0)
+            if threads:
+                agent.detected_capacity = threads
+
+    __init__.__wrapped__ = original  # type: ignore[attr-defined]
+    return __init__
+
+
+_patches = Patches()
+
+
+class WaitressIntegration(Integration):
+    name = "waitress"
+
+    def install(self, agent: Agent) -> None:
+        _patches.apply(BaseWSGIServer, "__init__", _init)
+
+    def uninstall(self) -> None:
+        _patches.restore()
+
+
+INTEGRATION = WaitressIntegration
