@@ -7,6 +7,9 @@ sightline doctor [--service NAME] [--prometheus URL] [--json]
 sightline alerts [--prometheus URL] [--alertmanager URL] [--json]
 sightline rules export --format prometheus|mimir [--out FILE|DIR] [--name NAME]
                        [--namespace NS] [--label KEY=VALUE ...]
+sightline dashboards push [--url URL] [--folder TITLE] [--datasource KIND=UID ...]
+                          [--dry-run] [--force]   (credentials: GRAFANA_TOKEN, or
+                          GRAFANA_USER and GRAFANA_PASSWORD)
 """
 
 from __future__ import annotations
@@ -164,6 +167,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="a label of the PrometheusRule, repeatable; kube-prometheus-stack loads those "
         "with its release label, e.g. release=kube-prometheus-stack",
     )
+    dashboards = commands.add_parser(
+        "dashboards",
+        help="push the dashboards into a folder of an existing Grafana",
+        description=(
+            "Push every dashboard into a folder of an existing Grafana (self-hosted or "
+            "Grafana Cloud) through its HTTP API, with the Prometheus, Loki and Tempo "
+            "data sources mapped to ones it has. A second push changes nothing; a "
+            "dashboard edited in Grafana is not overwritten without --force. Exit code "
+            "0, 1 (some refused) or 2 (errors). Needs: pip install 'sightline[grafana]'."
+        ),
+    )
+    dashboards.add_argument("action", choices=("push",))
+    dashboards.add_argument("--url", help="Grafana's URL (default GRAFANA_URL)")
+    dashboards.add_argument(
+        "--token",
+        help="a service account token (default GRAFANA_TOKEN; prefer the variable)",
+    )
+    dashboards.add_argument("--user", help="basic auth user (default GRAFANA_USER)")
+    dashboards.add_argument(
+        "--password", help="basic auth password (default GRAFANA_PASSWORD; prefer the variable)"
+    )
+    dashboards.add_argument(
+        "--folder",
+        default="Sightline",
+        metavar="TITLE",
+        help="the folder, created if missing (default Sightline)",
+    )
+    dashboards.add_argument(
+        "--datasource",
+        action="append",
+        default=[],
+        metavar="KIND=UID",
+        help="the data source for prometheus, loki or tempo (default: the only one of that "
+        "type, else the default one); repeatable",
+    )
+    dashboards.add_argument(
+        "--dry-run", action="store_true", help="say what would change; write nothing"
+    )
+    dashboards.add_argument(
+        "--force", action="store_true", help="overwrite dashboards edited in Grafana"
+    )
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--refresh", type=float, default=5.0, help="seconds between redraws")
     return parser
@@ -185,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return alerts_command(args)
     if args.command == "rules":
         return rules_command(args)
+    if args.command == "dashboards":
+        return dashboards_command(args)
     parser.print_help()
     return 0
 
@@ -203,6 +249,24 @@ def alerts_command(args: argparse.Namespace) -> int:
     else:
         print("\n".join(_alerts.render(found)))
     return 1 if found.errors else 0
+
+
+def dashboards_command(args: argparse.Namespace) -> int:
+    from . import _grafana
+
+    return _grafana.command(
+        args.url,
+        args.token,
+        args.user,
+        args.password,
+        args.folder,
+        args.datasource,
+        args.dry_run,
+        args.force,
+        os.environ,
+        out=print,
+        err=lambda line: sys.stderr.write(line + "\n"),
+    )
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
