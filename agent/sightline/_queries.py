@@ -196,3 +196,74 @@ STATUS = (
     REQUIRED_REPLICAS,
     POOL_UTILISATION,
 )
+
+#: Pool use from which more replicas are no answer (SightlineDbPoolSaturated's threshold).
+POOL_SATURATED = 0.9
+
+
+# -- the numbers behind each scaling reason (``sightline hints``), as the rules use them ----
+
+# Web: the mean number of requests in flight (Little's law) and the request slots.
+INFLIGHT_MEAN = Query(
+    "Requests in flight (mean, 5m)",
+    "sum by ({by}) (job:http_server_requests_in_flight:mean5m{{{sel}}})",
+    ("job",),
+    "short",
+)
+
+# CPU: cores used over the cores the cgroups allow, and those cores.
+CPU_UTILISATION = Query(
+    "CPU used / limit",
+    "max by ({by}) (job:process_cpu_utilisation:rate5m{{{sel}}})",
+    ("job",),
+    "percentunit",
+)
+
+CPU_LIMIT = Query(
+    "CPU limit (cores)",
+    "sum by ({by}) (instance:process_cpu_limit_cores:max{{{sel}}})",
+    ("job",),
+    "short",
+)
+
+# Background workers: the backlog, tasks arriving and finished, the time the slowest queue
+# needs to drain at the current pace, and the task slots.
+BACKLOG = Query("Backlog", "sum by ({by}) (job:worker_queue_depth:sum{{{sel}}})", ("job",), "short")
+
+TASKS_ARRIVED = Query(
+    "Tasks arriving per second",
+    "sum by ({by}) (job:worker_tasks_arrived:rate5m{{{sel}}})",
+    ("job",),
+    "ops",
+)
+
+TASKS_COMPLETED = Query(
+    "Tasks finished per second",
+    "sum by ({by}) (job:worker_tasks_completed:rate5m{{{sel}}})",
+    ("job",),
+    "ops",
+)
+
+DRAIN_TIME = Query(
+    "Backlog drained in",
+    "max by ({by}) (job_task_queue:worker_queue_drain_seconds:estimate5m{{{sel}}})",
+    ("job",),
+    "s",
+)
+
+TASK_SLOTS = Query(
+    "Task slots", "sum by ({by}) (job:worker_capacity:sum{{{sel}}})", ("job",), "short"
+)
+
+SCALING_INPUTS = (
+    INFLIGHT_MEAN,
+    CAPACITY,
+    CPU_UTILISATION,
+    CPU_LIMIT,
+    BACKLOG,
+    TASKS_ARRIVED,
+    TASKS_COMPLETED,
+    DRAIN_TIME,
+    TASK_SLOTS,
+    POOL_UTILISATION,
+)

@@ -10,6 +10,9 @@ sightline rules export --format prometheus|mimir [--out FILE|DIR] [--name NAME]
 sightline dashboards push [--url URL] [--folder TITLE] [--datasource KIND=UID ...]
                           [--dry-run] [--force]   (credentials: GRAFANA_TOKEN, or
                           GRAFANA_USER and GRAFANA_PASSWORD)
+sightline hints [--prometheus URL] [--json]
+sightline hints keda|hpa --service NAME [--deployment NAME] [--namespace NS]
+                         [--min N] [--max N] [--prometheus URL]
 """
 
 from __future__ import annotations
@@ -208,6 +211,47 @@ def build_parser() -> argparse.ArgumentParser:
     dashboards.add_argument(
         "--force", action="store_true", help="overwrite dashboards edited in Grafana"
     )
+    hints = commands.add_parser(
+        "hints",
+        help="replicas each service runs and needs, and why; KEDA or HPA manifests for them",
+        description=(
+            "Per service: the replicas answering scrapes, the replicas Sightline's scaling "
+            "rules recommend, each reason's requirement and the numbers behind it, read "
+            "from Prometheus. `hints keda` and `hints hpa` print a KEDA ScaledObject or an "
+            "HPA that scales a Deployment to the same recommendation. Exit code 0, 1 when "
+            "no service reports yet, 2 when Prometheus does not answer."
+        ),
+    )
+    hints.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="the Prometheus that runs Sightline's rules (default: the native stack's)",
+    )
+    hints.add_argument("--json", action="store_true", help="print the hints as JSON")
+    manifests = hints.add_subparsers(dest="manifest", metavar="{keda,hpa}")
+    for kind, what in (
+        ("keda", "print a KEDA ScaledObject with a Prometheus trigger on the recommendation"),
+        ("hpa", "print an autoscaling/v2 HPA on the recommendation via prometheus-adapter"),
+    ):
+        manifest = manifests.add_parser(kind, help=what, description=what[0].upper() + what[1:])
+        manifest.add_argument("--service", required=True, help="the service: its Prometheus job")
+        manifest.add_argument(
+            "--deployment", metavar="NAME", help="the Deployment to scale (default: the service)"
+        )
+        manifest.add_argument("--namespace", metavar="NS", help="the Kubernetes namespace")
+        manifest.add_argument(
+            "--min", type=int, default=1, dest="min_replicas", metavar="N", help="default 1"
+        )
+        manifest.add_argument(
+            "--max", type=int, default=10, dest="max_replicas", metavar="N", help="default 10"
+        )
+        manifest.add_argument(
+            "--prometheus",
+            dest="cluster_prometheus",
+            metavar="URL",
+            help="Prometheus as seen from inside the cluster "
+            "(default http://prometheus.monitoring.svc:9090)",
+        )
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--refresh", type=float, default=5.0, help="seconds between redraws")
     return parser
@@ -231,8 +275,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rules_command(args)
     if args.command == "dashboards":
         return dashboards_command(args)
+    if args.command == "hints":
+        return hints_command(args)
     parser.print_help()
     return 0
+
+
+def hints_command(args: argparse.Namespace) -> int:
+    from . import _hints
+
+    if args.manifest:
+        return _hints.print_manifest(
+            args.manifest,
+            args.service,
+            namespace=args.namespace,
+            deployment=args.deployment,
+            min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas,
+            prometheus=args.cluster_prometheus,
+        )
+    return _hints.main(args.prometheus, args.json)
 
 
 def alerts_command(args: argparse.Namespace) -> int:

@@ -20,8 +20,6 @@ from .. import _queries as q
 from .._stack.processes import LOCAL
 
 WINDOW = "1m"
-#: Pool use from which more replicas are no answer (SightlineDbPoolSaturated's threshold).
-POOL_SATURATED = 0.9
 
 Key = tuple[str, ...]
 
@@ -202,7 +200,7 @@ def _scaling(snapshot: Snapshot) -> list[str]:
             + (f": {why}" if why else "")
         )
         pool = snapshot.get(q.POOL_UTILISATION, (job,))
-        if pool is not None and pool >= POOL_SATURATED and (now is None or wanted > now):
+        if pool is not None and pool >= q.POOL_SATURATED and (now is None or wanted > now):
             lines.append(
                 f"{'':<38}but its database pools are {pool:.0%} in use: more replicas "
                 "open more connections; raise the pools or the database first"
