@@ -12,13 +12,11 @@ alerts are shown instead, ungrouped, and the first line says why.
 
 from __future__ import annotations
 
-import http.client
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._stack.processes import LOCAL
+from ._stack.processes import API_FAILURES, get_json
 
 #: The root route's group_by in alerts/alertmanager.yml: how pending alerts are grouped.
 GROUP_BY = ("alertname", "job", "severity")
@@ -56,19 +54,19 @@ def read(prometheus: str, alertmanager: str, timeout: float = 3.0) -> Alerts:
     try:
         rules = [
             a
-            for a in _get(f"{prometheus}/api/v1/alerts", timeout)["data"]["alerts"]
+            for a in get_json(f"{prometheus}/api/v1/alerts", timeout)["data"]["alerts"]
             if isinstance(a, dict) and isinstance(a.get("labels"), dict)
         ]
-    except _FAILURES as exc:
+    except API_FAILURES as exc:
         found.errors.append(f"Prometheus at {prometheus} did not answer as expected: {exc!r}")
     found.pending = _grouped(a for a in rules if a.get("state") == "pending")
     try:
-        groups = _get(f"{alertmanager}/api/v2/alerts/groups", timeout)
+        groups = get_json(f"{alertmanager}/api/v2/alerts/groups", timeout)
         found.firing = sorted(
             (_group(g) for g in groups if isinstance(g, dict) and g.get("alerts")),
             key=lambda g: (g.receiver, sorted(g.labels.items())),
         )
-    except _FAILURES as exc:
+    except API_FAILURES as exc:
         found.errors.append(
             f"Alertmanager at {alertmanager} did not answer as expected ({exc!r}): the "
             "firing alerts below are Prometheus' view, ungrouped, and may not be notified"
@@ -76,21 +74,6 @@ def read(prometheus: str, alertmanager: str, timeout: float = 3.0) -> Alerts:
         firing = [a for a in rules if a.get("state") == "firing"]
         found.firing = [Group({}, "", [_alert(a, "firing") for a in firing])] if firing else []
     return found
-
-
-_FAILURES = (
-    OSError,
-    ValueError,
-    KeyError,
-    TypeError,
-    AttributeError,
-    http.client.HTTPException,
-)
-
-
-def _get(url: str, timeout: float) -> Any:
-    with LOCAL.open(url, timeout=timeout) as response:
-        return json.load(response)
 
 
 def _alert(raw: Mapping[str, Any], state: str) -> Alert:

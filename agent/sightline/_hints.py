@@ -14,7 +14,6 @@ HorizontalPodAutoscaler that scales a Deployment to the same recommendation.
 
 from __future__ import annotations
 
-import http.client
 import json
 import math
 import re
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _queries as q
-from ._stack.processes import LOCAL
+from ._stack.processes import API_FAILURES, get_json
 
 #: The reasons of ``sightline:required_replicas:count``, in the order they are shown.
 REASONS = ("concurrency", "cpu", "queue")
@@ -166,20 +165,12 @@ def _instant(prometheus: str, promql: str, timeout: float) -> list[tuple[dict[st
     """Each series' labels and value; NaN and ±Inf (a ratio over nothing) are no data."""
     url = f"{prometheus.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
     try:
-        with LOCAL.open(url, timeout=timeout) as response:
-            payload = json.load(response)
+        payload = get_json(url, timeout)
         if payload.get("status") != "success":
             raise ValueError(f"status {payload.get('status')!r}")
         series = [(dict(r["metric"]), float(r["value"][1])) for r in payload["data"]["result"]]
         return [(labels, value) for labels, value in series if math.isfinite(value)]
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        http.client.HTTPException,
-    ) as exc:
+    except API_FAILURES as exc:
         if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
             # The reason (connection refused, a timeout) without "<urlopen error ...>".
             raise Unreachable(f"Prometheus at {prometheus} did not answer: {exc.reason}") from None

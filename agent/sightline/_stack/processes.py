@@ -9,6 +9,8 @@ their master.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -154,6 +156,23 @@ class NotReady(RuntimeError):
 # Loopback needs no proxy: one set in HTTP_PROXY without a NO_PROXY for 127.0.0.1 would
 # otherwise receive every probe.
 LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+#: What reading a stack component's HTTP API can raise: no answer, a broken answer, or
+#: JSON of another shape than expected.
+API_FAILURES = (
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    http.client.HTTPException,
+)
+
+
+def get_json(url: str, timeout: float) -> Any:
+    """The JSON ``url`` answers, asked without any proxy (the stack is on loopback)."""
+    with LOCAL.open(url, timeout=timeout) as response:
+        return json.load(response)
 
 
 def wait_http(url: str, timeout: float, alive: Any = None) -> None:

@@ -7,17 +7,14 @@ goes and whether it flows, the alerts firing or pending, and the scaling hints.
 
 from __future__ import annotations
 
-import http.client
-import json
 import math
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from .. import _alerts
 from .. import _queries as q
-from .._stack.processes import LOCAL
+from .._stack.processes import API_FAILURES, get_json
 
 WINDOW = "1m"
 
@@ -44,30 +41,18 @@ def read(prometheus: str, alertmanager: str, sel: str = "", timeout: float = 3.0
     try:
         for query in (*q.GOLDEN_SIGNALS, *q.STATUS):
             params = urllib.parse.urlencode({"query": query.render(sel, WINDOW)})
-            payload = _get(f"{prometheus}/api/v1/query?{params}", timeout)
+            payload = get_json(f"{prometheus}/api/v1/query?{params}", timeout)
             series: dict[Key, float] = {}
             for item in payload.get("data", {}).get("result", []):
                 key = tuple(item["metric"].get(label, "") for label in query.by)
                 series[key] = float(item["value"][1])
             snapshot.values[query.title] = series
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        http.client.HTTPException,
-    ) as exc:
+    except API_FAILURES as exc:
         snapshot.error = f"Prometheus at {prometheus} did not answer as expected: {exc!r}"
         return snapshot
     # Every alert of the stack, not only the demo's: a user's own service may be down.
     snapshot.alerts = _alerts.read(prometheus, alertmanager, timeout)
     return snapshot
-
-
-def _get(url: str, timeout: float) -> Any:
-    with LOCAL.open(url, timeout=timeout) as response:
-        return json.load(response)
 
 
 def _num(value: float | None, fmt: str, scale: float = 1.0) -> str:
