@@ -133,7 +133,9 @@ def test_stack_up_scrapes_the_demo_and_loads_every_rule_file(stack_dir: Path) ->
     assert demo.returncode == 0, output
     assert "already running" in output  # the demo reused the stack
     # The view lists the alerts of the whole stack, the dropped-in service's included.
-    assert re.search(r"^pending +SightlineServiceDown +\S+ +.*job=checkout", output, re.M), output
+    listed = output.rpartition("PENDING (in Prometheus")[2]
+    group = r"^ +\{alertname=SightlineServiceDown, job=checkout, severity=critical\}  \(1 alert\)$"
+    assert re.search(group, listed, re.M), output
     # The burst (from 20 s) sends checkouts faster than the worker drains them.
     peak = prom.query('max_over_time(max(worker_queue_depth{job="shop-worker"})[5m:1s])')
     assert peak, "no queue depth scraped"
@@ -188,7 +190,7 @@ def test_demo_runs_for_its_duration_and_prints_golden_signals(stack_dir: Path) -
         r"^traces +off +left out \(--without collector, --without tempo\)", out, re.M
     ), out
     assert re.search(r"^logs +off +left out \(--without loki\)", out, re.M), out
-    assert "ALERTS (firing and pending)" in out
+    assert "FIRING (as Alertmanager groups and routes them)" in out
     assert "SCALING (sightline:recommended_replicas:count)" in out
     assert processes.ours(stack_dir.resolve()) == []
 
