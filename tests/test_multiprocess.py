@@ -25,7 +25,7 @@ from prometheus_client.core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
-from sightline import _multiprocess
+from sightline import _fork, _multiprocess
 from sightline._multiprocess import Snapshots, aggregate_registry
 from sightline._store import Store
 
@@ -812,3 +812,41 @@ def test_a_process_exiting_while_its_snapshot_is_read_loses_nothing(
         assert child.returncode == 0
     merged = aggregate_registry(snapshots)
     assert scrape(merged)[("jobs_total", (("queue", "a"),))] == 9
+
+
+# Forking with threads running is exactly the situation tested (Python 3.12+ warns of it).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_fork_from_another_thread_never_stalls_a_process_the_agent_starts() -> None:
+    """A process the agent starts from a background thread (the metrics socket's keeper)
+    is started in full while the main thread forks workers that live on (a gunicorn
+    master that ran init() in on_starting): no worker inherits the pipe Popen waits on,
+    so every start returns at once instead of when a worker exits."""
+    lives = 3.0  # each forked "worker" lives this long and never execs
+    slowest: list[float] = []
+    done = threading.Event()
+
+    def starts() -> None:
+        try:
+            for _ in range(30):
+                began = time.monotonic()
+                child = _fork.spawn([sys.executable, "-c", "pass"], stdin=subprocess.DEVNULL)
+                slowest.append(time.monotonic() - began)
+                child.wait()
+        finally:
+            done.set()
+
+    workers = []
+    starter = threading.Thread(target=starts)
+    starter.start()
+    while not done.is_set() and len(workers) < 400:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(lives)
+            os._exit(0)
+        workers.append(pid)
+        time.sleep(0.002)
+    starter.join()
+    for pid in workers:
+        os.waitpid(pid, 0)
+    assert len(slowest) == 30
+    assert max(slowest) < lives, f"a start waited for a worker to exit ({max(slowest):.1f} s)"

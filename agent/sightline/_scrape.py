@@ -42,7 +42,7 @@ import time
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler
 
-from . import _keeper, _port
+from . import _fork, _keeper, _port
 from ._process import process_key, running
 from ._store import Store
 
@@ -267,7 +267,7 @@ class MetricsServer:
         command = [sys.executable, "-m", "sightline._keeper"]
         command += [str(store.fd), str(listener.fileno()), key]
         try:
-            keeper = subprocess.Popen(
+            keeper = _fork.spawn(
                 command,
                 pass_fds=(store.fd, listener.fileno()),
                 # None of the app's output: a supervisor waiting for it to end must not
