@@ -73,7 +73,7 @@ def web(in_flight: float, cpu: float, pool_used: float) -> Replica:
     return Replica(
         gauges={
             "http_server_worker_capacity": 4,
-            "http_server_active_requests": round(in_flight),
+            "http_server_active_requests": in_flight,  # an average, hence not whole
             "process_cpu_limit_cores": 1,
             f"db_client_connection_max{{{pool}}}": 10,
             f'db_client_connection_count{{{pool},db_client_connection_state="used"}}': pool_used,
@@ -82,7 +82,7 @@ def web(in_flight: float, cpu: float, pool_used: float) -> Replica:
             ),
         },
         rates={
-            # Busy seconds per second: the mean number in flight (Little's law).
+            # Busy seconds per second: the same mean by Little's law.
             "http_server_request_duration_seconds_sum": in_flight,
             "http_server_request_duration_seconds_count": in_flight * 10,
             "process_cpu_seconds_total": cpu,

@@ -203,7 +203,7 @@ POOL_SATURATED = 0.9
 
 # -- the numbers behind each scaling reason (``sightline hints``), as the rules use them ----
 
-# Web: the mean number of requests in flight (Little's law) and the request slots.
+# Web: the mean number of requests in flight over 5 minutes and the request slots.
 INFLIGHT_MEAN = Query(
     "Requests in flight (mean, 5m)",
     "sum by ({by}) (job:http_server_requests_in_flight:mean5m{{{sel}}})",
