@@ -25,6 +25,8 @@ from sightline._stack.native import (
     Native,
     assign_ports,
     load_compose,
+    scaled,
+    seconds,
 )
 from sightline.demo.load import Plan, pick
 
@@ -353,6 +355,79 @@ def test_native_configs_listen_and_send_on_loopback_only(tmp_path: Path) -> None
             assert "0.0.0.0" not in text, (service, text)
             checked += 1
     assert checked > 20
+
+
+def test_time_scale_shortens_for_and_timings_only_and_still_passes_the_checks(
+    tmp_path: Path,
+) -> None:
+    """SIGHTLINE_STACK_TIME_SCALE=30 makes the derived rule files' `for:` 30 times shorter
+    (every other line as shipped, windows included), Prometheus' intervals and every
+    Alertmanager route's timings likewise (none below 1 s); the results pass promtool and
+    amtool. Unscaled, the rules are loaded where they are."""
+    running = {"prometheus", "alertmanager", "redis"}
+    plain = Native(tmp_path / "plain", running)
+    assert plain.paths("prometheus")["/etc/prometheus/alerts"] == ROOT / "alerts"
+    native = Native(tmp_path / "scaled", running, time_scale=30)
+    native.write_configs("prometheus")
+    native.write_configs("alertmanager")
+    rules = native.paths("prometheus")["/etc/prometheus/alerts"]
+    assert rules.is_relative_to(tmp_path)
+    changed = 0
+    for shipped in sorted((ROOT / "alerts").glob("*.rules.yml")):
+        before = shipped.read_text().splitlines()
+        after = (rules / shipped.name).read_text().splitlines()
+        assert len(before) == len(after)
+        for old, new in zip(before, after, strict=True):
+            if old != new:
+                value = old.split("for:")[1].strip()
+                assert new == old.replace(value, f"{max(1, round(seconds(value) / 30))}s")
+                changed += 1
+    assert changed == sum(
+        len(re.findall(r"^\s*for: ", p.read_text(), re.M))
+        for p in (ROOT / "alerts").glob("*.rules.yml")
+    )
+    assert "15m" in (ROOT / "alerts/saturation.rules.yml").read_text()
+    assert "for: 30s" in (rules / "saturation.rules.yml").read_text()
+    config_path = native.paths("prometheus")["/etc/prometheus/prometheus.yml"]
+    config = yaml.safe_load(config_path.read_text())
+    assert config["global"] == {
+        "scrape_interval": "1s",
+        "scrape_timeout": "1s",
+        "evaluation_interval": "1s",
+    }
+    assert config["rule_files"] == [f"{rules}/*.rules.yml"]
+    am_path = native.paths("alertmanager")["/etc/alertmanager/alertmanager.yml"]
+    shipped_am = yaml.safe_load((ROOT / "alerts/alertmanager.yml").read_text())
+    scaled_am = yaml.safe_load(am_path.read_text())
+    assert scaled_am["route"]["group_interval"] == "10s"  # 5m
+    assert scaled_am["route"]["repeat_interval"] == "480s"  # 4h
+    assert [r["group_wait"] for r in scaled_am["route"]["routes"] if "group_wait" in r] == [
+        scaled(r["group_wait"], 30) for r in shipped_am["route"]["routes"] if "group_wait" in r
+    ]
+    assert scaled_am["inhibit_rules"] == shipped_am["inhibit_rules"]
+    check = subprocess.run(
+        [binary("promtool"), "check", "config", str(config_path)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    check = subprocess.run(
+        [binary("amtool"), "check-config", str(am_path)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_bad_time_scale_is_refused_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A time scale that is not a number from 1 to 3600 stops `stack up` before anything
+    starts, with an error naming SIGHTLINE_STACK_TIME_SCALE and the value."""
+    for bad in ("fast", "0.5", "0"):
+        monkeypatch.setenv("SIGHTLINE_STACK_TIME_SCALE", bad)
+        result = sightline("stack", "up", "--dir", str(tmp_path / "s"))
+        assert result.returncode == 2
+        assert f"SIGHTLINE_STACK_TIME_SCALE={bad!r} is not a number from 1 to 3600" in (
+            result.stderr
+        )
+        assert not (tmp_path / "s").exists()
 
 
 def test_native_ports_are_distinct_and_overrides_win(tmp_path: Path) -> None:

@@ -31,7 +31,14 @@ from typing import Any
 import yaml
 
 from . import processes
-from .native import DEMO_TARGETS, Native, assign_ports, listen_ports, load_compose
+from .native import (
+    DEMO_TARGETS,
+    TIME_SCALE_ENV,
+    Native,
+    assign_ports,
+    listen_ports,
+    load_compose,
+)
 from .processes import Record
 
 Out = Callable[[str], None]
@@ -162,6 +169,22 @@ def check_ports(native: Native, service: str) -> None:
             )
 
 
+def _time_scale() -> float:
+    raw = os.environ.get(TIME_SCALE_ENV, "").strip()
+    if not raw:
+        return 1.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 1 <= value <= 3600:
+        raise StackError(
+            f"{TIME_SCALE_ENV}={raw!r} is not a number from 1 to 3600; it divides the "
+            "stack's alert timings for tests: unset it to run the stack as shipped"
+        )
+    return value
+
+
 class Stack:
     """The native stack whose state lives in ``directory``."""
 
@@ -171,8 +194,10 @@ class Stack:
         ports: Mapping[str, int] | None = None,
         without: Iterable[str] = (),
         port_offset: int = 0,
+        time_scale: float | None = None,
     ) -> None:
         self.directory = directory.resolve()
+        self.time_scale = _time_scale() if time_scale is None else time_scale
         self.state_file = self.directory / "stack.json"
         self.without = set(without)  # components not to start even if installed
         self.compose = load_compose()
@@ -300,7 +325,9 @@ class Stack:
 
     def native(self, running: Iterable[str] | None = None) -> Native:
         names = self.running() if running is None else set(running)
-        return Native(self.directory, names, self.ports, self.compose, self.listening)
+        return Native(
+            self.directory, names, self.ports, self.compose, self.listening, self.time_scale
+        )
 
     # -- commands -----------------------------------------------------------------------
 
@@ -314,6 +341,11 @@ class Stack:
         message); a component that fails does not stop the others from starting.
         """
         started = [] if started is None else started
+        if self.time_scale != 1:
+            out(
+                f"{TIME_SCALE_ENV}={self.time_scale:g}: alert `for:` durations, intervals and "
+                "notification timings divided accordingly, for tests; unset it for real use"
+            )
         available = self.available()
         alive = self.running()
         self._choose_ports(out)

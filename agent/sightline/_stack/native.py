@@ -16,6 +16,11 @@ component gets the same files with three mechanical rewrites:
 
 A native port is the compose port unless another service already took it, then the next
 free number: deterministic for a given compose file, and overridable (``--port``).
+
+For tests of the alerts end to end, ``SIGHTLINE_STACK_TIME_SCALE=N`` divides every
+``for:`` of the rule copies, Prometheus' scrape and evaluation intervals and
+Alertmanager's grouping and repeat timings by N (none below one second). The rules'
+range windows (``[5m]``, ``[1h]``) stay as shipped: they are what the rules mean.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ COMPOSE_DIR = (FILES / "compose").resolve()
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 
 _CONFIG_SUFFIXES = {".yml", ".yaml", ".json", ".ini", ".conf"}
+#: Test-only: divide the stack's waiting times by this (module docstring).
+TIME_SCALE_ENV = "SIGHTLINE_STACK_TIME_SCALE"
 _ANY = r"(?:0\.0\.0\.0|localhost|127\.0\.0\.1)"
 
 
@@ -148,8 +155,10 @@ class Native:
         ports: Mapping[str, int] | None = None,
         compose: Mapping[str, Any] | None = None,
         listening: Mapping[str, list[int]] | None = None,
+        time_scale: float = 1.0,
     ) -> None:
         self.directory = directory
+        self.time_scale = time_scale
         self.compose = dict(compose or load_compose())
         self.services: dict[str, dict[str, Any]] = self.compose["services"]
         self.running = set(running)
@@ -200,10 +209,19 @@ class Native:
             source = (COMPOSE_DIR / mount.source).resolve()
             if mount.target == "/etc/prometheus/targets":
                 found[mount.target] = self.directory / "targets"
-            elif (source.is_file() and source.suffix in _CONFIG_SUFFIXES) or (
-                source.is_dir()
-                and source.is_relative_to(COMPOSE_DIR)
-                and any(path.suffix in _CONFIG_SUFFIXES for path in source.rglob("*"))
+            elif (
+                (source.is_file() and source.suffix in _CONFIG_SUFFIXES)
+                or (
+                    source.is_dir()
+                    and source.is_relative_to(COMPOSE_DIR)
+                    and any(path.suffix in _CONFIG_SUFFIXES for path in source.rglob("*"))
+                )
+                or (
+                    # Rules, whose `for:` the time scale shortens.
+                    self.time_scale != 1
+                    and source.is_dir()
+                    and any(path.name.endswith(".rules.yml") for path in source.iterdir())
+                )
             ):
                 # Config that may name addresses: a rewritten copy. (A directory of
                 # secrets, with no config files, is used where it is, modes intact.)
@@ -237,7 +255,27 @@ class Native:
     def derive(self, path: Path, service: str) -> str:
         text = path.read_text()
         if service == "prometheus" and path.name == "prometheus.yml":
-            text = yaml.safe_dump(self.prune_prometheus(yaml.safe_load(text)), sort_keys=False)
+            config = self.prune_prometheus(yaml.safe_load(text))
+            if self.time_scale != 1:
+                _scale_keys(
+                    config.get("global", {}),
+                    ("scrape_interval", "scrape_timeout", "evaluation_interval"),
+                    self.time_scale,
+                )
+            text = yaml.safe_dump(config, sort_keys=False)
+        elif service == "prometheus" and path.name.endswith(".rules.yml") and self.time_scale != 1:
+            scale = self.time_scale
+            text = _FOR.sub(lambda m: m.group(1) + scaled(m.group(2), scale), text)
+        elif service == "alertmanager" and path.name == "alertmanager.yml" and self.time_scale != 1:
+            config = yaml.safe_load(text)
+            _scale_keys(config.get("global", {}), ("resolve_timeout",), self.time_scale)
+            routes = [config.get("route", {})]
+            while routes:
+                route = routes.pop()
+                timings = ("group_wait", "group_interval", "repeat_interval")
+                _scale_keys(route, timings, self.time_scale)
+                routes.extend(route.get("routes", []))
+            text = yaml.safe_dump(config, sort_keys=False)
         elif service in _SERVER_PORTS and path.suffix in (".yml", ".yaml"):
             config = yaml.safe_load(text)
             if isinstance(config, dict) and isinstance(config.get("server"), dict):
@@ -332,6 +370,31 @@ class Native:
             key: self.rewrite(interpolate(value, variables), service)
             for key, value in environment(self.services[service]).items()
         }
+
+
+_FOR = re.compile(r"^(\s*for:\s*)(\S+)[ \t]*$", re.MULTILINE)
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def seconds(duration: str) -> float:
+    """A Prometheus duration (``1h30m``, ``15m``, ``500ms``) in seconds."""
+    parts = _DURATION.findall(duration)
+    if not parts or "".join(n + u for n, u in parts) != duration:
+        raise ValueError(f"not a Prometheus duration: {duration!r}")
+    return sum(int(number) * _UNITS[unit] for number, unit in parts)
+
+
+def scaled(duration: str, scale: float) -> str:
+    """``duration`` divided by ``scale``, in whole seconds, at least one (``0s`` stays)."""
+    value = seconds(duration)
+    return "0s" if value == 0 else f"{max(1, round(value / scale))}s"
+
+
+def _scale_keys(config: dict[str, Any], keys: Iterable[str], scale: float) -> None:
+    for key in keys:
+        if isinstance(config.get(key), str):
+            config[key] = scaled(config[key], scale)
 
 
 # The bare listen ports (and their defaults) in Loki's and Tempo's `server` block.
