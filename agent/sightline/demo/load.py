@@ -7,7 +7,9 @@ answered, as real users arrive, so a slow server builds a backlog instead of slo
 load down. At most ``--concurrency`` requests are outstanding; a request that would
 exceed it is shed and counted. During a burst (a "sale") the rate jumps and the mix
 shifts to searches and checkouts: in-flight requests reach the gunicorn workers'
-capacity, CPU hits the container's quota and the Celery queue backs up.
+capacity, CPU hits the container's quota and the Celery queue backs up. With
+``--outage S``, the first S seconds' requests ask the shop to fail
+(``X-Demo-Fault: outage``): an outage, to show the error-budget alerts.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class Load:
         url = urllib.parse.urlsplit(target)
         self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
         self.plan = plan
+        #: While set, requests carry ``X-Demo-Fault: <fault>`` (the shop fails them).
+        self.fault: str | None = None
         self.pending: queue.Queue[tuple[str, str] | None] = queue.Queue(maxsize=concurrency)
         self.counts: Counter[str] = Counter()
         self.lock = threading.Lock()
@@ -114,6 +118,9 @@ class Load:
             self._count("sent")
             body = json.dumps({"product_id": random.randint(1, 200)}) if method == "POST" else None
             headers = {"Content-Type": "application/json"} if body else {}
+            fault = self.fault
+            if fault:
+                headers["X-Demo-Fault"] = fault
             # A connection idle for longer than the server keeps it may be closed by now:
             # start a new one rather than race the server's close.
             if connection is not None and time.monotonic() - last_used > _REUSE_WITHIN:
@@ -238,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--concurrency", type=int, default=48, help="requests outstanding")
     parser.add_argument("--duration", type=float, default=None, help="seconds (default: ever)")
+    parser.add_argument(
+        "--outage", type=float, default=0.0, help="first seconds in which the shop fails all"
+    )
     args = parser.parse_args(argv)
     for name in ("rate", "burst_rate", "burst_every", "concurrency"):
         if getattr(args, name) <= 0:
@@ -245,6 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = Plan(args.rate, args.burst_rate, args.burst_every, args.burst_seconds, args.burst_start)
     load = Load(args.target, plan, args.concurrency)
     signal.signal(signal.SIGTERM, lambda *_: load.stopping.set())
+    if args.outage > 0:
+        load.fault = "outage"
+        ends = threading.Timer(args.outage, setattr, (load, "fault", None))
+        ends.daemon = True
+        ends.start()
     try:
         counts = load.run(args.duration)
     except KeyboardInterrupt:

@@ -108,10 +108,10 @@ def load_report(stack: Stack) -> str:
     return f"load     sent {sent}, failed {failed}{share}" + (f", {rest}" if rest else "")
 
 
-def start_demo(stack: Stack, launched: list[str]) -> None:
-    """Start the shop and its worker, then (once the shop answers) the load; appends
-    each service to ``launched`` as it starts. A demo already running in this state
-    directory is left alone."""
+def start_demo(stack: Stack, launched: list[str], load: bool = True) -> None:
+    """Start the shop and its worker, then (once the shop answers) the load unless
+    ``load`` is false (the caller sends its own); appends each service to ``launched``
+    as it starts. A demo already running in this state directory is left alone."""
     if any(name in stack.running() for name in DEMO):
         raise StackError(
             f"a demo is already running from {stack.directory}; stop it first, or use another --dir"
@@ -129,7 +129,8 @@ def start_demo(stack: Stack, launched: list[str]) -> None:
         wait_http(native.url("demo-app", 8000, "/health"), 60, alive=record.alive)
     except NotReady as exc:
         raise StackError(f"demo-app {exc}; see {record.log}") from None
-    _launch(stack, native, "demo-load", launched)
+    if load:
+        _launch(stack, native, "demo-load", launched)
 
 
 def _launch(stack: Stack, native: Native, service: str, launched: list[str]) -> None:

@@ -1,8 +1,15 @@
 """The shop API: a Flask app with the shapes that matter for observability.
 
 Routes with path parameters (``/products/<int:product_id>``), a slow search that burns
-CPU, a checkout that enqueues Celery work and fails now and then (payment errors), and a
-404 for unknown products. Run it under gunicorn with several workers::
+CPU, a checkout that enqueues Celery work and fails now and then (payment errors: a
+share ``SHOP_CHECKOUT_FAILURES`` of checkouts, 1 % by default, within the shop's 99.5 %
+availability objective), and a 404 for unknown products.
+
+Faults on demand, to show the error-budget alerts: a request carrying
+``X-Demo-Fault: outage`` fails with a 500 (the load generator's ``--outage`` sends them),
+a checkout carrying ``X-Demo-Fault: payment`` finds the payment provider down (502).
+
+Run it under gunicorn with several workers::
 
     gunicorn --workers 4 --threads 2 --bind 127.0.0.1:8000 sightline.demo.shop:app
 
@@ -39,12 +46,34 @@ PRODUCTS: dict[int, dict[str, Any]] = {
 _orders = itertools.count(1)
 
 
+def _share(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name}={raw!r}: expected a share from 0 to 1")
+    return value
+
+
+CHECKOUT_FAILURES = _share("SHOP_CHECKOUT_FAILURES", 0.01)
+
+
 def _work(ms: float) -> None:
     """Burn about ``ms`` of CPU, as template rendering or serialisation would."""
     deadline = time.perf_counter() + ms / 1000
     data = b"shop"
     while time.perf_counter() < deadline:
         data = hashlib.sha256(data).digest()
+
+
+@app.before_request
+def outage() -> ResponseReturnValue | None:
+    if request.headers.get("X-Demo-Fault") == "outage":
+        log.error("outage: %s %s failed (X-Demo-Fault)", request.method, request.path)
+        return {"error": "outage"}, 500
+    return None
 
 
 @app.get("/health")
@@ -92,10 +121,11 @@ def checkout() -> ResponseReturnValue:
     order_id = next(_orders) + os.getpid() * 1_000_000
     items = random.randint(1, 4)
     time.sleep(random.uniform(0.02, 0.06))  # the payment provider
-    if random.random() < 0.04:
+    failure = random.random() / CHECKOUT_FAILURES if CHECKOUT_FAILURES else 1.0
+    if failure < 0.8 or request.headers.get("X-Demo-Fault") == "payment":
         log.error("payment declined by provider for order %s", order_id)
         return {"error": "payment failed"}, 502
-    if random.random() < 0.01:
+    if failure < 1.0:
         raise RuntimeError(f"order {order_id}: inventory reservation lost")
     tasks.update_inventory.delay(order_id, items)
     tasks.send_invoice.delay(order_id)
