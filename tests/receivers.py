@@ -271,3 +271,34 @@ def attributes(pairs: Any) -> dict[str, Any]:
         kind = pair.value.WhichOneof("value")
         result[pair.key] = getattr(pair.value, kind) if kind else None
     return result
+
+
+class Posts(ThreadingHTTPServer):
+    """A loopback HTTP endpoint keeping every JSON body POSTed to it, by path."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _PostHandler)
+        self.daemon_threads = True
+        self.bodies: list[tuple[str, dict[str, Any]]] = []
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+    def at(self, path: str) -> list[dict[str, Any]]:
+        return [body for p, body in list(self.bodies) if p == path]
+
+
+class _PostHandler(BaseHTTPRequestHandler):
+    server: Posts
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.server.bodies.append((self.path, json.loads(self.rfile.read(length))))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

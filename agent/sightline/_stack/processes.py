@@ -127,6 +127,11 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
+#: Every process launched here, held: each outlives the call that started it (its record
+#: finds it again), and a Popen dropped while its process runs is reported as leaked.
+_launched: list[subprocess.Popen[bytes]] = []
+
+
 def launch(
     name: str, argv: Sequence[str], env: Mapping[str, str], log: Path, cwd: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], Record]:
@@ -142,6 +147,8 @@ def launch(
             cwd=cwd,
             start_new_session=True,
         )
+    _launched[:] = [held for held in _launched if held.poll() is None]
+    _launched.append(proc)
     try:
         start = started(psutil.Process(proc.pid))
     except psutil.Error:
