@@ -117,6 +117,26 @@ def test_environment_variables_name_the_files(
     assert len(tls_backend.spans()) == 1
 
 
+def test_without_certificate_settings_the_system_trust_store_decides(
+    ca: trustme.CA,
+    pem: dict[str, str],
+    registry: CollectorRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no certificate setting, an HTTPS backend is trusted by the system's trust
+    store, as the export thread finds it when it connects (here SSL_CERT_FILE names the
+    private CA): spans and logs arrive."""
+    monkeypatch.setenv("SSL_CERT_FILE", pem["ca"])
+    backend = Backend(tls=server_context(ca, require_client=False)).start()
+    try:
+        assert one_request_and_line(registry, otlp_endpoint=backend.url, loki_url=backend.url)
+    finally:
+        backend.stop()
+    assert [s.name for _, s in backend.spans()] == ["GET /users/<int:uid>"]
+    assert [line for _, _, line, _ in backend.log_entries() if '"paid"' in line]
+    assert backend.handshake_failures == []
+
+
 def test_an_untrusted_certificate_fails_loudly_naming_the_setting(
     ca: trustme.CA,
     pem: dict[str, str],

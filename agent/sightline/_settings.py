@@ -918,7 +918,13 @@ class Settings:
 def tls_context(ca: str, certificate: str, key: str) -> Any:
     """The ``ssl.SSLContext`` an https:// export uses: the system's trust store unless
     ``ca`` names the certificates to trust instead, plus a client certificate for mutual
-    TLS. Raises ``ssl.SSLError`` or ``OSError`` for files that are not what they claim."""
+    TLS. Raises ``ssl.SSLError`` or ``OSError`` for files that are not what they claim.
+
+    None when neither is given: http.client then builds the default context itself, on
+    the export thread when it first connects over https, and ``init()`` does not spend
+    some 50 ms loading the system's trust store for an endpoint that may be plain http."""
+    if not (ca or certificate):
+        return None
     import ssl
 
     context = ssl.create_default_context(cafile=ca or None)
