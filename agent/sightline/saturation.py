@@ -13,7 +13,6 @@ laid out like a v1 or v2 host.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import threading
@@ -21,7 +20,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,6 +28,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from . import _fork, _safety
 from ._export import warn_rate_limited
 from .metrics import Described, Histogram
+
+if TYPE_CHECKING:
+    import asyncio
 
 # cgroup v1 reports "no limit" as a huge page-aligned number; anything this large is unlimited.
 _UNLIMITED = 1 << 60
