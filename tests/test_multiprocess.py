@@ -850,3 +850,39 @@ def test_a_fork_from_another_thread_never_stalls_a_process_the_agent_starts() ->
         os.waitpid(pid, 0)
     assert len(slowest) == 30
     assert max(slowest) < lives, f"a start waited for a worker to exit ({max(slowest):.1f} s)"
+
+
+# Forking with threads running is exactly the situation tested (Python 3.12+ warns of it).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_fork_waits_for_another_threads_exclusive_block() -> None:
+    """A fork made while another thread is inside ``_fork.exclusive()`` (importing the
+    OTLP encoder on the export thread, say) happens only once that block has ended, so
+    the child never inherits its half-done state; and the child can enter a block of its
+    own at once."""
+    inside, ended = threading.Event(), threading.Event()
+    ended_at: list[float] = []
+
+    def block() -> None:
+        with _fork.exclusive():
+            inside.set()
+            time.sleep(0.5)
+            ended_at.append(time.monotonic())
+        ended.set()
+
+    thread = threading.Thread(target=block)
+    thread.start()
+    assert inside.wait(5)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            with _fork.exclusive():
+                code = 0
+        finally:
+            os._exit(code)
+    forked_at = time.monotonic()
+    thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert ended_at
+    assert forked_at >= ended_at[0]

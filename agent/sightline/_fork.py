@@ -5,24 +5,39 @@ A lock held by another thread at the moment of fork stays locked forever in the 
 hang a worker on its first request. Objects register here and get ``_after_fork()``
 called in the child before any of its code runs.
 
-Processes the agent starts from a background thread go through :func:`spawn`, kept apart
-from forks of other threads (see there).
+What a background thread must not be forked in the middle of (starting a process,
+importing a module) runs in :func:`exclusive`, which forks wait for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 _objects: weakref.WeakSet[Any] = weakref.WeakSet()
-#: Held while :func:`spawn` starts a process; a fork waits for it (at most SPAWN_WAIT).
-_spawning = threading.Lock()
-_spawner: int | None = None
-_spawn_held = False
-SPAWN_WAIT = 2.0
+#: Held while a thread does what a fork must not cut in half (:func:`exclusive`); a fork
+#: by another thread waits for it, at most FORK_WAIT.
+_exclusive = threading.RLock()
+_held_for_fork = False
+FORK_WAIT = 2.0
+
+
+@contextlib.contextmanager
+def exclusive() -> Iterator[None]:
+    """Keep forks of this process out of the block, which another thread runs.
+
+    For work whose half-done state a forked child would inherit for good: a module
+    being imported (its import lock, held in the child for ever) or a process being
+    started (see :func:`spawn`). A fork waits for the block to end, at most
+    :data:`FORK_WAIT`.
+    """
+    with _exclusive:
+        yield
 
 
 def spawn(command: list[str], **options: Any) -> subprocess.Popen[bytes]:
@@ -32,15 +47,9 @@ def spawn(command: list[str], **options: Any) -> subprocess.Popen[bytes]:
     made by another thread meanwhile (gunicorn's master forking a worker while the
     agent starts a helper) copies that write end into a process that never execs, so
     Popen would wait as long as the worker lives, and the thread that called it with it.
-    Forks wait for a spawn in progress (at most :data:`SPAWN_WAIT`).
     """
-    global _spawner
-    with _spawning:
-        _spawner = threading.get_ident()
-        try:
-            return subprocess.Popen(command, **options)
-        finally:
-            _spawner = None
+    with exclusive():
+        return subprocess.Popen(command, **options)
 
 
 def track(obj: Any) -> None:
@@ -62,28 +71,24 @@ def _each(method: str, where: str) -> None:
 
 
 def _before() -> None:
-    global _spawn_held
-    if _spawner != threading.get_ident():  # Popen itself forking never waits for itself
-        _spawn_held = _spawning.acquire(timeout=SPAWN_WAIT)
+    global _held_for_fork
+    # Re-entrant: a thread forking inside its own exclusive block does not wait for itself.
+    _held_for_fork = _exclusive.acquire(timeout=FORK_WAIT)
     _each("_before_fork", "before")
 
 
-def _release_spawning() -> None:
-    global _spawn_held
-    if _spawn_held:
-        _spawn_held = False
-        _spawning.release()
-
-
 def _after_in_parent() -> None:
-    _release_spawning()
+    global _held_for_fork
+    if _held_for_fork:
+        _held_for_fork = False
+        _exclusive.release()
     _each("_after_fork_in_parent", "parent")
 
 
 def _after_in_child() -> None:
-    global _spawning, _spawner, _spawn_held
-    # A new lock: the old one may be held by a spawning thread this process does not have.
-    _spawning, _spawner, _spawn_held = threading.Lock(), None, False
+    global _exclusive, _held_for_fork
+    # A new lock: the old one may be held by a thread this process does not have.
+    _exclusive, _held_for_fork = threading.RLock(), False
     _each("_after_fork", "child")
 
 

@@ -24,9 +24,7 @@ from typing import Any
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider, sampling
 from opentelemetry.semconv.attributes import (
@@ -35,7 +33,7 @@ from opentelemetry.semconv.attributes import (
 )
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from . import _otlp, _resource, _safety
+from . import _fork, _otlp, _resource, _safety
 from ._export import BatchQueue, Endpoint, ExportStats, Retrying, push
 from ._http import redact_target, redact_url
 from ._settings import Settings, tls_context
@@ -157,8 +155,21 @@ class OtlpSender:
             self.stats.dropped("unencodable", 1)
 
         if sdk:
-            request = _encode_sdk_spans(sdk, skip)
-            pairs = [KeyValue(key=k, value=_any_value(v)) for k, v in resource.items()]
+            # The SDK's encoder and protobuf, loaded here: Sightline's own spans are
+            # encoded without them, and a process that never has an SDK span (most) never
+            # pays for their import. Imported with forks held off: a worker forked half-way
+            # through would inherit the module's import lock, held for good.
+            with _fork.exclusive():
+                from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+                from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+            request = _encode_sdk_spans(encode_spans, sdk, skip)
+            pairs = [
+                KeyValue(
+                    key=k,
+                    value=AnyValue(int_value=v) if isinstance(v, int) else AnyValue(string_value=v),
+                )
+                for k, v in resource.items()
+            ]
             for resource_spans in request.resource_spans:
                 del resource_spans.resource.attributes[:]
                 resource_spans.resource.attributes.extend(pairs)
@@ -183,7 +194,11 @@ class OtlpSender:
         )
 
 
-def _encode_sdk_spans(spans: list[Any], skip: Callable[[BaseException], None]) -> Any:
+def _encode_sdk_spans(
+    encode_spans: Callable[[Sequence[Any]], Any],
+    spans: list[Any],
+    skip: Callable[[BaseException], None],
+) -> Any:
     try:
         return encode_spans(spans)
     except Exception:  # find the span that cannot be encoded (a lone surrogate, say)
@@ -215,10 +230,6 @@ def _redact_urls(attributes: Any, extra_words: tuple[str, ...]) -> None:
             continue
         if pair.value.WhichOneof("value") == "string_value":
             pair.value.string_value = redact(pair.value.string_value, extra_words)
-
-
-def _any_value(value: str | int) -> AnyValue:
-    return AnyValue(int_value=value) if isinstance(value, int) else AnyValue(string_value=value)
 
 
 class _EnvironGetter(Getter[Any]):
