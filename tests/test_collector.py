@@ -77,7 +77,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tempo = GrpcTraces().start()
     loki = Backend(keep_alive=True).start()
     directory = tmp_path_factory.mktemp("collector") / "stack"
-    env = {**os.environ, "PATH": f"{collector.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "PATH": f"{collector.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        # A fifth of the demo's checkouts fail (1 % by default): some of the failed traces
+        # that must reach Tempo come from the demo, within its 60 s.
+        "SHOP_CHECKOUT_FAILURES": "0.2",
+    }
     running = Running(directory, env, tempo, loki)
     try:
         up = running.sightline(
