@@ -886,3 +886,37 @@ def test_a_fork_waits_for_another_threads_exclusive_block() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert ended_at
     assert forked_at >= ended_at[0]
+
+
+@pytest.mark.internal_errors_expected
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_fork_that_stops_waiting_for_an_exclusive_block_says_so(
+    internal_errors: list[BaseException], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork that has waited FORK_WAIT for another thread's exclusive block goes ahead
+    (a fork is never held for ever) and reports it: an internal error naming what it did
+    not wait for, which is logged and counted."""
+    monkeypatch.setattr(_fork, "FORK_WAIT", 0.1)
+    inside, leave = threading.Event(), threading.Event()
+
+    def block() -> None:
+        with _fork.exclusive():
+            inside.set()
+            leave.wait(5)
+
+    thread = threading.Thread(target=block)
+    thread.start()
+    assert inside.wait(5)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+    finally:
+        leave.set()
+        thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [str(e) for e in internal_errors if isinstance(e, TimeoutError)] == [
+        "a fork went ahead after waiting 0.1 s for another thread to finish starting a process "
+        "or importing a module; the child may hang on it"
+    ]

@@ -74,6 +74,16 @@ def _before() -> None:
     global _held_for_fork
     # Re-entrant: a thread forking inside its own exclusive block does not wait for itself.
     _held_for_fork = _exclusive.acquire(timeout=FORK_WAIT)
+    if not _held_for_fork:
+        from . import _safety
+
+        _safety.report(
+            "fork.exclusive",
+            TimeoutError(
+                f"a fork went ahead after waiting {FORK_WAIT:g} s for another thread to "
+                "finish starting a process or importing a module; the child may hang on it"
+            ),
+        )
     _each("_before_fork", "before")
 
 
