@@ -23,19 +23,18 @@ from typing import Any
 import pytest
 import yaml
 from sightline._stack import BY_NAME, Stack, processes
-from sightline._stack.native import Native, load_compose
 from sightline.demo.load import Load, Plan
 from sightline.demo.run import start_demo
 
-from .helpers import free_port, wait_until
+from .helpers import wait_until
 from .receivers import Posts
 from .servers import Prometheus, binary, pinned_dir
+from .test_stack import NEEDED, free_ports
 
 pytestmark = pytest.mark.stack
 
 #: Every `for:` and Alertmanager timing divided by this: 15m -> 30s, 5m -> 10s.
 SCALE = 30
-NEEDED = ("prometheus", "alertmanager", "redis")
 #: A sale: requests past what the shop's 8 request slots serve, checkouts past what its
 #: 2 task slots drain; and in its first seconds the payment provider is down (checkouts
 #: answer 502: a tenth of the sale's requests).
@@ -56,7 +55,6 @@ WANTED = (
     ("SightlineScaleUpRecommended", "shop", "warning"),
     ("SightlineScaleUpRecommended", "shop-worker", "warning"),
 )
-SERVICES = load_compose()["services"]
 
 
 @dataclass
@@ -91,10 +89,7 @@ class Demo:
         native = self.stack.native()
         self.load = load = Load(native.url("demo-app", 8000), plan, concurrency=96)
         if fault:
-            load.fault = fault
-            ends = threading.Timer(seconds, setattr, (load, "fault", None))
-            ends.start()
-            self.threads.append(ends)
+            load.inject(fault, seconds)
         thread = threading.Thread(target=load.run, args=(None,), daemon=True)
         thread.start()
         self.threads.append(thread)
@@ -105,10 +100,7 @@ def demo(directory: Path, posts: Posts, path: str, bin_dir: Path | None) -> Iter
     """A native stack in ``directory`` (its binaries from ``bin_dir`` first if given) with
     the test's webhook at ``path`` behind every receiver, running the demo's shop and
     worker without their load; stopped afterwards, whatever happens."""
-    ports = {}
-    for key in Native(Path("/nonexistent"), SERVICES).ports:
-        if key.split(":")[0] in (*NEEDED, "demo-app", "demo-worker"):
-            ports[key] = free_port()
+    ports = free_ports((*NEEDED, "demo-app", "demo-worker"))
     without = [name for name in BY_NAME if name not in NEEDED]
     stack = Stack(directory, ports, without, time_scale=SCALE)
     running = Demo(stack, Prometheus(""), "", posts, path)
@@ -137,8 +129,6 @@ def demo(directory: Path, posts: Posts, path: str, bin_dir: Path | None) -> Iter
         if running.load is not None:
             running.load.stopping.set()
         for thread in running.threads:
-            if isinstance(thread, threading.Timer):
-                thread.cancel()
             thread.join(15)
         try:
             stack.stop(running.launched, out=lambda line: None)

@@ -40,14 +40,17 @@ SERVICES = load_compose()["services"]
 NEEDED = ("prometheus", "alertmanager", "redis")
 
 
+def free_ports(services: tuple[str, ...] = (*NEEDED, "demo-app", "demo-worker")) -> dict[str, int]:
+    """A free loopback port for every port of ``services``, by ``service:port``."""
+    native = Native(Path("/nonexistent"), SERVICES)
+    return {key: free_port() for key in native.ports if key.split(":")[0] in services}
+
+
 def port_args(services: tuple[str, ...] = (*NEEDED, "demo-app", "demo-worker")) -> list[str]:
     """A free loopback port for every port of ``services``, as --port options."""
-    native = Native(Path("/nonexistent"), SERVICES)
-    args = []
-    for key in native.ports:
-        if key.split(":")[0] in services:
-            args += ["--port", f"{key}={free_port()}"]
-    return args
+    return [
+        arg for key, port in free_ports(services).items() for arg in ("--port", f"{key}={port}")
+    ]
 
 
 def only(*names: str) -> list[str]:

@@ -92,6 +92,13 @@ class Load:
             threading.Thread(target=self._worker, daemon=True) for _ in range(concurrency)
         ]
 
+    def inject(self, fault: str, seconds: float) -> None:
+        """Ask the shop for ``fault`` (``X-Demo-Fault``) in the next ``seconds``."""
+        self.fault = fault
+        ends = threading.Timer(seconds, setattr, (self, "fault", None))
+        ends.daemon = True
+        ends.start()
+
     def _count(self, key: str) -> None:
         with self.lock:
             self.counts[key] += 1
@@ -256,10 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = Load(args.target, plan, args.concurrency)
     signal.signal(signal.SIGTERM, lambda *_: load.stopping.set())
     if args.outage > 0:
-        load.fault = "outage"
-        ends = threading.Timer(args.outage, setattr, (load, "fault", None))
-        ends.daemon = True
-        ends.start()
+        load.inject("outage", args.outage)
     try:
         counts = load.run(args.duration)
     except KeyboardInterrupt:
