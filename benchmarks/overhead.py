@@ -65,6 +65,22 @@ event loop per batch. Variants are entries in :data:`VARIANTS`, grouped into the
     One ``GET`` through redis-py on an in-process Redis (fakeredis): ``redis_bare``,
     ``redis_incumbent`` (OpenTelemetry's Redis instrumentation, SDK and exporter as above)
     and ``redis_sightline`` (the command's histogram and the cache hit counter).
+``psycopg``
+    One ``SELECT`` by primary key through a psycopg 3 connection (autocommit) to
+    PostgreSQL on loopback: ``pg_bare``, ``pg_incumbent`` (OpenTelemetry's psycopg
+    instrumentation) and ``pg_sightline``. The server is the one :data:`POSTGRES_ENV` names,
+    else a throwaway one started from Debian's package for the run.
+``django_orm``
+    ``Item.objects.get(pk=42).name`` through Django's ORM on a SQLite file: ``orm_bare``,
+    ``orm_incumbent`` (OpenTelemetry's sqlite3 instrumentation, which traces the ORM's
+    statements on SQLite; its Django instrumentation traces requests only) and
+    ``orm_sightline``.
+``http_client``, ``httpx``, ``urllib3``, ``aiohttp``
+    One GET over a kept-alive connection to a loopback HTTP server in another process,
+    through requests, a synchronous httpx ``Client``, a urllib3 ``PoolManager`` or an
+    aiohttp ``ClientSession``: ``<client>_bare``, ``<client>_incumbent`` (OpenTelemetry's
+    instrumentation for that client) and ``<client>_sightline`` (the request's histogram);
+    the requests suite's variants are ``http_*``.
 
 Each run is a fresh subprocess that checks its variant works, warms up, then times
 ``--requests`` requests (log calls in the ``log`` suite, tasks in ``celery`` and ``rq``) with
@@ -80,12 +96,17 @@ per-round differences) and that cost relative to the stack it is compared with::
     python benchmarks/overhead.py --suite rq            # 8 rounds x 1000 jobs
     python benchmarks/overhead.py --suite sqlalchemy    # 10 rounds x 20000 queries
     python benchmarks/overhead.py --suite redis         # 10 rounds x 20000 commands
+    python benchmarks/overhead.py --suite psycopg       # 10 rounds x 5000 statements
+    python benchmarks/overhead.py --suite django_orm    # 10 rounds x 10000 statements
     python benchmarks/overhead.py --suite http_client   # 10 rounds x 5000 requests
+    python benchmarks/overhead.py --suite aiohttp       # the same for httpx, urllib3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import gc
 import gzip
 import io
@@ -99,10 +120,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from flask import Flask
@@ -176,12 +198,19 @@ def setup_pfe() -> Variant:
     return Variant(app, samples(registry, "flask_http_request_total"))
 
 
-def setup_sightline() -> Variant:
+def sightline_metrics() -> CollectorRegistry:
+    """``sightline.init()`` with metrics alone and no server, the ``metrics`` suite's
+    and the dependency suites'; returns its registry."""
     import sightline
 
     registry = CollectorRegistry()
     sightline.init(service="bench", registry=registry, metrics_addr="off", traces=False, logs=False)
-    return Variant(hello_app(), samples(registry, "http_server_request_duration_seconds_count"))
+    return registry
+
+
+def setup_sightline() -> Variant:
+    probe = samples(sightline_metrics(), "http_server_request_duration_seconds_count")
+    return Variant(hello_app(), probe)
 
 
 class Sink:
@@ -1000,12 +1029,9 @@ def setup_sqla_incumbent() -> OpVariant:
 
 
 def setup_sqla_sightline() -> OpVariant:
-    import sightline
-
-    registry = CollectorRegistry()
-    sightline.init(service="bench", registry=registry, metrics_addr="off", traces=False, logs=False)
+    probe = samples(sightline_metrics(), "db_client_operation_duration_seconds_count")
     call, _ = sqla_query()
-    return OpVariant(call, "lamp", samples(registry, "db_client_operation_duration_seconds_count"))
+    return OpVariant(call, "lamp", probe)
 
 
 def redis_get() -> tuple[Callable[[], Any], Any]:
@@ -1031,12 +1057,9 @@ def setup_redis_incumbent() -> OpVariant:
 
 
 def setup_redis_sightline() -> OpVariant:
-    import sightline
-
-    registry = CollectorRegistry()
-    sightline.init(service="bench", registry=registry, metrics_addr="off", traces=False, logs=False)
+    probe = samples(sightline_metrics(), "db_client_operation_duration_seconds_count")
     call, _ = redis_get()
-    return OpVariant(call, b"lamp", samples(registry, "db_client_operation_duration_seconds_count"))
+    return OpVariant(call, b"lamp", probe)
 
 
 #: A keep-alive HTTP/1.1 server answering every GET with "ok", run in a process of its
@@ -1064,42 +1087,191 @@ server.serve_forever()
 """
 
 
-def http_get() -> Callable[[], Any]:
-    """A GET through one requests Session (a kept-alive connection) to a loopback server."""
+def http_url() -> str:
+    """Starts :data:`HTTP_SERVER` in a process of its own; returns the URL a client GETs."""
     import atexit
-
-    import requests
 
     server = subprocess.Popen(
         [sys.executable, "-c", HTTP_SERVER], stdout=subprocess.PIPE, text=True
     )
     atexit.register(server.kill)
     assert server.stdout is not None
-    url = f"http://127.0.0.1:{server.stdout.readline().strip()}/items/42"
-    session = requests.Session()
+    return f"http://127.0.0.1:{server.stdout.readline().strip()}/items/42"
+
+
+def requests_get() -> Callable[[], Any]:
+    """A GET through one requests Session (a kept-alive connection) to a loopback server."""
+    import requests
+
+    url, session = http_url(), requests.Session()
     return lambda: session.get(url).content
 
 
-def setup_http_bare() -> OpVariant:
-    return OpVariant(http_get(), b"ok")
+def httpx_get() -> Callable[[], Any]:
+    """The same GET through one synchronous httpx Client."""
+    import httpx
+
+    url, client = http_url(), httpx.Client()
+    return lambda: client.get(url).content
 
 
-def setup_http_incumbent() -> OpVariant:
-    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+def urllib3_get() -> Callable[[], Any]:
+    """The same GET through a urllib3 PoolManager."""
+    import urllib3
+
+    url, pool = http_url(), urllib3.PoolManager()
+    return lambda: pool.request("GET", url).data
+
+
+def aiohttp_get() -> Callable[[], Any]:
+    """The same GET through one aiohttp ClientSession, each call run to completion on one
+    event loop (the loop's own cost is in every variant alike)."""
+    import asyncio
+
+    import aiohttp
+
+    url, loop = http_url(), asyncio.new_event_loop()
+
+    async def start() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession()  # made on the loop that uses it
+
+    session = loop.run_until_complete(start())
+
+    async def get() -> bytes:
+        async with session.get(url) as response:
+            return await response.read()
+
+    return lambda: loop.run_until_complete(get())
+
+
+#: Each client suite's GET, and OpenTelemetry's instrumentor for it (module, class).
+HTTP_CLIENTS: dict[str, tuple[Callable[[], Callable[[], Any]], str, str]] = {
+    "http": (requests_get, "opentelemetry.instrumentation.requests", "RequestsInstrumentor"),
+    "httpx": (httpx_get, "opentelemetry.instrumentation.httpx", "HTTPXClientInstrumentor"),
+    "urllib3": (urllib3_get, "opentelemetry.instrumentation.urllib3", "URLLib3Instrumentor"),
+    "aiohttp": (
+        aiohttp_get,
+        "opentelemetry.instrumentation.aiohttp_client",
+        "AioHttpClientInstrumentor",
+    ),
+}
+
+
+def client_variant(client: str, stack: str) -> OpVariant:
+    """``<client>_<stack>``: the client's GET bare, under OpenTelemetry's instrumentation
+    for that client (a span per request, SDK and exporter as in ``incumbent``), or under
+    Sightline (the request's duration histogram by method, host and status)."""
+    import importlib
+
+    get, module, instrumentor = HTTP_CLIENTS[client]
+    if stack == "incumbent":
+        provider, exported = otel_sdk()
+        instrumentation = getattr(importlib.import_module(module), instrumentor)()
+        instrumentation.instrument(tracer_provider=provider)
+        return OpVariant(get(), b"ok", None, exported)
+    if stack == "sightline":
+        probe = samples(sightline_metrics(), "http_client_request_duration_seconds_count")
+        return OpVariant(get(), b"ok", probe)
+    return OpVariant(get(), b"ok")
+
+
+#: The environment variable naming the ``psycopg`` suite's PostgreSQL (a libpq
+#: connection string); :func:`main` starts a throwaway server when it is unset.
+POSTGRES_ENV = "BENCH_POSTGRES"
+
+
+def pg_query() -> Callable[[], Callable[[], Any]]:
+    """A SELECT by primary key through one psycopg 3 connection (autocommit) to PostgreSQL
+    on loopback. The table is made here on a connection of its own; the returned function
+    opens the timed connection, after the variant has instrumented what it does."""
+    import psycopg
+
+    dsn = os.environ[POSTGRES_ENV]
+    with psycopg.connect(dsn, autocommit=True) as setup:
+        setup.execute("CREATE TABLE IF NOT EXISTS item (id integer PRIMARY KEY, name text)")
+        setup.execute("INSERT INTO item VALUES (42, 'lamp') ON CONFLICT DO NOTHING")
+
+    def connect() -> Callable[[], Any]:
+        cursor = psycopg.connect(dsn, autocommit=True).cursor()
+
+        def call() -> Any:
+            cursor.execute("SELECT name FROM item WHERE id = %s", (42,))
+            row = cursor.fetchone()
+            return None if row is None else row[0]
+
+        return call
+
+    return connect
+
+
+def setup_pg_bare() -> OpVariant:
+    return OpVariant(pg_query()(), "lamp")
+
+
+def setup_pg_incumbent() -> OpVariant:
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+    connect = pg_query()
+    provider, exported = otel_sdk()
+    PsycopgInstrumentor().instrument(tracer_provider=provider)
+    return OpVariant(connect(), "lamp", None, exported)
+
+
+def setup_pg_sightline() -> OpVariant:
+    probe = samples(sightline_metrics(), "db_client_operation_duration_seconds_count")
+    return OpVariant(pg_query()(), "lamp", probe)
+
+
+def orm_query(instrument: Callable[[], None] | None = None) -> Callable[[], Any]:
+    """``Item.objects.get(pk=42).name`` through Django's ORM on a SQLite file. The table is
+    made with the sqlite3 module before ``instrument`` runs; Django opens its connection
+    on the first query."""
+    import sqlite3
+    import tempfile
+
+    import django
+    from django.conf import settings
+    from django.db import models
+
+    path = os.path.join(tempfile.mkdtemp(prefix="bench-django-"), "db.sqlite3")
+    setup = sqlite3.connect(path)
+    with setup:  # commits
+        setup.execute("CREATE TABLE bench_item (id integer PRIMARY KEY, name text)")
+        setup.execute("INSERT INTO bench_item VALUES (42, 'lamp')")
+    setup.close()
+    if instrument is not None:
+        instrument()
+    settings.configure(
+        SECRET_KEY="bench",
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": path}},
+        INSTALLED_APPS=[],
+    )
+    django.setup()
+
+    class Item(models.Model):  # type: ignore[misc]
+        name = models.TextField()
+
+        class Meta:
+            app_label = "bench"
+
+    return lambda: Item.objects.get(pk=42).name
+
+
+def setup_orm_bare() -> OpVariant:
+    return OpVariant(orm_query(), "lamp")
+
+
+def setup_orm_incumbent() -> OpVariant:
+    from opentelemetry.instrumentation.sqlite3 import SQLite3Instrumentor
 
     provider, exported = otel_sdk()
-    RequestsInstrumentor().instrument(tracer_provider=provider)
-    return OpVariant(http_get(), b"ok", None, exported)
+    call = orm_query(lambda: SQLite3Instrumentor().instrument(tracer_provider=provider))
+    return OpVariant(call, "lamp", None, exported)
 
 
-def setup_http_sightline() -> OpVariant:
-    import sightline
-
-    registry = CollectorRegistry()
-    sightline.init(service="bench", registry=registry, metrics_addr="off", traces=False, logs=False)
-    return OpVariant(
-        http_get(), b"ok", samples(registry, "http_client_request_duration_seconds_count")
-    )
+def setup_orm_sightline() -> OpVariant:
+    probe = samples(sightline_metrics(), "db_client_operation_duration_seconds_count")
+    return OpVariant(orm_query(), "lamp", probe)
 
 
 OP_VARIANTS: dict[str, Callable[[], OpVariant]] = {
@@ -1109,9 +1281,17 @@ OP_VARIANTS: dict[str, Callable[[], OpVariant]] = {
     "redis_bare": setup_redis_bare,
     "redis_incumbent": setup_redis_incumbent,
     "redis_sightline": setup_redis_sightline,
-    "http_bare": setup_http_bare,
-    "http_incumbent": setup_http_incumbent,
-    "http_sightline": setup_http_sightline,
+    "pg_bare": setup_pg_bare,
+    "pg_incumbent": setup_pg_incumbent,
+    "pg_sightline": setup_pg_sightline,
+    "orm_bare": setup_orm_bare,
+    "orm_incumbent": setup_orm_incumbent,
+    "orm_sightline": setup_orm_sightline,
+    **{
+        f"{client}_{stack}": functools.partial(client_variant, client, stack)
+        for client in HTTP_CLIENTS
+        for stack in ("bare", "incumbent", "sightline")
+    },
 }
 
 
@@ -1164,6 +1344,25 @@ class Suite:
     target_text: dict[str, str] = field(default_factory=dict)
     #: variant -> the most it may add, in µs per unit, where no stack is compared with.
     bounds_us: Mapping[str, float] = field(default_factory=dict)
+
+
+def client_suite(client: str, what: str, *libraries: str) -> Suite:
+    """An outgoing-HTTP suite: ``<client>_bare``, ``_incumbent`` and ``_sightline`` each
+    GET from :data:`HTTP_SERVER` in another process over a kept-alive connection."""
+    return Suite(
+        title=f"Outgoing HTTP: a {what} to a loopback server in another process",
+        variants=(f"{client}_bare", f"{client}_incumbent", f"{client}_sightline"),
+        baseline=f"{client}_bare",
+        references={f"{client}_{s}": f"{client}_incumbent" for s in ("incumbent", "sightline")},
+        targets={f"{client}_sightline": 0.25},
+        rounds=10,
+        requests=5000,
+        warmup=500,
+        libraries=libraries,
+        unit="request",
+        request="GET /items/42 (kept-alive connection)",
+        target_text={f"{client}_sightline": "0.25x"},
+    )
 
 
 SUITES: dict[str, Suite] = {
@@ -1320,19 +1519,30 @@ SUITES: dict[str, Suite] = {
         request="SELECT name FROM item WHERE id = 42",
         target_text={"sqla_sightline": "0.25x"},
     ),
-    "http_client": Suite(
-        title="Outgoing HTTP: a GET through requests to a loopback server in another process",
-        variants=("http_bare", "http_incumbent", "http_sightline"),
-        baseline="http_bare",
-        references={"http_incumbent": "http_incumbent", "http_sightline": "http_incumbent"},
-        targets={"http_sightline": 0.25},
-        rounds=10,
-        requests=5000,
-        warmup=500,
-        libraries=("requests", "urllib3", "opentelemetry-instrumentation-requests"),
-        unit="request",
-        request="GET /items/42 (kept-alive connection)",
-        target_text={"http_sightline": "0.25x"},
+    "http_client": client_suite(
+        "http",
+        "GET through requests",
+        "requests",
+        "urllib3",
+        "opentelemetry-instrumentation-requests",
+    ),
+    "httpx": client_suite(
+        "httpx",
+        "GET through a synchronous httpx Client",
+        "httpx",
+        "opentelemetry-instrumentation-httpx",
+    ),
+    "urllib3": client_suite(
+        "urllib3",
+        "GET through a urllib3 PoolManager",
+        "urllib3",
+        "opentelemetry-instrumentation-urllib3",
+    ),
+    "aiohttp": client_suite(
+        "aiohttp",
+        "GET through an aiohttp ClientSession",
+        "aiohttp",
+        "opentelemetry-instrumentation-aiohttp-client",
     ),
     "redis": Suite(
         title="Redis: a GET through redis-py on an in-process Redis (fakeredis)",
@@ -1347,6 +1557,34 @@ SUITES: dict[str, Suite] = {
         unit="command",
         request="GET user:42",
         target_text={"redis_sightline": "0.25x"},
+    ),
+    "psycopg": Suite(
+        title="psycopg 3: a SELECT by primary key on PostgreSQL over loopback",
+        variants=("pg_bare", "pg_incumbent", "pg_sightline"),
+        baseline="pg_bare",
+        references={"pg_incumbent": "pg_incumbent", "pg_sightline": "pg_incumbent"},
+        targets={"pg_sightline": 0.25},
+        rounds=10,
+        requests=5000,
+        warmup=500,
+        libraries=("psycopg", "opentelemetry-instrumentation-psycopg"),
+        unit="statement",
+        request="SELECT name FROM item WHERE id = 42 (one connection, autocommit)",
+        target_text={"pg_sightline": "0.25x"},
+    ),
+    "django_orm": Suite(
+        title="Django ORM: Item.objects.get(pk=42) on a SQLite file",
+        variants=("orm_bare", "orm_incumbent", "orm_sightline"),
+        baseline="orm_bare",
+        references={"orm_incumbent": "orm_incumbent", "orm_sightline": "orm_incumbent"},
+        targets={"orm_sightline": 0.25},
+        rounds=10,
+        requests=10000,
+        warmup=1000,
+        libraries=("django", "opentelemetry-instrumentation-sqlite3"),
+        unit="statement",
+        request="Item.objects.get(pk=42).name",
+        target_text={"orm_sightline": "0.25x"},
     ),
 }
 
@@ -1561,26 +1799,74 @@ def phase_table(suite: Suite, phases: dict[str, dict[str, Any]]) -> list[str]:
     return [f"Per operation, us/{suite.unit} (medians{added_over}):", *markdown(header, rows)]
 
 
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A PostgreSQL server (Debian's package, the newest installed) in a temporary
+    directory, on a loopback port, trusting local connections, for the ``psycopg`` suite;
+    yields its connection string. As root it runs as the ``postgres`` account."""
+    import shutil
+    import socket
+    import tempfile
+
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: p.parts)
+    if not found:
+        raise SystemExit(
+            f"psycopg suite: no PostgreSQL server (apt-get install postgresql), "
+            f"or name one in {POSTGRES_ENV} (a libpq connection string)"
+        )
+    bin_dir, base = found[-1].parent, Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        account = pwd.getpwnam("postgres")
+        os.chown(base, account.pw_uid, account.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = base / "data"
+    subprocess.run(
+        [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
+         "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [*as_user, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port),
+         "-k", str(base), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+    try:
+        for _ in range(300):
+            if server.poll() is not None:
+                raise SystemExit(f"psycopg suite: PostgreSQL exited with {server.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield dsn
+    finally:
+        server.terminate()
+        server.wait(30)
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--suite", choices=["all", *SUITES], default="all", help="which comparison to run"
     )
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        help="default: 12 (8 for fastapi, django, celery and rq, 7 for log)",
-    )
+    parser.add_argument("--rounds", type=int, help="default: each suite's own (--list)")
     parser.add_argument(
         "--requests",
         type=int,
-        help="timed requests (log calls, tasks) per run; default: metrics 20000, full 5000, "
-        "fastapi, django and celery 3000, log 100000, rq 1000",
+        help="timed requests (log calls, tasks, statements) per run; default: each suite's own",
     )
+    parser.add_argument("--warmup", type=int, help="default: each suite's own")
     parser.add_argument(
-        "--warmup",
-        type=int,
-        help="default: metrics 2000, full, fastapi, django and celery 1000, log 5000, rq 300",
+        "--list", action="store_true", help="list the suites with their defaults, and stop"
     )
     every = [*VARIANTS, *LOG_VARIANTS, *TASK_VARIANTS, *OP_VARIANTS]
     parser.add_argument(
@@ -1600,22 +1886,32 @@ def main(argv: list[str] | None = None) -> None:
             run = op_worker
         print(json.dumps(run(args.worker, args.requests, args.warmup)), file=out, flush=True)
         return
+    if args.list:
+        for name, suite in SUITES.items():
+            print(
+                f"{name:12} {suite.rounds:3} rounds x {suite.requests:6} {suite.unit}s "
+                f"(+{suite.warmup} warm-up)  {', '.join(suite.variants)}"
+            )
+        return
     reports = {}
-    for name, suite in SUITES.items():
-        if args.suite not in ("all", name):
-            continue
-        chosen = [v for v in suite.variants if args.variants is None or v in args.variants]
-        if not chosen:
-            continue
-        if suite.baseline is not None:
-            chosen = list(dict.fromkeys([suite.baseline, *chosen]))
-        reports[name] = run_rounds(
-            name,
-            chosen,
-            args.rounds or suite.rounds,
-            args.requests or suite.requests,
-            args.warmup if args.warmup is not None else suite.warmup,
-        )
+    with contextlib.ExitStack() as servers:
+        for name, suite in SUITES.items():
+            if args.suite not in ("all", name):
+                continue
+            chosen = [v for v in suite.variants if args.variants is None or v in args.variants]
+            if not chosen:
+                continue
+            if suite.baseline is not None:
+                chosen = list(dict.fromkeys([suite.baseline, *chosen]))
+            if name == "psycopg" and POSTGRES_ENV not in os.environ:
+                os.environ[POSTGRES_ENV] = servers.enter_context(throwaway_postgres())
+            reports[name] = run_rounds(
+                name,
+                chosen,
+                args.rounds or suite.rounds,
+                args.requests or suite.requests,
+                args.warmup if args.warmup is not None else suite.warmup,
+            )
     if args.json:
         only = next(iter(reports.values())) if len(reports) == 1 else reports
         print(json.dumps(only, indent=2))
