@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import sightline
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import CollectorRegistry
 
 from .helpers import assert_depth_follows, call_wsgi, free_port, scrape, total, wait_until
@@ -177,3 +178,34 @@ def test_simple_worker_in_process(broker: str, registry: CollectorRegistry) -> N
         == 1
     )
     assert registry.get_sample_value("worker_capacity", {"task_system": "rq"}) == 1
+
+
+def test_a_jobs_trace_shows_its_own_redis_calls_and_not_rqs(
+    broker: str, backend: Backend, registry: CollectorRegistry
+) -> None:
+    """With traces on, a job that reads Redis has one CLIENT span, its GET, under its
+    CONSUMER span. The commands RQ sends itself, enqueueing the job and keeping its state
+    around it, make no span (the PRODUCER and CONSUMER spans stand for them), yet every
+    one of them is measured."""
+    sightline.init(service="t", registry=registry, metrics_addr="off", otlp_endpoint=backend.url)
+    work = queue(broker)
+    work.connection.set("sku:1", "lamp")
+    job = work.enqueue("tests.apps.rq_jobs.lookup", "sku:1")
+    rq.SimpleWorker([work], connection=work.connection).work(burst=True)
+    assert job.return_value() == "lamp"
+    commands = sum(
+        sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == "db_client_operation_duration_seconds_count"
+        and sample.labels["db_system_name"] == "redis"
+    )
+    sightline.shutdown()
+    spans = [s for _, s in backend.spans()]
+    [publish] = [s for s in spans if s.kind == Span.SPAN_KIND_PRODUCER]
+    [run] = [s for s in spans if s.kind == Span.SPAN_KIND_CONSUMER]
+    assert run.parent_span_id == publish.span_id
+    clients = [(s.name, s.parent_span_id) for s in spans if s.kind == Span.SPAN_KIND_CLIENT]
+    assert clients == [("GET", run.span_id)]
+    # The SET, the job's GET, and RQ's own: enqueueing and running a job take several.
+    assert commands > 5, commands

@@ -5,6 +5,7 @@ over them does not count a statement twice)."""
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -27,6 +28,12 @@ SYSTEMS = {
     "microsoft": "microsoft.sql_server",
     "oracle": "oracle.db",
 }
+
+#: True while a library does its own bookkeeping around the app's work (RQ saving a job's
+#: state around the job): its statements are measured, not traced, so that a trace shows
+#: the app's own calls. Integrations set it around such code and clear it around the
+#: app's code inside.
+untraced: ContextVar[bool] = ContextVar("sightline_untraced", default=False)
 
 #: Cursor classes whose statements a driver integration measures, and the SQLAlchemy
 #: driver names over them: an ORM on top leaves those statements to the driver's.
@@ -64,7 +71,7 @@ def record(
     """One database operation that just ended: its observation, and inside a recorded
     trace a CLIENT span for it, carrying ``statement`` with its literals stripped."""
     agent.metrics.observe_db(system, operation, error, seconds)
-    if agent.tracing is None:
+    if agent.tracing is None or untraced.get():
         return
     attributes: dict[str, Any] = {"db.system.name": system, "db.operation.name": operation}
     if isinstance(statement, (bytes, bytearray)):

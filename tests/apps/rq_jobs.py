@@ -29,3 +29,13 @@ def flaky(marker: str) -> str:
 
 def slow(seconds: float) -> None:
     time.sleep(seconds)
+
+
+def lookup(key: str) -> str | None:
+    """Reads ``key`` from the job's own Redis connection: the job's one command."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    assert job is not None
+    value = job.connection.get(key)
+    return None if value is None else value.decode()

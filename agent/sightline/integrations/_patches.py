@@ -87,16 +87,22 @@ def timed_async(original: Callable[..., Any], begin: Begin, end: End, where: str
     return measured
 
 
+# These two run on every call measured: a plain try rather than the safety net's context
+# manager, same effect at a fraction of the cost.
 def _begin(begin: Begin, args: tuple[Any, ...], where: str) -> Any:
-    with _safety.internal_errors(where):
+    try:
         return begin(args)
-    return None  # begin failed (reported): the call goes through unmeasured
+    except Exception as exc:
+        _safety.report(where, exc)
+        return None  # the call goes through unmeasured
 
 
 def _end(end: End, context: Any, result: Any, error: str, start: float, where: str) -> None:
     seconds = time.perf_counter() - start
-    with _safety.internal_errors(where):
+    try:
         end(context, result, error, seconds)
+    except Exception as exc:
+        _safety.report(where, exc)
 
 
 def timed_stream(original: Callable[..., Any], begin: Begin, end: End, where: str) -> Any:

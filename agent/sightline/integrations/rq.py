@@ -17,6 +17,10 @@ RQ has no signals, so four methods are patched on their classes (and put back by
   ``os._exit``, which runs no ``atexit`` handler, so the horse flushes its spans, logs
   and last metrics snapshot itself, within :data:`HORSE_FLUSH_SECONDS`.
 - ``Job.perform``: an exception the job raises is put on the span (RQ catches it).
+
+The Redis commands RQ sends itself, enqueueing a job and keeping its state around it,
+are measured (``db_client_operation_duration_seconds``) but make no CLIENT spans: the
+PRODUCER and CONSUMER spans stand for them, and a job's trace shows the job's own calls.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
 
-from .. import _agent, _safety
+from .. import _agent, _db, _safety
 from .._multiprocess import Server
 from .._tasks import Run, publish_span
 from . import DidNotEnable, Integration
@@ -67,9 +71,11 @@ def _enqueue_job(self: Queue, job: Job, *args: Any, **kwargs: Any) -> Job:
                 carrier: dict[str, str] = {}
                 propagate.inject(carrier, context=trace.set_span_in_context(span))
                 job.meta[META] = carrier
+    quiet = _db.untraced.set(True)  # the producer span stands for RQ's commands
     try:
         return _saved["enqueue_job"](self, job, *args, **kwargs)  # type: ignore[no-any-return]
     finally:
+        _db.untraced.reset(quiet)
         if agent is not None:
             with _safety.internal_errors("rq.enqueued"):
                 name = str(job.func_name)
@@ -94,10 +100,12 @@ def _perform_job(self: Any, job: Job, queue: Queue, *args: Any, **kwargs: Any) -
         parent = propagate.extract(carrier) if isinstance(carrier, dict) else None
         run = Run(agent, (SYSTEM, queue.name, str(job.func_name)), parent, job.id, waited)
     succeeded = False
+    quiet = _db.untraced.set(True)  # RQ's own commands around the job; the job's are traced
     try:
         succeeded = bool(_saved["perform_job"](self, job, queue, *args, **kwargs))
         return succeeded
     finally:
+        _db.untraced.reset(quiet)
         if run is not None:
             with _safety.internal_errors("rq.finish"):
                 run.finish("success" if succeeded else _failed_outcome(job))
@@ -116,6 +124,7 @@ def _failed_outcome(job: Job) -> str:
 
 
 def _job_perform(self: Job) -> Any:
+    traced = _db.untraced.set(False)  # the job's own calls
     try:
         return _saved["job_perform"](self)
     except BaseException as error:
@@ -125,6 +134,8 @@ def _job_perform(self: Job) -> Any:
                 span.record_exception(error)
                 span.set_attribute("error.type", type(error).__qualname__)
         raise
+    finally:
+        _db.untraced.reset(traced)
 
 
 def _work(self: Any, *args: Any, **kwargs: Any) -> bool:
