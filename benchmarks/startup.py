@@ -104,10 +104,10 @@ def measure(runs: int) -> dict[str, dict[str, float]]:
             memory[variant.name].append(mib)
     report: dict[str, dict[str, float]] = {}
     for variant in chosen:
-        ms = sorted(times[variant.name])
-        quartiles = statistics.quantiles(ms, n=4) if len(ms) > 1 else [ms[0], ms[0], ms[0]]
+        taken = sorted(times[variant.name])
+        quartiles = statistics.quantiles(taken, n=4) if len(taken) > 1 else [taken[0]] * 3
         entry = {
-            "median_ms": statistics.median(ms),
+            "median_ms": statistics.median(taken),
             "q1_ms": quartiles[0],
             "q3_ms": quartiles[2],
             "peak_mib": statistics.median(memory[variant.name]),

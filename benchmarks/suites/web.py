@@ -1,0 +1,481 @@
+"""Per request of a hello-world app, served in-process: the ``metrics``, ``full``,
+``fastapi`` and ``django`` suites (see ``overhead.py``)."""
+
+from __future__ import annotations
+
+import gc
+import io
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from flask import Flask
+from prometheus_client import CollectorRegistry
+from werkzeug.test import EnvironBuilder
+
+from suites.common import (
+    LOG_MESSAGE,
+    LOG_UID,
+    Probe,
+    Suite,
+    check_exported,
+    check_log_line,
+    jsonlogger_handler,
+    on_root,
+    otel_sdk,
+    plain_log_handler,
+    samples,
+    sightline_full,
+    sightline_metrics,
+)
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+ASGIApp = Callable[[dict[str, Any], Callable[..., Any], Callable[..., Any]], Awaitable[None]]
+
+
+class Variant(NamedTuple):
+    """What a setup built: the app and how the worker checks it did its job."""
+
+    app: WSGIApp | ASGIApp
+    #: Requests the variant recorded in its metrics, read after the timed requests.
+    recorded: Probe | None = None
+    #: The handler the view's log line goes through; one line is captured and checked.
+    log: logging.StreamHandler[Any] | None = None
+    #: Flushes the spans after the timed requests; returns how many the sink received.
+    exported: Callable[[], int] | None = None
+    #: The fraction of requests the variant samples into exported spans.
+    sampled: float = 1.0
+    #: Spans a sampled request exports (the server span, and any internal spans).
+    spans_per_request: int = 1
+    #: Whether ``app`` is an ASGI app (driven by :func:`asgi_driver`) rather than WSGI.
+    asgi: bool = False
+    #: The path requested; Django's pattern ends with a slash.
+    path: str = f"/users/{LOG_UID}"
+
+
+Setup = Callable[[], Variant]
+
+
+def hello_app(log_line: bool = False) -> Flask:
+    app = Flask("bench")
+    log = logging.getLogger("bench")
+
+    def user(uid: int) -> str:
+        return f"hello {uid}"
+
+    def user_logged(uid: int) -> str:
+        log.info(LOG_MESSAGE, extra={"uid": uid})
+        return f"hello {uid}"
+
+    app.add_url_rule("/users/<int:uid>", "user", user_logged if log_line else user)
+    return app
+
+
+def setup_bare() -> Variant:
+    return Variant(hello_app())
+
+
+def setup_pfe() -> Variant:
+    from prometheus_flask_exporter import PrometheusMetrics
+
+    registry, app = CollectorRegistry(), hello_app()
+    PrometheusMetrics(app, path=None, registry=registry)  # path=None: no /metrics route
+    return Variant(app, samples(registry, "flask_http_request_total"))
+
+
+def setup_sightline() -> Variant:
+    probe = samples(sightline_metrics(), "http_server_request_duration_seconds_count")
+    return Variant(hello_app(), probe)
+
+
+def setup_bare_log() -> Variant:
+    return Variant(hello_app(log_line=True), log=plain_log_handler())
+
+
+def setup_incumbent(ratio: float | None = None) -> Variant:
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from prometheus_flask_exporter import PrometheusMetrics
+
+    provider, exported = otel_sdk(ratio)
+    registry, app = CollectorRegistry(), hello_app(log_line=True)
+    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)  # type: ignore[no-untyped-call]
+    PrometheusMetrics(app, path=None, registry=registry)
+    handler = on_root(jsonlogger_handler())
+    return Variant(
+        app,
+        samples(registry, "flask_http_request_total"),
+        handler,
+        exported,
+        1.0 if ratio is None else ratio,
+    )
+
+
+def setup_sightline_full(ratio: float | None = None) -> Variant:
+    recorded, handler, exported = sightline_full(ratio)
+    sampled = 1.0 if ratio is None else ratio
+    return Variant(hello_app(log_line=True), recorded, handler, exported, sampled)
+
+
+def hello_fastapi() -> FastAPI:
+    """The FastAPI app: ``GET /users/{uid}`` logs its line and answers ``hello {uid}``."""
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+
+    app = FastAPI()
+    log = logging.getLogger("bench")
+
+    @app.get("/users/{uid}", response_class=PlainTextResponse)
+    async def user(uid: int) -> str:
+        log.info(LOG_MESSAGE, extra={"uid": uid})
+        return f"hello {uid}"
+
+    return app
+
+
+def setup_fastapi_bare() -> Variant:
+    app = hello_fastapi()
+    # Recent FastAPI has OpenTelemetry telemetry of its own, which switches itself on once
+    # a provider is configured; the baseline must pay for none. The API is loaded (FastAPI
+    # imports it), but the SDK is not and no provider is set.
+    from opentelemetry import trace
+
+    if "opentelemetry.sdk" in sys.modules or type(trace.get_tracer_provider()).__name__ != (
+        "ProxyTracerProvider"
+    ):
+        raise SystemExit("fastapi_bare: the OpenTelemetry SDK is loaded or a provider is set")
+    return Variant(app, log=plain_log_handler(), asgi=True)
+
+
+def setup_fastapi_incumbent() -> Variant:
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from prometheus_fastapi_instrumentator import Instrumentator
+
+    provider, exported = otel_sdk()
+    registry, app = CollectorRegistry(), hello_fastapi()
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
+    Instrumentator(registry=registry).instrument(app)  # no .expose(app): no /metrics route
+    handler = on_root(jsonlogger_handler())
+    # The ASGI middleware also records an internal span for each ``http send`` (the
+    # response start and its body): three spans per request, all exported.
+    return Variant(
+        app,
+        samples(registry, "http_requests_total"),
+        handler,
+        exported,
+        spans_per_request=3,
+        asgi=True,
+    )
+
+
+def setup_fastapi_sightline() -> Variant:
+    recorded, handler, exported = sightline_full()
+    return Variant(hello_fastapi(), recorded, handler, exported, asgi=True)
+
+
+DJANGO_PATH = f"/users/{LOG_UID}/"
+
+
+def hello_django(
+    apps: Sequence[str] = (),
+    middleware: Sequence[str] = (),
+    instrument: Callable[[], None] | None = None,
+) -> WSGIApp:
+    """A minimal Django project: ``users/<int:uid>/`` in an included URLconf, no database.
+
+    Settings are configured in-process (once per process: each run is its own process);
+    ``instrument`` runs once they are, before the WSGI handler loads the middleware.
+    """
+    import types
+
+    from django.conf import settings
+    from django.core.wsgi import get_wsgi_application
+    from django.http import HttpRequest, HttpResponse
+    from django.urls import include, path
+
+    log = logging.getLogger("bench")
+
+    def user(request: HttpRequest, uid: int) -> HttpResponse:
+        log.info(LOG_MESSAGE, extra={"uid": uid})
+        return HttpResponse(f"hello {uid}", content_type="text/plain")
+
+    settings.configure(
+        DEBUG=False,
+        ALLOWED_HOSTS=["*"],
+        SECRET_KEY="bench",
+        DATABASES={},
+        INSTALLED_APPS=list(apps),
+        MIDDLEWARE=list(middleware),
+        ROOT_URLCONF="bench_urls",
+    )
+    # The project's urls.py includes the app's, as ``startproject`` and ``startapp`` lay out.
+    users = sys.modules["bench_users"] = types.ModuleType("bench_users")
+    users.urlpatterns = [path("users/<int:uid>/", user)]  # type: ignore[attr-defined]
+    root = sys.modules["bench_urls"] = types.ModuleType("bench_urls")
+    root.urlpatterns = [path("", include("bench_users"))]  # type: ignore[attr-defined]
+    if instrument is not None:
+        instrument()
+    app: WSGIApp = get_wsgi_application()
+    return app
+
+
+def setup_django_bare() -> Variant:
+    return Variant(hello_django(), log=plain_log_handler(), path=DJANGO_PATH)
+
+
+def setup_django_incumbent() -> Variant:
+    from prometheus_client import REGISTRY
+
+    provider, exported = otel_sdk()
+
+    def instrument() -> None:
+        from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+        # Puts its middleware first in settings.MIDDLEWARE.
+        DjangoInstrumentor().instrument(tracer_provider=provider)
+
+    # django-prometheus registers its metrics in the default registry (another one takes
+    # subclassing its Metrics and both middlewares): each run is its own process anyway.
+    app = hello_django(
+        apps=["django_prometheus"],
+        middleware=[
+            "django_prometheus.middleware.PrometheusBeforeMiddleware",
+            "django_prometheus.middleware.PrometheusAfterMiddleware",
+        ],
+        instrument=instrument,
+    )
+    handler = on_root(jsonlogger_handler())
+    return Variant(
+        app,
+        samples(REGISTRY, "django_http_responses_before_middlewares_total"),
+        handler,
+        exported,
+        path=DJANGO_PATH,
+    )
+
+
+def setup_django_sightline() -> Variant:
+    recorded, handler, exported = sightline_full()
+    return Variant(hello_django(), recorded, handler, exported, path=DJANGO_PATH)
+
+
+VARIANTS: dict[str, Setup] = {
+    "bare": setup_bare,
+    "pfe": setup_pfe,
+    "sightline": setup_sightline,
+    "bare_log": setup_bare_log,
+    "incumbent": setup_incumbent,
+    "incumbent_10pct": lambda: setup_incumbent(0.1),
+    "sightline_full": setup_sightline_full,
+    "sightline_10pct": lambda: setup_sightline_full(0.1),
+    "fastapi_bare": setup_fastapi_bare,
+    "fastapi_incumbent": setup_fastapi_incumbent,
+    "fastapi_sightline": setup_fastapi_sightline,
+    "django_bare": setup_django_bare,
+    "django_incumbent": setup_django_incumbent,
+    "django_sightline": setup_django_sightline,
+}
+
+
+class Driver(NamedTuple):
+    """Serves ``n`` requests in-process and returns the last body; statuses are collected."""
+
+    run: Callable[[int], bytes]
+    statuses: list[Any]
+    #: The status every response must have.
+    ok: Any
+
+
+def wsgi_driver(app: WSGIApp, path: str) -> Driver:
+    template = EnvironBuilder(path=path, method="GET").get_environ()
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[..., Any]:
+        statuses.append(status)
+        return statuses.append  # the write() callable, which Flask never calls
+
+    def run(n: int) -> bytes:
+        content = b""
+        for _ in range(n):
+            body = app(dict(template), start_response)
+            content = b"".join(body)
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        return content
+
+    return Driver(run, statuses, "200 OK")
+
+
+def asgi_driver(app: ASGIApp, path: str) -> Driver:
+    """Requests awaited one after another in one event loop, as an ASGI server calls the app.
+
+    One ``asyncio.run`` per batch of requests, so the loop's start is not paid per request.
+    """
+    import asyncio
+
+    template: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"localhost")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("localhost", 80),
+    }
+    statuses: list[int] = []
+    chunks: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    async def serve(n: int) -> bytes:
+        content = b""
+        for _ in range(n):
+            chunks.clear()
+            await app(dict(template), receive, send)
+            content = b"".join(chunks)
+        return content
+
+    return Driver(lambda n: asyncio.run(serve(n)), statuses, 200)
+
+
+def worker(name: str, requests: int, warmup: int) -> dict[str, Any]:
+    """Set up one variant, check it, warm up, time ``requests`` requests, check what it did."""
+    variant = VARIANTS[name]()
+    if variant.asgi:
+        run, statuses, ok = asgi_driver(variant.app, variant.path)  # type: ignore[arg-type]
+    else:
+        run, statuses, ok = wsgi_driver(variant.app, variant.path)  # type: ignore[arg-type]
+    if variant.log is not None:
+        stream = variant.log.setStream(io.StringIO())
+        content = run(1)
+        captured = variant.log.setStream(stream)
+        assert isinstance(captured, io.StringIO)
+        check_log_line(name, variant.log, captured.getvalue())
+    else:
+        content = run(1)
+    run(warmup)
+    statuses.clear()
+    gc.collect()
+    start = time.perf_counter_ns()
+    run(requests)
+    elapsed = time.perf_counter_ns() - start
+    total = 1 + warmup + requests
+    count = variant.recorded() if variant.recorded is not None else total
+    if content != b"hello 42" or set(statuses) != {ok} or count != total:
+        raise SystemExit(f"{name}: got {set(statuses)} {content!r}, {count} recorded")
+    result: dict[str, Any] = {"us_per_request": elapsed / requests / 1000}
+    if variant.exported is not None:
+        per_request = variant.spans_per_request
+        result["spans"] = spans = variant.exported()
+        result["spans_share"] = spans / (total * per_request)  # requests whose spans arrived
+        check_exported(name, spans, total, variant.sampled, per_request)
+    return result
+
+
+SUITES: dict[str, Suite] = {
+    "metrics": Suite(
+        title="Metrics: Sightline vs prometheus-flask-exporter",
+        variants=("bare", "pfe", "sightline"),
+        baseline="bare",
+        references={"pfe": "pfe", "sightline": "pfe"},
+        targets={"sightline": 0.25},
+        rounds=12,
+        requests=20000,
+        warmup=2000,
+        libraries=("flask", "werkzeug", "prometheus-client", "prometheus-flask-exporter"),
+        target_text={"sightline": "0.25x"},
+    ),
+    "full": Suite(
+        title="Full stack: metrics, traces and a JSON log line per request",
+        variants=("bare_log", "incumbent", "incumbent_10pct", "sightline_full", "sightline_10pct"),
+        baseline="bare_log",
+        references={
+            "incumbent": "incumbent",
+            "incumbent_10pct": "incumbent_10pct",
+            "sightline_full": "incumbent",
+            "sightline_10pct": "incumbent_10pct",
+        },
+        targets={"sightline_full": 0.25, "sightline_10pct": 1 / 6},
+        rounds=12,
+        requests=5000,
+        warmup=1000,
+        libraries=(
+            "flask",
+            "werkzeug",
+            "prometheus-client",
+            "prometheus-flask-exporter",
+            "opentelemetry-sdk",
+            "opentelemetry-instrumentation-flask",
+            "opentelemetry-exporter-otlp-proto-http",
+            "python-json-logger",
+        ),
+        target_text={"sightline_full": "0.25x", "sightline_10pct": "1/6x (0.167x)"},
+    ),
+    "fastapi": Suite(
+        title="FastAPI: metrics, traces and a JSON log line per request, over ASGI",
+        variants=("fastapi_bare", "fastapi_incumbent", "fastapi_sightline"),
+        baseline="fastapi_bare",
+        references={
+            "fastapi_incumbent": "fastapi_incumbent",
+            "fastapi_sightline": "fastapi_incumbent",
+        },
+        targets={"fastapi_sightline": 0.25},
+        rounds=8,
+        requests=3000,
+        warmup=1000,
+        libraries=(
+            "fastapi",
+            "starlette",
+            "prometheus-client",
+            "prometheus-fastapi-instrumentator",
+            "opentelemetry-sdk",
+            "opentelemetry-instrumentation-fastapi",
+            "opentelemetry-exporter-otlp-proto-http",
+            "python-json-logger",
+        ),
+        target_text={"fastapi_sightline": "0.25x"},
+    ),
+    "django": Suite(
+        title="Django: metrics, traces and a JSON log line per request, over WSGI",
+        variants=("django_bare", "django_incumbent", "django_sightline"),
+        baseline="django_bare",
+        references={
+            "django_incumbent": "django_incumbent",
+            "django_sightline": "django_incumbent",
+        },
+        targets={"django_sightline": 0.25},
+        rounds=8,
+        requests=3000,
+        warmup=1000,
+        libraries=(
+            "django",
+            "prometheus-client",
+            "django-prometheus",
+            "opentelemetry-sdk",
+            "opentelemetry-instrumentation-django",
+            "opentelemetry-exporter-otlp-proto-http",
+            "python-json-logger",
+        ),
+        target_text={"django_sightline": "0.25x"},
+        request=f"GET {DJANGO_PATH}",
+    ),
+}
