@@ -274,3 +274,19 @@ class Suite:
     target_text: dict[str, str] = field(default_factory=dict)
     #: variant -> the most it may add, in µs per unit, where no stack is compared with.
     bounds_us: Mapping[str, float] = field(default_factory=dict)
+
+
+def versus(prefix: str, title: str, **settings: Any) -> Suite:
+    """The usual comparison: ``<prefix>_bare`` (the baseline), ``<prefix>_incumbent`` and
+    ``<prefix>_sightline``, which must add at most 0.25x of what the incumbent adds.
+    ``settings`` are the rest of :class:`Suite`'s fields."""
+    bare, incumbent, ours = (f"{prefix}_{stack}" for stack in ("bare", "incumbent", "sightline"))
+    return Suite(
+        title=title,
+        variants=(bare, incumbent, ours),
+        baseline=bare,
+        references={incumbent: incumbent, ours: incumbent},
+        targets={ours: 0.25},
+        target_text={ours: "0.25x"},
+        **settings,
+    )

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from suites.common import Probe, Suite, check_exported, otel_sdk, samples, sightline_metrics
+from suites.common import Probe, Suite, check_exported, otel_sdk, samples, sightline_metrics, versus
 
 
 class OpVariant(NamedTuple):
@@ -352,21 +352,17 @@ def worker(name: str, calls: int, warmup: int) -> dict[str, Any]:
 
 
 def client_suite(client: str, what: str, *libraries: str) -> Suite:
-    """An outgoing-HTTP suite: ``<client>_bare``, ``_incumbent`` and ``_sightline`` each
-    GET from :data:`HTTP_SERVER` in another process over a kept-alive connection."""
-    return Suite(
-        title=f"Outgoing HTTP: a {what} to a loopback server in another process",
-        variants=(f"{client}_bare", f"{client}_incumbent", f"{client}_sightline"),
-        baseline=f"{client}_bare",
-        references={f"{client}_{s}": f"{client}_incumbent" for s in ("incumbent", "sightline")},
-        targets={f"{client}_sightline": 0.25},
+    """An outgoing-HTTP suite: each variant GETs from :data:`HTTP_SERVER` in another
+    process over a kept-alive connection."""
+    return versus(
+        client,
+        f"Outgoing HTTP: a {what} to a loopback server in another process",
         rounds=10,
         requests=5000,
         warmup=500,
         libraries=libraries,
         unit="request",
         request="GET /items/42 (kept-alive connection)",
-        target_text={f"{client}_sightline": "0.25x"},
     )
 
 
@@ -425,19 +421,15 @@ def throwaway_postgres() -> Iterator[str]:
 
 
 SUITES: dict[str, Suite] = {
-    "sqlalchemy": Suite(
-        title="SQLAlchemy: a SELECT on in-memory SQLite",
-        variants=("sqla_bare", "sqla_incumbent", "sqla_sightline"),
-        baseline="sqla_bare",
-        references={"sqla_incumbent": "sqla_incumbent", "sqla_sightline": "sqla_incumbent"},
-        targets={"sqla_sightline": 0.25},
+    "sqlalchemy": versus(
+        "sqla",
+        "SQLAlchemy: a SELECT on in-memory SQLite",
         rounds=10,
         requests=20000,
         warmup=2000,
         libraries=("sqlalchemy", "opentelemetry-instrumentation-sqlalchemy"),
         unit="statement",
         request="SELECT name FROM item WHERE id = 42",
-        target_text={"sqla_sightline": "0.25x"},
     ),
     "http_client": client_suite(
         "http",
@@ -464,46 +456,34 @@ SUITES: dict[str, Suite] = {
         "aiohttp",
         "opentelemetry-instrumentation-aiohttp-client",
     ),
-    "redis": Suite(
-        title="Redis: a GET through redis-py on an in-process Redis (fakeredis)",
-        variants=("redis_bare", "redis_incumbent", "redis_sightline"),
-        baseline="redis_bare",
-        references={"redis_incumbent": "redis_incumbent", "redis_sightline": "redis_incumbent"},
-        targets={"redis_sightline": 0.25},
+    "redis": versus(
+        "redis",
+        "Redis: a GET through redis-py on an in-process Redis (fakeredis)",
         rounds=10,
         requests=20000,
         warmup=2000,
         libraries=("redis", "fakeredis", "opentelemetry-instrumentation-redis"),
         unit="command",
         request="GET user:42",
-        target_text={"redis_sightline": "0.25x"},
     ),
-    "psycopg": Suite(
-        title="psycopg 3: a SELECT by primary key on PostgreSQL over loopback",
-        variants=("pg_bare", "pg_incumbent", "pg_sightline"),
-        baseline="pg_bare",
-        references={"pg_incumbent": "pg_incumbent", "pg_sightline": "pg_incumbent"},
-        targets={"pg_sightline": 0.25},
+    "psycopg": versus(
+        "pg",
+        "psycopg 3: a SELECT by primary key on PostgreSQL over loopback",
         rounds=10,
         requests=5000,
         warmup=500,
         libraries=("psycopg", "opentelemetry-instrumentation-psycopg"),
         unit="statement",
         request="SELECT name FROM item WHERE id = 42 (one connection, autocommit)",
-        target_text={"pg_sightline": "0.25x"},
     ),
-    "django_orm": Suite(
-        title="Django ORM: Item.objects.get(pk=42) on a SQLite file",
-        variants=("orm_bare", "orm_incumbent", "orm_sightline"),
-        baseline="orm_bare",
-        references={"orm_incumbent": "orm_incumbent", "orm_sightline": "orm_incumbent"},
-        targets={"orm_sightline": 0.25},
+    "django_orm": versus(
+        "orm",
+        "Django ORM: Item.objects.get(pk=42) on a SQLite file",
         rounds=10,
         requests=10000,
         warmup=1000,
         libraries=("django", "opentelemetry-instrumentation-sqlite3"),
         unit="statement",
         request="Item.objects.get(pk=42).name",
-        target_text={"orm_sightline": "0.25x"},
     ),
 }

@@ -23,6 +23,7 @@ from suites.common import (
     plain_log_handler,
     samples,
     sightline_full,
+    versus,
 )
 
 
@@ -256,15 +257,9 @@ def worker(name: str, tasks: int, warmup: int) -> dict[str, Any]:
 
 
 SUITES: dict[str, Suite] = {
-    "celery": Suite(
-        title="Celery: a task published to the in-memory broker and run, with a JSON log line",
-        variants=("celery_bare", "celery_incumbent", "celery_sightline"),
-        baseline="celery_bare",
-        references={
-            "celery_incumbent": "celery_incumbent",
-            "celery_sightline": "celery_incumbent",
-        },
-        targets={"celery_sightline": 0.25},
+    "celery": versus(
+        "celery",
+        "Celery: a task published to the in-memory broker and run, with a JSON log line",
         rounds=8,
         requests=3000,
         warmup=1000,
@@ -278,7 +273,6 @@ SUITES: dict[str, Suite] = {
         ),
         unit="task",
         request="each published, then run with apply()",
-        target_text={"celery_sightline": "0.25x"},
     ),
     "rq": Suite(
         title="RQ: a job enqueued on an in-process Redis (fakeredis) and run, with a JSON log line",

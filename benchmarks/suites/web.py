@@ -29,6 +29,7 @@ from suites.common import (
     samples,
     sightline_full,
     sightline_metrics,
+    versus,
 )
 
 if TYPE_CHECKING:
@@ -430,15 +431,9 @@ SUITES: dict[str, Suite] = {
         ),
         target_text={"sightline_full": "0.25x", "sightline_10pct": "1/6x (0.167x)"},
     ),
-    "fastapi": Suite(
-        title="FastAPI: metrics, traces and a JSON log line per request, over ASGI",
-        variants=("fastapi_bare", "fastapi_incumbent", "fastapi_sightline"),
-        baseline="fastapi_bare",
-        references={
-            "fastapi_incumbent": "fastapi_incumbent",
-            "fastapi_sightline": "fastapi_incumbent",
-        },
-        targets={"fastapi_sightline": 0.25},
+    "fastapi": versus(
+        "fastapi",
+        "FastAPI: metrics, traces and a JSON log line per request, over ASGI",
         rounds=8,
         requests=3000,
         warmup=1000,
@@ -452,17 +447,10 @@ SUITES: dict[str, Suite] = {
             "opentelemetry-exporter-otlp-proto-http",
             "python-json-logger",
         ),
-        target_text={"fastapi_sightline": "0.25x"},
     ),
-    "django": Suite(
-        title="Django: metrics, traces and a JSON log line per request, over WSGI",
-        variants=("django_bare", "django_incumbent", "django_sightline"),
-        baseline="django_bare",
-        references={
-            "django_incumbent": "django_incumbent",
-            "django_sightline": "django_incumbent",
-        },
-        targets={"django_sightline": 0.25},
+    "django": versus(
+        "django",
+        "Django: metrics, traces and a JSON log line per request, over WSGI",
         rounds=8,
         requests=3000,
         warmup=1000,
@@ -475,7 +463,6 @@ SUITES: dict[str, Suite] = {
             "opentelemetry-exporter-otlp-proto-http",
             "python-json-logger",
         ),
-        target_text={"django_sightline": "0.25x"},
         request=f"GET {DJANGO_PATH}",
     ),
 }
