@@ -380,8 +380,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             if suite.baseline is not None:
                 chosen = list(dict.fromkeys([suite.baseline, *chosen]))
-            if name == "psycopg" and deps.POSTGRES_ENV not in os.environ:
-                os.environ[deps.POSTGRES_ENV] = servers.enter_context(deps.throwaway_postgres())
+            if suite.server is not None:
+                servers.enter_context(suite.server())
             reports[name] = run_rounds(
                 name,
                 chosen,

@@ -12,6 +12,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -274,6 +275,9 @@ class Suite:
     target_text: dict[str, str] = field(default_factory=dict)
     #: variant -> the most it may add, in µs per unit, where no stack is compared with.
     bounds_us: Mapping[str, float] = field(default_factory=dict)
+    #: What the suite's runs need running beside them (a database server), entered
+    #: before its first run and left after its last.
+    server: Callable[[], AbstractContextManager[None]] | None = None
 
 
 def versus(prefix: str, title: str, **settings: Any) -> Suite:

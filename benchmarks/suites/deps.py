@@ -398,26 +398,44 @@ def throwaway_postgres() -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    log = open(base / "postgres.log", "wb")  # noqa: SIM115 (closed below)
     server = subprocess.Popen(
         [*as_user, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port),
          "-k", str(base), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
     try:
-        for _ in range(300):
-            if server.poll() is not None:
-                raise SystemExit(f"psycopg suite: PostgreSQL exited with {server.returncode}")
+        deadline = time.monotonic() + 30
+        while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    said = (base / "postgres.log").read_text(errors="replace")[-2000:]
+                    raise SystemExit(f"psycopg suite: PostgreSQL did not start:\n{said}") from None
                 time.sleep(0.1)
-        yield dsn
+        yield f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
     finally:
         server.terminate()
         server.wait(30)
+        log.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[None]:
+    """The ``psycopg`` suite's server for its runs: the one :data:`POSTGRES_ENV` names,
+    else a throwaway one, named there while the suite runs."""
+    if POSTGRES_ENV in os.environ:
+        yield
+        return
+    with throwaway_postgres() as dsn:
+        os.environ[POSTGRES_ENV] = dsn
+        try:
+            yield
+        finally:
+            del os.environ[POSTGRES_ENV]
 
 
 SUITES: dict[str, Suite] = {
@@ -475,6 +493,7 @@ SUITES: dict[str, Suite] = {
         libraries=("psycopg", "opentelemetry-instrumentation-psycopg"),
         unit="statement",
         request="SELECT name FROM item WHERE id = 42 (one connection, autocommit)",
+        server=postgres,
     ),
     "django_orm": versus(
         "orm",
