@@ -198,6 +198,8 @@ class Sample:
     required: list[tuple[str, str, float]]
     depth: float
     web: dict[str, float]
+    #: The worker's queue hint's inputs, for a failure message.
+    worker: dict[str, float]
 
 
 def sample(running: Demo, start: float) -> Sample:
@@ -214,6 +216,14 @@ def sample(running: Demo, start: float) -> Sample:
             ("capacity", "job:http_server_worker_capacity:sum"),
         )
     }
+    worker = {
+        name: running.values(promql).get("shop-worker", -1.0)
+        for name, promql in (
+            ("arrived", "job:worker_tasks_arrived:rate5m"),
+            ("mean_s", "job:worker_task_duration_seconds:mean5m"),
+            ("capacity", "job:worker_capacity:sum"),
+        )
+    }
     return Sample(
         time.monotonic() - start,
         running.alerts(),
@@ -222,6 +232,7 @@ def sample(running: Demo, start: float) -> Sample:
         required,
         depth,
         web,
+        worker,
     )
 
 
@@ -240,7 +251,7 @@ def story(samples: list[Sample]) -> str:
         )
         lines.append(
             f"{s.at:5.0f}s rec={s.recommended} act={s.actual} depth={s.depth:.0f} web={s.web} "
-            f"req={s.required} alerts={firing}"
+            f"worker={s.worker} req={s.required} alerts={firing}"
         )
     return "\n".join(lines)
 
