@@ -92,6 +92,22 @@ def test_task_outcomes_are_counted_exactly(
     assert sum(active) == 0
 
 
+def test_an_idle_worker_reports_its_busy_task_slots_as_zero_from_the_start(
+    worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Before any task runs, each pool process of a prefork worker already reports
+    worker_tasks_active 0, so the 5-minute mean of busy task slots (the queue hint's load)
+    counts the idle time before the first task instead of starting with it."""
+    with celery_worker(worker_env, tmp_path / "worker.log"):
+
+        def active() -> list[float]:
+            found = scrape(metrics_url(worker_env))
+            return [v for (m, _), v in found.items() if m == "worker_tasks_active"]
+
+        assert wait_until(lambda: len(active()) == 2), active()
+        assert active() == [0, 0]
+
+
 def test_waits_and_queue_depth(
     worker_env: dict[str, str], broker: str, tmp_path: Path, registry: CollectorRegistry
 ) -> None:

@@ -111,7 +111,8 @@ def worker(backlog: float, done: float, duration: float, cpu: float) -> Replica:
 
 
 #: shop: 2 replicas, 7.5 requests in flight of 8 slots, 60 % CPU, pools 95 % full.
-#: mailer: 1 replica, 30 queued, 2 tasks/s of 0.5 s, 30 % CPU.
+#: mailer: 1 replica, 30 queued, 2 tasks/s of 0.5 s (1 task slot busy, and 30 / 300 x 0.5
+#: more to drain the backlog in 300 s: 1.05 needed), 30 % CPU.
 SERVICES = {
     "shop": [web(3.75, 0.6, 10), web(3.75, 0.6, 9)],
     "mailer": [worker(30, 2.0, 0.5, 0.3)],
@@ -299,7 +300,7 @@ def test_table_shows_replicas_recommendation_and_the_numbers_behind_it(prom: Pro
             "  REASON       REQUIRED  NUMBERS BEHIND IT",
             "  cpu                 1  0.30 of 1.00 cores (30%, target 70% ±10%)",
             "  queue               1  backlog 30, drained in 15 s; 2.00 arriving/s, "
-            "2.00 finished/s, 4 task slots (target 70%)",
+            "2.00 finished/s; 1.05 task slots needed of 4 (26%, target 70%)",
             "",
             "shop: 2 replicas, recommended 3 (scale up)",
             "  held: its database pools are 95% in use; more replicas open more connections, "
@@ -343,6 +344,8 @@ def test_json_has_the_documented_shape_and_values(prom: Prometheus) -> None:
             "completed_per_second": None,
             "drain_seconds": None,
             "task_slots": None,
+            "slots_needed": None,
+            "utilisation": None,
         },
         "db_pool": {"utilisation": approx(0.95), "saturated": True},
     }
@@ -365,6 +368,8 @@ def test_json_has_the_documented_shape_and_values(prom: Prometheus) -> None:
             "completed_per_second": approx(2.0, rel=1e-3),
             "drain_seconds": approx(15.0, rel=1e-3),
             "task_slots": 4,
+            "slots_needed": approx(1.05, rel=1e-3),
+            "utilisation": approx(0.2625, rel=1e-3),
         },
         "db_pool": {"utilisation": None, "saturated": False},
     }

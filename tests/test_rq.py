@@ -180,6 +180,18 @@ def test_simple_worker_in_process(broker: str, registry: CollectorRegistry) -> N
     assert registry.get_sample_value("worker_capacity", {"task_system": "rq"}) == 1
 
 
+def test_an_idle_worker_reports_its_busy_task_slots_as_zero_from_the_start(
+    broker: str, registry: CollectorRegistry
+) -> None:
+    """A worker that has run no job yet reports worker_tasks_active 0, not nothing, so the
+    5-minute mean of busy task slots (the queue hint's load) counts its idle start."""
+    sightline.init(service="t", registry=registry, metrics_addr="off", traces=False)
+    work = queue(broker)
+    assert registry.get_sample_value("worker_tasks_active", {"task_system": "rq"}) is None
+    rq.SimpleWorker([work], connection=work.connection).work(burst=True)  # nothing queued
+    assert registry.get_sample_value("worker_tasks_active", {"task_system": "rq"}) == 0
+
+
 def test_a_jobs_trace_shows_its_own_redis_calls_and_not_rqs(
     broker: str, backend: Backend, registry: CollectorRegistry
 ) -> None:

@@ -41,8 +41,11 @@ SCALE = 30
 #: 2 task slots drain; and in its first seconds the payment provider is down (checkouts
 #: answer 502: a tenth of the sale's requests).
 SALE_END, SALE_RATE, PAYMENT_DOWN = 60.0, 150.0, 15.0
-#: The troubled stack's story, resolutions included, is over within this.
-STORY = 600.0
+#: The troubled stack's story, resolutions included, is over within this. The worker's
+#: scale-up hint resolves last: its queue drains two to three minutes after the sale, its
+#: 5-minute mean of busy task slots falls a minute or two later, and the recommendation
+#: holds the higher value for 5 minutes more (about 600 s in all here).
+STORY = 780.0
 #: The troubled shop's past, written into its Prometheus before it starts: it served
 #: HISTORY_RATE requests a second, none failed or slow, for HISTORY seconds, then had no
 #: traffic for QUIET seconds before the sale. The SLO tickets' 1-day and 3-day windows
@@ -219,8 +222,9 @@ def sample(running: Demo, start: float) -> Sample:
     worker = {
         name: running.values(promql).get("shop-worker", -1.0)
         for name, promql in (
-            ("arrived", "job:worker_tasks_arrived:rate5m"),
+            ("busy", "job:worker_tasks_active:mean5m"),
             ("mean_s", "job:worker_task_duration_seconds:mean5m"),
+            ("needed", "job:worker_task_slots_needed:estimate5m"),
             ("capacity", "job:worker_capacity:sum"),
         )
     }

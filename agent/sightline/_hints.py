@@ -3,7 +3,8 @@
 The numbers are the scaling recording rules' (``alerts/scaling.rules.yml``), read from
 Prometheus' HTTP API with the inputs each reason is computed from: requests in flight
 against request slots (``concurrency``), CPU used against the limit (``cpu``), the task
-backlog, its arrivals, completions and drain time (``queue``), and how full the
+backlog, its arrivals, completions and drain time, and the task slots needed against
+those there are (``queue``), and how full the
 database pools are, since more replicas open more connections to a pool that is
 already full. ``sightline hints keda|hpa --service S`` prints a KEDA ScaledObject or a
 HorizontalPodAutoscaler that scales a Deployment to the same recommendation.
@@ -67,6 +68,7 @@ class Hint:
     completed: float | None = None
     drain_seconds: float | None = None
     task_slots: float | None = None
+    slots_needed: float | None = None
     pool: float | None = None
 
     @property
@@ -115,6 +117,8 @@ class Hint:
                 "completed_per_second": self.completed,
                 "drain_seconds": self.drain_seconds,
                 "task_slots": self.task_slots,
+                "slots_needed": self.slots_needed,
+                "utilisation": _ratio(self.slots_needed, self.task_slots),
             },
             "db_pool": {"utilisation": self.pool, "saturated": self.pool_saturated},
         }
@@ -147,6 +151,7 @@ def read(prometheus: str, timeout: float = 5.0) -> list[Hint]:
             completed=get(q.TASKS_COMPLETED, job),
             drain_seconds=get(q.DRAIN_TIME, job),
             task_slots=get(q.TASK_SLOTS, job),
+            slots_needed=get(q.TASK_SLOTS_NEEDED, job),
             pool=get(q.POOL_UTILISATION, job),
         )
         for job in sorted(jobs)
@@ -250,8 +255,10 @@ def _rows(hint: Hint) -> list[tuple[str, str]]:
                 "queue",
                 f"backlog {_fmt(hint.backlog, '{:.0f}')}, {drain}; "
                 f"{_fmt(hint.arrived, '{:.2f}')} arriving/s, "
-                f"{_fmt(hint.completed, '{:.2f}')} finished/s, "
-                f"{_fmt(hint.task_slots, '{:.0f}')} task slots ({target})",
+                f"{_fmt(hint.completed, '{:.2f}')} finished/s; "
+                f"{_fmt(hint.slots_needed, '{:.2f}')} task slots needed of "
+                f"{_fmt(hint.task_slots, '{:.0f}')} "
+                f"({_fmt(_ratio(hint.slots_needed, hint.task_slots), '{:.0%}')}, {target})",
             )
         )
     rows += [(reason, "") for reason in sorted(set(hint.required) - set(REASONS))]

@@ -255,6 +255,13 @@ TASK_SLOTS = Query(
     "Task slots", "sum by ({by}) (job:worker_capacity:sum{{{sel}}})", ("job",), "short"
 )
 
+TASK_SLOTS_NEEDED = Query(
+    "Task slots needed",
+    "sum by ({by}) (job:worker_task_slots_needed:estimate5m{{{sel}}})",
+    ("job",),
+    "short",
+)
+
 SCALING_INPUTS = (
     INFLIGHT_MEAN,
     CAPACITY,
@@ -265,5 +272,6 @@ SCALING_INPUTS = (
     TASKS_COMPLETED,
     DRAIN_TIME,
     TASK_SLOTS,
+    TASK_SLOTS_NEEDED,
     POOL_UTILISATION,
 )

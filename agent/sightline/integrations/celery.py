@@ -223,6 +223,10 @@ def _worker_init(sender: Any = None, **extra: Any) -> None:
         if "prefork" in pool_name or pool_name.endswith("processes"):
             # The pool's processes are forked from this one after this point.
             agent.join_server(Server(SYSTEM, os.getpid(), workers=concurrency, worker=False))
+        else:
+            # This process runs the tasks: their gauge is 0 from the start, not absent until
+            # the first task, so its mean over a window counts the idle time before it.
+            agent.metrics.active_tasks(SYSTEM)
         app = getattr(sender, "app", None)
         if app is not None:
             _track_queues(agent, app)
@@ -236,6 +240,7 @@ def _worker_process_init(sender: Any = None, **extra: Any) -> None:
         # A pool process inherited the main process's capacity: it is not a worker's
         # capacity of its own (the main process reports the pool's).
         agent.metrics.worker_capacity.clear()
+        agent.metrics.active_tasks(SYSTEM)  # 0 from the start, as above
 
 
 def _after_setup_logger(sender: Any = None, **extra: Any) -> None:

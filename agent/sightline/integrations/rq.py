@@ -148,6 +148,9 @@ def _work(self: Any, *args: Any, **kwargs: Any) -> bool:
 
 def _start_worker(agent: Agent, worker: Any) -> None:
     agent.metrics.worker_capacity.labels(SYSTEM).set(1)
+    # 0 from the start, not absent until the first job, so its mean over a window counts
+    # the idle time before it. (Work horses count the jobs they run in their own series.)
+    agent.metrics.active_tasks(SYSTEM)
     if not isinstance(worker, SimpleWorker):  # jobs run in forked work horses
         agent.join_server(Server(SYSTEM, os.getpid(), workers=1, worker=False))
     for queue in worker.queues:
