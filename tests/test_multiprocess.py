@@ -26,6 +26,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from sightline import _fork, _multiprocess
+from sightline._merge import leftovers
 from sightline._multiprocess import Snapshots, aggregate_registry
 from sightline._store import Store
 
@@ -577,6 +578,30 @@ def test_a_fold_cut_short_is_never_counted_twice(
     assert scrape(merged)[("jobs_total", (("queue", "a"),))] == 150
     assert scrape(merged)[("jobs_total", (("queue", "a"),))] == 150
     assert [p.name for p in tmp_path.glob("*-*.json")] == [snapshots.name]
+
+
+def test_the_writer_folds_only_when_there_is_something_to_fold(tmp_path: Path) -> None:
+    """A writing process looks for leftovers before it merges in the background: none
+    while every snapshot's process runs (its lock file and the totals aside), and one as
+    soon as a process has exited leaving its snapshot, or a temporary or stray file sits
+    in the store; once folded, none again."""
+    registry = CollectorRegistry()
+    Counter("jobs", "Jobs.", ["queue"], registry=registry).labels("a").inc()
+    snapshots = snapshots_in(tmp_path, registry)
+    snapshots.write()
+    with snapshots.store.lock(timeout=1):
+        pass  # the lock file exists from now on
+    assert not leftovers(snapshots.store)
+    run_and_exit(tmp_path, 3)
+    assert leftovers(snapshots.store)
+    merged = scrape(aggregate_registry(snapshots))  # a scrape folds it into the totals
+    assert merged[("jobs_total", (("queue", "a"),))] == 4
+    assert (tmp_path / "totals.json").exists()
+    assert not leftovers(snapshots.store)
+    for stray in (".jobs.json.1a2b3c4d.tmp", "notes.txt"):
+        (tmp_path / stray).write_text("")
+        assert leftovers(snapshots.store), stray
+        (tmp_path / stray).unlink()
 
 
 def snapshot_errors(registry: CollectorRegistry) -> Counter:

@@ -28,6 +28,7 @@ from ._store import Skipped
 
 if TYPE_CHECKING:
     from ._multiprocess import Snapshots
+    from ._store import Store
 
 #: Snapshot files one merge reads at most; live processes are far fewer.
 MAX_FILES = 512
@@ -68,6 +69,24 @@ def label_key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(labels.items()))
 
 
+#: (child key, label key) of the label sets seen, by their labels in the order written:
+#: every process writes a series' labels in the same order, so merging N processes (and
+#: every later scrape) sorts each label set once. Emptied when it grows past the bound.
+_KEYS: dict[tuple[tuple[str, str], ...], tuple[tuple[tuple[str, str], ...], ...]] = {}
+_KEYS_BOUND = 200_000
+
+
+def _keys(labels: dict[str, str]) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """``(child_key(labels), label_key(labels))``, computed once per label set."""
+    written = tuple(labels.items())
+    keys = _KEYS.get(written)
+    if keys is None:
+        if len(_KEYS) >= _KEYS_BOUND:
+            _KEYS.clear()
+        keys = _KEYS[written] = (child_key(labels), label_key(labels))
+    return keys
+
+
 def is_per_process(name: str) -> bool:
     return name.startswith(_PER_PROCESS_PREFIXES)
 
@@ -80,7 +99,8 @@ def _valid_families(families: Any) -> bool:
     exposition can carry (a bad label name would break the whole page)."""
     if type(families) is not list:
         return False
-    names: set[str] = set()
+    names: set[str] = set()  # label names found valid
+    sample_names: set[str] = set()  # sample names found valid
     for family in families:
         if type(family) is not dict:
             return False
@@ -101,11 +121,14 @@ def _valid_families(families: Any) -> bool:
             if (
                 type(sample_name) is not str
                 or not sample_name.startswith(name)
-                or not _METRIC_NAME.fullmatch(sample_name)
                 or type(labels) is not dict
                 or type(value) not in (int, float)
             ):
                 return False
+            if sample_name not in sample_names:
+                if not _METRIC_NAME.fullmatch(sample_name):
+                    return False
+                sample_names.add(sample_name)
             for key, text in labels.items():
                 if type(text) is not str:
                     return False
@@ -160,15 +183,17 @@ class _Families:
                 continue  # a start time, not a count: meaningless summed
             if extra:
                 labels = {**extra, **labels}  # a family's own process_pid label wins
-            elif admitted is not None:
-                child = child_key(labels)
-                if child not in admitted:
+                key = label_key(labels)
+            else:
+                child, key = _keys(labels)
+                if admitted is not None and child not in admitted:
                     if len(admitted) < self.cap:  # type: ignore[operator]
                         admitted.add(child)
                         self.admissions += 1
                     else:
                         labels = overflow_labels(labels)
-            _accumulate(samples, (sample_name, label_key(labels)), value, exemplar, labels)
+                        key = label_key(labels)
+            _accumulate(samples, (sample_name, key), value, exemplar, labels)
 
     def absorb(self, other: _Families) -> None:
         """Add ``other``'s samples (merged under the same admissions) to these."""
@@ -252,6 +277,26 @@ class View:
             "Worker processes with at least one request in flight.",
             value=self.busy,
         )
+
+
+def leftovers(store: Store) -> bool:
+    """Whether a merge has anything to fold or tidy in ``store``: a snapshot or socket of
+    a process that is gone, a temporary file, or a file that is not the store's. Cheap: it
+    reads no file, so a writer can ask it often while every process runs."""
+    for name in store.names():
+        if name == TOTALS or name.endswith((".lock", ".invalid")):  # locks; set aside
+            continue
+        match = _SNAPSHOT.fullmatch(name)
+        if match is not None:
+            if not running(name[: -len(".json")]):
+                return True
+        elif name.endswith(".sock"):
+            key = offered_by(name)
+            if key is not None and not running(key):
+                return True
+        else:
+            return True
+    return False
 
 
 class Merge:

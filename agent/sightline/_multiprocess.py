@@ -69,6 +69,7 @@ from ._merge import (
     child_key,
     is_per_process,
     label_key,
+    leftovers,
     overflow_labels,
 )
 from ._process import process_key, running
@@ -292,7 +293,9 @@ class Snapshots:
             with _safety.internal_errors("multiprocess.snapshot"):
                 self.write()
                 writes += 1
-                if writes % FOLD_EVERY == 0:  # storage stays bounded even if nobody scrapes
+                # Storage stays bounded even if nobody scrapes; while every process runs
+                # there is nothing to fold, and no merge is run for nothing.
+                if writes % FOLD_EVERY == 0 and leftovers(self.store):
                     with self.store.lock(timeout=0) as locked:
                         if locked:
                             Merge(self).run()
