@@ -36,6 +36,13 @@ event loop per batch. Variants are entries in each suite module's ``VARIANTS`` (
     ``GET /users/42/``), through Django's WSGI handler: ``django_bare``, ``django_incumbent``
     (OpenTelemetry's Django instrumentation, django-prometheus's two middlewares,
     python-json-logger) and ``django_sightline``.
+``paced``
+    The ``full`` suite's stacks at equal delivered work: requests come at 1,000 a second
+    in batches of 50 with the process idle between them, every span must reach the sink
+    (a process of its own), and the cost is the CPU time of all the process's threads
+    until the final flush is done: ``paced_bare``, ``paced_incumbent``,
+    ``paced_incumbent_10pct``, ``paced_sightline``, ``paced_sightline_10pct``, and
+    ``paced_sightline_loki`` (also shipping every log line to Loki's push API).
 ``log``
     One ``logger.info`` call with trace ids rendered to JSON, inside a recording span, in a
     tight loop: Sightline's record factory and formatter (``log_sightline``) against
@@ -91,6 +98,7 @@ per-round differences) and that cost relative to the stack it is compared with::
     python benchmarks/overhead.py                       # every suite, about 5 minutes
     python benchmarks/overhead.py --suite metrics       # 12 rounds x 20000 requests
     python benchmarks/overhead.py --suite fastapi       # 8 rounds x 3000 requests
+    python benchmarks/overhead.py --suite paced         # 8 rounds x 4000 requests, 1000/s
     python benchmarks/overhead.py --suite full --rounds 5 --requests 2000 --json
     python benchmarks/overhead.py --suite celery        # 8 rounds x 3000 tasks
     python benchmarks/overhead.py --suite rq            # 8 rounds x 1000 jobs
@@ -116,10 +124,10 @@ from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
 
-from suites import deps, logs, tasks, web
+from suites import deps, logs, paced, tasks, web
 from suites.common import Suite
 
-MODULES = (web, logs, tasks, deps)
+MODULES = (web, paced, logs, tasks, deps)
 SUITES: dict[str, Suite] = {
     name: suite for module in MODULES for name, suite in module.SUITES.items()
 }

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from sightline.metrics import HTTP_DURATION_BUCKETS
 
 from .servers import ROOT, postgres_bin
 
@@ -41,11 +42,45 @@ def test_startup_benchmark_reports_every_variant_against_its_base() -> None:
     assert [report[n]["target_added_ms"] for n in ("import", "init", "run")] == [40, 30, 150]
 
 
+@pytest.mark.benchmark
+def test_scrape_benchmark_fills_every_worker_and_reports_every_configuration() -> None:
+    """benchmarks/scrape.py starts a real gunicorn under the launcher for each configuration
+    (workers x routes), fills every worker with every route x status label set, checks
+    the merged scrape counts exactly those, and reports each configuration's series, bytes
+    and milliseconds per scrape; the goal's verdict only where its configuration ran."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIGHTLINE_", "OTEL_"))}
+    result = subprocess.run(
+        [
+            sys.executable, "benchmarks/scrape.py", "--workers", "1", "2", "--routes", "5", "10",
+            "--routes-at", "2", "--scrapes", "3", "--idle", "1", "--json",
+        ],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    configurations = {(e["workers"], e["routes"]): e for e in report["configurations"]}
+    assert list(configurations) == [(1, 5), (2, 5), (2, 10)]
+    lines_per_label_set = len(HTTP_DURATION_BUCKETS) + 3  # the buckets, +Inf, _sum, _count
+    for (workers, routes), entry in configurations.items():
+        assert entry["workers_filled"] == workers, entry
+        assert entry["label_sets"] == routes * 3, entry
+        assert entry["histogram_series"] == routes * 3 * lines_per_label_set, entry
+        assert entry["series"] > entry["histogram_series"], entry
+        assert entry["bytes"] > entry["gzip_bytes"] > 0, entry
+        assert entry["ms_p90"] >= entry["ms_median"] > 0, entry
+        assert entry["gzip_ms_median"] > 0, entry
+        assert entry["cpu_ms_per_scrape"] >= 0, entry
+    # Routes add only the histogram's series: the rest depends on the workers alone.
+    fixed = {key: e["series"] - e["histogram_series"] for key, e in configurations.items()}
+    assert fixed[(2, 5)] == fixed[(2, 10)] > fixed[(1, 5)]
+    assert "goal" not in report  # 4 workers x 50 routes did not run
+
+
 #: Every suite of benchmarks/overhead.py, and the variants its smoke run leaves out:
 #: OpenTelemetry's SQLAlchemy instrumentation instruments nothing on SQLAlchemy 2.1 and
 #: later (the bench extra pins 2.0; the tests install the newest).
 SUITES = {
-    "metrics": (), "full": (), "fastapi": (), "django": (), "log": (), "celery": (),
+    "metrics": (), "full": (), "fastapi": (), "django": (), "paced": (), "log": (), "celery": (),
     "rq": (), "sqlalchemy": ("sqla_incumbent",), "http_client": (), "httpx": (),
     "urllib3": (), "aiohttp": (), "redis": (), "psycopg": (), "django_orm": (),
 }  # fmt: skip

@@ -9,8 +9,10 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -52,32 +54,46 @@ def sightline_metrics() -> CollectorRegistry:
 
 
 class Sink:
-    """A loopback OTLP/HTTP receiver: answers every POST with 200 and keeps the bodies.
-
-    Bodies are decoded only when :meth:`spans` is called, after the timed requests.
+    """A loopback OTLP/HTTP and Loki receiver: answers every POST with 200 and keeps the
+    bodies, decoded only when :meth:`spans` or :meth:`lines` is called, after the timed
+    requests. ``GET /count`` answers both counts as JSON, for :class:`RemoteSink`.
     """
 
-    def __init__(self) -> None:
-        self.bodies: list[tuple[str, bytes]] = []
-        bodies = self.bodies
+    def __init__(self, port: int = 0) -> None:
+        self.bodies: list[tuple[str, str, bytes]] = []  # path, encoding, body
+        bodies, sink = self.bodies, self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as exporters expect
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                bodies.append((self.headers.get("Content-Encoding", ""), body))
+                bodies.append((self.path, self.headers.get("Content-Encoding", ""), body))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
+            def do_GET(self) -> None:
+                answer = json.dumps({"spans": sink.spans(), "lines": sink.lines()}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _decoded(self, path: str) -> list[bytes]:
+        return [
+            gzip.decompress(body) if encoding == "gzip" else body
+            for at, encoding, body in list(self.bodies)
+            if at == path
+        ]
 
     def spans(self) -> int:
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -85,13 +101,66 @@ class Sink:
         )
 
         count = 0
-        for encoding, body in self.bodies:
-            request = ExportTraceServiceRequest.FromString(
-                gzip.decompress(body) if encoding == "gzip" else body
-            )
+        for body in self._decoded("/v1/traces"):
+            request = ExportTraceServiceRequest.FromString(body)
             for resource_spans in request.resource_spans:
                 count += sum(len(scope.spans) for scope in resource_spans.scope_spans)
         return count
+
+    def lines(self) -> int:
+        """Log lines pushed to Loki's push API (JSON bodies)."""
+        return sum(
+            len(stream["values"])
+            for body in self._decoded("/loki/api/v1/push")
+            for stream in json.loads(body)["streams"]
+        )
+
+
+class RemoteSink:
+    """A :class:`Sink` in a process of its own, so that receiving and decoding what the
+    stacks export costs the timed process nothing: for suites that count all of the
+    process's CPU time."""
+
+    def __init__(self) -> None:
+        code = (
+            "import sys; from suites.common import Sink; "
+            "s = Sink(); print(s.url, flush=True); sys.stdin.read()"
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().strip()
+        if not self.url.startswith("http://"):
+            raise SystemExit(f"the sink process did not start: {self.url!r}")
+
+    def _counts(self) -> dict[str, int]:
+        with urllib.request.urlopen(f"{self.url}/count", timeout=60) as response:
+            counts: dict[str, int] = json.loads(response.read())
+        return counts
+
+    def spans(self) -> int:
+        return self._counts()["spans"]
+
+    def lines(self) -> int:
+        return self._counts()["lines"]
+
+
+#: What :func:`new_sink` starts: :func:`use_remote_sink` switches a worker to RemoteSink.
+_sink_class: Callable[[], Sink | RemoteSink] = Sink
+
+
+def use_remote_sink() -> None:
+    global _sink_class
+    _sink_class = RemoteSink
+
+
+def new_sink() -> Sink | RemoteSink:
+    return _sink_class()
 
 
 class TraceIdFilter(logging.Filter):
@@ -151,7 +220,7 @@ def otel_sdk(ratio: float | None = None) -> tuple[Any, Callable[[], int]]:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
-    sink = Sink()
+    sink = new_sink()
     provider = TracerProvider(
         sampler=ParentBased(ALWAYS_ON if ratio is None else TraceIdRatioBased(ratio)),
         resource=Resource.create({"service.name": "bench"}),
@@ -169,16 +238,21 @@ def otel_sdk(ratio: float | None = None) -> tuple[Any, Callable[[], int]]:
 
 
 def sightline_full(
-    ratio: float | None = None, registry: CollectorRegistry | None = None
+    ratio: float | None = None,
+    registry: CollectorRegistry | None = None,
+    sink: Sink | RemoteSink | None = None,
+    loki: bool = False,
 ) -> tuple[Probe, logging.StreamHandler[Any], Callable[[], int]]:
-    """``sightline.init()`` with metrics, traces and logs, exporting to a loopback sink.
+    """``sightline.init()`` with metrics, traces and logs, exporting to a loopback sink
+    (``sink``, or a new one), and with ``loki`` shipping every log line to it too.
 
     Returns the requests its metrics counted, its JSON handler on the root logger and the
-    flush that counts what the sink got. Pass ``registry`` to read other metrics from it.
+    flush that counts the spans the sink got. Pass ``registry`` to read other metrics
+    from it.
     """
     import sightline
 
-    sink = Sink()
+    sink = new_sink() if sink is None else sink
     if logging.getLogger().handlers:
         raise SystemExit("the root logger has handlers: Sightline would not add its own")
     # Sightline's own handler writes JSON lines to sys.stdout; the worker's result does not.
@@ -194,12 +268,15 @@ def sightline_full(
         otlp_endpoint=sink.url,
         logs=True,
         log_level="INFO",  # the root level the other stacks log at (see on_root)
+        loki_url=sink.url if loki else "",
         **sampler,
     )
     from sightline.logs import JsonFormatter
 
     handlers = logging.getLogger().handlers
-    if len(handlers) != 1 or not isinstance(getattr(handlers[0], "formatter", None), JsonFormatter):
+    if len(handlers) != 1 + loki or not isinstance(
+        getattr(handlers[0], "formatter", None), JsonFormatter
+    ):
         raise SystemExit(f"sightline: expected its JSON handler on the root logger: {handlers}")
     assert isinstance(handlers[0], logging.StreamHandler)
 
