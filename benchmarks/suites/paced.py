@@ -13,8 +13,6 @@ its own, so receiving costs the timed process nothing.
 
 from __future__ import annotations
 
-import gc
-import io
 import time
 from typing import Any
 
@@ -22,18 +20,18 @@ from suites.common import (
     RemoteSink,
     Suite,
     check_exported,
-    check_log_line,
     sightline_full,
     use_remote_sink,
 )
 from suites.web import (
     Setup,
     Variant,
+    check_served,
     hello_app,
     setup_bare_log,
     setup_incumbent,
     setup_sightline_full,
-    wsgi_driver,
+    warmed,
 )
 
 #: Requests a second, and how many come at once: 1,000 a second is a busy web worker,
@@ -68,23 +66,12 @@ def worker(name: str, requests: int, warmup: int) -> dict[str, Any]:
     request, all threads, the flush included."""
     use_remote_sink()
     variant = VARIANTS[name]()
-    run, statuses, ok = wsgi_driver(variant.app, variant.path)  # type: ignore[arg-type]
-    if variant.log is not None:
-        stream = variant.log.setStream(io.StringIO())
-        content = run(1)
-        captured = variant.log.setStream(stream)
-        assert isinstance(captured, io.StringIO)
-        check_log_line(name, variant.log, captured.getvalue())
-    else:
-        content = run(1)
-    run(warmup)
-    statuses.clear()
-    gc.collect()
+    driver, content = warmed(name, variant, warmup)
     batches, interval, late = max(1, requests // BATCH), BATCH / RATE, 0
     cpu, wall = time.process_time(), time.perf_counter()
     due = wall
     for _ in range(batches):
-        run(BATCH)
+        driver.run(BATCH)
         due += interval
         delay = due - time.perf_counter()
         if delay > 0:
@@ -102,8 +89,7 @@ def worker(name: str, requests: int, warmup: int) -> dict[str, Any]:
     flush = time.process_time() - flushing
     cpu = time.process_time() - cpu
     wall = time.perf_counter() - wall
-    if content != b"hello 42" or set(statuses) != {ok} or count != total:
-        raise SystemExit(f"{name}: got {set(statuses)} {content!r}, {count} recorded")
+    check_served(name, driver, content, count, total)
     if late > batches // 10:
         raise SystemExit(f"{name}: {late} of {batches} batches late at {RATE:g} requests/s")
     result: dict[str, Any] = {

@@ -358,31 +358,43 @@ def asgi_driver(app: ASGIApp, path: str) -> Driver:
     return Driver(lambda n: asyncio.run(serve(n)), statuses, 200)
 
 
-def worker(name: str, requests: int, warmup: int) -> dict[str, Any]:
-    """Set up one variant, check it, warm up, time ``requests`` requests, check what it did."""
-    variant = VARIANTS[name]()
+def warmed(name: str, variant: Variant, warmup: int) -> tuple[Driver, bytes]:
+    """``variant``'s driver, after a first request whose log line is checked and
+    ``warmup`` more; returns the driver (its statuses cleared) and the first body."""
     if variant.asgi:
-        run, statuses, ok = asgi_driver(variant.app, variant.path)  # type: ignore[arg-type]
+        driver = asgi_driver(variant.app, variant.path)  # type: ignore[arg-type]
     else:
-        run, statuses, ok = wsgi_driver(variant.app, variant.path)  # type: ignore[arg-type]
+        driver = wsgi_driver(variant.app, variant.path)  # type: ignore[arg-type]
     if variant.log is not None:
         stream = variant.log.setStream(io.StringIO())
-        content = run(1)
+        content = driver.run(1)
         captured = variant.log.setStream(stream)
         assert isinstance(captured, io.StringIO)
         check_log_line(name, variant.log, captured.getvalue())
     else:
-        content = run(1)
-    run(warmup)
-    statuses.clear()
+        content = driver.run(1)
+    driver.run(warmup)
+    driver.statuses.clear()
     gc.collect()
+    return driver, content
+
+
+def check_served(name: str, driver: Driver, content: bytes, count: float, total: int) -> None:
+    """Every response as expected, and the variant's metrics counted every request."""
+    if content != b"hello 42" or set(driver.statuses) != {driver.ok} or count != total:
+        raise SystemExit(f"{name}: got {set(driver.statuses)} {content!r}, {count} recorded")
+
+
+def worker(name: str, requests: int, warmup: int) -> dict[str, Any]:
+    """Set up one variant, check it, warm up, time ``requests`` requests, check what it did."""
+    variant = VARIANTS[name]()
+    driver, content = warmed(name, variant, warmup)
     start = time.perf_counter_ns()
-    run(requests)
+    driver.run(requests)
     elapsed = time.perf_counter_ns() - start
     total = 1 + warmup + requests
     count = variant.recorded() if variant.recorded is not None else total
-    if content != b"hello 42" or set(statuses) != {ok} or count != total:
-        raise SystemExit(f"{name}: got {set(statuses)} {content!r}, {count} recorded")
+    check_served(name, driver, content, count, total)
     result: dict[str, Any] = {"us_per_request": elapsed / requests / 1000}
     if variant.exported is not None:
         per_request = variant.spans_per_request
