@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -105,6 +107,25 @@ def test_saturation_metrics_are_exposed(registry: CollectorRegistry) -> None:
     assert (get("process_max_fds") or 0) > 0
     assert (get("python_gc_pause_seconds_count", {"generation": "2"}) or 0) >= 1
     assert get("http_server_worker_capacity") == 8
+
+
+def test_init_loads_no_psutil_until_the_first_scrape() -> None:
+    """Metrics alone, init() registers the saturation signals without loading psutil or
+    reading the cgroup: the first scrape does, and shows them."""
+    program = (
+        "import sys, sightline\n"
+        "from prometheus_client import REGISTRY, generate_latest\n"
+        "sightline.init(service='t', metrics_addr='off', traces=False, logs=False)\n"
+        "print('psutil' in sys.modules)\n"
+        "page = generate_latest(REGISTRY).decode()\n"
+        "print('psutil' in sys.modules, 'process_threads ' in page)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIGHTLINE_", "OTEL_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True"]
 
 
 def test_gc_callback_removed_on_shutdown(registry: CollectorRegistry) -> None:

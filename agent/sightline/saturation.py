@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from . import _fork, _safety
@@ -154,6 +153,8 @@ def memory_limit_bytes(root: str = "/") -> int:
             text = _read(os.path.join(d, "memory.limit_in_bytes"))
             if text and 0 < int(text) < _UNLIMITED:
                 limits.append(int(text))
+    import psutil  # loaded by the first scrape, not by init()
+
     return min([psutil.virtual_memory().total, *limits])
 
 
@@ -246,9 +247,20 @@ class SaturationCollector(Described):
     def __init__(self, capacity: Callable[[], int | None], root: str = "/") -> None:
         self._capacity = capacity
         self._root = root
-        self._process = psutil.Process()
+        self._process: Any = None  # psutil's, made by the first scrape (psutil loads then)
         self.gc_pauses = GCPauses()
         self.loop_lag = LoopLag()
+
+    def describe(self) -> Iterable[Metric]:
+        """Every family :meth:`collect` may yield, without reading anything: registering
+        this collector in init() loads no psutil and reads no cgroup file."""
+        for name in ("process_cpu_limit_cores", "process_memory_limit_bytes", "process_threads"):
+            yield GaugeMetricFamily(name, "")
+        for name in ("periods", "throttled_periods", "throttled_seconds"):
+            yield CounterMetricFamily(f"process_cpu_{name}", "")
+        yield from self.gc_pauses.histogram.describe()
+        yield from self.loop_lag.histogram.describe()
+        yield GaugeMetricFamily("http_server_worker_capacity", "")
 
     def collect(self) -> Iterable[Metric]:
         try:
@@ -257,7 +269,9 @@ class SaturationCollector(Described):
             _safety.report("saturation.collect", exc)
 
     def _collect(self) -> Iterable[Metric]:
-        if self._process.pid != os.getpid():  # forked (gunicorn --preload): this process's own
+        import psutil  # loaded by the first scrape, not by init()
+
+        if self._process is None or self._process.pid != os.getpid():  # or forked since
             self._process = psutil.Process()
         yield GaugeMetricFamily(
             "process_cpu_limit_cores",
