@@ -24,6 +24,7 @@ from suites.common import (
     use_remote_sink,
 )
 from suites.web import (
+    FULL_STACK_LIBRARIES,
     Setup,
     Variant,
     check_served,
@@ -129,16 +130,7 @@ SUITES: dict[str, Suite] = {
         rounds=8,
         requests=4000,
         warmup=500,
-        libraries=(
-            "flask",
-            "werkzeug",
-            "prometheus-client",
-            "prometheus-flask-exporter",
-            "opentelemetry-sdk",
-            "opentelemetry-instrumentation-flask",
-            "opentelemetry-exporter-otlp-proto-http",
-            "python-json-logger",
-        ),
+        libraries=FULL_STACK_LIBRARIES,
         unit="request",
         target_text={"paced_sightline": "1/6x (0.167x)", "paced_sightline_10pct": "1/10x"},
     ),

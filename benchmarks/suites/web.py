@@ -404,6 +404,18 @@ def worker(name: str, requests: int, warmup: int) -> dict[str, Any]:
     return result
 
 
+#: The libraries whose versions a full-stack report names (the ``full`` and ``paced`` suites).
+FULL_STACK_LIBRARIES = (
+    "flask",
+    "werkzeug",
+    "prometheus-client",
+    "prometheus-flask-exporter",
+    "opentelemetry-sdk",
+    "opentelemetry-instrumentation-flask",
+    "opentelemetry-exporter-otlp-proto-http",
+    "python-json-logger",
+)
+
 SUITES: dict[str, Suite] = {
     "metrics": Suite(
         title="Metrics: Sightline vs prometheus-flask-exporter",
@@ -431,16 +443,7 @@ SUITES: dict[str, Suite] = {
         rounds=12,
         requests=5000,
         warmup=1000,
-        libraries=(
-            "flask",
-            "werkzeug",
-            "prometheus-client",
-            "prometheus-flask-exporter",
-            "opentelemetry-sdk",
-            "opentelemetry-instrumentation-flask",
-            "opentelemetry-exporter-otlp-proto-http",
-            "python-json-logger",
-        ),
+        libraries=FULL_STACK_LIBRARIES,
         target_text={"sightline_full": "0.25x", "sightline_10pct": "1/6x (0.167x)"},
     ),
     "fastapi": versus(
