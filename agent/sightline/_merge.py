@@ -69,21 +69,17 @@ def label_key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(labels.items()))
 
 
-#: (child key, label key) of the label sets seen, by their labels in the order written:
-#: every process writes a series' labels in the same order, so merging N processes (and
-#: every later scrape) sorts each label set once. Emptied when it grows past the bound.
-_KEYS: dict[tuple[tuple[str, str], ...], tuple[tuple[tuple[str, str], ...], ...]] = {}
-_KEYS_BOUND = 200_000
+Keys = dict[tuple[tuple[str, str], ...], tuple[tuple[tuple[str, str], ...], ...]]
 
 
-def _keys(labels: dict[str, str]) -> tuple[tuple[tuple[str, str], ...], ...]:
-    """``(child_key(labels), label_key(labels))``, computed once per label set."""
+def _keys(labels: dict[str, str], seen: Keys) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """``(child_key(labels), label_key(labels))``, computed once per label set a merge
+    meets: ``seen`` holds them by the labels as written, and every process writes a
+    series' labels in the same order, so N processes' copies are sorted once."""
     written = tuple(labels.items())
-    keys = _KEYS.get(written)
+    keys = seen.get(written)
     if keys is None:
-        if len(_KEYS) >= _KEYS_BOUND:
-            _KEYS.clear()
-        keys = _KEYS[written] = (child_key(labels), label_key(labels))
+        keys = seen[written] = (child_key(labels), label_key(labels))
     return keys
 
 
@@ -161,12 +157,16 @@ class _Families:
     are the series that have their own (the rest share the overflow series)."""
 
     def __init__(
-        self, cap: int | None = None, admitted: dict[str, set[tuple[Any, ...]]] | None = None
+        self,
+        cap: int | None = None,
+        admitted: dict[str, set[tuple[Any, ...]]] | None = None,
+        keys: Keys | None = None,
     ) -> None:
         self.families: dict[str, tuple[str, str, str, dict[tuple[Any, ...], list[Any]]]] = {}
         self.cap = cap
         self.admitted = admitted if admitted is not None else {}
         self.admissions = 0  # series admitted since loading
+        self.keys: Keys = keys if keys is not None else {}  # shared by one merge's families
 
     def add(self, family: dict[str, Any], extra: dict[str, str] | None = None) -> None:
         name = family["name"]
@@ -185,7 +185,7 @@ class _Families:
                 labels = {**extra, **labels}  # a family's own process_pid label wins
                 key = label_key(labels)
             else:
-                child, key = _keys(labels)
+                child, key = _keys(labels, self.keys)
                 if admitted is not None and child not in admitted:
                     if len(admitted) < self.cap:  # type: ignore[operator]
                         admitted.add(child)
@@ -316,7 +316,8 @@ class Merge:
             name: {tuple(tuple(pair) for pair in child) for child in children}
             for name, children in totals.get("admitted", {}).items()
         }
-        past = _Families(snapshots.max_series, admitted)
+        keys: Keys = {}  # dropped with the merge
+        past = _Families(snapshots.max_series, admitted, keys)
         for family in totals.get("families", []):
             past.add(family)
         folded = set(totals.get("folded", []))
@@ -361,7 +362,7 @@ class Merge:
                 if family["type"] in SUMMED_TYPES and not is_per_process(family["name"]):
                     past.add(family)
         # The live processes, merged under the same admissions (shared with the totals).
-        summed, per_process = _Families(snapshots.max_series, admitted), _Families()
+        summed, per_process = _Families(snapshots.max_series, admitted, keys), _Families()
         configured: int | None = None
         workers = busy = 0
         for pid, document in live:
