@@ -96,15 +96,14 @@ class Agent:
         from . import _tasks
 
         _tasks.install_tracked(self)
-        scrape = self.registry
         if self.settings.multiprocess != "off":
             with _safety.internal_errors("multiprocess.start"):
-                scrape = self._start_snapshots()
+                self._start_snapshots()
         if self.settings.metrics_addr is not None:
             snapshots = self.snapshots
             self.metrics_server = MetricsServer(
                 self.settings.metrics_addr,
-                make_wsgi_app(scrape),
+                self.metrics_app,
                 store=snapshots.store if snapshots is not None else None,
                 key=snapshots.key if snapshots is not None else None,
                 server=self.server.pid if self.server is not None else None,
@@ -120,17 +119,18 @@ class Agent:
             return
         self.server = server
         with _safety.internal_errors("multiprocess.join"):
-            scrape = self._start_snapshots()
+            self._start_snapshots()
             if self.metrics_server is not None:
-                self.metrics_server.set_app(make_wsgi_app(scrape))
+                self.metrics_server.set_app(self.metrics_app)
 
-    def _start_snapshots(self) -> CollectorRegistry:
-        """Decide the process model: alone, or one of a server's processes (one seam)."""
+    def _start_snapshots(self) -> None:
+        """Decide the process model: alone, or one of a server's processes (one seam);
+        in a server's, the metrics apps serve the server-wide view from now on."""
         errors = _multiprocess.Errors(self._count_snapshot_error)
         try:
             found = _multiprocess.open_store(self.server)
             if found is None:
-                return self.registry
+                return
             store, store_id = found
             self.snapshots = _multiprocess.Snapshots(
                 store, store_id, self.registry, self.server, self.settings.max_series, errors
@@ -146,13 +146,12 @@ class Agent:
                 refused,
                 level=logging.ERROR,
             )
-            return self.registry
+            return
         self.snapshots.start()
-        scrape = _multiprocess.aggregate_registry(self.snapshots)
-        self.metrics_app = make_wsgi_app(scrape)
-        self.metrics_asgi = make_asgi_app(scrape)
+        scrape = _multiprocess.Scrape(self.snapshots)
+        self.metrics_app = scrape.wsgi
+        self.metrics_asgi = scrape.asgi
         logger.debug("sightline: metrics merged across the server's processes in %s", store.path)
-        return scrape
 
     def _count_snapshot_error(self, reason: str) -> None:
         self.metrics.snapshot_errors.labels(reason).inc()

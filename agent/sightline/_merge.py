@@ -19,9 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.samples import Exemplar
-
+from ._exposition import Family
 from ._keeper import offered_by
 from ._process import running
 from ._store import Skipped
@@ -220,17 +218,9 @@ class _Families:
             for name, (kind, help_text, unit, samples) in self.families.items()
         ]
 
-    def metrics(self) -> Iterator[Metric]:
+    def rows(self) -> Iterator[Family]:
         for name, (kind, help_text, unit, samples) in self.families.items():
-            metric = Metric(name, help_text, kind, unit)
-            for (sample_name, _), (value, exemplar, labels) in samples.items():
-                metric.add_sample(
-                    sample_name,
-                    labels,
-                    value,
-                    exemplar=Exemplar(exemplar[0], exemplar[1], exemplar[2]) if exemplar else None,
-                )
-            yield metric
+            yield name, kind, help_text, unit, samples
 
 
 def _accumulate(
@@ -260,23 +250,32 @@ class View:
     workers: int
     busy: int
 
-    def metrics(self) -> Iterator[Metric]:
-        yield from self.summed.metrics()
-        yield from self.per_process.metrics()
+    def families(self) -> list[Family]:
+        """Every family of the merged page, in the order it is shown."""
+        found = [*self.summed.rows(), *self.per_process.rows()]
         if self.configured is not None:
-            yield GaugeMetricFamily(
-                "server_workers_configured",
-                "Worker processes the server is configured to run.",
-                value=self.configured,
+            found.append(
+                _gauge(
+                    "server_workers_configured",
+                    "Worker processes the server is configured to run.",
+                    self.configured,
+                )
             )
-        yield GaugeMetricFamily(
-            "server_workers_live", "Worker processes running and reporting.", value=self.workers
+        found.append(
+            _gauge("server_workers_live", "Worker processes running and reporting.", self.workers)
         )
-        yield GaugeMetricFamily(
-            "server_workers_busy",
-            "Worker processes with at least one request in flight.",
-            value=self.busy,
+        found.append(
+            _gauge(
+                "server_workers_busy",
+                "Worker processes with at least one request in flight.",
+                self.busy,
+            )
         )
+        return found
+
+
+def _gauge(name: str, help_text: str, value: float) -> Family:
+    return name, "gauge", help_text, "", {(name, ()): [value, None, {}]}
 
 
 def leftovers(store: Store) -> bool:
@@ -303,11 +302,17 @@ class Merge:
     """One pass over the store, under its lock: read and check every snapshot, fold those
     of exited processes into the totals, and merge the rest (module docstring)."""
 
-    def __init__(self, snapshots: Snapshots, own: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        snapshots: Snapshots,
+        own: dict[str, Any] | None = None,
+        written: dict[str, Any] | None = None,
+    ) -> None:
         self.snapshots = snapshots
         self.store = snapshots.store
         self.errors = snapshots.errors
         self.own = own  # this process's numbers, when its snapshot could not be written
+        self.written = written  # what this process's snapshot holds, as it wrote it
 
     def run(self) -> View:
         store, snapshots = self.store, self.snapshots
@@ -326,6 +331,7 @@ class Merge:
         gone: list[tuple[str, dict[str, Any]]] = []  # (file name, document)
         read = 0
         now = time.time()
+        written = self.written
         for name in names:
             match = _SNAPSHOT.fullmatch(name)
             if match is None:
@@ -334,6 +340,9 @@ class Merge:
             key = name[: -len(".json")]
             if key in folded:
                 store.unlink(name)  # folded already: its process died before deleting it
+                continue
+            if written is not None and key == written["process"]:
+                live.append((match.group(1), written))  # not read back
                 continue
             # Whether its process runs, asked before reading: one found gone can no longer
             # write, so what is read is its last word, safe to fold.

@@ -61,7 +61,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from . import _fork, _safety
+from . import _exposition, _fork, _safety
+from ._exposition import Family
 from ._merge import (
     SCHEMA,
     SUMMED_TYPES,
@@ -277,6 +278,8 @@ class Snapshots:
         # Counts inherited from the process that forked this one (gunicorn --preload):
         # they are that process's, and are taken out of this one's snapshots.
         self._baseline: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        #: The document last written: what the file holds, without reading it back.
+        self.written: dict[str, Any] | None = None
         _fork.track(self)
 
     @property
@@ -320,7 +323,8 @@ class Snapshots:
         with self._lock:
             if self._closed:  # a scrape answered while exiting must not undo the last one
                 return True
-            data = json.dumps(self.document(final), separators=(",", ":")).encode()
+            document = self.document(final)
+            data = json.dumps(document, separators=(",", ":")).encode()
             try:
                 self.store.write(self.name, data)
             except OSError as exc:
@@ -332,6 +336,7 @@ class Snapshots:
                     exc.strerror or exc,
                 )
                 return False
+            self.written = document
             return True
 
     def close(self) -> None:
@@ -416,23 +421,29 @@ class Aggregate(Collector):
 
     def __init__(self, snapshots: Snapshots) -> None:
         self.snapshots = snapshots
-        self._last: list[Metric] | None = None
+        self._last: list[Family] | None = None
 
     def collect(self) -> Iterable[Metric]:
+        return _exposition.metrics(self.families())
+
+    def families(self) -> list[Family]:
+        """The merged families (what a scrape shows), in the merge's own shape."""
         try:
-            metrics = self._collect()
+            families = self._merge()
         except Exception as exc:
             _safety.report("multiprocess.collect", exc)
-            metrics = None
-        if metrics is None:
+            families = None
+        if families is None:
             return self._last if self._last is not None else self._alone()
-        self._last = metrics
-        return metrics
+        self._last = families
+        return families
 
-    def _collect(self) -> list[Metric] | None:
+    def _merge(self) -> list[Family] | None:
         snapshots = self.snapshots
-        written = snapshots.write()  # this process's own numbers, current to the scrape
-        own = None if written else snapshots.document()
+        # This process's own numbers, current to the scrape: written first, so that no
+        # scrape answered by another process can show less, and merged as written.
+        written = snapshots.written if snapshots.write() else None
+        own = None if written is not None else snapshots.document()
         with snapshots.store.lock(timeout=LOCK_TIMEOUT) as locked:
             if not locked:
                 snapshots.errors(
@@ -443,20 +454,31 @@ class Aggregate(Collector):
                     LOCK_TIMEOUT,
                 )
                 return None
-            view = Merge(snapshots, own).run()
-        return list(view.metrics())
+            view = Merge(snapshots, own, written).run()
+        return view.families()
 
-    def _alone(self) -> list[Metric]:
+    def _alone(self) -> list[Family]:
         try:
             with self.snapshots._collecting:
-                return list(self.snapshots.registry.collect())
+                return _exposition.families_of(self.snapshots.registry.collect())
         except Exception as exc:
             _safety.report("multiprocess.collect_alone", exc)
             return []
 
 
+class Scrape:
+    """What serves the server-wide view: a registry (for prometheus-client's own uses) and
+    the WSGI and ASGI apps for the /metrics server or path, which write the merged
+    families themselves (``_exposition``)."""
+
+    def __init__(self, snapshots: Snapshots) -> None:
+        aggregate = Aggregate(snapshots)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(aggregate)
+        self.wsgi = _exposition.make_wsgi_app(aggregate.families, self.registry)
+        self.asgi = _exposition.make_asgi_app(aggregate.families, self.registry)
+
+
 def aggregate_registry(snapshots: Snapshots) -> CollectorRegistry:
-    """A registry serving the server-wide view, for the /metrics server or path."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Aggregate(snapshots))
-    return registry
+    """A registry of the server-wide view alone."""
+    return Scrape(snapshots).registry
