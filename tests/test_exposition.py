@@ -305,3 +305,26 @@ def test_a_merged_server_page_is_the_one_its_registry_gives(tmp_path: Path, acce
     if accept and "openmetrics" in accept:
         assert b'# {trace_id="ab"} 0.2' in body
         assert b'# {trace_id="cd"} 3.0' in body
+
+
+def test_the_collector_is_held_off_while_a_page_is_merged_and_left_as_found() -> None:
+    """The cyclic garbage collector is off while the families are merged, on again after
+    the scrape, and still off after it if the app had turned it off."""
+    import gc
+
+    seen: list[bool] = []
+
+    def source() -> list[Family]:
+        seen.append(gc.isenabled())
+        return rich()
+
+    assert gc.isenabled()
+    _exposition.bake(source, CollectorRegistry(), PROMETHEUS_3, None, "")
+    assert seen == [False]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        _exposition.bake(source, CollectorRegistry(), None, None, "")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
