@@ -362,3 +362,78 @@ def test_client_spans_redact_secrets_in_urls(
         for secret in ("t1", "p2", "s3", "q4", "hunter2", "me:"):
             assert secret not in value, (value, secret)
         assert "page=5" in value
+
+
+@pytest.mark.parametrize("sampler", ["parentbased_always_on", "always_off"])
+def test_message_headers_carry_what_the_propagators_write(
+    backend: Backend, registry: CollectorRegistry, sampler: str
+) -> None:
+    """A task's headers get the traceparent and tracestate OpenTelemetry's propagators
+    would write, sampled or not, with or without a tracestate."""
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+    from sightline import _agent
+    from sightline._spans import LeanSpan
+    from sightline._tasks import publish_span
+    from sightline.tracing import _is_default_textmap
+
+    start(backend, registry, traces_sampler=sampler)
+    agent = _agent.current
+    assert agent is not None
+    assert agent.tracing is not None
+    remote = SpanContext(
+        0xABC, 0xDEF, True, TraceFlags(TraceFlags.SAMPLED), TraceState([("vendor", "x1")])
+    )
+    for parent in (None, trace.set_span_in_context(NonRecordingSpan(remote))):
+        token = trace.context_api.attach(parent) if parent is not None else None
+        try:
+            span = publish_span(agent, ("celery", "q", "t"), "id-1")
+        finally:
+            if token is not None:
+                trace.context_api.detach(token)
+        # Sightline's own span and the default propagators: the direct writer's case.
+        assert type(span) is LeanSpan
+        assert _is_default_textmap(propagate.get_global_textmap())
+        ours: dict[str, str] = {}
+        agent.tracing.inject(ours, span)
+        theirs: dict[str, str] = {}
+        propagate.inject(theirs, context=trace.set_span_in_context(span))
+        assert ours == theirs
+        assert ("tracestate" in ours) == (parent is not None)
+        span.end()
+
+
+def test_message_headers_carry_baggage_and_other_propagators(
+    backend: Backend, registry: CollectorRegistry
+) -> None:
+    """With baggage in the context, or propagators other than the default, the headers are
+    what the global propagator writes (baggage included)."""
+    from opentelemetry import baggage, context, propagate, trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    from sightline import _agent
+    from sightline._tasks import publish_span
+
+    start(backend, registry)
+    agent = _agent.current
+    assert agent is not None
+    assert agent.tracing is not None
+    token = context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        span = publish_span(agent, ("celery", "q", "t"), "id-1")
+        carrier: dict[str, str] = {}
+        agent.tracing.inject(carrier, span)
+        assert carrier["baggage"] == "tenant=acme"
+        assert carrier["traceparent"].split("-")[2] == span.hex_ids[1]
+    finally:
+        context.detach(token)
+    default = propagate.get_global_textmap()
+    propagate.set_global_textmap(TraceContextTextMapPropagator())
+    try:
+        carrier = {}
+        agent.tracing.inject(carrier, span)
+        expected: dict[str, str] = {}
+        propagate.inject(expected, context=trace.set_span_in_context(span))
+        assert carrier == expected
+    finally:
+        propagate.set_global_textmap(default)
+    span.end()

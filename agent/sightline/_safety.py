@@ -1,7 +1,7 @@
 """The safety net: agent errors are logged (rate-limited) and counted, never raised into the app.
 
-Hot paths call :func:`report` from a plain ``except`` (a context manager costs a
-microsecond per request); setup code uses ``with internal_errors("where"):``.
+The hottest paths call :func:`report` from a plain ``except``; hooks and setup code
+use ``with internal_errors("where"):``.
 Tests point :data:`sink` at a list so a swallowed error fails the test that caused it.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from types import TracebackType
 
 logger = logging.getLogger("sightline")
 
@@ -41,10 +41,28 @@ def report(where: str, exc: BaseException) -> None:
         pass
 
 
-@contextmanager
-def internal_errors(where: str) -> Iterator[None]:
-    """Run agent work; an ``Exception`` inside is reported and suppressed."""
-    try:
-        yield
-    except Exception as exc:
-        report(where, exc)
+class internal_errors:  # named as the function it replaced: ``with internal_errors("where"):``
+    """Run agent work; an ``Exception`` inside is reported and suppressed.
+
+    A class rather than a ``@contextmanager`` generator: a quarter of the cost, which
+    matters in the hooks that run once per task or statement.
+    """
+
+    __slots__ = ("where",)
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if kind is None or not issubclass(kind, Exception):
+            return False
+        report(self.where, exc if exc is not None else kind())
+        return True

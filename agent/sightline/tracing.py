@@ -22,8 +22,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from opentelemetry import context, propagate, trace
+from opentelemetry import baggage, context, propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider, sampling
@@ -32,6 +34,7 @@ from opentelemetry.semconv.attributes import (
     http_attributes,
 )
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import _fork, _otlp, _resource, _safety
 from ._export import BatchQueue, Endpoint, ExportStats, Retrying, push
@@ -246,6 +249,19 @@ class _EnvironGetter(Getter[Any]):
 environ_getter = _EnvironGetter()
 
 
+def _is_default_textmap(textmap: Any) -> bool:
+    """Whether ``textmap`` is OpenTelemetry's default: W3C trace context, then baggage."""
+    if type(textmap) is not CompositePropagator:
+        return False
+    propagators = getattr(textmap, "_propagators", None)
+    return (
+        type(propagators) is list
+        and len(propagators) == 2
+        and type(propagators[0]) is TraceContextTextMapPropagator
+        and type(propagators[1]) is W3CBaggagePropagator
+    )
+
+
 class Tracing:
     """What one ``init()`` set up for traces; :meth:`close` undoes it within a deadline."""
 
@@ -283,6 +299,26 @@ class Tracing:
         fields = propagate.get_global_textmap().fields
         self.header_keys = tuple("HTTP_" + f.upper().replace("-", "_") for f in fields)
         self.header_names = frozenset(f.lower().encode("latin-1") for f in fields)
+
+    def inject(self, carrier: dict[str, Any], span: Any) -> None:
+        """Put ``span``'s context into a message's headers, as the global propagator does.
+
+        With the default propagators (W3C trace context, then baggage) and no baggage,
+        ``traceparent`` (and ``tracestate``, if any) is written directly from the span's
+        formatted ids: what the propagators write, at a tenth of their cost per task.
+        """
+        if (
+            type(span) is LeanSpan
+            and _is_default_textmap(propagate.get_global_textmap())
+            and not baggage.get_all()
+        ):
+            trace_hex, span_hex = span.hex_ids
+            ctx = span.get_span_context()
+            carrier["traceparent"] = f"00-{trace_hex}-{span_hex}-{ctx.trace_flags:02x}"
+            if ctx.trace_state:
+                carrier["tracestate"] = ctx.trace_state.to_header()
+            return
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
 
     def extract_headers(self, headers: Any) -> Context | None:
         """The parent context from ASGI headers (``[(name, value), ...]`` as bytes)."""

@@ -120,7 +120,7 @@ def _before_publish(
             return
         name = str(headers.get("task") or sender)
         span = publish_span(agent, (SYSTEM, routing_key or "", name), str(headers.get("id", "")))
-        propagate.inject(headers, context=trace.set_span_in_context(span))
+        agent.tracing.inject(headers, span)
         task_id = headers.get("id")
         if task_id is None:
             span.end()

@@ -67,9 +67,9 @@ def _enqueue_job(self: Queue, job: Job, *args: Any, **kwargs: Any) -> Job:
     if agent is not None:
         with _safety.internal_errors("rq.enqueue"):
             span = publish_span(agent, (SYSTEM, self.name, str(job.func_name)), job.id)
-            if span is not None:
+            if span is not None and agent.tracing is not None:
                 carrier: dict[str, str] = {}
-                propagate.inject(carrier, context=trace.set_span_in_context(span))
+                agent.tracing.inject(carrier, span)
                 job.meta[META] = carrier
     quiet = _db.untraced.set(True)  # the producer span stands for RQ's commands
     try:
