@@ -372,9 +372,10 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run(args.worker, args.requests, args.warmup)), file=out, flush=True)
         return
     if args.list:
+        width = max(map(len, SUITES))
         for name, suite in SUITES.items():
             print(
-                f"{name:12} {suite.rounds:3} rounds x {suite.requests:6} {suite.unit}s "
+                f"{name:{width}} {suite.rounds:3} rounds x {suite.requests:6} {suite.unit}s "
                 f"(+{suite.warmup} warm-up)  {', '.join(suite.variants)}"
             )
         return

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from .helpers import free_port, wait_until
-from .servers import Prometheus, binary, gunicorn, launcher, prometheus
+from .servers import FLAVOURS, Prometheus, binary, gunicorn, launcher, prometheus
 
 pytest.importorskip("flask")
 pytest.importorskip("gunicorn")
@@ -27,15 +27,19 @@ def request(url: str, method: str = "GET", headers: dict[str, str] | None = None
         return error
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("e2e")
+@pytest.fixture(scope="module", params=FLAVOURS)
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[dict[str, Any]]:
+    """The app under gunicorn, scraped by Debian's Prometheus and by the version compose
+    pins (3.x, which negotiates OpenMetrics with the escaping ``allow-utf-8``)."""
+    tmp = tmp_path_factory.mktemp(f"e2e-{request.param}")
     metrics_port = free_port()
     env = {"SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{metrics_port}"}
     args = ["--workers", "1", "--threads", "4"]
     with (
         gunicorn("tests.apps.flask_app:application", env, args, tmp) as base,
-        prometheus(tmp, {"app": f"127.0.0.1:{metrics_port}"}) as prom,
+        prometheus(tmp, {"app": f"127.0.0.1:{metrics_port}"}, flavour=request.param) as prom,
     ):
         yield {"base": base, "prom": prom, "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
 

@@ -357,17 +357,19 @@ class Suite:
     server: Callable[[], AbstractContextManager[None]] | None = None
 
 
-def versus(prefix: str, title: str, **settings: Any) -> Suite:
+def versus(
+    prefix: str, title: str, target: float = 0.25, target_text: str = "0.25x", **settings: Any
+) -> Suite:
     """The usual comparison: ``<prefix>_bare`` (the baseline), ``<prefix>_incumbent`` and
-    ``<prefix>_sightline``, which must add at most 0.25x of what the incumbent adds.
-    ``settings`` are the rest of :class:`Suite`'s fields."""
+    ``<prefix>_sightline``, which must add at most ``target`` times what the incumbent
+    adds. ``settings`` are the rest of :class:`Suite`'s fields."""
     bare, incumbent, ours = (f"{prefix}_{stack}" for stack in ("bare", "incumbent", "sightline"))
     return Suite(
         title=title,
         variants=(bare, incumbent, ours),
         baseline=bare,
         references={incumbent: incumbent, ours: incumbent},
-        targets={ours: 0.25},
-        target_text={ours: "0.25x"},
+        targets={ours: target},
+        target_text={ours: target_text},
         **settings,
     )

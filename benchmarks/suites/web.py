@@ -124,8 +124,9 @@ def setup_sightline_full(ratio: float | None = None) -> Variant:
     return Variant(hello_app(log_line=True), recorded, handler, exported, sampled)
 
 
-def hello_fastapi() -> FastAPI:
-    """The FastAPI app: ``GET /users/{uid}`` logs its line and answers ``hello {uid}``."""
+def hello_fastapi(log_line: bool = True) -> FastAPI:
+    """The FastAPI app: ``GET /users/{uid}`` logs its line (if ``log_line``) and answers
+    ``hello {uid}``."""
     from fastapi import FastAPI
     from fastapi.responses import PlainTextResponse
 
@@ -134,7 +135,8 @@ def hello_fastapi() -> FastAPI:
 
     @app.get("/users/{uid}", response_class=PlainTextResponse)
     async def user(uid: int) -> str:
-        log.info(LOG_MESSAGE, extra={"uid": uid})
+        if log_line:
+            log.info(LOG_MESSAGE, extra={"uid": uid})
         return f"hello {uid}"
 
     return app
@@ -180,6 +182,23 @@ def setup_fastapi_sightline() -> Variant:
     return Variant(hello_fastapi(), recorded, handler, exported, asgi=True)
 
 
+def setup_fastapi_metrics_bare() -> Variant:
+    return Variant(hello_fastapi(log_line=False), asgi=True)
+
+
+def setup_fastapi_metrics_incumbent() -> Variant:
+    from prometheus_fastapi_instrumentator import Instrumentator
+
+    registry, app = CollectorRegistry(), hello_fastapi(log_line=False)
+    Instrumentator(registry=registry).instrument(app)  # no .expose(app): no /metrics route
+    return Variant(app, samples(registry, "http_requests_total"), asgi=True)
+
+
+def setup_fastapi_metrics_sightline() -> Variant:
+    probe = samples(sightline_metrics(), "http_server_request_duration_seconds_count")
+    return Variant(hello_fastapi(log_line=False), probe, asgi=True)
+
+
 DJANGO_PATH = f"/users/{LOG_UID}/"
 
 
@@ -187,8 +206,10 @@ def hello_django(
     apps: Sequence[str] = (),
     middleware: Sequence[str] = (),
     instrument: Callable[[], None] | None = None,
+    log_line: bool = True,
 ) -> WSGIApp:
-    """A minimal Django project: ``users/<int:uid>/`` in an included URLconf, no database.
+    """A minimal Django project: ``users/<int:uid>/`` in an included URLconf, no database;
+    the view logs its line if ``log_line``.
 
     Settings are configured in-process (once per process: each run is its own process);
     ``instrument`` runs once they are, before the WSGI handler loads the middleware.
@@ -203,7 +224,8 @@ def hello_django(
     log = logging.getLogger("bench")
 
     def user(request: HttpRequest, uid: int) -> HttpResponse:
-        log.info(LOG_MESSAGE, extra={"uid": uid})
+        if log_line:
+            log.info(LOG_MESSAGE, extra={"uid": uid})
         return HttpResponse(f"hello {uid}", content_type="text/plain")
 
     settings.configure(
@@ -226,6 +248,18 @@ def hello_django(
     return app
 
 
+#: django-prometheus as its README sets it up. It registers its metrics in the default
+#: registry (another one takes subclassing its Metrics and both middlewares): each run is
+#: its own process anyway.
+DJANGO_PROMETHEUS: dict[str, Any] = {
+    "apps": ["django_prometheus"],
+    "middleware": [
+        "django_prometheus.middleware.PrometheusBeforeMiddleware",
+        "django_prometheus.middleware.PrometheusAfterMiddleware",
+    ],
+}
+
+
 def setup_django_bare() -> Variant:
     return Variant(hello_django(), log=plain_log_handler(), path=DJANGO_PATH)
 
@@ -241,16 +275,7 @@ def setup_django_incumbent() -> Variant:
         # Puts its middleware first in settings.MIDDLEWARE.
         DjangoInstrumentor().instrument(tracer_provider=provider)
 
-    # django-prometheus registers its metrics in the default registry (another one takes
-    # subclassing its Metrics and both middlewares): each run is its own process anyway.
-    app = hello_django(
-        apps=["django_prometheus"],
-        middleware=[
-            "django_prometheus.middleware.PrometheusBeforeMiddleware",
-            "django_prometheus.middleware.PrometheusAfterMiddleware",
-        ],
-        instrument=instrument,
-    )
+    app = hello_django(instrument=instrument, **DJANGO_PROMETHEUS)
     handler = on_root(jsonlogger_handler())
     return Variant(
         app,
@@ -264,6 +289,23 @@ def setup_django_incumbent() -> Variant:
 def setup_django_sightline() -> Variant:
     recorded, handler, exported = sightline_full()
     return Variant(hello_django(), recorded, handler, exported, path=DJANGO_PATH)
+
+
+def setup_django_metrics_bare() -> Variant:
+    return Variant(hello_django(log_line=False), path=DJANGO_PATH)
+
+
+def setup_django_metrics_incumbent() -> Variant:
+    from prometheus_client import REGISTRY
+
+    app = hello_django(log_line=False, **DJANGO_PROMETHEUS)
+    probe = samples(REGISTRY, "django_http_responses_before_middlewares_total")
+    return Variant(app, probe, path=DJANGO_PATH)
+
+
+def setup_django_metrics_sightline() -> Variant:
+    probe = samples(sightline_metrics(), "http_server_request_duration_seconds_count")
+    return Variant(hello_django(log_line=False), probe, path=DJANGO_PATH)
 
 
 VARIANTS: dict[str, Setup] = {
@@ -281,6 +323,12 @@ VARIANTS: dict[str, Setup] = {
     "django_bare": setup_django_bare,
     "django_incumbent": setup_django_incumbent,
     "django_sightline": setup_django_sightline,
+    "fastapi_metrics_bare": setup_fastapi_metrics_bare,
+    "fastapi_metrics_incumbent": setup_fastapi_metrics_incumbent,
+    "fastapi_metrics_sightline": setup_fastapi_metrics_sightline,
+    "django_metrics_bare": setup_django_metrics_bare,
+    "django_metrics_incumbent": setup_django_metrics_incumbent,
+    "django_metrics_sightline": setup_django_metrics_sightline,
 }
 
 
@@ -422,12 +470,33 @@ SUITES: dict[str, Suite] = {
         variants=("bare", "pfe", "sightline"),
         baseline="bare",
         references={"pfe": "pfe", "sightline": "pfe"},
-        targets={"sightline": 0.25},
+        targets={"sightline": 0.125},
         rounds=12,
         requests=20000,
         warmup=2000,
         libraries=("flask", "werkzeug", "prometheus-client", "prometheus-flask-exporter"),
-        target_text={"sightline": "0.25x"},
+        target_text={"sightline": "0.125x"},
+    ),
+    "fastapi_metrics": versus(
+        "fastapi_metrics",
+        "Metrics, FastAPI: Sightline vs prometheus-fastapi-instrumentator, over ASGI",
+        target=0.125,
+        target_text="0.125x",
+        rounds=12,
+        requests=10000,
+        warmup=1000,
+        libraries=("fastapi", "starlette", "prometheus-client", "prometheus-fastapi-instrumentator"),
+    ),
+    "django_metrics": versus(
+        "django_metrics",
+        "Metrics, Django: Sightline vs django-prometheus, over WSGI",
+        target=0.125,
+        target_text="0.125x",
+        rounds=12,
+        requests=10000,
+        warmup=1000,
+        libraries=("django", "prometheus-client", "django-prometheus"),
+        request=f"GET {DJANGO_PATH}",
     ),
     "full": Suite(
         title="Full stack: metrics, traces and a JSON log line per request",
