@@ -37,8 +37,9 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], list[Any]]
 #: One family: ``(name, type, help, unit, samples)``.
 Family = tuple[str, str, str, str, Samples]
 
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+#: Names of the classic character set (what every escaping writes as they are).
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 #: Families' types as the text format names them (OpenMetrics keeps their own).
 _TEXT_TYPES = {
     "info": "gauge",
@@ -125,7 +126,7 @@ class _Labels:
             if text is None:
                 name = pair[0]
                 if name not in self.names:
-                    if not _LABEL_NAME.fullmatch(name):
+                    if not LABEL_NAME.fullmatch(name):
                         raise Unrenderable(name)
                     self.names.add(name)
                 text = pairs[pair] = f'{name}="{_value(pair[1])}"'
@@ -135,7 +136,7 @@ class _Labels:
 
 def _check_name(name: str, checked: set[str]) -> None:
     if name not in checked:
-        if not _METRIC_NAME.fullmatch(name):
+        if not METRIC_NAME.fullmatch(name):
             raise Unrenderable(name)
         checked.add(name)
 

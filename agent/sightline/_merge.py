@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._exposition import Family
+from ._exposition import LABEL_NAME, METRIC_NAME, Family
 from ._keeper import offered_by
 from ._process import running
 from ._store import Skipped
@@ -50,8 +50,6 @@ _TYPES = frozenset(
 )
 _POSITION_LABELS = frozenset(("le", "quantile"))  # a sample's place in its series
 _SNAPSHOT = re.compile(r"(\d+)-(\d+)\.json")
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 def child_key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
@@ -101,7 +99,7 @@ def _valid_families(families: Any) -> bool:
         name, samples = family.get("name"), family.get("samples")
         if (
             type(name) is not str
-            or not _METRIC_NAME.fullmatch(name)
+            or not METRIC_NAME.fullmatch(name)
             or family.get("type") not in _TYPES
             or type(family.get("help")) is not str
             or type(family.get("unit")) is not str
@@ -120,14 +118,14 @@ def _valid_families(families: Any) -> bool:
             ):
                 return False
             if sample_name not in sample_names:
-                if not _METRIC_NAME.fullmatch(sample_name):
+                if not METRIC_NAME.fullmatch(sample_name):
                     return False
                 sample_names.add(sample_name)
             for key, text in labels.items():
                 if type(text) is not str:
                     return False
                 if key not in names:
-                    if not _LABEL_NAME.fullmatch(key):
+                    if not LABEL_NAME.fullmatch(key):
                         return False
                     names.add(key)
             if exemplar is not None and not _valid_exemplar(exemplar):
