@@ -80,9 +80,10 @@ def test_scrape_benchmark_fills_every_worker_and_reports_every_configuration() -
 #: OpenTelemetry's SQLAlchemy instrumentation instruments nothing on SQLAlchemy 2.1 and
 #: later (the bench extra pins 2.0; the tests install the newest).
 SUITES = {
-    "metrics": (), "fastapi_metrics": (), "django_metrics": (), "full": (), "fastapi": (), "django": (), "paced": (), "log": (), "celery": (),
-    "rq": (), "sqlalchemy": ("sqla_incumbent",), "http_client": (), "httpx": (),
-    "urllib3": (), "aiohttp": (), "redis": (), "psycopg": (), "django_orm": (),
+    "metrics": (), "fastapi_metrics": (), "django_metrics": (), "full": (), "fastapi": (),
+    "django": (), "paced": (), "log": (), "celery": (), "rq": (),
+    "sqlalchemy": ("sqla_incumbent",), "http_client": (), "httpx": (), "urllib3": (),
+    "aiohttp": (), "redis": (), "psycopg": (), "django_orm": (),
 }  # fmt: skip
 
 

@@ -485,7 +485,12 @@ SUITES: dict[str, Suite] = {
         rounds=12,
         requests=10000,
         warmup=1000,
-        libraries=("fastapi", "starlette", "prometheus-client", "prometheus-fastapi-instrumentator"),
+        libraries=(
+            "fastapi",
+            "starlette",
+            "prometheus-client",
+            "prometheus-fastapi-instrumentator",
+        ),
     ),
     "django_metrics": versus(
         "django_metrics",
