@@ -8,7 +8,7 @@ here, naming the assumption, instead of failing in a user's process:
   (``_spans.context_var``; the request fast path in ``tracing.py``, ``asgi.py``)
 - ``opentelemetry.trace.propagation._SPAN_KEY`` (``_spans.SPAN_KEY``; ``tracing.py``, ``logs.py``)
 - ``SpanContext``'s tuple layout, built with ``tuple.__new__`` (``_spans.LeanSpan``)
-- ``TracerProvider._handle_fork`` and ``_tracers_lock`` (``tracing._Provider``)
+- ``TracerProvider._handle_fork`` and ``_tracers_lock`` (``_sdk._Provider``)
 - ``BaseInstrumentor``'s one instance per class (``integrations/_clients.py``)
 - the API's entry-point group names (``_settings.py``)
 """
@@ -34,7 +34,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 from prometheus_client import CollectorRegistry
-from sightline import _settings, _spans, tracing
+from sightline import _sdk, _settings, _spans
 
 from .receivers import Backend
 
@@ -201,7 +201,7 @@ def test_forked_child_runs_the_agents_fork_handler_instead_of_the_sdks() -> None
     assert dict(plain.resource.attributes) != {}, "the SDK's fork handler no longer re-detects"
     del plain  # its after-fork hook holds it weakly: gone, it does nothing in the child
 
-    provider = tracing._Provider(resource=Resource.get_empty(), shutdown_on_exit=False)
+    provider = _sdk._Provider(resource=Resource.get_empty(), shutdown_on_exit=False)
     held = provider._tracers_lock
     assert held.acquire(blocking=False)
     try:

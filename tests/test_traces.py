@@ -251,6 +251,50 @@ def test_app_tracer_provider_is_reused(registry: CollectorRegistry) -> None:
     assert "spans: ['GET']" in result.stdout
 
 
+def test_the_sdk_loads_when_something_asks_for_a_tracer(backend: Backend) -> None:
+    """``init()`` with traces on imports neither the OpenTelemetry SDK nor psutil; the first
+    ``trace.get_tracer(...)`` span loads the SDK, is sampled as configured and reaches the
+    collector beside Sightline's own spans; a processor the app adds through the global
+    provider sees it too."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys
+        import sightline
+        sightline.init(service="lazy", metrics_addr="off", logs=False,
+                       otlp_endpoint={backend.url!r}, bsp_schedule_delay=0.05)
+        print("after init:", "opentelemetry.sdk.trace" in sys.modules, "psutil" in sys.modules)
+        def app(environ, start_response):
+            start_response("200 OK", [])
+            return [b"x"]
+        body = sightline.instrument_app(app)({{"REQUEST_METHOD": "GET", "PATH_INFO": "/"}},
+                                             lambda *a: None)
+        list(body); body.close()
+        print("after a request:", "opentelemetry.sdk.trace" in sys.modules)
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        seen = InMemorySpanExporter()
+        trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(seen))
+        with trace.get_tracer("app.code").start_as_current_span("work") as span:
+            print("recording:", span.is_recording())
+        print("seen:", [s.name for s in seen.get_finished_spans()])
+        sightline.shutdown()
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "after init: False False" in result.stdout
+    assert "after a request: False" in result.stdout
+    assert "recording: True" in result.stdout
+    assert "seen: ['work']" in result.stdout
+    names = {(resource.get("service.name"), span.name) for resource, span in backend.spans()}
+    assert names == {("lazy", "GET"), ("lazy", "work")}
+
+
 def test_trace_joins_two_apps_over_http(backend: Backend, tmp_path: Any) -> None:
     """App A calling app B with requests yields one trace: A server -> A client -> B server."""
     pytest.importorskip("gunicorn")

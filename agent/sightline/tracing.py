@@ -9,17 +9,21 @@ and ``_ARG``, ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``, ``_HEADERS``, ``_TIMEOUT
 Export runs through Sightline's own bounded queue and HTTP pusher rather than the
 SDK's batch processor and exporter: every dropped span is counted, retries are
 bounded and shutdown ends on time even with the collector hung (the SDK's exporter
-can block shutdown for over a minute). The global provider can be set only once per
-process, so it is created once, with a sampler and a processor that delegate to
-whatever the current ``init()`` configured; ``shutdown()`` turns both off.
+can block shutdown for over a minute). Sightline's own spans need no SDK. The global
+provider is a stand-in, set once per process (it can be set only once), which makes the
+SDK's provider when something first asks it for a tracer (``_sdk``): that provider's
+sampler and processor follow whatever the current ``init()`` configured
+(:class:`Current`); ``shutdown()`` turns both off.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import baggage, context, propagate, trace
@@ -27,8 +31,6 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider, sampling
 from opentelemetry.semconv.attributes import (
     error_attributes,
     http_attributes,
@@ -46,74 +48,53 @@ from .metrics import OTHER_METHOD
 logger = logging.getLogger("sightline")
 
 
-def build_sampler(settings: Settings) -> sampling.Sampler:
-    name, ratio = settings.traces_sampler, settings.traces_sampler_arg
-    root: sampling.Sampler
-    if name.endswith("always_on"):
-        root = sampling.ALWAYS_ON
-    elif name.endswith("always_off"):
-        root = sampling.ALWAYS_OFF
-    else:
-        root = sampling.TraceIdRatioBased(ratio)
-    return sampling.ParentBased(root) if name.startswith("parentbased_") else root
+@dataclass
+class Current:
+    """What the current ``init()`` configured for the SDK provider's spans (:mod:`._sdk`):
+    the sampler (``OTEL_TRACES_SAMPLER`` and its argument; None: sample nothing) and the
+    export queue (None: export nothing)."""
 
-
-class _DelegatingSampler(sampling.Sampler):
-    def __init__(self) -> None:
-        self.delegate: sampling.Sampler = sampling.ALWAYS_OFF
-
-    def should_sample(self, *args: Any, **kwargs: Any) -> sampling.SamplingResult:
-        return self.delegate.should_sample(*args, **kwargs)
-
-    def get_description(self) -> str:
-        return f"Sightline({self.delegate.get_description()})"
-
-
-class _QueueProcessor(SpanProcessor):
-    """Hands each ended, sampled span to the current export queue (if any)."""
-
-    def __init__(self) -> None:
-        self.queue: BatchQueue[Any] | None = None
-
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        pass
-
-    def on_end(self, span: ReadableSpan) -> None:
-        queue = self.queue
-        if queue is not None and span.context is not None and span.context.trace_flags.sampled:
-            queue.put(span)
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-
-class _Provider(TracerProvider):
-    def _handle_fork(self) -> None:
-        # The SDK re-detects the resource after fork on a thread pool, which can hang a
-        # forked child (seen with SDK 1.45). Sightline writes this process's resource
-        # into every export instead, so the child only needs a fresh lock.
-        self._tracers_lock = threading.Lock()
+    sampler: tuple[str, float] | None = None
+    queue: BatchQueue[Any] | None = None
 
 
 _lock = threading.Lock()
-_provider: TracerProvider | None = None
-_sampler = _DelegatingSampler()
-_processor = _QueueProcessor()
+_current = Current()
+#: The SDK's provider, once something asked the stand-in for a tracer (``_sdk``).
+_sdk_provider: Any = None
+_stand_in: _StandIn | None = None
 
 
-def _own_provider() -> TracerProvider:
-    global _provider
+class _StandIn(trace.TracerProvider):
+    """The global provider Sightline sets: the SDK's, made when first asked for a tracer
+    (every other attribute, ``add_span_processor`` say, is the SDK provider's too)."""
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return sdk_provider().get_tracer(*args, **kwargs)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sdk_provider(), name)
+
+
+def sdk_provider() -> Any:
+    """The SDK provider behind the stand-in, made (and the SDK imported) on first use."""
+    global _sdk_provider
     with _lock:
-        if _provider is None:
-            _provider = _Provider(
-                sampler=_sampler, resource=Resource.get_empty(), shutdown_on_exit=False
-            )
-            _provider.add_span_processor(_processor)
-            trace.set_tracer_provider(_provider)
-        return _provider
+        if _sdk_provider is None:
+            # Imported with forks held off: a worker forked half-way through would
+            # inherit the module's import lock, held for good.
+            with _fork.exclusive():
+                from . import _sdk
+            _sdk_provider = _sdk.provider(_current)
+        return _sdk_provider
+
+
+def _install_stand_in() -> None:
+    global _stand_in
+    with _lock:
+        if _stand_in is None:
+            _stand_in = _StandIn()
+            trace.set_tracer_provider(_stand_in)
 
 
 def otlp_endpoint(settings: Settings) -> Endpoint:
@@ -271,11 +252,19 @@ class Tracing:
         self.queue: BatchQueue[Any] | None = None
         # Set when Sightline owns the provider: the request span is then a LeanSpan.
         self.sampling: Sampling | None = None
-        if isinstance(existing, TracerProvider) and existing is not _provider:
+        #: The app's provider's tracer, when the app set an SDK provider of its own.
+        self.tracer: Any = None
+        # Without the SDK imported, no provider of the app's can be the SDK's.
+        sdk = sys.modules.get("opentelemetry.sdk.trace")
+        if (
+            sdk is not None
+            and isinstance(existing, sdk.TracerProvider)
+            and existing is not _sdk_provider
+        ):
             logger.debug("sightline: using the app's tracer provider; it exports the spans")
-            provider = existing
+            self.tracer = existing.get_tracer("sightline")
         else:
-            provider = _own_provider()
+            _install_stand_in()
             sender = OtlpSender(settings, stats)
             self.queue = BatchQueue(
                 "traces",
@@ -289,10 +278,9 @@ class Tracing:
                 on_stop=sender.endpoint.close,
             )
             sender.queue = self.queue
-            _sampler.delegate = build_sampler(settings)
-            _processor.queue = self.queue
+            _current.sampler = (settings.traces_sampler, settings.traces_sampler_arg)
+            _current.queue = self.queue
             self.sampling = Sampling(settings.traces_sampler, settings.traces_sampler_arg)
-        self.tracer = provider.get_tracer("sightline")
         self._context = context_var()
         # The environ keys of the propagator's headers: a request carrying none of them
         # skips extraction entirely.
@@ -469,7 +457,7 @@ class Tracing:
 
     def close(self, deadline: float) -> None:
         if self.queue is not None:
-            if _processor.queue is self.queue:
-                _processor.queue = None
-                _sampler.delegate = sampling.ALWAYS_OFF
+            if _current.queue is self.queue:
+                _current.queue = None
+                _current.sampler = None
             self.queue.close(deadline)
