@@ -464,6 +464,16 @@ FULL_STACK_LIBRARIES = (
     "python-json-logger",
 )
 
+#: The libraries whose versions the FastAPI and Django reports name (their metrics suites';
+#: the full-stack suites add OpenTelemetry's).
+FASTAPI_METRICS_LIBRARIES = (
+    "fastapi",
+    "starlette",
+    "prometheus-client",
+    "prometheus-fastapi-instrumentator",
+)
+DJANGO_METRICS_LIBRARIES = ("django", "prometheus-client", "django-prometheus")
+
 SUITES: dict[str, Suite] = {
     "metrics": Suite(
         title="Metrics: Sightline vs prometheus-flask-exporter",
@@ -485,12 +495,7 @@ SUITES: dict[str, Suite] = {
         rounds=12,
         requests=10000,
         warmup=1000,
-        libraries=(
-            "fastapi",
-            "starlette",
-            "prometheus-client",
-            "prometheus-fastapi-instrumentator",
-        ),
+        libraries=FASTAPI_METRICS_LIBRARIES,
     ),
     "django_metrics": versus(
         "django_metrics",
@@ -500,7 +505,7 @@ SUITES: dict[str, Suite] = {
         rounds=12,
         requests=10000,
         warmup=1000,
-        libraries=("django", "prometheus-client", "django-prometheus"),
+        libraries=DJANGO_METRICS_LIBRARIES,
         request=f"GET {DJANGO_PATH}",
     ),
     "full": Suite(
@@ -527,10 +532,7 @@ SUITES: dict[str, Suite] = {
         requests=3000,
         warmup=1000,
         libraries=(
-            "fastapi",
-            "starlette",
-            "prometheus-client",
-            "prometheus-fastapi-instrumentator",
+            *FASTAPI_METRICS_LIBRARIES,
             "opentelemetry-sdk",
             "opentelemetry-instrumentation-fastapi",
             "opentelemetry-exporter-otlp-proto-http",
@@ -544,9 +546,7 @@ SUITES: dict[str, Suite] = {
         requests=3000,
         warmup=1000,
         libraries=(
-            "django",
-            "prometheus-client",
-            "django-prometheus",
+            *DJANGO_METRICS_LIBRARIES,
             "opentelemetry-sdk",
             "opentelemetry-instrumentation-django",
             "opentelemetry-exporter-otlp-proto-http",
