@@ -252,8 +252,7 @@ class Tracing:
         self.queue: BatchQueue[Any] | None = None
         # Set when Sightline owns the provider: the request span is then a LeanSpan.
         self.sampling: Sampling | None = None
-        #: The app's provider's tracer, when the app set an SDK provider of its own.
-        self.tracer: Any = None
+        self._tracer: Any = None  # see the tracer property
         # Without the SDK imported, no provider of the app's can be the SDK's.
         sdk = sys.modules.get("opentelemetry.sdk.trace")
         if (
@@ -262,7 +261,7 @@ class Tracing:
             and existing is not _sdk_provider
         ):
             logger.debug("sightline: using the app's tracer provider; it exports the spans")
-            self.tracer = existing.get_tracer("sightline")
+            self._tracer = existing.get_tracer("sightline")
         else:
             _install_stand_in()
             sender = OtlpSender(settings, stats)
@@ -287,6 +286,14 @@ class Tracing:
         fields = propagate.get_global_textmap().fields
         self.header_keys = tuple("HTTP_" + f.upper().replace("-", "_") for f in fields)
         self.header_names = frozenset(f.lower().encode("latin-1") for f in fields)
+
+    @property
+    def tracer(self) -> Any:
+        """A tracer of the provider in use: the app's SDK provider's, or the SDK provider
+        behind Sightline's stand-in (made, and the SDK imported, on first use)."""
+        if self._tracer is None:
+            self._tracer = sdk_provider().get_tracer("sightline")
+        return self._tracer
 
     def inject(self, carrier: dict[str, Any], span: Any) -> None:
         """Put ``span``'s context into a message's headers, as the global propagator does.
