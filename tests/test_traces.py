@@ -481,3 +481,23 @@ def test_message_headers_carry_baggage_and_other_propagators(
     finally:
         propagate.set_global_textmap(default)
     span.end()
+
+
+@pytest.mark.internal_errors_expected
+def test_a_failing_sdk_provider_gives_the_app_a_tracer_and_reports_why(
+    monkeypatch: pytest.MonkeyPatch, internal_errors: list[BaseException]
+) -> None:
+    """If the SDK provider behind Sightline's stand-in cannot be made, ``get_tracer`` still
+    answers (a no-op tracer, so app code runs on) and the cause is reported and counted."""
+    from opentelemetry import trace
+    from sightline import tracing
+
+    def broken() -> Any:
+        raise RuntimeError("no SDK here")
+
+    monkeypatch.setattr(tracing, "sdk_provider", broken)
+    tracer = tracing._StandIn().get_tracer("app.code")
+    assert isinstance(tracer, trace.NoOpTracer)
+    with tracer.start_as_current_span("work") as span:
+        assert not span.is_recording()
+    assert [str(e) for e in internal_errors] == ["no SDK here"]

@@ -3,11 +3,12 @@
 prometheus-client writes a page from :class:`~prometheus_client.core.Metric` objects,
 escaping and checking every label of every sample: for the merged page of a 4-worker
 server (3,000 samples) that was a third of a scrape's time. The merge already holds each
-family's samples keyed by their sorted labels, so :func:`render` writes the page from
-them, each ``name="value"`` pair escaped once per page, in the formats and escapings
-Prometheus asks for: the text format (0.0.4 and 1.0.0) and OpenMetrics 1.0.0, with names
-escaped as ``underscores`` (the default) or not at all (``allow-utf-8``, what
-Prometheus 3 asks for). The bytes are prometheus-client's own for the same families
+family's samples keyed by their sorted labels, so :func:`render_text` and
+:func:`render_openmetrics` write the page from them, each ``name="value"`` pair escaped
+once per page, in the formats and escapings Prometheus asks for: the text format (0.0.4
+and 1.0.0) and OpenMetrics 1.0.0, with names escaped as ``underscores`` (the default) or
+not at all (``allow-utf-8``, what Prometheus 3 asks for). The bytes are
+prometheus-client's own for the same families
 (``tests/test_exposition.py`` compares them).
 
 Anything else (another escaping or version, ``name[]`` filters, a name outside the

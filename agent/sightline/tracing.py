@@ -70,7 +70,11 @@ class _StandIn(trace.TracerProvider):
     (every other attribute, ``add_span_processor`` say, is the SDK provider's too)."""
 
     def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
-        return sdk_provider().get_tracer(*args, **kwargs)  # type: ignore[no-any-return]
+        try:
+            return sdk_provider().get_tracer(*args, **kwargs)  # type: ignore[no-any-return]
+        except Exception as exc:  # the app asked: it gets a tracer whatever happens here
+            _safety.report("tracing.sdk_provider", exc)
+            return trace.NoOpTracer()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(sdk_provider(), name)
