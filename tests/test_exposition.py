@@ -157,9 +157,7 @@ def test_what_prometheus_asks_for_is_written_by_sightline(accept: str | None) ->
     encoder, content_type = exposition.choose_encoder(accept or "")
     assert _exposition._renderer(encoder) is not None
     families = rich()
-    status, headers, body = _exposition.bake(
-        lambda: families, CollectorRegistry(), accept, None, ""
-    )
+    status, headers, body = _exposition.bake(lambda: families, CollectorRegistry, accept, None, "")
     assert status == "200 OK"
     assert headers == [("Content-Type", content_type)]
     assert body == theirs(accept, families)
@@ -178,7 +176,7 @@ def test_other_escapings_are_left_to_prometheus_client(accept: str) -> None:
     encoder, _ = exposition.choose_encoder(accept)
     assert _exposition._renderer(encoder) is None
     families = rich()
-    body = _exposition.bake(lambda: families, CollectorRegistry(), accept, None, "")[2]
+    body = _exposition.bake(lambda: families, CollectorRegistry, accept, None, "")[2]
     assert body == theirs(accept, families)
 
 
@@ -192,7 +190,7 @@ def test_a_name_outside_the_classic_characters_is_left_to_prometheus_client(
         [("dotted", "gauge", "", "", samples(("dotted", {"a.b": "1"}, 1)))],
         [("dot.ted", "gauge", "", "", samples(("dot.ted", {}, 1)))],
     ):
-        body = _exposition.bake(lambda: families, CollectorRegistry(), accept, None, "")[2]  # noqa: B023
+        body = _exposition.bake(lambda: families, CollectorRegistry, accept, None, "")[2]  # noqa: B023
         assert body == theirs(accept, families)
 
 
@@ -205,7 +203,7 @@ def test_a_name_filter_is_answered_from_the_registry() -> None:
     def source() -> list[Family]:
         raise AssertionError("the filtered page is not read from the merged families")
 
-    body = _exposition.bake(source, registry, None, None, "name[]=kept_total")[2].decode()
+    body = _exposition.bake(source, lambda: registry, None, None, "name[]=kept_total")[2].decode()
     assert "kept_total 3.0" in body
     assert "other" not in body
 
@@ -225,7 +223,7 @@ def test_the_wsgi_app_answers_as_prometheus_clients_does() -> None:
     """The WSGI app answers OPTIONS, refuses other methods, serves an empty favicon, and
     gzips the page when the client accepts it."""
     families = rich()
-    app = _exposition.make_wsgi_app(lambda: families, CollectorRegistry())
+    app = _exposition.make_wsgi_app(lambda: families, CollectorRegistry)
     assert call(app, "OPTIONS")["headers"] == {"Allow": "OPTIONS,GET"}
     refused = call(app, "POST")
     assert refused["status"].startswith("405")
@@ -240,7 +238,7 @@ def test_the_asgi_app_serves_the_same_page() -> None:
     import asyncio
 
     families = rich()
-    app = _exposition.make_asgi_app(lambda: families, CollectorRegistry())
+    app = _exposition.make_asgi_app(lambda: families, CollectorRegistry)
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -319,12 +317,12 @@ def test_the_collector_is_held_off_while_a_page_is_merged_and_left_as_found() ->
         return rich()
 
     assert gc.isenabled()
-    _exposition.bake(source, CollectorRegistry(), PROMETHEUS_3, None, "")
+    _exposition.bake(source, CollectorRegistry, PROMETHEUS_3, None, "")
     assert seen == [False]
     assert gc.isenabled()
     gc.disable()
     try:
-        _exposition.bake(source, CollectorRegistry(), None, None, "")
+        _exposition.bake(source, CollectorRegistry, None, None, "")
         assert not gc.isenabled()
     finally:
         gc.enable()

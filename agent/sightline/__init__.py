@@ -29,9 +29,10 @@ if TYPE_CHECKING:
 
     from ._tasks import TaskTimer
 
-# Importing this package loads nothing else: OpenTelemetry, prometheus-client and the
-# integrations are imported by init(), once the settings (and the OpenTelemetry variables
-# those libraries read at import) are known to be valid, so `import sightline` never fails.
+# Importing this package loads nothing else: the OpenTelemetry API and the integrations
+# are imported by init(), once the settings (and the OpenTelemetry variables those
+# libraries read at import) are known to be valid, so `import sightline` never fails;
+# prometheus-client, the HTTP client and the multi-process store load when first needed.
 
 __all__ = [
     "ConfigError",
@@ -57,7 +58,9 @@ def init(
 
     ``service`` and every keyword named in docs/configuration.md override the
     environment. ``registry`` is the prometheus-client registry to register into
-    (default: the global one, so the app's own metrics are served alongside).
+    (default: the global one, so the app's own metrics are served alongside; Sightline
+    registers there once prometheus-client is loaded, by the app or by the first read of
+    the metrics, see docs/configuration.md).
 
     Raises :class:`ConfigError`, naming the setting and the bad value, for invalid
     configuration; nothing else ever escapes.

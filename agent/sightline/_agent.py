@@ -8,19 +8,13 @@ requests straight through to the app.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import (
-    REGISTRY,
-    CollectorRegistry,
-    make_asgi_app,
-    make_wsgi_app,
-)
-from prometheus_client.process_collector import ProcessCollector
-
-from . import _multiprocess, _safety, integrations
+from . import _fork, _safety, integrations
 from ._export import BatchQueue
 from ._scrape import MetricsServer
 from ._settings import Settings
@@ -30,6 +24,9 @@ from .metrics import Metrics
 from .saturation import QueueDepths, SaturationCollector
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from . import _multiprocess
     from .tracing import Tracing
 
 logger = logging.getLogger("sightline")
@@ -38,17 +35,29 @@ current: Agent | None = None
 
 
 class Agent:
+    """One running agent.
+
+    Its instruments record from the start, but prometheus-client (and the HTTP stack it
+    imports) is loaded only when first needed: by a scrape, a snapshot, or the app
+    importing it. Only then are the instruments registered in the global registry
+    (:meth:`_bind`, run right after the app's import of prometheus-client by the import
+    watcher, so the app's own metrics meet Sightline's names as if ``init()`` had
+    registered them). A registry given to ``init()``, or prometheus-client loaded
+    already, binds at once.
+    """
+
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
-        self.registry = registry if registry is not None else REGISTRY
-        # With PROMETHEUS_MULTIPROC_DIR, prometheus-client would keep every metric made
-        # from now on in memory-mapped files of its own, beside Sightline's snapshots:
-        # one storage, Sightline's, is enough (the values reach the snapshots either way).
-        self._value_class = _multiprocess.own_prometheus_values(settings)
-        self.metrics = Metrics(settings, self.registry)
+        self._given_registry = registry
+        self._value_class: Any = None
+        self._bind_lock = threading.Lock()
+        self._closed = False
+        self.metrics = Metrics(settings)
         self.metrics_path: str | None = settings.metrics_path or None
-        self.metrics_app = make_wsgi_app(self.registry)
-        self.metrics_asgi = make_asgi_app(self.registry)
+        self.metrics_app: Any = self._serve_wsgi
+        self.metrics_asgi: Any = self._serve_asgi
+        self._wsgi: Any = None
+        self._asgi: Any = None
         self.detected_capacity: int | None = None
         self.saturation = SaturationCollector(self.capacity)
         self.queue_depths = QueueDepths(settings.queue_sample_interval)
@@ -65,8 +74,10 @@ class Agent:
         try:
             self.metrics.register(self.saturation)
             self.metrics.register(self.queue_depths)
-            if self.registry is not REGISTRY:
+            if registry is not None:
                 # The global registry carries prometheus-client's process collector already.
+                from prometheus_client.process_collector import ProcessCollector
+
                 self.metrics.register(ProcessCollector(registry=None))
             if settings.exports_traces:
                 # Imported only when used: without the SDK loaded, the request path can skip
@@ -80,9 +91,54 @@ class Agent:
                 self.logs = Logs(settings, self.metrics.export_stats("logs"))
                 if self.logs.queue is not None:
                     self.metrics.queues.queues["logs"] = self.logs.queue
+            if registry is not None or "prometheus_client" in sys.modules:
+                self._bind()  # a name the app registered already fails init() here
         except BaseException:
             self.metrics.close()  # leave the registry as it was
             raise
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The registry Sightline's instruments are in (prometheus-client loaded now)."""
+        if self.metrics.registry is None:
+            _fork.load("prometheus_client")
+            self._bind()
+        if self._given_registry is not None:
+            return self._given_registry
+        global_registry: CollectorRegistry = sys.modules["prometheus_client"].REGISTRY
+        return global_registry
+
+    def _bind(self) -> None:
+        """Register the instruments, prometheus-client being loaded (the import watcher
+        runs this inside the app's import of it: nothing here may import)."""
+        with self._bind_lock:
+            if self.metrics.registry is not None or self._closed:
+                return
+            registry = self._given_registry
+            if registry is None:
+                registry = sys.modules["prometheus_client"].REGISTRY
+            # With PROMETHEUS_MULTIPROC_DIR, prometheus-client would keep every metric
+            # made from now on in memory-mapped files of its own, beside Sightline's
+            # snapshots: one storage, Sightline's, is enough (the values reach the
+            # snapshots either way).
+            self._value_class = _own_prometheus_values(self.settings)
+            self.metrics.bind(registry)
+
+    def _serve_wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
+        """prometheus-client's WSGI app for this process's registry, made on first use."""
+        app = self._wsgi
+        if app is None:
+            registry = self.registry
+            app = self._wsgi = sys.modules["prometheus_client"].make_wsgi_app(registry)
+        return app(environ, start_response)
+
+    async def _serve_asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """prometheus-client's ASGI app for this process's registry, made on first use."""
+        app = self._asgi
+        if app is None:
+            registry = self.registry
+            app = self._asgi = sys.modules["prometheus_client"].make_asgi_app(registry)
+        await app(scope, receive, send)
 
     def capacity(self) -> int | None:
         return self.settings.worker_capacity or self.detected_capacity
@@ -96,6 +152,8 @@ class Agent:
         from . import _tasks
 
         _tasks.install_tracked(self)
+        if self.metrics.registry is None:
+            integrations.watcher.watch("prometheus_client", self._bind)
         if self.settings.multiprocess != "off":
             with _safety.internal_errors("multiprocess.start"):
                 self._start_snapshots()
@@ -126,6 +184,10 @@ class Agent:
     def _start_snapshots(self) -> None:
         """Decide the process model: alone, or one of a server's processes (one seam);
         in a server's, the metrics apps serve the server-wide view from now on."""
+        if self.server is None and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return  # alone: nothing to merge, and the merging machinery stays unloaded
+        from . import _multiprocess
+
         errors = _multiprocess.Errors(self._count_snapshot_error)
         try:
             found = _multiprocess.open_store(self.server)
@@ -133,7 +195,12 @@ class Agent:
                 return
             store, store_id = found
             self.snapshots = _multiprocess.Snapshots(
-                store, store_id, self.registry, self.server, self.settings.max_series, errors
+                store,
+                store_id,
+                lambda: self.registry,
+                self.server,
+                self.settings.max_series,
+                errors,
             )
         except (Refused, OSError) as refused:
             self.store_refused = True
@@ -162,6 +229,7 @@ class Agent:
     def close(self, timeout: float | None = None) -> None:
         """Undo everything; ends within SIGHTLINE_SHUTDOWN_TIMEOUT (or ``timeout``, if
         shorter) whatever the backends do."""
+        integrations.watcher.unwatch(self._bind)
         budget = self.settings.shutdown_timeout
         deadline = time.monotonic() + (budget if timeout is None else min(budget, timeout))
         queues: list[BatchQueue[Any]] = []
@@ -189,10 +257,27 @@ class Agent:
             queue.join(deadline)
         if self.snapshots is not None:  # the last numbers of this process, for the server's
             self.snapshots.close()
-        self.metrics.close()
-        _multiprocess.restore_prometheus_values(self._value_class)
+        with self._bind_lock:
+            self._closed = True  # no binding from now on: the instruments leave the registry
+            self.metrics.close()
+        if self._value_class is not None:
+            values: Any = sys.modules["prometheus_client.values"]
+            values.ValueClass = self._value_class
         if _safety.counter == self._count_internal_error:
             _safety.counter = None
+
+
+def _own_prometheus_values(settings: Settings) -> Any:
+    """Make prometheus-client keep the values of metrics made from now on in memory, not
+    in its multi-process files, when PROMETHEUS_MULTIPROC_DIR is set and Sightline merges
+    the processes; returns what to restore (None: nothing changed). prometheus-client is
+    loaded."""
+    if settings.multiprocess == "off" or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    values: Any = sys.modules["prometheus_client.values"]
+    previous = values.ValueClass
+    values.ValueClass = values.MutexValue
+    return previous
 
 
 lock = threading.RLock()

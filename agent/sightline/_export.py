@@ -22,24 +22,24 @@ import base64
 # and the child's first lookup of a name (the app's, say) would wait for ever.
 import encodings.idna  # noqa: F401
 import gzip
-import http.client
-import io
 import logging
 import os
 import random
-import socket
-import ssl
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
-
-from prometheus_client import Counter
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _fork, _safety
+
+if TYPE_CHECKING:
+    import ssl
+
+    from ._transport import Deadlined
+    from .metrics import Counter
 
 logger = logging.getLogger("sightline")
 T = TypeVar("T")
@@ -153,7 +153,7 @@ class Endpoint:
             self.headers["Authorization"] = basic_auth(user, password)
         self.timeout = timeout
         self.gzip = gzip
-        self._connection: _Deadlined | None = None
+        self._connection: Deadlined | None = None
         self._target = "/"
         self.date: str | None = None
         _fork.track(self)
@@ -176,18 +176,19 @@ class Endpoint:
             body = gzip.compress(body, compresslevel=3)
             headers["Content-Encoding"] = "gzip"
         url = self.url
+        net = transport()
         try:
-            status = self._exchange(body, headers, timeout)
+            status = self._exchange(net, body, headers, timeout)
         except TimeoutError:
             raise PushError("timeout", True, f"no answer from {url} in {timeout:.1f}s") from None
-        except ssl.SSLCertVerificationError as error:
+        except net.SSLCertVerificationError as error:
             # Retrying cannot make an untrusted certificate trusted.
             raise PushError(
                 "tls", False, f"cannot trust {url}: {error.verify_message}{self._tls_hint}"
             ) from None
-        except ssl.SSLError as error:
+        except net.SSLError as error:
             raise PushError("tls", True, f"TLS with {url} failed: {error.reason}") from None
-        except (OSError, http.client.HTTPException) as error:
+        except (OSError, net.HTTPException) as error:
             raise PushError("connection", True, f"cannot reach {url}: {error}") from None
         except ValueError as error:  # a URL or header the HTTP client refuses: retrying won't help
             raise PushError("invalid_request", False, f"cannot send to {url}: {error}") from None
@@ -200,21 +201,23 @@ class Endpoint:
         # Other 4xx, and redirects (not followed): sending the same again won't help.
         raise PushError("http_4xx", False, f"HTTP {status} from {url}", status)
 
-    def _exchange(self, body: bytes, headers: dict[str, str], timeout: float) -> int:
+    def _exchange(
+        self, net: ModuleType, body: bytes, headers: dict[str, str], timeout: float
+    ) -> int:
         deadline = time.monotonic() + timeout
         connection = self._connection
         if connection is not None:
             try:
                 return self._send(connection, body, headers, deadline)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except (net.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 pass  # the backend closed the idle connection: once more on a fresh one
-        connection, self._target, extra = self._connect(_remaining(deadline))
+        connection, self._target, extra = net.connect(self.url, self.tls, net.remaining(deadline))
         self._connection = connection
         return self._send(connection, body, {**headers, **extra}, deadline)
 
     def _send(
         self,
-        connection: _Deadlined,
+        connection: Deadlined,
         body: bytes,
         headers: dict[str, str],
         deadline: float,
@@ -234,124 +237,10 @@ class Endpoint:
             connection.close()
         return response.status
 
-    def _connect(self, timeout: float) -> tuple[_Deadlined, str, dict[str, str]]:
-        """A new connection, the request target and the headers a plain-HTTP proxy needs."""
-        split = urllib.parse.urlsplit(self.url)
-        host = split.hostname
-        if split.scheme not in ("http", "https") or not host:
-            raise ValueError(f"not an http(s) URL: {self.url!r}")
-        port = split.port  # ValueError for a port out of range
-        target = urllib.parse.urlunsplit(("", "", split.path or "/", split.query, ""))
-        tls = split.scheme == "https"
-        proxy = urllib.request.getproxies().get(split.scheme)
-        if not proxy or urllib.request.proxy_bypass(host):
-            if tls:
-                return _HTTPSConnection(host, port, timeout=timeout, context=self.tls), target, {}
-            return _HTTPConnection(host, port, timeout=timeout), target, {}
-        via = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
-        auth: dict[str, str] = {}
-        if via.username is not None:
-            user = urllib.parse.unquote(via.username)
-            secret = urllib.parse.unquote(via.password or "")
-            token = base64.b64encode(f"{user}:{secret}".encode()).decode()
-            auth["Proxy-Authorization"] = f"Basic {token}"
-        if tls:  # tunnelled through CONNECT: the proxy never sees the request
-            tunnel = _HTTPSConnection(
-                via.hostname or "", via.port, timeout=timeout, context=self.tls
-            )
-            tunnel.set_tunnel(host, port, headers=auth)
-            return tunnel, target, {}
-        plain = _HTTPConnection(via.hostname or "", via.port, timeout=timeout)
-        return plain, self.url, auth  # a plain-HTTP proxy is sent the absolute URL
 
-
-def _remaining(deadline: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("deadline passed")
-    return left
-
-
-class _Deadlined(http.client.HTTPConnection):
-    """An HTTP connection whose every step waits only for what is left of ``deadline``:
-    connecting (each address the name resolves to in turn), each send, each read of the
-    answer, a proxy's answer included. Resolving the name is left to the system resolver's
-    own timeouts, and each read of a TLS handshake waits at most what was left when the
-    connection was made."""
-
-    deadline = float("inf")
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._create_connection = self._connect_in_time
-
-    def _connect_in_time(
-        self, address: tuple[str, int], timeout: Any = None, source_address: Any = None
-    ) -> socket.socket:
-        host, port = address
-        error: OSError | None = None
-        for family, kind, proto, _, sockaddr in socket.getaddrinfo(
-            host, port, 0, socket.SOCK_STREAM
-        ):
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.settimeout(_remaining(self.deadline))
-                if source_address:
-                    sock.bind(source_address)
-                sock.connect(sockaddr)
-                return sock
-            except OSError as exc:
-                sock.close()
-                error = exc
-                if isinstance(exc, TimeoutError):
-                    break  # the deadline is spent: no time for another address
-        raise error or OSError(f"{host} resolves to no address")
-
-    def send(self, data: Any) -> None:
-        if self.sock is not None:
-            self.sock.settimeout(_remaining(self.deadline))
-        super().send(data)
-
-    def response_class(self, sock: Any, *args: Any, **kwargs: Any) -> http.client.HTTPResponse:  # type: ignore[override]
-        return _Response(sock, *args, deadline=self.deadline, **kwargs)
-
-
-class _HTTPConnection(_Deadlined):
-    pass
-
-
-class _HTTPSConnection(_Deadlined, http.client.HTTPSConnection):
-    pass
-
-
-class _Response(http.client.HTTPResponse):
-    """An HTTP response read against one deadline for the whole answer, not per read."""
-
-    def __init__(self, sock: Any, *args: Any, deadline: float, **kwargs: Any) -> None:
-        super().__init__(sock, *args, **kwargs)
-        # Keep the base class's raw reader: it keeps the socket open (the connection may
-        # close it once the answer says so); only its reads are bounded here.
-        raw = self.fp.detach()
-        self.fp = io.BufferedReader(_DeadlineReader(raw, sock, deadline))
-
-
-class _DeadlineReader(io.RawIOBase):
-    def __init__(self, raw: Any, sock: Any, deadline: float) -> None:
-        self._raw = raw
-        self._sock = sock
-        self._deadline = deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int | None:
-        self._sock.settimeout(_remaining(self._deadline))
-        return self._raw.readinto(buffer)  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        if not self.closed:
-            self._raw.close()
-        super().close()
+def transport() -> ModuleType:
+    """The HTTP(S) client (:mod:`sightline._transport`), loaded by the first push."""
+    return _fork.load(f"{__package__}._transport")
 
 
 class Retrying:

@@ -23,14 +23,14 @@ import gc
 import gzip
 import re
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from prometheus_client import exposition
-from prometheus_client.core import Metric
-from prometheus_client.openmetrics import exposition as openmetrics
-from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.samples import Exemplar
+from . import _fork
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import CollectorRegistry
 
 #: One sample: ``(sample name, sorted label pairs) -> [value, exemplar, labels]``, where an
 #: exemplar is ``[labels, value, timestamp]`` or None (the merge's own shape).
@@ -59,6 +59,9 @@ class Unrenderable(Exception):
 
 def metrics(families: Iterable[Family]) -> Iterator[Metric]:
     """The families as prometheus-client metrics (for registries and other formats)."""
+    from prometheus_client.core import Metric
+    from prometheus_client.samples import Exemplar
+
     for name, kind, help_text, unit, samples in families:
         metric = Metric(name, help_text, kind, unit)
         for (sample_name, _), (value, exemplar, labels) in samples.items():
@@ -222,6 +225,8 @@ def render_openmetrics(families: Iterable[Family], utf8: bool = False) -> bytes:
 def _renderer(encoder: Callable[..., bytes]) -> Callable[[list[Family]], bytes] | None:
     """The renderer writing what ``encoder`` (of prometheus-client's ``choose_encoder``)
     would, or None for a format or escaping it does not write."""
+    exposition = _fork.load("prometheus_client.exposition")
+    openmetrics = _fork.load("prometheus_client.openmetrics.exposition")
     if encoder is exposition.generate_latest:
         return render_text
     if not isinstance(encoder, functools.partial) or encoder.args:
@@ -259,7 +264,9 @@ def _collections_deferred() -> Iterator[None]:
             gc.enable()
 
 
-class _Fixed(Collector):
+class _Fixed:
+    """A collector of given families, for prometheus-client's encoders."""
+
     def __init__(self, families: list[Family]) -> None:
         self.families = families
 
@@ -269,17 +276,18 @@ class _Fixed(Collector):
 
 def bake(
     source: Callable[[], list[Family]],
-    registry: CollectorRegistry,
+    registry: Callable[[], CollectorRegistry],
     accept: str | None,
     accept_encoding: str | None,
     query: str,
 ) -> tuple[str, list[tuple[str, str]], bytes]:
-    """Status, headers and body of a scrape of the families ``source`` gives (of
-    ``registry``, for what this module does not write itself)."""
+    """Status, headers and body of a scrape of the families ``source`` gives (of the
+    registry ``registry()`` returns, for what this module does not write itself)."""
+    exposition = _fork.load("prometheus_client.exposition")
     encoder, content_type = exposition.choose_encoder(accept or "")
     params = parse_qs(query)
     if "name[]" in params:
-        output = encoder(registry.restricted_registry(params["name[]"]))
+        output = encoder(registry().restricted_registry(params["name[]"]))
     else:
         renderer = _renderer(encoder)
         output = b""
@@ -300,8 +308,10 @@ def bake(
     return "200 OK", headers, output
 
 
-def make_wsgi_app(source: Callable[[], list[Family]], registry: CollectorRegistry) -> Any:
-    """prometheus-client's ``make_wsgi_app(registry)``, writing ``source``'s families."""
+def make_wsgi_app(
+    source: Callable[[], list[Family]], registry: Callable[[], CollectorRegistry]
+) -> Any:
+    """prometheus-client's ``make_wsgi_app(registry())``, writing ``source``'s families."""
 
     def metrics_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         method = environ["REQUEST_METHOD"]
@@ -327,8 +337,10 @@ def make_wsgi_app(source: Callable[[], list[Family]], registry: CollectorRegistr
     return metrics_app
 
 
-def make_asgi_app(source: Callable[[], list[Family]], registry: CollectorRegistry) -> Any:
-    """prometheus-client's ``make_asgi_app(registry)``, writing ``source``'s families."""
+def make_asgi_app(
+    source: Callable[[], list[Family]], registry: Callable[[], CollectorRegistry]
+) -> Any:
+    """prometheus-client's ``make_asgi_app(registry())``, writing ``source``'s families."""
 
     async def metrics_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = scope.get("headers") or []

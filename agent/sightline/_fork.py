@@ -12,12 +12,17 @@ importing a module) runs in :func:`exclusive`, which forks wait for.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
-import subprocess
+import sys
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
 
 _objects: weakref.WeakSet[Any] = weakref.WeakSet()
 #: Held while a thread does what a fork must not cut in half (:func:`exclusive`); a fork
@@ -25,6 +30,8 @@ _objects: weakref.WeakSet[Any] = weakref.WeakSet()
 _exclusive = threading.RLock()
 _held_for_fork = False
 FORK_WAIT = 2.0
+#: ``subprocess.DEVNULL``, without loading ``subprocess`` (which :func:`spawn` loads).
+DEVNULL = -3
 
 
 @contextlib.contextmanager
@@ -40,6 +47,22 @@ def exclusive() -> Iterator[None]:
         yield
 
 
+def load(name: str) -> ModuleType:
+    """Module ``name``, imported now (in :func:`exclusive`) if no thread has finished
+    importing it: what the agent loads on first use, from whatever thread uses it.
+
+    Not for a callback run while a module is being imported (an import watcher's): a
+    thread importing ``name`` here inside :func:`exclusive` would wait for that import,
+    and that import for the lock.
+    """
+    module = sys.modules.get(name)
+    spec = getattr(module, "__spec__", None)
+    if module is not None and not getattr(spec, "_initializing", False):
+        return module
+    with exclusive():
+        return importlib.import_module(name)
+
+
 def spawn(command: list[str], **options: Any) -> subprocess.Popen[bytes]:
     """``subprocess.Popen(command, **options)``, never concurrent with a fork of this process.
 
@@ -49,7 +72,8 @@ def spawn(command: list[str], **options: Any) -> subprocess.Popen[bytes]:
     Popen would wait as long as the worker lives, and the thread that called it with it.
     """
     with exclusive():
-        return subprocess.Popen(command, **options)
+        popen: subprocess.Popen[bytes] = load("subprocess").Popen(command, **options)
+        return popen
 
 
 def track(obj: Any) -> None:

@@ -54,12 +54,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any
 
 from . import _exposition, _fork, _safety
 from ._exposition import Family
@@ -75,6 +72,10 @@ from ._merge import (
 )
 from ._process import process_key, running
 from ._store import Store
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import CollectorRegistry
 
 logger = logging.getLogger("sightline")
 
@@ -122,26 +123,6 @@ class Errors:
         if last is None or now - last >= _WARN_EVERY_SECONDS:
             self._last[reason] = now
             logger.log(level, "sightline: " + message, *args)
-
-
-def own_prometheus_values(settings: Any) -> Any:
-    """Make prometheus-client keep the values of metrics made from now on in memory, not
-    in its multi-process files, when PROMETHEUS_MULTIPROC_DIR is set and Sightline merges
-    the processes; returns what to restore (None: nothing changed)."""
-    if settings.multiprocess == "off" or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return None
-    from prometheus_client import values
-
-    previous = values.ValueClass
-    values.ValueClass = values.MutexValue
-    return previous
-
-
-def restore_prometheus_values(previous: Any) -> None:
-    if previous is not None:
-        from prometheus_client import values
-
-        values.ValueClass = previous
 
 
 #: prometheus-client's multi-process files: ``counter_<pid>.db``, ``gauge_livesum_<pid>.db``...
@@ -251,14 +232,17 @@ class Snapshots:
         self,
         store: Store,
         store_id: str,
-        registry: CollectorRegistry,
+        registry: CollectorRegistry | Callable[[], CollectorRegistry],
         server: Server | None,
         max_series: int = 2000,
         errors: Errors | None = None,
     ) -> None:
         self.store = store
         self.store_id = store_id
-        self.registry = registry
+        # A function giving the registry is called at the first read (a write, a scrape),
+        # on whichever thread does it: prometheus-client may be loaded only then.
+        self._registry: CollectorRegistry | None = None if callable(registry) else registry
+        self._registry_of = registry if callable(registry) else None
         self.server = server
         self.max_series = max_series
         self.max_bytes = max_snapshot_bytes(max_series)
@@ -285,6 +269,14 @@ class Snapshots:
     @property
     def name(self) -> str:
         return f"{self.key}.json"
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        registry = self._registry
+        if registry is None:
+            assert self._registry_of is not None
+            registry = self._registry = self._registry_of()
+        return registry
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sightline-snapshots", daemon=True)
@@ -378,8 +370,9 @@ class Snapshots:
         self.key = key
         self._closed = False
         self.worker = True
-        if hasattr(self.registry, "_lock"):  # a registry lock held at fork stays held here
-            self.registry._lock = threading.Lock()
+        registry: Any = self._registry  # None: not read yet, so not locked by this process
+        if hasattr(registry, "_lock"):  # a registry lock held at fork stays held here
+            registry._lock = threading.Lock()
         self._baseline = self._inherited_counts()
         self.start()
 
@@ -412,7 +405,7 @@ def _subtract(
                 sample[2] -= baseline.get((sample[0], label_key(sample[1])), 0.0)
 
 
-class Aggregate(Collector):
+class Aggregate:
     """The server-wide view: every snapshot in the store, merged (module docstring).
 
     A scrape never comes back empty: if the merge cannot run, the last merged view is
@@ -472,11 +465,18 @@ class Scrape:
     families themselves (``_exposition``)."""
 
     def __init__(self, snapshots: Snapshots) -> None:
-        aggregate = Aggregate(snapshots)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(aggregate)
-        self.wsgi = _exposition.make_wsgi_app(aggregate.families, self.registry)
-        self.asgi = _exposition.make_asgi_app(aggregate.families, self.registry)
+        self._aggregate = Aggregate(snapshots)
+        self.wsgi = _exposition.make_wsgi_app(self._aggregate.families, lambda: self.registry)
+        self.asgi = _exposition.make_asgi_app(self._aggregate.families, lambda: self.registry)
+
+    @cached_property
+    def registry(self) -> CollectorRegistry:
+        """A registry of the view alone, made on first use (prometheus-client loads then)."""
+        registry: CollectorRegistry = _fork.load("prometheus_client").CollectorRegistry(
+            auto_describe=False
+        )
+        registry.register(self._aggregate)
+        return registry
 
 
 def aggregate_registry(snapshots: Snapshots) -> CollectorRegistry:

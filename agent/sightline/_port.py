@@ -12,10 +12,11 @@ cannot be had.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import ipaddress
 import os
 import re
+
+from . import _fork
 
 _LISTEN = "0A"
 #: Processes looked at for a socket's owner, at most (a host may run many thousands).
@@ -108,14 +109,15 @@ def served_service(host: str, port: int, timeout: float = 1.0) -> str | None:
         loopback = "::1" if ":" in host else "127.0.0.1"
     except ValueError:
         wildcard, loopback = False, host
-    connection = http.client.HTTPConnection(loopback if wildcard else host, port, timeout=timeout)
+    client = _fork.load("http.client")  # loaded only when a port is found taken
+    connection = client.HTTPConnection(loopback if wildcard else host, port, timeout=timeout)
     try:
         connection.request("GET", "/metrics", headers={"Accept": "text/plain"})
         response = connection.getresponse()
         if response.status != 200:
             return None
         page = response.read(MAX_PAGE)
-    except (OSError, http.client.HTTPException, UnicodeError):
+    except (OSError, client.HTTPException, UnicodeError):
         return None
     finally:
         connection.close()

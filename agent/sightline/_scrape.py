@@ -31,20 +31,22 @@ import contextlib
 # and the child's first lookup of a name (the app's, say) would wait for ever.
 import encodings.idna  # noqa: F401
 import errno
+import functools
 import logging
 import os
 import selectors
 import socket
-import subprocess
 import sys
 import threading
 import time
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler
+from typing import TYPE_CHECKING, Any
 
 from . import _fork, _keeper, _port
 from ._process import process_key, running
 from ._store import Store
+
+if TYPE_CHECKING:
+    import subprocess
 
 logger = logging.getLogger("sightline")
 
@@ -61,9 +63,17 @@ _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: c
 _keepers: list[subprocess.Popen[bytes]] = []
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # one line per scrape on stderr helps nobody
+@functools.cache
+def _handler() -> Any:
+    """wsgiref's request handler, quiet: loaded by the first scrape, with the HTTP server
+    modules it needs (docs/performance.md, "Start-up")."""
+    simple_server = _fork.load("wsgiref.simple_server")
+
+    class QuietHandler(simple_server.WSGIRequestHandler):  # type: ignore[misc,name-defined]
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # one line per scrape on stderr helps nobody
+
+    return QuietHandler
 
 
 class _Environ:
@@ -272,9 +282,9 @@ class MetricsServer:
                 pass_fds=(store.fd, listener.fileno()),
                 # None of the app's output: a supervisor waiting for it to end must not
                 # wait for the keeper too.
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdin=_fork.DEVNULL,
+                stdout=_fork.DEVNULL,
+                stderr=_fork.DEVNULL,
                 env=env,
             )
         except OSError as exc:  # workers still hand the socket on; only gaps are at risk
@@ -372,7 +382,7 @@ class MetricsServer:
 
     def _handle(self, connection: socket.socket, client: Any) -> None:
         try:
-            _QuietHandler(connection, client, self._environ)  # type: ignore[arg-type]
+            _handler()(connection, client, self._environ)
         except Exception as exc:  # a scraper hanging up: its business, not the app's
             logger.debug("sightline: metrics request failed: %s", exc)
         finally:

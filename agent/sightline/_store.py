@@ -21,7 +21,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
 import stat
 import time
 from collections.abc import Iterator
@@ -163,7 +162,7 @@ class Store:
     def write(self, name: str, data: bytes, durable: bool = False) -> None:
         """Replace ``name`` with ``data`` atomically: written to a new private file (never
         through a link), then renamed over it. ``durable`` also survives a power cut."""
-        temporary = f".{name}.{secrets.token_hex(4)}.tmp"
+        temporary = f".{name}.{os.urandom(4).hex()}.tmp"
         fd = os.open(temporary, _CREATE, 0o600, dir_fd=self.fd)
         try:
             try:

@@ -2,9 +2,12 @@
 
 Names follow Prometheus conventions in base units; label names are OpenTelemetry's
 stable semantic-convention attribute names with dots turned into underscores.
-The request-path instruments (:class:`Histogram`, :class:`InFlight`) are lean
-collectors of their own; labelled ones fold label sets past ``SIGHTLINE_MAX_SERIES``
-into one overflow series.
+Every instrument is a lean collector of Sightline's own (:class:`Histogram`,
+:class:`InFlight`, :class:`Counter`, :class:`Gauge`); labelled histograms fold label
+sets past ``SIGHTLINE_MAX_SERIES`` into one overflow series. Recording needs nothing
+from prometheus-client: it is imported when something first reads the values (a
+scrape, a snapshot, or the app importing it), and only then are the instruments
+registered (see :meth:`Metrics.bind` and docs/performance.md, "Start-up").
 """
 
 from __future__ import annotations
@@ -15,25 +18,23 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.semconv.attributes import (
     http_attributes,
 )
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import (
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
-from prometheus_client.samples import Exemplar
 
 from . import _fork
 from ._export import ExportStats
 from ._settings import Settings
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import Collector, CollectorRegistry
+
+    #: An exemplar as recorded: its labels, the value and when (``time.time()``).
+    Exemplar = tuple[dict[str, str], float, float]
 
 
 def prometheus_label(attribute: str) -> str:
@@ -143,9 +144,16 @@ KNOWN_METHODS = frozenset(
 )
 
 
-class Described(Collector):
+class Described:
     """A custom collector whose names the registry learns at registration, so a name the
-    app registered already is refused there instead of doubling series at scrape time."""
+    app registered already is refused there instead of doubling series at scrape time.
+
+    ``collect`` runs only through a registry, so prometheus-client is loaded by then:
+    collectors import its metric families there.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        raise NotImplementedError
 
     def describe(self) -> Iterable[Metric]:
         return list(self.collect())
@@ -214,6 +222,9 @@ class Histogram(Described):
         return len(self._children)
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import HistogramMetricFamily
+        from prometheus_client.samples import Exemplar
+
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         children = list(self._children.items())
         if self._overflow is not None:
@@ -226,7 +237,10 @@ class Histogram(Described):
             for i, le in enumerate(les):
                 cumulative += counts[i]
                 exemplar = exemplars[i]
-                buckets.append((le, cumulative, exemplar) if exemplar else (le, cumulative))
+                if exemplar is None:
+                    buckets.append((le, cumulative))
+                else:
+                    buckets.append((le, cumulative, Exemplar(*exemplar)))
             family.add_metric(list(key), buckets, total)
         yield family
 
@@ -247,7 +261,7 @@ class HistogramChild:
             self.counts[i] += 1
             self.total += value
             if exemplar is not None:
-                self.exemplars[i] = Exemplar(exemplar, value, time.time())
+                self.exemplars[i] = (exemplar, value, time.time())
 
     def snapshot(self) -> tuple[list[int], float, list[Exemplar | None]]:
         with self._lock:
@@ -301,22 +315,107 @@ class InFlight(Described):
             return next(self._started) - finished
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         yield GaugeMetricFamily(self.name, self.documentation, value=self.value)
 
 
-class Metrics:
-    """The agent's instruments, registered in one registry and removable as a whole."""
+class Counter(Described):
+    """A labelled counter with prometheus-client's interface (``labels(...).inc(n)``),
+    exposed as its ``Counter`` is: ``<name>_total`` and, unless
+    ``PROMETHEUS_DISABLE_CREATED_SERIES`` is set, ``<name>_created``."""
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
-        self._registry = registry
-        self._collectors: list[Collector] = []
+    kind = "counter"
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], _Value] = {}
+        self._lock = threading.Lock()
+        _fork.track(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        for child in list(self._children.values()):
+            child._lock = threading.Lock()
+
+    def labels(self, *values: object) -> _Value:
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
+        if child is None:
+            if len(key) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, not {key}")
+            with self._lock:
+                child = self._children.setdefault(key, _Value())
+        return child
+
+    def clear(self) -> None:
+        with self._lock:
+            self._children.clear()
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client import metrics
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        family: Metric
+        if self.kind == "counter":
+            created = metrics._use_created
+            family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+            for key, child in list(self._children.items()):
+                family.add_metric(key, child.value, created=child.created if created else None)
+        else:
+            family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+            for key, child in list(self._children.items()):
+                family.add_metric(key, child.value)
+        yield family
+
+
+class Gauge(Counter):
+    """A labelled gauge with prometheus-client's interface (``labels(...).set(v)``,
+    ``inc``, ``dec``)."""
+
+    kind = "gauge"
+
+
+class _Value:
+    """One series of a :class:`Counter` or :class:`Gauge`."""
+
+    __slots__ = ("_lock", "created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+        self._lock = threading.Lock()
+
+    def inc(self, amount: float = 1) -> None:
+        with self._lock:
+            self.value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        with self._lock:
+            self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+
+class Metrics:
+    """The agent's instruments, registered in one registry and removable as a whole.
+
+    Made without a registry, they record from the start and are registered by
+    :meth:`bind`, once prometheus-client is loaded.
+    """
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self._registry: CollectorRegistry | None = None
+        self._collectors: list[Any] = []
 
         self.series_folded = self._add(
             Counter(
                 "sightline_series_folded",
                 "Observations folded into a metric's overflow series by the cardinality guard.",
                 ["metric"],
-                registry=None,
             )
         )
         self.internal_errors = self._add(
@@ -324,7 +423,6 @@ class Metrics:
                 "sightline_internal_errors",
                 "Errors inside the agent that were suppressed instead of reaching the app.",
                 ["component"],
-                registry=None,
             )
         )
         self.exported = self._add(
@@ -332,7 +430,6 @@ class Metrics:
                 "sightline_exported",
                 "Spans or log records delivered to their backend.",
                 ["signal"],
-                registry=None,
             )
         )
         self.dropped = self._add(
@@ -340,7 +437,6 @@ class Metrics:
                 "sightline_dropped",
                 "Spans or log records given up on, by reason.",
                 ["signal", "reason"],
-                registry=None,
             )
         )
         self.retried = self._add(
@@ -348,7 +444,6 @@ class Metrics:
                 "sightline_export_retried",
                 "Spans or log records sent again after a failed attempt, by the failure.",
                 ["signal", "reason"],
-                registry=None,
             )
         )
         self.export_failures = self._add(
@@ -356,7 +451,6 @@ class Metrics:
                 "sightline_export_failures",
                 "Failed export attempts (HTTP requests), by reason.",
                 ["signal", "reason"],
-                registry=None,
             )
         )
         self.snapshot_errors = self._add(
@@ -365,7 +459,6 @@ class Metrics:
                 "Problems with the multi-process snapshot directory, by reason: a refused "
                 "directory, a file skipped, a write that failed, a merge that waited too long.",
                 ["reason"],
-                registry=None,
             )
         )
         self.queues = self._add(_Queues())
@@ -428,7 +521,6 @@ class Metrics:
                 "db_client_connection_timeouts",
                 "Requests for a pool connection that gave up waiting.",
                 [DB_SYSTEM, POOL_NAME],
-                registry=None,
             )
         )
         self.cache_lookups = self._add(
@@ -436,7 +528,6 @@ class Metrics:
                 "cache_lookups",
                 "Cache reads, by whether the key was found (hit) or not (miss).",
                 [DB_SYSTEM, "cache_result"],
-                registry=None,
             )
         )
         self.task_duration = self._add(
@@ -464,7 +555,6 @@ class Metrics:
                 "worker_tasks_published",
                 "Background tasks published (sent to a queue).",
                 TASK_LABELS,
-                registry=None,
             )
         )
         self.tasks_active = self._add(
@@ -472,7 +562,6 @@ class Metrics:
                 "worker_tasks_active",
                 "Background tasks running in this process.",
                 ["task_system"],
-                registry=None,
             )
         )
         self.worker_capacity = self._add(
@@ -480,19 +569,11 @@ class Metrics:
                 "worker_capacity",
                 "Background tasks this worker can run at once (its concurrency).",
                 ["task_system"],
-                registry=None,
             )
         )
         self._add(_TargetInfo(settings))
-        registered: list[Collector] = []
-        try:
-            for collector in self._collectors:
-                registry.register(collector)
-                registered.append(collector)
-        except ValueError:  # a name the app registered already: take nothing, leave theirs
-            for collector in registered:
-                registry.unregister(collector)
-            raise
+        if registry is not None:
+            self.bind(registry)
         self.exemplars = settings.exemplars
         # Children of labelled task instruments, looked up once (as Histogram.child does).
         self._active_children: dict[str, Any] = {}
@@ -505,16 +586,38 @@ class Metrics:
         self._collectors.append(collector)
         return collector
 
-    def register(self, collector: Collector) -> None:
-        self._registry.register(collector)
+    @property
+    def registry(self) -> CollectorRegistry | None:
+        """The registry the instruments are in; None before :meth:`bind`."""
+        return self._registry
+
+    def bind(self, registry: CollectorRegistry) -> None:
+        """Register every instrument in ``registry``, all or none: a name the app has
+        registered already raises ``ValueError`` and leaves the registry as it was."""
+        registered: list[Collector] = []
+        try:
+            for collector in self._collectors:
+                registry.register(collector)
+                registered.append(collector)
+        except ValueError:  # take nothing, leave theirs
+            for collector in registered:
+                registry.unregister(collector)
+            raise
+        self._registry = registry
+
+    def register(self, collector: Any) -> None:
+        if self._registry is not None:
+            self._registry.register(collector)
         self._collectors.append(collector)
 
     def close(self) -> None:
-        for collector in self._collectors:
-            try:
-                self._registry.unregister(collector)
-            except KeyError:
-                pass
+        registry, self._registry = self._registry, None
+        if registry is not None:
+            for collector in self._collectors:
+                try:
+                    registry.unregister(collector)
+                except KeyError:
+                    pass
         self._collectors.clear()
 
     def active_tasks(self, system: str) -> Any:
@@ -612,6 +715,8 @@ class _TargetInfo(Described):
         self._settings = settings
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import InfoMetricFamily
+
         yield InfoMetricFamily(
             "target",
             "Resource attributes of this process, as in OpenTelemetry.",
@@ -629,6 +734,8 @@ class _ServerUp(Described):
         self.server: Any = None
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         server = self.server
         family = GaugeMetricFamily(
             "sightline_metrics_server_up",
@@ -646,6 +753,8 @@ class _Queues(Described):
         self.queues: dict[str, Any] = {}
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         items = GaugeMetricFamily(
             "sightline_queue_items", "Items waiting in an export queue.", labels=["signal"]
         )

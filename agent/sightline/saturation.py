@@ -22,14 +22,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from . import _fork, _safety
 from ._export import warn_rate_limited
 from .metrics import Described, Histogram
 
 if TYPE_CHECKING:
     import asyncio
+
+    from prometheus_client.core import Metric
 
 # cgroup v1 reports "no limit" as a huge page-aligned number; anything this large is unlimited.
 _UNLIMITED = 1 << 60
@@ -254,6 +254,8 @@ class SaturationCollector(Described):
     def describe(self) -> Iterable[Metric]:
         """Every family :meth:`collect` may yield, without reading anything: registering
         this collector in init() loads no psutil and reads no cgroup file."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         for name in ("process_cpu_limit_cores", "process_memory_limit_bytes", "process_threads"):
             yield GaugeMetricFamily(name, "")
         for name in ("periods", "throttled_periods", "throttled_seconds"):
@@ -270,6 +272,7 @@ class SaturationCollector(Described):
 
     def _collect(self) -> Iterable[Metric]:
         import psutil  # loaded by the first scrape, not by init()
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         if self._process is None or self._process.pid != os.getpid():  # or forked since
             self._process = psutil.Process()
@@ -418,6 +421,8 @@ class QueueDepths(Described):
         self._lock = threading.Lock()
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         depth = GaugeMetricFamily(
             "worker_queue_depth",
             "Messages waiting in a background-task queue (sampled off the task path).",

@@ -25,7 +25,6 @@ Writing one::
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.util
 import logging
 import sys
@@ -85,13 +84,15 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
 }
 
 
-class ImportWatcher(importlib.abc.MetaPathFinder):
+class ImportWatcher:
     """Runs callbacks right after a watched module has been loaded (imported, or reloaded).
 
-    On ``sys.meta_path`` only while something is watched. It finds nothing itself: for a
-    watched name it asks the other finders for the spec and wraps its loader, so the
-    module is loaded exactly as it would have been, then the callbacks run (each under
-    the safety net: an import of the app's never fails because of Sightline).
+    A meta path finder (not derived from ``importlib.abc``'s, whose import loads
+    ``importlib.resources`` and ``tempfile``), on ``sys.meta_path`` only while something
+    is watched. It finds nothing itself: for a watched name it asks the other finders
+    for the spec and wraps its loader, so the module is loaded exactly as it would have
+    been, then the callbacks run (each under the safety net: an import of the app's
+    never fails because of Sightline).
     """
 
     def __init__(self) -> None:
@@ -145,7 +146,7 @@ class ImportWatcher(importlib.abc.MetaPathFinder):
                 callback()
 
 
-class _NotifyingLoader(importlib.abc.Loader):
+class _NotifyingLoader:
     """The real loader, then a notification; the module keeps the real loader."""
 
     def __init__(self, loader: Any, then: Callable[[], None]) -> None:

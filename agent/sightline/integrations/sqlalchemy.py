@@ -27,8 +27,6 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-
 from .. import _agent, _db, _safety
 from ..metrics import DB_SYSTEM, POOL_NAME, Described
 from . import DidNotEnable, Integration
@@ -43,6 +41,8 @@ except ImportError:
     raise DidNotEnable("sqlalchemy is not installed") from None
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from .._agent import Agent
 
 # Every pool seen, and its name (the engine's URL, or its dialect until an engine says).
@@ -183,6 +183,8 @@ class PoolCollector(Described):
     hands out (size plus overflow), of every queue pool."""
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         labels = [DB_SYSTEM, POOL_NAME, "db_client_connection_state"]
         count = GaugeMetricFamily(
             "db_client_connection_count",
