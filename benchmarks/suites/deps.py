@@ -256,6 +256,8 @@ def orm_query(instrument: Callable[[], None] | None = None) -> Callable[[], Any]
     """``Item.objects.get(pk=42).name`` through Django's ORM on a SQLite file. The table is
     made with the sqlite3 module before ``instrument`` runs; Django opens its connection
     on the first query."""
+    import atexit
+    import shutil
     import sqlite3
     import tempfile
 
@@ -263,7 +265,9 @@ def orm_query(instrument: Callable[[], None] | None = None) -> Callable[[], Any]
     from django.conf import settings
     from django.db import models
 
-    path = os.path.join(tempfile.mkdtemp(prefix="bench-django-"), "db.sqlite3")
+    directory = tempfile.mkdtemp(prefix="bench-django-")
+    atexit.register(shutil.rmtree, directory, True)  # the worker process's own file
+    path = os.path.join(directory, "db.sqlite3")
     setup = sqlite3.connect(path)
     with setup:  # commits
         setup.execute("CREATE TABLE bench_item (id integer PRIMARY KEY, name text)")
