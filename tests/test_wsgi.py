@@ -58,6 +58,33 @@ def test_app_exception_passes_through_and_counts_as_500(agent: CollectorRegistry
     assert agent.get_sample_value("http_server_active_requests") == 0
 
 
+def test_a_body_whose_close_raises_is_still_recorded_once(agent: CollectorRegistry) -> None:
+    """When the app's body raises from ``close()``, the error reaches the server as it is,
+    the request is recorded once with its status, and the in-flight gauge comes back to 0."""
+    error = RuntimeError("close failed")
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"ok"
+
+        def close(self) -> None:
+            raise error
+
+    def app(environ: dict[str, Any], start_response: Any) -> Body:
+        start_response("200 OK", [])
+        return Body()
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/"}
+    body = sightline.instrument_app(app)(environ, lambda *a: None)
+    assert b"".join(body) == b"ok"
+    with pytest.raises(RuntimeError) as info:
+        body.close()  # type: ignore[attr-defined]
+    assert info.value is error
+    body.close()  # type: ignore[attr-defined]
+    assert count(agent, "_unmatched", "200") == 1
+    assert agent.get_sample_value("http_server_active_requests") == 0
+
+
 def test_streaming_body_is_timed_until_closed(agent: CollectorRegistry) -> None:
     """A streamed response counts from the call until the server closes the body."""
     closed: list[bool] = []

@@ -96,7 +96,8 @@ def handle(
     try:
         body = app(environ, exchange.start_response)
     except BaseException as error:
-        exchange.finish(error)
+        exchange.error = error
+        exchange.close()  # no body to close: records the request as failed
         raise
     exchange.body = body
     return exchange
@@ -227,17 +228,22 @@ class _Exchange:
             yield chunk
 
     def close(self) -> None:
-        try:
-            close = getattr(self.body, "close", None)
+        """Close the body (the server's call), then record the request, once (one frame:
+        this runs for every request)."""
+        body = self.body
+        if body is not None:
+            self.body = None
+            close = getattr(body, "close", None)
             if close is not None:
-                close()
-        finally:
-            self.finish(self.error)
-
-    def finish(self, error: BaseException | None) -> None:
+                try:
+                    close()
+                except BaseException:
+                    self.close()  # records it, the body now gone
+                    raise
         if self.agent is None:  # closed twice
             return
         elapsed = _perf_counter() - self.started
+        error = self.error
         agent, self.agent = self.agent, None  # type: ignore[assignment]
         span, self.span = self.span, None
         code, route = "500", None
