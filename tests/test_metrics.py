@@ -8,7 +8,10 @@ from typing import Any
 import pytest
 import sightline
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.samples import Exemplar
+from sightline.metrics import OVERFLOW, Counter, Histogram
 
 from .helpers import call_wsgi, count, series
 
@@ -107,3 +110,34 @@ def test_instance_id_is_renewed_after_fork() -> None:
     child = os.read(read, 100).decode()
     assert child
     assert child != parent
+
+
+def test_histogram_samples_are_those_prometheus_client_builds() -> None:
+    """A histogram's collected samples (buckets, count, sum, exemplars, the overflow series)
+    are exactly those ``HistogramMetricFamily.add_metric`` makes from the same counts."""
+    folded = Counter("folded", "Folded.", ["metric"])
+    histogram = Histogram("latency_seconds", "Latency.", ["route", "code"], (0.1, 1.0), 2, folded)
+    histogram.child(("/a", "200")).observe(0.05, {"trace_id": "ab"})
+    histogram.child(("/a", "200")).observe(3.0)
+    histogram.child(("/b", "500")).observe(0.5)
+    histogram.child(("/c", "200")).observe(0.2)  # past the cap of 2: the overflow series
+    ours = next(iter(histogram.collect()))
+
+    expected = HistogramMetricFamily("latency_seconds", "Latency.", labels=["route", "code"])
+    for key, child in [
+        *histogram._children.items(),
+        ((OVERFLOW, OVERFLOW), histogram._overflow),
+    ]:
+        assert child is not None
+        counts, total, exemplars = child.snapshot()
+        buckets: list[Any] = []
+        cumulative = 0
+        for i, le in enumerate(["0.1", "1.0", "+Inf"]):
+            cumulative += counts[i]
+            held = exemplars[i]
+            buckets.append((le, cumulative, Exemplar(*held)) if held else (le, cumulative))
+        expected.add_metric(list(key), buckets, total)
+    assert ours.samples == expected.samples
+    assert len(ours.samples) == 3 * 5
+    assert ours.samples[0].exemplar is not None
+    assert ours.samples[0].exemplar.labels == {"trace_id": "ab"}

@@ -184,6 +184,7 @@ class Histogram(Described):
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
         self.bounds = tuple(buckets)
+        self._les = [repr(float(b)) for b in self.bounds] + ["+Inf"]
         self._max = max_series
         self._children: dict[tuple[str, ...], HistogramChild] = {}
         self._overflow: HistogramChild | None = None
@@ -223,25 +224,32 @@ class Histogram(Described):
 
     def collect(self) -> Iterable[Metric]:
         from prometheus_client.core import HistogramMetricFamily
-        from prometheus_client.samples import Exemplar
+        from prometheus_client.samples import Exemplar, Sample
 
+        # The samples HistogramMetricFamily.add_metric makes, built directly: a snapshot
+        # collects every histogram once a second in every process.
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         children = list(self._children.items())
         if self._overflow is not None:
             children.append(((OVERFLOW,) * len(self.labelnames), self._overflow))
-        les = [repr(float(b)) for b in self.bounds] + ["+Inf"]
+        bucket, count, total_name = f"{self.name}_bucket", f"{self.name}_count", f"{self.name}_sum"
+        les = self._les
+        append = family.samples.append
         for key, child in children:
             counts, total, exemplars = child.snapshot()
-            buckets: list[Any] = []
+            base = dict(zip(self.labelnames, key))
             cumulative = 0
             for i, le in enumerate(les):
                 cumulative += counts[i]
+                labels = base.copy()
+                labels["le"] = le
                 exemplar = exemplars[i]
                 if exemplar is None:
-                    buckets.append((le, cumulative))
+                    append(Sample(bucket, labels, cumulative))
                 else:
-                    buckets.append((le, cumulative, Exemplar(*exemplar)))
-            family.add_metric(list(key), buckets, total)
+                    append(Sample(bucket, labels, cumulative, None, Exemplar(*exemplar)))
+            append(Sample(count, base, cumulative))
+            append(Sample(total_name, base.copy(), total))
         yield family
 
 
