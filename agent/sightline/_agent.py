@@ -154,6 +154,8 @@ class Agent:
         _tasks.install_tracked(self)
         if self.metrics.registry is None:
             integrations.watcher.watch("prometheus_client", self._bind)
+            if "prometheus_client" in sys.modules:  # imported by another thread meanwhile
+                self.registry  # noqa: B018 (binds, once that import has finished)
         if self.settings.multiprocess != "off":
             with _safety.internal_errors("multiprocess.start"):
                 self._start_snapshots()

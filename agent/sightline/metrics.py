@@ -237,7 +237,7 @@ class Histogram(Described):
         append = family.samples.append
         for key, child in children:
             counts, total, exemplars = child.snapshot()
-            base = dict(zip(self.labelnames, key))
+            base = dict(zip(self.labelnames, key, strict=True))
             cumulative = 0
             for i, le in enumerate(les):
                 cumulative += counts[i]
@@ -418,6 +418,10 @@ class Metrics:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self._registry: CollectorRegistry | None = None
         self._collectors: list[Any] = []
+        # Binding (on whichever thread first reads the metrics) and registering a collector
+        # (an integration, at the app's import of its library) must not interleave.
+        self._lock = threading.Lock()
+        _fork.track(self)
 
         self.series_folded = self._add(
             Counter(
@@ -605,30 +609,36 @@ class Metrics:
         """Register every instrument in ``registry``, all or none: a name the app has
         registered already raises ``ValueError`` and leaves the registry as it was."""
         registered: list[Collector] = []
-        try:
-            for collector in self._collectors:
-                registry.register(collector)
-                registered.append(collector)
-        except ValueError:  # take nothing, leave theirs
-            for collector in registered:
-                registry.unregister(collector)
-            raise
-        self._registry = registry
+        with self._lock:
+            try:
+                for collector in self._collectors:
+                    registry.register(collector)
+                    registered.append(collector)
+            except ValueError:  # take nothing, leave theirs
+                for collector in registered:
+                    registry.unregister(collector)
+                raise
+            self._registry = registry
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def register(self, collector: Any) -> None:
-        if self._registry is not None:
-            self._registry.register(collector)
-        self._collectors.append(collector)
+        with self._lock:
+            if self._registry is not None:
+                self._registry.register(collector)
+            self._collectors.append(collector)
 
     def close(self) -> None:
-        registry, self._registry = self._registry, None
-        if registry is not None:
-            for collector in self._collectors:
-                try:
-                    registry.unregister(collector)
-                except KeyError:
-                    pass
-        self._collectors.clear()
+        with self._lock:
+            registry, self._registry = self._registry, None
+            if registry is not None:
+                for collector in self._collectors:
+                    try:
+                        registry.unregister(collector)
+                    except KeyError:
+                        pass
+            self._collectors.clear()
 
     def active_tasks(self, system: str) -> Any:
         """The ``worker_tasks_active`` child of ``system``, looked up once."""
