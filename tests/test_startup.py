@@ -282,3 +282,47 @@ def test_a_counter_refuses_the_wrong_number_of_labels() -> None:
 def test_devnull_without_subprocess_is_subprocess_devnull() -> None:
     """The keeper's streams go to the real ``subprocess.DEVNULL`` (named without loading it)."""
     assert _fork.DEVNULL == subprocess.DEVNULL
+
+
+def test_a_fork_during_a_binding_leaves_a_child_that_reads_its_metrics() -> None:
+    """A process forked while another thread holds the agent's binding lock (a thread
+    registering the instruments as it loads prometheus-client) waits for it to be
+    released, and the child loads prometheus-client and reads its registry without
+    hanging, with the counts recorded before the fork."""
+    found = run(
+        """
+        import os, threading, time
+        import sightline
+        from sightline import _agent
+        sightline.init(service="lazy", metrics_addr="off", traces=False, logs=False)
+        agent = _agent.current
+        request(sightline.instrument_app(hello))
+        held = threading.Event()
+        def hold():
+            with agent._bind_lock:
+                held.set()
+                time.sleep(0.3)
+        threading.Thread(target=hold).start()
+        held.wait()
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            registry = agent.registry
+            value = registry.get_sample_value("http_server_request_duration_seconds_count", {
+                "http_request_method": "GET", "http_route": "_unmatched",
+                "http_response_status_code": "200"})
+            os._exit(0 if value == 1.0 else 3)
+        waited = time.monotonic() - started
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            status = "hung"
+        print("RESULT", json.dumps({"status": status, "waited": waited >= 0.2}))
+        """
+    )
+    assert found == {"status": 0, "waited": True}

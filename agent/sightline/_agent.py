@@ -51,7 +51,9 @@ class Agent:
         self._given_registry = registry
         self._value_class: Any = None
         self._bind_lock = threading.Lock()
+        self._bind_held = False
         self._closed = False
+        _fork.track(self)
         self.metrics = Metrics(settings)
         self.metrics_path: str | None = settings.metrics_path or None
         self.metrics_app: Any = self._serve_wsgi
@@ -121,8 +123,23 @@ class Agent:
             # made from now on in memory-mapped files of its own, beside Sightline's
             # snapshots: one storage, Sightline's, is enough (the values reach the
             # snapshots either way).
-            self._value_class = _own_prometheus_values(self.settings)
+            if self._value_class is None:  # not twice: the original class is restored
+                self._value_class = _own_prometheus_values(self.settings)
             self.metrics.bind(registry)
+
+    def _before_fork(self) -> None:
+        # A fork in the middle of a binding would leave its lock held for ever in the
+        # child, whose first read of the registry would then never return.
+        self._bind_held = self._bind_lock.acquire(timeout=_fork.FORK_WAIT)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._bind_held:
+            self._bind_held = False
+            self._bind_lock.release()
+
+    def _after_fork(self) -> None:
+        self._bind_lock = threading.Lock()
+        self._bind_held = False
 
     def _serve_wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
         """prometheus-client's WSGI app for this process's registry, made on first use."""
@@ -199,7 +216,7 @@ class Agent:
             self.snapshots = _multiprocess.Snapshots(
                 store,
                 store_id,
-                lambda: self.registry,
+                lambda load: self.registry if load else self.metrics.registry,
                 self.server,
                 self.settings.max_series,
                 errors,

@@ -232,7 +232,7 @@ class Snapshots:
         self,
         store: Store,
         store_id: str,
-        registry: CollectorRegistry | Callable[[], CollectorRegistry],
+        registry: CollectorRegistry | Callable[[bool], CollectorRegistry | None],
         server: Server | None,
         max_series: int = 2000,
         errors: Errors | None = None,
@@ -240,7 +240,8 @@ class Snapshots:
         self.store = store
         self.store_id = store_id
         # A function giving the registry is called at the first read (a write, a scrape),
-        # on whichever thread does it: prometheus-client may be loaded only then.
+        # on whichever thread does it, with True: prometheus-client may be loaded only
+        # then. Called with False, it gives the registry only if it exists already.
         self._registry: CollectorRegistry | None = None if callable(registry) else registry
         self._registry_of = registry if callable(registry) else None
         self.server = server
@@ -275,7 +276,9 @@ class Snapshots:
         registry = self._registry
         if registry is None:
             assert self._registry_of is not None
-            registry = self._registry = self._registry_of()
+            registry = self._registry_of(True)
+            assert registry is not None
+            self._registry = registry
         return registry
 
     def start(self) -> None:
@@ -370,7 +373,9 @@ class Snapshots:
         self.key = key
         self._closed = False
         self.worker = True
-        registry: Any = self._registry  # None: not read yet, so not locked by this process
+        registry: Any = self._registry
+        if registry is None and self._registry_of is not None:
+            registry = self._registry_of(False)  # bound by another reader perhaps: no load
         if hasattr(registry, "_lock"):  # a registry lock held at fork stays held here
             registry._lock = threading.Lock()
         self._baseline = self._inherited_counts()
