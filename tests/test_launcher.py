@@ -192,6 +192,9 @@ def test_a_signal_flushes_spans_and_logs_then_ends_the_program_by_it(
         text=True,
         cwd=ROOT,
         env=env,
+        # The default disposition, as a program usually starts with: under nohup the
+        # tests' own SIGHUP is ignored, and an ignored signal is inherited (see below).
+        preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL),
     ) as proc:
         try:
             assert proc.stdout is not None
@@ -206,6 +209,34 @@ def test_a_signal_flushes_spans_and_logs_then_ends_the_program_by_it(
     assert len([s for _, s in backend.spans() if s.name.startswith("step ")]) == 200
     lines = [json.loads(line) for _, _, line, _ in backend.log_entries()]
     assert len([d for d in lines if d["message"].startswith("step ")]) == 200
+
+
+def test_a_program_started_with_sighup_ignored_keeps_ignoring_it() -> None:
+    """A program started with SIGHUP ignored (under nohup) keeps ignoring it under the
+    launcher: Sightline's flushing handler replaces only the default disposition."""
+    code = """
+        import signal, time
+        print("ready", signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, flush=True)
+        time.sleep(60)
+    """
+    with subprocess.Popen(
+        [*launcher(), "run", "--", sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "SIGHTLINE_METRICS_ADDR": "off", "SIGHTLINE_SERVICE": "script"},
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready True"
+            proc.send_signal(signal.SIGHUP)
+            with pytest.raises(subprocess.TimeoutExpired):
+                proc.wait(timeout=1)
+        finally:
+            proc.kill()
+            proc.wait()
 
 
 def test_a_program_with_its_own_signal_handler_keeps_it() -> None:
