@@ -286,9 +286,9 @@ def test_devnull_without_subprocess_is_subprocess_devnull() -> None:
 
 def test_a_fork_during_a_binding_leaves_a_child_that_reads_its_metrics() -> None:
     """A process forked while another thread holds the agent's binding lock (a thread
-    registering the instruments as it loads prometheus-client) waits for it to be
-    released, and the child loads prometheus-client and reads its registry without
-    hanging, with the counts recorded before the fork."""
+    registering the instruments as it loads prometheus-client) gives a child that loads
+    prometheus-client and reads its registry without hanging on that lock, with the
+    counts recorded before the fork."""
     found = run(
         """
         import os, threading, time
@@ -304,7 +304,6 @@ def test_a_fork_during_a_binding_leaves_a_child_that_reads_its_metrics() -> None
                 time.sleep(0.3)
         threading.Thread(target=hold).start()
         held.wait()
-        started = time.monotonic()
         pid = os.fork()
         if pid == 0:
             registry = agent.registry
@@ -312,7 +311,6 @@ def test_a_fork_during_a_binding_leaves_a_child_that_reads_its_metrics() -> None
                 "http_request_method": "GET", "http_route": "_unmatched",
                 "http_response_status_code": "200"})
             os._exit(0 if value == 1.0 else 3)
-        waited = time.monotonic() - started
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -322,7 +320,7 @@ def test_a_fork_during_a_binding_leaves_a_child_that_reads_its_metrics() -> None
         else:
             os.kill(pid, 9)
             status = "hung"
-        print("RESULT", json.dumps({"status": status, "waited": waited >= 0.2}))
+        print("RESULT", json.dumps({"status": status}))
         """
     )
-    assert found == {"status": 0, "waited": True}
+    assert found == {"status": 0}

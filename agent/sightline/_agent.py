@@ -51,7 +51,6 @@ class Agent:
         self._given_registry = registry
         self._value_class: Any = None
         self._bind_lock = threading.Lock()
-        self._bind_held = False
         self._closed = False
         _fork.track(self)
         self.metrics = Metrics(settings)
@@ -127,19 +126,11 @@ class Agent:
                 self._value_class = _own_prometheus_values(self.settings)
             self.metrics.bind(registry)
 
-    def _before_fork(self) -> None:
-        # A fork in the middle of a binding would leave its lock held for ever in the
-        # child, whose first read of the registry would then never return.
-        self._bind_held = self._bind_lock.acquire(timeout=_fork.FORK_WAIT)
-
-    def _after_fork_in_parent(self) -> None:
-        if self._bind_held:
-            self._bind_held = False
-            self._bind_lock.release()
-
     def _after_fork(self) -> None:
+        # A binding on another thread at the moment of fork would leave its lock held
+        # for ever in the child (forks of a server's process bind first, see
+        # Snapshots._before_fork).
         self._bind_lock = threading.Lock()
-        self._bind_held = False
 
     def _serve_wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
         """prometheus-client's WSGI app for this process's registry, made on first use."""
@@ -216,7 +207,7 @@ class Agent:
             self.snapshots = _multiprocess.Snapshots(
                 store,
                 store_id,
-                lambda load: self.registry if load else self.metrics.registry,
+                lambda: self.registry,
                 self.server,
                 self.settings.max_series,
                 errors,

@@ -232,16 +232,15 @@ class Snapshots:
         self,
         store: Store,
         store_id: str,
-        registry: CollectorRegistry | Callable[[bool], CollectorRegistry | None],
+        registry: CollectorRegistry | Callable[[], CollectorRegistry],
         server: Server | None,
         max_series: int = 2000,
         errors: Errors | None = None,
     ) -> None:
         self.store = store
         self.store_id = store_id
-        # A function giving the registry is called at the first read (a write, a scrape),
-        # on whichever thread does it, with True: prometheus-client may be loaded only
-        # then. Called with False, it gives the registry only if it exists already.
+        # A function giving the registry is called at the first read (a write, a scrape,
+        # a fork), on whichever thread does it: prometheus-client may be loaded only then.
         self._registry: CollectorRegistry | None = None if callable(registry) else registry
         self._registry_of = registry if callable(registry) else None
         self.server = server
@@ -276,9 +275,7 @@ class Snapshots:
         registry = self._registry
         if registry is None:
             assert self._registry_of is not None
-            registry = self._registry_of(True)
-            assert registry is not None
-            self._registry = registry
+            registry = self._registry = self._registry_of()
         return registry
 
     def start(self) -> None:
@@ -345,6 +342,11 @@ class Snapshots:
         self._closed = True
 
     def _before_fork(self) -> None:
+        # The registry is had (prometheus-client loaded and the instruments bound) before
+        # the fork, so that the child reads its inherited counts without importing or
+        # binding anything while other fork handlers run.
+        with _safety.internal_errors("multiprocess.fork_registry"):
+            self.registry  # noqa: B018
         # A fork while this process's threads read the registry (a snapshot, a scrape)
         # would leave the locks of the metrics being read held for ever in the child, and
         # its first request recording one of them would never return. So the fork waits
@@ -373,9 +375,7 @@ class Snapshots:
         self.key = key
         self._closed = False
         self.worker = True
-        registry: Any = self._registry
-        if registry is None and self._registry_of is not None:
-            registry = self._registry_of(False)  # bound by another reader perhaps: no load
+        registry: Any = self._registry  # had before the fork (see _before_fork)
         if hasattr(registry, "_lock"):  # a registry lock held at fork stays held here
             registry._lock = threading.Lock()
         self._baseline = self._inherited_counts()
@@ -385,9 +385,13 @@ class Snapshots:
         # Read on a helper thread with a deadline: a metric's own lock, held by a thread
         # of the parent at the moment of fork, would block here forever.
         result: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        registry = self._registry
+        if registry is None:  # not had before the fork (its error is logged then)
+            logger.debug("sightline: counts inherited at fork could not be read; kept as are")
+            return result
 
         def read() -> None:
-            for family in _encode(self.registry.collect(), self.max_series):
+            for family in _encode(registry.collect(), self.max_series):
                 if family["type"] in SUMMED_TYPES and not is_per_process(family["name"]):
                     for name, labels, value, _ in family["samples"]:
                         result[(name, label_key(labels))] = value
