@@ -160,6 +160,23 @@ def test_a_missing_command_is_reported() -> None:
     assert "cannot run no-such-program-here" in result.stderr
 
 
+def script(
+    code: str, env: dict[str, str], signum: int, disposition: signal.Handlers
+) -> subprocess.Popen[str]:
+    """The launcher running ``python -c code``, its stdout piped, started with ``signum``'s
+    disposition set to ``disposition`` (signals ignored by the tests' own process, as under
+    nohup, would otherwise be inherited)."""
+    return subprocess.Popen(
+        [*launcher(), "run", "--", sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        preexec_fn=lambda: signal.signal(signum, disposition),
+    )
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_flushes_spans_and_logs_then_ends_the_program_by_it(
     backend: Backend, signum: int
@@ -185,17 +202,7 @@ def test_a_signal_flushes_spans_and_logs_then_ends_the_program_by_it(
         "OTEL_BSP_SCHEDULE_DELAY": "60000",  # nothing leaves before the signal
         "SIGHTLINE_LOKI_URL": backend.url,
     }
-    with subprocess.Popen(
-        [*launcher(), "run", "--", sys.executable, "-c", textwrap.dedent(code)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        # The default disposition, as a program usually starts with: under nohup the
-        # tests' own SIGHUP is ignored, and an ignored signal is inherited (see below).
-        preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL),
-    ) as proc:
+    with script(code, env, signum, signal.SIG_DFL) as proc:
         try:
             assert proc.stdout is not None
             while proc.stdout.readline().strip() != "ready":  # the JSON lines come first
@@ -219,15 +226,8 @@ def test_a_program_started_with_sighup_ignored_keeps_ignoring_it() -> None:
         print("ready", signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, flush=True)
         time.sleep(60)
     """
-    with subprocess.Popen(
-        [*launcher(), "run", "--", sys.executable, "-c", textwrap.dedent(code)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "SIGHTLINE_METRICS_ADDR": "off", "SIGHTLINE_SERVICE": "script"},
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
-    ) as proc:
+    env = {**os.environ, "SIGHTLINE_METRICS_ADDR": "off", "SIGHTLINE_SERVICE": "script"}
+    with script(code, env, signal.SIGHUP, signal.SIG_IGN) as proc:
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "ready True"
@@ -247,13 +247,8 @@ def test_a_program_with_its_own_signal_handler_keeps_it() -> None:
         print("ready", flush=True)
         time.sleep(60)
     """
-    with subprocess.Popen(
-        [*launcher(), "run", "--", sys.executable, "-c", textwrap.dedent(code)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "SIGHTLINE_METRICS_ADDR": "off", "SIGHTLINE_TRACES": "false"},
-    ) as proc:
+    env = {**os.environ, "SIGHTLINE_METRICS_ADDR": "off", "SIGHTLINE_TRACES": "false"}
+    with script(code, env, signal.SIGTERM, signal.SIG_DFL) as proc:
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "ready"
