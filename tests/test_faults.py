@@ -21,7 +21,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import pytest
 import sightline
 from prometheus_client import CollectorRegistry
-from sightline import _agent
+from sightline import _state
 
 from .helpers import free_port
 from .receivers import Backend
@@ -98,7 +98,7 @@ def load(url: str, seconds: float) -> tuple[list[float], int]:
             assert response.status == 200
             response.read()
         latencies.append(time.perf_counter() - started)
-        agent = _agent.current
+        agent = _state.current
         assert agent is not None
         assert agent.logs is not None
         assert agent.tracing is not None
@@ -205,7 +205,7 @@ def test_backend_fault_never_reaches_the_app(
         backend.hang.clear()
         backend._release.set()
         # The backlog drains first (new records are dropped while the queue is full).
-        queue = _agent.current.logs.queue  # type: ignore[union-attr]
+        queue = _state.current.logs.queue  # type: ignore[union-attr]
         assert backend.wait_for(lambda: len(queue) < BUFFER // 2, timeout=30)  # type: ignore[arg-type]
         marker = f"recovered-{fault}"
         logging.getLogger("faulty.view").warning(marker)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import sightline
 from prometheus_client import CollectorRegistry
-from sightline import ConfigError, _agent, _settings, integrations
+from sightline import ConfigError, _settings, _state, integrations
 
 
 class Broken(integrations.Integration):
@@ -40,8 +40,8 @@ def test_failing_integration_is_skipped_others_install(
     monkeypatch.setattr(integrations, "INTEGRATION_NAMES", ("broken", "flask"))
     original = flask.Flask.__call__
     sightline.init(service="t", registry=registry, metrics_addr="off")
-    assert _agent.current is not None
-    assert [i.name for i in _agent.current.integrations] == ["flask"]
+    assert _state.current is not None
+    assert [i.name for i in _state.current.integrations] == ["flask"]
     assert flask.Flask.__call__ is not original
     assert [str(e) for e in internal_errors] == ["cannot hook"]
     assert (
@@ -90,8 +90,8 @@ def test_works_without_flask() -> None:
         body = wrapped({"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}, lambda *a: None)
         list(body)
         body.close()
-        from sightline import _agent
-        print("integrations:", [i.name for i in _agent.current.integrations])
+        from sightline import _state
+        print("integrations:", [i.name for i in _state.current.integrations])
         print("count:", registry.get_sample_value("http_server_request_duration_seconds_count",
               {"http_request_method": "GET", "http_route": "_unmatched",
                "http_response_status_code": "204"}))
@@ -119,15 +119,15 @@ def test_requested_integration_installs(registry: CollectorRegistry) -> None:
     """Naming only flask installs flask and nothing else."""
     pytest.importorskip("flask")
     sightline.init(service="t", registry=registry, metrics_addr="off", integrations=["flask"])
-    assert _agent.current is not None
-    assert [i.name for i in _agent.current.integrations] == ["flask"]
+    assert _state.current is not None
+    assert [i.name for i in _state.current.integrations] == ["flask"]
 
 
 def test_config_error_from_init_leaves_nothing_behind(registry: CollectorRegistry) -> None:
     """A ConfigError raised by init() leaves no agent, hook or metric behind."""
     with pytest.raises(ConfigError):
         sightline.init(service="t", registry=registry, max_series=0)
-    assert _agent.current is None
+    assert _state.current is None
     assert list(registry.collect()) == []
 
 
@@ -160,7 +160,7 @@ def test_metric_name_clash_leaves_the_app_alone(
 
     theirs = Gauge("http_server_active_requests", "the app's own", registry=registry)
     sightline.init(service="t", registry=registry, metrics_addr="off")
-    assert _agent.current is None
+    assert _state.current is None
     assert len(internal_errors) == 1
     theirs.set(3)
     assert registry.get_sample_value("http_server_active_requests") == 3
@@ -208,8 +208,8 @@ def test_init_imports_no_framework_the_app_did_not_import() -> None:
         import fastapi
         from sightline.integrations import starlette as hooks
         print("fastapi patched:", fastapi.FastAPI.__call__ is hooks._fastapi_call)
-        from sightline import _agent
-        print("integrations:", sorted(i.name for i in _agent.current.integrations))
+        from sightline import _state
+        print("integrations:", sorted(i.name for i in _state.current.integrations))
         print("django loaded:", "django" in sys.modules)
         sightline.shutdown()
         from sightline import integrations

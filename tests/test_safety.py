@@ -11,13 +11,13 @@ def test_an_agent_error_is_reported_and_suppressed(internal_errors: list[BaseExc
     """An ``Exception`` inside ``internal_errors`` goes no further, and is reported once,
     counted under the place it was raised."""
     counted: list[str] = []
-    _safety.counter = counted.append
+    _safety.count_with(counted.append)
     try:
         with _safety.internal_errors("test.where"):
             raise ValueError("agent bug")
         after = True
     finally:
-        _safety.counter = None
+        _safety.stop_counting(counted.append)
     assert after
     assert [str(e) for e in internal_errors] == ["agent bug"]
     assert counted == ["test.where"]

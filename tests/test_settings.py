@@ -12,7 +12,7 @@ import time
 import pytest
 import sightline
 from prometheus_client import CollectorRegistry
-from sightline import ConfigError, Settings, _agent
+from sightline import ConfigError, Settings, _state
 from sightline._settings import SPECS
 
 from .helpers import free_port
@@ -79,7 +79,7 @@ def test_invalid_environment_names_setting_and_value(
         sightline.init()
     assert name in str(info.value)
     assert repr(value) in str(info.value)
-    assert _agent.current is None
+    assert _state.current is None
 
 
 @pytest.mark.parametrize(
@@ -136,7 +136,7 @@ def test_disabled_agent_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     original = flask.Flask.__call__
     monkeypatch.setenv("SIGHTLINE_DISABLED", "true")
     sightline.init(service="x")
-    assert _agent.current is None
+    assert _state.current is None
     assert flask.Flask.__call__ is original
 
 
@@ -267,7 +267,7 @@ def test_longest_waits_leave_every_thread_running(registry: CollectorRegistry) -
         loki_timeout=600,
     )
     sightline.track_queue("q", lambda: 1.0)
-    agent = _agent.current
+    agent = _state.current
     assert agent is not None
     assert agent.tracing is not None
     assert agent.tracing.queue is not None

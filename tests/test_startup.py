@@ -180,8 +180,8 @@ def test_an_app_importing_prometheus_client_later_meets_sightlines_metrics() -> 
             refused = str(exc)
         orders = prometheus_client.Counter("shop_orders", "Orders.")
         orders.inc(5)
-        from sightline import _agent
-        body = _agent.current.metrics_app(
+        from sightline import _state
+        body = _state.current.metrics_app(
             {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics"}, lambda *a: None)
         ours = b"".join(body).decode()
         print("RESULT", json.dumps({"theirs": theirs, "refused": refused, "ours": ours}))
@@ -213,9 +213,9 @@ def test_a_registry_given_to_init_binds_at_once() -> None:
         clash = CollectorRegistry()
         prometheus_client.Counter("sightline_internal_errors", "the app's", registry=clash)
         sightline.init(service="lazy", metrics_addr="off", registry=clash)
-        from sightline import _agent
+        from sightline import _state
         names = sorted(m.name for m in clash.collect())
-        print("RESULT", json.dumps({"bound": bound, "running": _agent.current is not None,
+        print("RESULT", json.dumps({"bound": bound, "running": _state.current is not None,
                           "names": names}))
         """
     )
@@ -293,9 +293,9 @@ def test_a_fork_during_a_binding_leaves_a_child_that_reads_its_metrics() -> None
         """
         import os, threading, time
         import sightline
-        from sightline import _agent
+        from sightline import _state
         sightline.init(service="lazy", metrics_addr="off", traces=False, logs=False)
-        agent = _agent.current
+        agent = _state.current
         request(sightline.instrument_app(hello))
         held = threading.Event()
         def hold():

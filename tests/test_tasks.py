@@ -30,9 +30,9 @@ def client(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture(autouse=True)
 def _forget_tracked_queues() -> Iterator[None]:
     yield
-    from sightline import _tasks
+    from sightline import _state
 
-    _tasks.tracked.clear()
+    _state.tracked.clear()
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:

@@ -13,7 +13,7 @@ import pytest
 import sightline
 import trustme
 from prometheus_client import CollectorRegistry
-from sightline import ConfigError, _agent
+from sightline import ConfigError, _state
 
 from .helpers import call_wsgi, count
 from .receivers import Backend
@@ -209,7 +209,7 @@ def test_unusable_certificate_files_are_config_errors_naming_the_variable(
     with pytest.raises(ConfigError, match=var) as info:
         sightline.init(service="x", metrics_addr="off")
     assert text in str(info.value)
-    assert _agent.current is None
+    assert _state.current is None
 
 
 @pytest.mark.parametrize(
@@ -229,7 +229,7 @@ def test_standard_switches_turn_spans_off(
     counted = one_request_and_line(registry, otlp_endpoint=backend.url, logs=False)
     assert counted == 1
     assert backend.targets == []
-    assert _agent.current is None
+    assert _state.current is None
 
 
 @pytest.mark.parametrize(

@@ -416,13 +416,13 @@ def test_message_headers_carry_what_the_propagators_write(
     would write, sampled or not, with or without a tracestate."""
     from opentelemetry import propagate, trace
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
-    from sightline import _agent
+    from sightline import _state
     from sightline._spans import LeanSpan
     from sightline._tasks import publish_span
     from sightline.tracing import _is_default_textmap
 
     start(backend, registry, traces_sampler=sampler)
-    agent = _agent.current
+    agent = _state.current
     assert agent is not None
     assert agent.tracing is not None
     remote = SpanContext(
@@ -454,11 +454,11 @@ def test_message_headers_carry_baggage_and_other_propagators(
     what the global propagator writes (baggage included)."""
     from opentelemetry import baggage, context, propagate, trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-    from sightline import _agent
+    from sightline import _state
     from sightline._tasks import publish_span
 
     start(backend, registry)
-    agent = _agent.current
+    agent = _state.current
     assert agent is not None
     assert agent.tracing is not None
     token = context.attach(baggage.set_baggage("tenant", "acme"))

@@ -221,13 +221,13 @@ def test_agent_failure_never_reaches_the_app(
     agent: CollectorRegistry, internal_errors: list[BaseException], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """If recording fails inside the agent, the request still succeeds and the error is counted."""
-    from sightline import _agent
+    from sightline import _state
 
     def explode(*args: object) -> None:
         raise ValueError("agent bug")
 
-    assert _agent.current is not None
-    monkeypatch.setattr(_agent.current.metrics, "observe_request", explode)
+    assert _state.current is not None
+    monkeypatch.setattr(_state.current.metrics, "observe_request", explode)
     assert call_wsgi(sightline.instrument_app(hello)) == ("200 OK", b"hello")
     assert [str(e) for e in internal_errors] == ["agent bug"]
     assert (

@@ -16,11 +16,10 @@ import atexit
 import inspect
 import logging
 import os
-import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import _safety
+from . import _safety, _state
 from ._settings import ConfigError, Settings
 from ._version import __version__
 
@@ -68,8 +67,8 @@ def init(
     resolved = Settings.load(os.environ, {"service": service, **settings})
     from . import _agent
 
-    with _agent.lock:
-        running = _agent.current
+    with _state.lock:
+        running = _state.current
         if running is not None:
             if running.settings == resolved and (registry is None or registry is running.registry):
                 return
@@ -91,7 +90,7 @@ def init(
                 with _safety.internal_errors("init.cleanup"):
                     agent.close()
             return
-        _agent.current = agent
+        _state.attach(agent)
         if not _atexit_registered:
             _register_atexit()
 
@@ -102,29 +101,12 @@ def shutdown() -> None:
     Afterwards the app behaves exactly as if ``init()`` had never run. Safe to call
     twice, and registered to run at interpreter exit.
     """
-    _agent = sys.modules.get(f"{__name__}._agent")
-    if _agent is None:
-        return  # init() never ran
-    with _agent.lock:
-        _stop()
+    _stop()
 
 
 def _stop(timeout: float | None = None) -> None:
-    from . import _agent
-
-    agent, _agent.current = _agent.current, None
-    if agent is not None:
-        with _safety.internal_errors("shutdown"):
-            agent.close(timeout)
-
-
-def _stop_for_exit(timeout: float) -> None:
-    """shutdown() within ``timeout``, for a process about to leave without running atexit
-    handlers (an RQ work horse ends with os._exit)."""
-    from . import _agent
-
-    with _agent.lock:
-        _stop(timeout)
+    with _safety.internal_errors("shutdown"):
+        _state.stop(timeout)
 
 
 def instrument_app(app: Any, route_of: Callable[[Any], str | None] | None = None) -> Any:
@@ -202,10 +184,7 @@ def track_queue(
     May be called before or after ``init()``; an exception from ``depth`` leaves the
     series out until it reads again.
     """
-    from . import _agent, _tasks
-
-    _tasks.tracked[(system, name)] = (depth, oldest_age)
-    _tasks.track(_agent.current, system, name)
+    _state.track_queue(system, name, depth, oldest_age)
 
 
 _atexit_registered = False

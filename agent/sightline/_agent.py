@@ -1,8 +1,6 @@
 """The running agent: settings, instruments, the /metrics server and installed integrations.
 
-:data:`current` is the one the hot path reads; it is None before ``init()``, after
-``shutdown()`` and when ``SIGHTLINE_DISABLED`` is set, and every hook then passes
-requests straight through to the app.
+The one ``init()`` started is :data:`sightline._state.current`, which the hot path reads.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import _fork, _safety, integrations
+from . import _fork, _safety, _state, integrations
 from ._export import BatchQueue
 from ._scrape import MetricsServer
 from ._settings import Settings
@@ -27,11 +25,10 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from . import _multiprocess
+    from .integrations._base import Integration
     from .tracing import Tracing
 
 logger = logging.getLogger("sightline")
-
-current: Agent | None = None
 
 
 class Agent:
@@ -68,7 +65,7 @@ class Agent:
         self.snapshots: _multiprocess.Snapshots | None = None
         #: The server's directory could not be used: its processes serve one by one.
         self.store_refused = False
-        self.integrations: list[integrations.Integration] = []
+        self.integrations: list[Integration] = []
         self.tracing: Tracing | None = None
         self.logs: Logs | None = None
         self.access_log = settings.access_log
@@ -87,11 +84,11 @@ class Agent:
 
                 self.tracing = Tracing(settings, self.metrics.export_stats("traces"))
                 if self.tracing.queue is not None:
-                    self.metrics.queues.queues["traces"] = self.tracing.queue
+                    self.metrics.queues.add("traces", self.tracing.queue)
             if settings.logs:
                 self.logs = Logs(settings, self.metrics.export_stats("logs"))
                 if self.logs.queue is not None:
-                    self.metrics.queues.queues["logs"] = self.logs.queue
+                    self.metrics.queues.add("logs", self.logs.queue)
             if registry is not None or "prometheus_client" in sys.modules:
                 self._bind()  # a name the app registered already fails init() here
         except BaseException:
@@ -152,14 +149,13 @@ class Agent:
         return self.settings.worker_capacity or self.detected_capacity
 
     def start(self) -> None:
-        _safety.counter = self._count_internal_error
+        _safety.count_with(self._count_internal_error)
         self.saturation.gc_pauses.install()
         if self.logs is not None:
             self.logs.install()
         self.integrations = integrations.install_all(self, self.settings)
-        from . import _tasks
-
-        _tasks.install_tracked(self)
+        for (system, name), (depth, age) in list(_state.tracked.items()):
+            self.queue_depths.track(system, name, depth, age)
         if self.metrics.registry is None:
             integrations.watcher.watch("prometheus_client", self._bind)
             if "prometheus_client" in sys.modules:  # imported by another thread meanwhile
@@ -273,8 +269,7 @@ class Agent:
         if self._value_class is not None:
             values: Any = sys.modules["prometheus_client.values"]
             values.ValueClass = self._value_class
-        if _safety.counter == self._count_internal_error:
-            _safety.counter = None
+        _safety.stop_counting(self._count_internal_error)
 
 
 def _own_prometheus_values(settings: Settings) -> Any:
@@ -288,6 +283,3 @@ def _own_prometheus_values(settings: Settings) -> Any:
     previous = values.ValueClass
     values.ValueClass = values.MutexValue
     return previous
-
-
-lock = threading.RLock()

@@ -23,10 +23,16 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import _port
+from ._export import PushError
 from ._settings import ConfigError, Settings
+from ._stack import Stack, default_dir
+from ._store import Refused, Store
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 _RANK = {OK: 0, WARNING: 1, ERROR: 2}
@@ -139,8 +145,6 @@ class Doctor:
         content_type: str,
         fixes: Mapping[str, str],
     ) -> Finding:
-        from ._export import PushError
-
         try:
             endpoint.post(body, content_type, endpoint.timeout)
         except PushError as exc:
@@ -155,8 +159,6 @@ class Doctor:
         return Finding(check, OK, f"{endpoint.url} accepted a test write")
 
     def multiprocess_dir(self, settings: Settings) -> Finding:
-        from ._store import Refused, Store
-
         if settings.multiprocess == "off":
             return Finding("multiprocess", OK, "off (SIGHTLINE_MULTIPROCESS=off)")
         explicit = self.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -248,8 +250,6 @@ def summary(settings: Settings) -> str:
 
 
 def metrics_port(settings: Settings) -> Finding:
-    from . import _port
-
     if settings.metrics_addr is None:
         return Finding(
             "metrics port",
@@ -333,8 +333,6 @@ _PACKAGES = (
 
 def packages() -> Finding:
     """The versions that matter, and any requirement of Sightline they do not meet."""
-    from importlib import metadata
-
     found = {}
     for name in _PACKAGES:
         try:
@@ -438,8 +436,6 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y":
 def _age(timestamp: str) -> float | None:
     """Seconds since an RFC 3339 time as Prometheus writes it (any fraction of a second;
     none when it is zero); None for Go's zero time (never scraped) or anything else."""
-    from datetime import datetime
-
     match = _RFC3339.match(timestamp)
     if not match or timestamp.startswith("0001-"):
         return None
@@ -459,8 +455,6 @@ def _seconds(duration: str) -> float | None:
 def _targets_hint(prometheus: str) -> str:
     """Where the native stack's targets directory is, when ``prometheus`` is its."""
     try:
-        from ._stack import Stack, default_dir
-
         stack = Stack(default_dir())
     except Exception:
         return ""
@@ -479,8 +473,6 @@ def default_url(service: str, port: int) -> str:
     """The native stack's ``service`` (listening on ``port`` in compose) if one was set up
     here, else ``port`` on this machine."""
     try:
-        from ._stack import Stack, default_dir
-
         port = Stack(default_dir()).ports.get(f"{service}:{port}", port)
     except Exception:
         pass

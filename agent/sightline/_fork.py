@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from . import _safety
+
 if TYPE_CHECKING:
     import subprocess
 
@@ -85,8 +87,6 @@ def track(obj: Any) -> None:
 
 def _each(method: str, where: str) -> None:
     """Call ``method`` of every tracked object that has it; one failing does not stop the rest."""
-    from . import _safety
-
     for obj in list(_objects):
         call = getattr(obj, method, None)
         if call is not None:
@@ -99,8 +99,6 @@ def _before() -> None:
     # Re-entrant: a thread forking inside its own exclusive block does not wait for itself.
     _held_for_fork = _exclusive.acquire(timeout=FORK_WAIT)
     if not _held_for_fork:
-        from . import _safety
-
         _safety.report(
             "fork.exclusive",
             TimeoutError(

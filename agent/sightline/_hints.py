@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _queries as q
+from ._doctor import default_prometheus
 from ._stack.processes import API_FAILURES, get_json
 
 #: The reasons of ``sightline:required_replicas:count``, in the order they are shown.
@@ -283,8 +284,6 @@ def main(
     """``sightline hints``: 0 with hints, 1 when no service reports yet, 2 when Prometheus
     does not answer."""
     if prometheus is None:
-        from ._doctor import default_prometheus
-
         prometheus = default_prometheus()
     try:
         hints = read(prometheus)

@@ -45,6 +45,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import ConfigError, _safety, _state, _stop, init
+from .integrations import watcher
+
 BOOTSTRAP = Path(__file__).resolve().parent / "_bootstrap"
 #: Set by the launcher; its absence keeps a stray ``_bootstrap`` on a path inert.
 ACTIVE = "SIGHTLINE_LAUNCHER"
@@ -149,29 +152,22 @@ def _flush_on_signals() -> None:
 
 def _flush_then_die(signum: int, frame: Any) -> None:
     """Flush spans and logs within the shutdown budget, then die by ``signum``."""
-    import sightline
-    from sightline import _agent
-
     # A second signal while flushing ends the process at once, as it would have.
     signal.signal(signum, signal.SIG_DFL)
-    agent = _agent.current
+    agent = _state.current
     budget = agent.settings.shutdown_timeout if agent is not None else 0.0
     # On its own thread: the main thread, interrupted here, may hold a lock the flush
     # needs; then the budget runs out and the process ends all the same.
-    flush = threading.Thread(
-        target=sightline._stop_for_exit, args=(budget,), name="sightline-signal", daemon=True
-    )
+    flush = threading.Thread(target=_stop, args=(budget,), name="sightline-signal", daemon=True)
     flush.start()
     flush.join(budget + 0.5)
     os.kill(os.getpid(), signum)
 
 
 def _init() -> None:
-    import sightline
-
     try:
-        sightline.init()
-    except sightline.ConfigError as exc:
+        init()
+    except ConfigError as exc:
         sys.stderr.write(f"sightline: not started: {exc}\n")
 
 
@@ -198,8 +194,6 @@ def _after(module: str, cls: str, method: str, then: Callable[[Any, Any], Any]) 
     def wrap(owner: Any, original: Callable[..., Any]) -> Callable[..., Any]:
         def after(self: Any, *args: Any, **kwargs: Any) -> Any:
             result = original(self, *args, **kwargs)
-            from . import _safety
-
             with _safety.internal_errors(f"launcher.{cls}.{method}"):
                 return then(self, result)
             return result
@@ -218,7 +212,6 @@ def _patch(
 ) -> None:
     """Replace ``module.cls.method`` by ``wrap(owner, original)`` (marked with ``marker``,
     so never twice) now if the module is imported, else right after its first import."""
-    from .integrations import watcher
 
     def patch() -> None:
         owner = getattr(sys.modules[module], cls)

@@ -17,11 +17,25 @@ logger = logging.getLogger("sightline")
 #: When a list, every swallowed exception is appended to it (tests use this).
 sink: list[BaseException] | None = None
 
-#: Called with ``where`` for every swallowed error; the metrics module counts them.
+#: Called with ``where`` for every swallowed error: the running agent counts them
+#: (set by :func:`count_with`).
 counter: Callable[[str], None] | None = None
 
 _LOG_EVERY_SECONDS = 60.0
 _last_logged: dict[tuple[str, type[BaseException]], float] = {}
+
+
+def count_with(count: Callable[[str], None]) -> None:
+    """Have ``count(where)`` called for every error swallowed from now on."""
+    global counter
+    counter = count
+
+
+def stop_counting(count: Callable[[str], None]) -> None:
+    """Undo :func:`count_with`, if ``count`` is still the one called."""
+    global counter
+    if counter == count:
+        counter = None
 
 
 def report(where: str, exc: BaseException) -> None:

@@ -15,18 +15,18 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from . import _agent, _safety
+from . import _safety, _state
+
+if TYPE_CHECKING:
+    from ._agent import Agent
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: Queues the app asked to track (system, name) -> (depth, age): kept across init().
-tracked: dict[tuple[str, str], tuple[Callable[[], float], Callable[[], float | None] | None]] = {}
 
 
 class Run:
@@ -38,14 +38,14 @@ class Run:
 
     def __init__(
         self,
-        agent: _agent.Agent,
+        agent: Agent,
         key: tuple[str, str, str],
         parent: Context | None = None,
         message_id: str | None = None,
         waited: float | None = None,
     ) -> None:
         system, queue, name = key
-        self.agent: _agent.Agent | None = agent
+        self.agent: Agent | None = agent
         self.key = key
         self.span: Any = None
         self.token: object = None
@@ -88,7 +88,7 @@ class Run:
             context.detach(self.token)  # type: ignore[arg-type]
 
 
-def publish_span(agent: _agent.Agent, key: tuple[str, str, str], message_id: str) -> Any:
+def publish_span(agent: Agent, key: tuple[str, str, str], message_id: str) -> Any:
     """The PRODUCER span of publishing a task (None without tracing); the caller injects
     its context into the message and ends it once the message is sent."""
     if agent.tracing is None:
@@ -157,7 +157,7 @@ class TaskTimer:
             self._finish(runs.pop(), error)
 
     def _start(self) -> Run | None:
-        agent = _agent.current
+        agent = _state.current
         if agent is None:
             return None
         with _safety.internal_errors("task.start"):
@@ -173,14 +173,3 @@ class TaskTimer:
             if error is not None:
                 run.fail(error)
             run.finish("failure" if error is not None else "success")
-
-
-def track(agent: _agent.Agent | None, system: str, name: str) -> None:
-    depth, age = tracked[(system, name)]
-    if agent is not None:
-        agent.queue_depths.track(system, name, depth, age)
-
-
-def install_tracked(agent: _agent.Agent) -> None:
-    for system, name in list(tracked):
-        track(agent, system, name)

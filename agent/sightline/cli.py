@@ -18,6 +18,7 @@ sightline hints keda|hpa --service NAME [--deployment NAME] [--namespace NS]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -298,8 +299,6 @@ def hints_command(args: argparse.Namespace) -> int:
 
 
 def alerts_command(args: argparse.Namespace) -> int:
-    import json
-
     from . import _alerts
     from ._doctor import default_url
 

@@ -25,7 +25,7 @@ from opentelemetry.semconv.attributes import (
     http_attributes,
 )
 
-from . import _fork
+from . import _fork, _resource
 from ._export import ExportStats
 from ._settings import Settings
 
@@ -718,8 +718,6 @@ def hex_ids(span: Any) -> tuple[str, str]:
 
 def resource_labels(settings: Settings) -> dict[str, str]:
     """``target_info`` labels: the resource attributes, dots turned into underscores."""
-    from . import _resource
-
     attributes = _resource.attributes(settings)
     labels: dict[str, str] = {}
     for key, value in attributes.items():
@@ -771,7 +769,11 @@ class _Queues(Described):
     """Fill and bound of every export queue, read at scrape time."""
 
     def __init__(self) -> None:
-        self.queues: dict[str, Any] = {}
+        self._queues: dict[str, Any] = {}
+
+    def add(self, signal: str, queue: Any) -> None:
+        """Report ``queue`` (a :class:`~sightline._export.BatchQueue`) as ``signal``'s."""
+        self._queues[signal] = queue
 
     def collect(self) -> Iterable[Metric]:
         from prometheus_client.core import GaugeMetricFamily
@@ -794,7 +796,7 @@ class _Queues(Described):
             "Bytes an export queue holds before dropping new items.",
             labels=["signal"],
         )
-        for signal, queue in list(self.queues.items()):
+        for signal, queue in list(self._queues.items()):
             items.add_metric([signal], len(queue))
             capacity.add_metric([signal], queue.max_items)
             if queue.max_bytes is not None:

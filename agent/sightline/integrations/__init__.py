@@ -29,34 +29,18 @@ import importlib.util
 import logging
 import sys
 import threading
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-from .. import _safety
+from .. import _safety, _state
 from .._settings import INTEGRATION_NAMES, ConfigError, Settings
+from ._base import DidNotEnable, Integration
 
 if TYPE_CHECKING:
     from .._agent import Agent
 
 logger = logging.getLogger("sightline")
-
-
-class DidNotEnable(Exception):
-    """The integration's library is missing or unsupported; the message says which."""
-
-
-class Integration(ABC):
-    name: ClassVar[str]
-
-    @abstractmethod
-    def install(self, agent: Agent) -> None:
-        """Add this integration's hooks. Calling it twice is harmless."""
-
-    @abstractmethod
-    def uninstall(self) -> None:
-        """Remove every hook ``install`` added, leaving the library as it found it."""
 
 
 #: The modules whose first import installs an integration (any of them, each time one
@@ -227,11 +211,9 @@ class _Deferred:
         self.integration: Integration | None = None
 
     def __call__(self) -> None:
-        from .. import _agent
-
         # Not under the agent's lock: this runs inside the app's import, and init() in
         # another thread may be waiting on that very import.
-        if _agent.current is not self.agent:
+        if _state.current is not self.agent:
             return  # shut down meanwhile
         if self.integration is None:
             try:

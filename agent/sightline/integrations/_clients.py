@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .. import _agent
-from . import Integration
+from .. import _state
+from ._base import Integration
 from ._patches import timed, timed_async
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def measuring(send: Callable[..., Any], describe: Describe, where: str, sync: bo
     response's ``status_code`` or ``status`` the status; empty when no response came."""
 
     def begin(args: tuple[Any, ...]) -> Any:
-        agent = _agent.current
+        agent = _state.current
         return None if agent is None else (agent, args)
 
     def end(context: Any, response: Any, error: str, seconds: float) -> None:

@@ -16,7 +16,9 @@ import logging
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from .. import _agent, _safety
+from .. import _safety, _state
+from .asgi import SightlineASGIMiddleware
+from .wsgi import SightlineMiddleware
 
 logger = logging.getLogger("sightline")
 
@@ -63,16 +65,12 @@ def measured(app: Any, kind: Protocol | None = None) -> Any:
 
 
 def _measured(app: Any, kind: Protocol | None) -> Any:
-    if _agent.current is None or recorded(app):
+    if _state.current is None or recorded(app):
         return app
     kind = kind or protocol(app)
     if kind == "asgi":
-        from .asgi import SightlineASGIMiddleware
-
         return SightlineASGIMiddleware(app)
     if kind == "wsgi":
-        from .wsgi import SightlineMiddleware
-
         return SightlineMiddleware(app)
     logger.warning(
         "sightline: %r is neither a WSGI app nor an ASGI 3 app Sightline can tell: its "

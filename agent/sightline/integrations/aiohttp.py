@@ -16,8 +16,8 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from .. import _agent, _safety
-from . import DidNotEnable
+from .. import _safety, _state
+from ._base import DidNotEnable
 from ._clients import ClientIntegration
 from ._patches import Patches
 
@@ -38,7 +38,7 @@ _STARTED = "sightline_started"
 
 def _observe(context: SimpleNamespace, params: Any, status: str, error: str) -> None:
     started = getattr(context, _STARTED, None)
-    agent = _agent.current
+    agent = _state.current
     if started is None or agent is None:
         return
     now = time.perf_counter()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context
 from opentelemetry.semconv.attributes import (
@@ -34,10 +34,13 @@ from opentelemetry.semconv.attributes import (
     user_agent_attributes,
 )
 
-from .. import _agent, _safety
+from .. import _safety, _state
 from .._http import queue_seconds, redact_query
 from ..metrics import KNOWN_METHODS, OTHER_METHOD, UNMATCHED_ROUTE
-from .wsgi import ROUTE, Unnamed
+from .wsgi import ROUTE, Unnamed, _access_log
+
+if TYPE_CHECKING:
+    from .._agent import Agent
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -124,13 +127,13 @@ class _Exchange:
 
     def __init__(
         self,
-        agent: _agent.Agent,
+        agent: Agent,
         scope: Scope,
         route_of: RouteOf | None,
         unnamed: Unnamed | None = None,
     ) -> None:
         self.started = _perf_counter()
-        self.agent: _agent.Agent | None = agent
+        self.agent: Agent | None = agent
         self.scope = scope
         self.route_of = route_of
         #: The route_of of the framework that claimed this request, and its scope (a
@@ -190,8 +193,6 @@ class _Exchange:
             label = route or UNMATCHED_ROUTE
             agent.metrics.observe_request(self.method, label, str(code), elapsed, span)
             if agent.access_log:
-                from .wsgi import _access_log
-
                 _access_log(self.method, label, str(code), elapsed)
         except Exception as exc:
             _safety.report("asgi.finish", exc)
@@ -214,7 +215,7 @@ def _route(route_of: RouteOf, scope: Scope) -> str | None:
 
 
 async def handle(
-    agent: _agent.Agent,
+    agent: Agent,
     app: ASGIApp,
     scope: Scope,
     receive: Receive,
@@ -294,7 +295,7 @@ class SightlineASGIMiddleware:
         self.unnamed = Unnamed(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        agent = _agent.current
+        agent = _state.current
         if agent is None or scope.get("type") != "http" or SEEN in scope:
             await self.app(scope, receive, send)
             return

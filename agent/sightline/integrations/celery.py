@@ -40,10 +40,10 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 
-from .. import _agent, _safety
+from .. import _safety, _state
 from .._multiprocess import Server
 from .._tasks import Run, publish_span
-from . import DidNotEnable, Integration
+from ._base import DidNotEnable, Integration
 from ._rabbitmq import ManagementApi
 
 try:
@@ -107,7 +107,7 @@ def _before_publish(
     properties: dict[str, Any] | None = None,
     **extra: Any,
 ) -> None:
-    agent = _agent.current
+    agent = _state.current
     if agent is None or headers is None:
         return
     with _safety.internal_errors("celery.publish"):
@@ -138,7 +138,7 @@ def _after_publish(
     routing_key: str | None = None,
     **extra: Any,
 ) -> None:
-    agent = _agent.current
+    agent = _state.current
     if agent is None:
         return
     with _safety.internal_errors("celery.published"):
@@ -151,7 +151,7 @@ def _after_publish(
 
 
 def _prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **extra: Any) -> None:
-    agent = _agent.current
+    agent = _state.current
     if agent is None or task is None or task_id is None:
         return
     with _safety.internal_errors("celery.prerun"):
@@ -176,7 +176,7 @@ def _finish(task_id: str, outcome: str) -> None:
 def _postrun(
     sender: Any = None, task_id: str | None = None, state: str | None = None, **extra: Any
 ) -> None:
-    agent = _agent.current
+    agent = _state.current
     if agent is None or task_id is None:
         return
     with _safety.internal_errors("celery.postrun"):
@@ -196,7 +196,7 @@ def _failure(
 
 
 def _revoked(sender: Any = None, request: Any = None, **extra: Any) -> None:
-    agent = _agent.current
+    agent = _state.current
     if agent is None or request is None:
         return
     with _safety.internal_errors("celery.revoked"):
@@ -211,7 +211,7 @@ def _revoked(sender: Any = None, request: Any = None, **extra: Any) -> None:
 
 
 def _worker_init(sender: Any = None, **extra: Any) -> None:
-    agent = _agent.current
+    agent = _state.current
     if agent is None or sender is None:
         return
     with _safety.internal_errors("celery.worker_init"):
@@ -233,7 +233,7 @@ def _worker_init(sender: Any = None, **extra: Any) -> None:
 
 
 def _worker_process_init(sender: Any = None, **extra: Any) -> None:
-    agent = _agent.current
+    agent = _state.current
     if agent is None:
         return
     with _safety.internal_errors("celery.worker_process_init"):
@@ -244,7 +244,7 @@ def _worker_process_init(sender: Any = None, **extra: Any) -> None:
 
 
 def _after_setup_logger(sender: Any = None, **extra: Any) -> None:
-    agent = _agent.current
+    agent = _state.current
     if agent is not None and agent.logs is not None:
         with _safety.internal_errors("celery.logging"):
             agent.logs.reattach()

@@ -18,14 +18,16 @@ class. On psycopg 3 the driver's own integration counts them instead, once.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.semconv.attributes import error_attributes
 
-from .. import _agent, _db, _safety
-from . import DidNotEnable, Integration, asgi
+from .. import _db, _safety, _state
+from . import asgi
+from ._base import DidNotEnable, Integration
 from .wsgi import ROUTE, SEEN, handle
 
 try:
@@ -51,7 +53,7 @@ _saved: dict[str, Any] = {}
 
 def _call(self: WSGIHandler, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
     original = _saved["call"]
-    agent = _agent.current
+    agent = _state.current
     if agent is None or SEEN in environ:
         return original(self, environ, start_response)
     return handle(agent, original.__get__(self), environ, start_response, None)
@@ -59,7 +61,7 @@ def _call(self: WSGIHandler, environ: WSGIEnvironment, start_response: StartResp
 
 async def _asgi_call(self: ASGIHandler, scope: Any, receive: Any, send: Any) -> None:
     original = _saved["asgi"]
-    agent = _agent.current
+    agent = _state.current
     if agent is None or scope.get("type") != "http" or asgi.SEEN in scope:
         await original(self, scope, receive, send)
         return
@@ -84,8 +86,6 @@ def _resolve_request(self: BaseHandler, request: Any) -> Any:
 
 
 def _record_exception(sender: Any, request: Any = None, **extra: Any) -> None:
-    import sys
-
     try:
         exception = sys.exc_info()[1]
         span = trace.get_current_span()
@@ -98,7 +98,7 @@ def _record_exception(sender: Any, request: Any = None, **extra: Any) -> None:
 
 def _execute_with_wrappers(self: Any, sql: Any, params: Any, many: Any, executor: Any) -> Any:
     original = _saved["execute"]
-    agent = _agent.current
+    agent = _state.current
     if agent is None or _db.measured_by_driver(self.cursor):
         return original(self, sql, params, many, executor)
     start = time.perf_counter()

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.semconv.attributes import error_attributes
 
-from .. import _agent, _safety
-from . import DidNotEnable, Integration
+from .. import _safety, _state
+from ._base import DidNotEnable, Integration
 from .wsgi import ROUTE, SEEN, handle
 
 try:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 
 def _call(self: Flask, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
-    agent = _agent.current
+    agent = _state.current
     if agent is None or SEEN in environ:
         return self.wsgi_app(environ, start_response)
     return handle(agent, self.wsgi_app, environ, start_response, None)

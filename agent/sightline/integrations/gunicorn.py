@@ -20,7 +20,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .._multiprocess import Server
-from . import DidNotEnable, Integration
+from ._base import DidNotEnable, Integration
 
 try:
     from gunicorn.arbiter import Arbiter

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import DidNotEnable
+from ._base import DidNotEnable
 from ._clients import ClientIntegration, measuring
 from ._patches import Patches
 

@@ -23,7 +23,8 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .._multiprocess import Server
-from . import DidNotEnable, Integration, _served
+from . import _served
+from ._base import DidNotEnable, Integration
 
 try:
     from hypercorn.app_wrappers import ASGIWrapper, WSGIWrapper

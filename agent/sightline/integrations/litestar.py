@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .. import _agent
-from . import DidNotEnable, Integration
+from .. import _state
+from ._base import DidNotEnable, Integration
 from .asgi import SEEN, Receive, Scope, Send, handle
 
 try:
@@ -56,7 +56,7 @@ def route_of(scope: Scope) -> str | None:
 
 async def _call(self: Litestar, scope: Scope, receive: Receive, send: Send) -> None:
     original = _saved["call"]
-    agent = _agent.current
+    agent = _state.current
     if agent is None or scope.get("type") != "http" or SEEN in scope:
         await original(self, scope, receive, send)
         return

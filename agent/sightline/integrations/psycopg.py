@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .. import _agent, _db
-from . import DidNotEnable, Integration
+from .. import _db, _state
+from ._base import DidNotEnable, Integration
 from ._patches import (
     Patches,
     timed,
@@ -40,7 +40,7 @@ _SQLALCHEMY_DRIVERS = ("psycopg", "psycopg_async")
 
 
 def _begin(args: tuple[Any, ...]) -> Any:
-    agent = _agent.current
+    agent = _state.current
     return None if agent is None or len(args) < 2 else (agent, args[1])
 
 

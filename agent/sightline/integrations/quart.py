@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .. import _agent
-from . import DidNotEnable, Integration
+from .. import _state
+from ._base import DidNotEnable, Integration
 from .asgi import SEEN, Receive, Scope, Send, handle, route_in_scope
 from .wsgi import ROUTE
 
@@ -37,7 +37,7 @@ _saved: dict[str, Any] = {}
 
 async def _call(self: Quart, scope: Scope, receive: Receive, send: Send) -> None:
     original = _saved["call"]
-    agent = _agent.current
+    agent = _state.current
     if agent is None or scope.get("type") != "http" or SEEN in scope:
         await original(self, scope, receive, send)
         return

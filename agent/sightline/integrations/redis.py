@@ -20,8 +20,8 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .. import _agent, _db
-from . import DidNotEnable, Integration
+from .. import _db, _state
+from ._base import DidNotEnable, Integration
 from ._patches import Patches, timed, timed_async
 
 try:
@@ -79,7 +79,7 @@ def _end(context: Any, result: Any, error: str, seconds: float) -> None:
 
 def _beginning(name_of: Any) -> Any:
     def begin(args: tuple[Any, ...]) -> Any:
-        agent = _agent.current
+        agent = _state.current
         if agent is None or _ours():
             return None
         try:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import DidNotEnable
+from ._base import DidNotEnable
 from ._clients import ClientIntegration
 
 try:
     import requests  # noqa: F401 (the instrumented library itself must be there)
 except ImportError:
     raise DidNotEnable("requests is not installed") from None
+# requests sends through urllib3 (its dependency): imported after requests is known here.
+from . import urllib3
+
 _instrumentor: Any
 try:
     from opentelemetry.instrumentation.requests import RequestsInstrumentor as _instrumentor
@@ -31,13 +34,9 @@ class RequestsIntegration(ClientIntegration):
     warn_without = False
 
     def measure(self) -> None:
-        from . import urllib3  # its requests are measured where they are sent
-
-        urllib3.measure()
+        urllib3.measure()  # its requests are measured where they are sent
 
     def unmeasure(self) -> None:
-        from . import urllib3
-
         urllib3.unmeasure()
 
 

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
 
-from .. import _agent, _db, _safety
+from .. import _db, _safety, _state
 from .._multiprocess import Server
 from .._tasks import Run, publish_span
-from . import DidNotEnable, Integration
+from ._base import DidNotEnable, Integration
 
 try:
     from rq.job import Job, JobStatus
@@ -62,7 +62,7 @@ _saved: dict[str, Any] = {}
 
 
 def _enqueue_job(self: Queue, job: Job, *args: Any, **kwargs: Any) -> Job:
-    agent = _agent.current
+    agent = _state.current
     span: Any = None
     if agent is not None:
         with _safety.internal_errors("rq.enqueue"):
@@ -85,7 +85,7 @@ def _enqueue_job(self: Queue, job: Job, *args: Any, **kwargs: Any) -> Job:
 
 
 def _perform_job(self: Any, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> bool:
-    agent = _agent.current
+    agent = _state.current
     if agent is None:
         return _saved["perform_job"](self, job, queue, *args, **kwargs)  # type: ignore[no-any-return]
     run: Run | None = None
@@ -111,9 +111,8 @@ def _perform_job(self: Any, job: Job, queue: Queue, *args: Any, **kwargs: Any) -
                 run.finish("success" if succeeded else _failed_outcome(job))
         if getattr(self, "_is_horse", False):
             # The horse leaves through os._exit: hand everything over now.
-            from .. import _stop_for_exit
-
-            _stop_for_exit(HORSE_FLUSH_SECONDS)
+            with _safety.internal_errors("rq.exit"):
+                _state.stop(HORSE_FLUSH_SECONDS)
 
 
 def _failed_outcome(job: Job) -> str:
@@ -139,7 +138,7 @@ def _job_perform(self: Job) -> Any:
 
 
 def _work(self: Any, *args: Any, **kwargs: Any) -> bool:
-    agent = _agent.current
+    agent = _state.current
     if agent is not None:
         with _safety.internal_errors("rq.work"):
             _start_worker(agent, self)

@@ -27,9 +27,9 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .. import _agent, _db, _safety
+from .. import _db, _safety, _state
 from ..metrics import DB_SYSTEM, POOL_NAME, Described
-from . import DidNotEnable, Integration
+from ._base import DidNotEnable, Integration
 from ._patches import Patches
 
 try:
@@ -91,7 +91,7 @@ def _identity(pool: Any) -> tuple[str, str]:
 
 
 def _before(conn: Any, cursor: Any, statement: Any, params: Any, context: Any, many: Any) -> None:
-    if _agent.current is not None and context is not None:
+    if _state.current is not None and context is not None:
         with _safety.internal_errors("sqlalchemy.measure"):
             context._sightline_started = time.perf_counter()
 
@@ -111,7 +111,7 @@ def _error(exception_context: Any) -> None:
 
 
 def _statement_done(conn: Any, context: Any, statement: Any, error: str) -> None:
-    agent = _agent.current
+    agent = _state.current
     started = getattr(context, "_sightline_started", None)
     if agent is None or started is None:
         return
@@ -131,7 +131,7 @@ def _statement_done(conn: Any, context: Any, statement: Any, error: str) -> None
 
 def _connect(original: Any) -> Any:
     def connect(self: Any) -> Any:
-        agent = _agent.current
+        agent = _state.current
         if agent is None:
             return original(self)
         start = time.perf_counter()

@@ -22,8 +22,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .. import _agent
-from . import DidNotEnable, Integration
+from .. import _state
+from ._base import DidNotEnable, Integration
 from .asgi import SEEN, Receive, Scope, Send, handle
 
 try:
@@ -125,7 +125,7 @@ def _selection(base: Any) -> Any:
 
 async def _call(self: Starlette, scope: Scope, receive: Receive, send: Send) -> None:
     original = _saved["starlette"]
-    agent = _agent.current
+    agent = _state.current
     if agent is None or scope.get("type") != "http" or SEEN in scope:
         await original(self, scope, receive, send)
         return
@@ -152,7 +152,7 @@ async def _fastapi_call(self: Any, scope: Scope, receive: Receive, send: Send) -
     # Sightline's does) and would record every request a second time; any value under
     # this key is the marker FastAPI itself sets to keep an app from observing a request
     # again. Sightline's value records the routes FastAPI's router selects.
-    if _agent.current is not None and scope.get("type") == "http":
+    if _state.current is not None and scope.get("type") == "http":
         selection = scope.get(_FASTAPI_TELEMETRY, _NONE)
         if selection is _NONE:
             cls = _selection_class

@@ -13,7 +13,7 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
-from . import DidNotEnable
+from ._base import DidNotEnable
 from ._clients import ClientIntegration, measuring
 from ._patches import Patches
 

@@ -20,9 +20,9 @@ import sys
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from .. import _agent, _safety
+from .. import _safety, _state
 from .._multiprocess import Server
-from . import DidNotEnable, Integration
+from ._base import DidNotEnable, Integration
 
 try:
     from uvicorn.config import Config
@@ -53,11 +53,9 @@ async def _shutdown(self: UvicornServer, *args: Any, **kwargs: Any) -> None:
     try:
         await _saved["shutdown"](self, *args, **kwargs)
     finally:
-        if _agent.current is not None:
-            from .. import shutdown
-
+        if _state.current is not None:
             with _safety.internal_errors("uvicorn.shutdown"):
-                shutdown()
+                _state.stop()
 
 
 class UvicornIntegration(Integration):

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .. import _agent, _safety
-from . import DidNotEnable, Integration, _served
+from .. import _safety, _state
+from . import _served
+from ._base import DidNotEnable, Integration
 from ._patches import Patches
 
 try:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 def _init(original: Any) -> Any:
     def __init__(self: Any, application: Any, *args: Any, **kwargs: Any) -> None:
         original(self, _served.measured(application, "wsgi"), *args, **kwargs)
-        agent = _agent.current
+        agent = _state.current
         if agent is None or agent.settings.worker_capacity is not None:
             return
         with _safety.internal_errors("waitress.capacity"):

@@ -37,12 +37,14 @@ from opentelemetry.semconv.attributes import (
     user_agent_attributes,
 )
 
-from .. import _agent, _safety
+from .. import _safety, _state
 from .._http import queue_seconds, redact_query
 from ..metrics import KNOWN_METHODS, OTHER_METHOD, UNMATCHED_ROUTE
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from .._agent import Agent
 
 RouteOf = Callable[["WSGIEnvironment"], "str | None"]
 
@@ -63,7 +65,7 @@ _warned = threading.Lock()
 
 
 def handle(
-    agent: _agent.Agent,
+    agent: Agent,
     app: WSGIApplication,
     environ: WSGIEnvironment,
     start_response: StartResponse,
@@ -161,7 +163,7 @@ class _Exchange:
 
     def __init__(
         self,
-        agent: _agent.Agent,
+        agent: Agent,
         environ: WSGIEnvironment,
         start_response: StartResponse,
         route_of: RouteOf | None,
@@ -342,7 +344,7 @@ class SightlineMiddleware:
         self.unnamed = Unnamed(app)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        agent = _agent.current
+        agent = _state.current
         if agent is None or SEEN in environ:
             return self.app(environ, start_response)
         return handle(agent, self.app, environ, start_response, self.route_of, self.unnamed)
