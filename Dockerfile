@@ -1,5 +1,5 @@
-# The demo image: the Sightline agent with the demo shop, its Celery worker and the load
-# generator (extra `demo`). compose/docker-compose.yml builds it once as
+# The demo image: the Sightline agent with the appliance's demo shop, its Celery worker
+# and the load generator. compose/docker-compose.yml builds it once as
 # sightline-demo:local and runs it three times with different commands.
 FROM python:3.12.11-slim-bookworm
 
@@ -11,7 +11,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY agent ./agent
-RUN pip install ".[demo]" \
+# The appliance carries the stack's files through links to these directories.
+COPY appliance ./appliance
+COPY alerts ./alerts
+COPY collector ./collector
+COPY compose ./compose
+COPY dashboards ./dashboards
+RUN pip install . ./appliance \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin sightline
 
 USER sightline
@@ -19,4 +25,4 @@ WORKDIR /home/sightline
 
 # 8000: the shop (gunicorn); 9464: the agent's /metrics.
 EXPOSE 8000 9464
-CMD ["sightline", "run", "--", "gunicorn", "--bind", "0.0.0.0:8000", "sightline.demo.shop:app"]
+CMD ["sightline", "run", "--", "gunicorn", "--bind", "0.0.0.0:8000", "sightline_appliance.demo.shop:app"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sightline._stack import BY_NAME, processes
+from sightline_appliance.stack import BY_NAME, processes
 
 from .helpers import free_port
 

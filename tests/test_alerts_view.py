@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sightline import _alerts, cli
+from sightline import cli
+from sightline_appliance import alerts as _alerts
 
 from .helpers import free_port
 from .servers import FLAVOURS, ROOT, alertmanager, prometheus

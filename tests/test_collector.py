@@ -28,7 +28,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
-from sightline._stack import BY_NAME, Stack, processes
+from sightline_appliance.stack import BY_NAME, Stack, processes
 
 from .helpers import free_port, scrape, total, wait_until
 from .receivers import Backend, GrpcTraces, attributes

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sightline._queries import ERROR_RATIO, GOLDEN_SIGNALS, Query
+from sightline_appliance.queries import ERROR_RATIO, GOLDEN_SIGNALS, Query
 
 from .helpers import free_port, wait_until
 from .receivers import Backend
@@ -352,7 +352,7 @@ def test_panels_allowed_to_be_empty_exist() -> None:
 
 
 def signal_of(promql: str) -> Query | None:
-    """The sightline._queries query ``promql`` renders, grouped by its own labels (and,
+    """The sightline_appliance.queries query ``promql`` renders, grouped by its own labels (and,
     for latency, at any quantile), or None."""
     selectors = re.findall(r"\{([^{}]*)\}", promql)
     by = re.search(r"by \(([^)]*)\)", promql)
@@ -369,7 +369,7 @@ def signal_of(promql: str) -> Query | None:
 
 def test_overview_golden_signals_are_the_shared_queries() -> None:
     """Every overview query on the HTTP golden-signal metrics is a render of a
-    sightline._queries query, so the terminal view and the dashboard compute the same
+    sightline_appliance.queries query, so the terminal view and the dashboard compute the same
     numbers."""
     golden = re.compile(
         r"\b(http_server_request_duration_seconds|http_server_active_requests|"
@@ -382,7 +382,7 @@ def test_overview_golden_signals_are_the_shared_queries() -> None:
     ]
     assert len(cases) >= 12
     for case in cases:
-        assert signal_of(case.query), f"{case} is not a render of sightline._queries"
+        assert signal_of(case.query), f"{case} is not a render of sightline_appliance.queries"
 
 
 def test_signal_reader_rejects_a_hand_written_variant() -> None:
@@ -394,7 +394,7 @@ def test_signal_reader_rejects_a_hand_written_variant() -> None:
 
 
 def test_every_shared_query_is_on_a_dashboard() -> None:
-    """Each golden signal of sightline._queries is drawn on some dashboard."""
+    """Each golden signal of sightline_appliance.queries is drawn on some dashboard."""
     shown = {signal_of(case.query) for case in queries("prometheus")}
     missing = [signal.title for signal in GOLDEN_SIGNALS if signal not in shown]
     assert not missing, missing

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sightline import _grafana
+from sightline_appliance import grafana as _grafana
 
 from .grafana_api import FakeGrafana
 from .helpers import free_port
@@ -416,7 +416,7 @@ def test_without_grafana_client_the_error_names_the_extra(
     code, lines = push(grafana)
 
     assert code == 2
-    assert "pip install 'sightline[grafana]'" in lines[-1]
+    assert "pip install 'sightline-appliance[grafana]'" in lines[-1]
 
 
 def test_mapping_data_sources_leaves_everything_else_as_it_was() -> None:

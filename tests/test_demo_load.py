@@ -9,11 +9,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sightline import _alerts
-from sightline import _queries as q
-from sightline.demo import load as load_module
-from sightline.demo import view
-from sightline.demo.load import Load, Plan, format_counts, parse_report
+from sightline_appliance import alerts as _alerts
+from sightline_appliance import queries as q
+from sightline_appliance.demo import load as load_module
+from sightline_appliance.demo import view
+from sightline_appliance.demo.load import Load, Plan, format_counts, parse_report
 
 from .servers import gunicorn
 

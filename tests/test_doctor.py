@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import trustme
-from sightline import _doctor
+from sightline_appliance import doctor as _doctor
 
 from .helpers import free_port, wait_until
 from .receivers import Backend

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
-from sightline import _hints
-from sightline._stack import BY_NAME
+from sightline_appliance import hints as _hints
+from sightline_appliance.stack import BY_NAME
 
 from .helpers import free_port, wait_until
 from .schemas import GoModule, crd_validator

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from sightline._stack import Stack, processes
+from sightline_appliance.stack import Stack, processes
 
 from .servers import ROOT
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from sightline import _rules, cli
+from sightline import cli
+from sightline_appliance import rules as _rules
 
 from .schemas import GoModule, crd_validator, structural
 from .servers import FLAVOURS, binary

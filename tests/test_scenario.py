@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 import yaml
-from sightline._stack import BY_NAME, Stack, processes
-from sightline.demo.load import Load, Plan
-from sightline.demo.run import start_demo
+from sightline_appliance.demo.load import Load, Plan
+from sightline_appliance.demo.run import start_demo
+from sightline_appliance.stack import BY_NAME, Stack, processes
 
 from .helpers import wait_until
 from .receivers import Posts

@@ -18,8 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from sightline._stack import BY_NAME, Stack, processes, python_command
-from sightline._stack.native import (
+from sightline_appliance.demo.load import Plan, pick
+from sightline_appliance.stack import BY_NAME, Stack, processes, python_command
+from sightline_appliance.stack.native import (
     COMPOSE_DIR,
     DEMO_TARGETS,
     Native,
@@ -28,7 +29,6 @@ from sightline._stack.native import (
     scaled,
     seconds,
 )
-from sightline.demo.load import Plan, pick
 
 from .helpers import free_port, wait_until
 from .servers import ROOT, Prometheus, binary, launcher

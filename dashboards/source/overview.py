@@ -1,7 +1,7 @@
 """Sightline / Overview: traffic, errors and latency of each service and route, with its
 logs, its traces and the service map.
 
-The golden-signal panels render the PromQL of ``sightline._queries``, the same text the
+The golden-signal panels render the PromQL of ``sightline_appliance.queries``, the same text the
 terminal view of ``sightline demo`` runs, so both show the same numbers; a test checks that
 no query of this dashboard on the HTTP metrics is written by hand.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sightline import _queries as q
-from sightline._queries import Query
+from sightline_appliance import queries as q
+from sightline_appliance.queries import Query
 
 from .panels import (
     ERRORS,

@@ -15,7 +15,7 @@ import json
 import urllib.parse
 from typing import Any
 
-from sightline._queries import Query
+from sightline_appliance.queries import Query
 
 Json = dict[str, Any]
 

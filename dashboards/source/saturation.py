@@ -7,7 +7,7 @@ container's; descriptors, threads and resident memory are per process (``process
 
 from __future__ import annotations
 
-from sightline import _queries as q
+from sightline_appliance import queries as q
 
 from .panels import (
     CPU,

@@ -2,12 +2,12 @@
 failures, duration and wait, the queues' backlog and how busy the workers are.
 
 Task rates, failure ratios, queue depth and utilisation render the PromQL of
-``sightline._queries``, like the terminal view of ``sightline demo``.
+``sightline_appliance.queries``, like the terminal view of ``sightline demo``.
 """
 
 from __future__ import annotations
 
-from sightline import _queries as q
+from sightline_appliance import queries as q
 
 from .panels import (
     BACKLOG,

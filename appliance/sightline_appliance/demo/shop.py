@@ -11,7 +11,7 @@ a checkout carrying ``X-Demo-Fault: payment`` finds the payment provider down (5
 
 Run it under gunicorn with several workers::
 
-    gunicorn --workers 4 --threads 2 --bind 127.0.0.1:8000 sightline.demo.shop:app
+    gunicorn --workers 4 --threads 2 --bind 127.0.0.1:8000 sightline_appliance.demo.shop:app
 
 The one Sightline line is the ``init()`` below; everything else is a plain Flask app.
 """
@@ -26,10 +26,9 @@ import random
 import time
 from typing import Any
 
+import sightline
 from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
-
-import sightline
 
 sightline.init(service=os.environ.get("SIGHTLINE_SERVICE", "shop"))
 

@@ -1,6 +1,6 @@
 """The terminal view of ``sightline demo``: golden signals read back from Prometheus.
 
-Every number is the result of a query in ``sightline._queries``, the PromQL the Grafana
+Every number is the result of a query in ``sightline_appliance.queries``, the PromQL the Grafana
 dashboards are generated from, over a one-minute window; below them, where each signal
 goes and whether it flows, the alerts firing or pending, and the scaling hints.
 """
@@ -12,9 +12,9 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .. import _alerts
-from .. import _queries as q
-from .._stack.processes import API_FAILURES, get_json
+from .. import alerts
+from .. import queries as q
+from ..stack.processes import API_FAILURES, get_json
 
 WINDOW = "1m"
 
@@ -26,7 +26,7 @@ class Snapshot:
     """One reading of every signal, keyed by the query's ``by`` labels."""
 
     values: dict[str, dict[Key, float]] = field(default_factory=dict)
-    alerts: _alerts.Alerts = field(default_factory=_alerts.Alerts)
+    alerts: alerts.Alerts = field(default_factory=alerts.Alerts)
     error: str = ""
 
     def get(self, query: q.Query, key: Key) -> float | None:
@@ -51,7 +51,7 @@ def read(prometheus: str, alertmanager: str, sel: str = "", timeout: float = 3.0
         snapshot.error = f"Prometheus at {prometheus} did not answer as expected: {exc!r}"
         return snapshot
     # Every alert of the stack, not only the demo's: a user's own service may be down.
-    snapshot.alerts = _alerts.read(prometheus, alertmanager, timeout)
+    snapshot.alerts = alerts.read(prometheus, alertmanager, timeout)
     return snapshot
 
 
@@ -121,7 +121,7 @@ def render(
         lines.append("(no queues scraped yet)")
     if signals:
         lines += ["", "SIGNALS", *_signals(snapshot, signals)]
-    lines += ["", "ALERTS", *_alerts.render(snapshot.alerts)]
+    lines += ["", "ALERTS", *alerts.render(snapshot.alerts)]
     lines += ["", "SCALING (sightline:recommended_replicas:count)", *_scaling(snapshot)]
     return "\n".join(lines)
 

@@ -7,6 +7,5 @@
 - ``run``: ``sightline demo``, which starts all of it on the native stack and shows the
   golden signals in the terminal (``view``).
 
-Compose runs the same modules as services (see ``compose/docker-compose.yml``). Needs
-``pip install 'sightline[demo]'``.
+Compose runs the same modules as services (see ``compose/docker-compose.yml``).
 """

@@ -36,7 +36,7 @@ import yaml
 
 # Where the files live: a source checkout resolves the package's symlinks to the
 # repository; a wheel carries copies.
-FILES = (Path(__file__).resolve().parent.parent / "_stackfiles").resolve()
+FILES = (Path(__file__).resolve().parent.parent / "stackfiles").resolve()
 COMPOSE_DIR = (FILES / "compose").resolve()
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import FrameType
 
-from .._stack import (
+from ..stack import (
     BY_NAME,
     DEMO,
     Out,
@@ -27,8 +27,8 @@ from .._stack import (
     check_ports,
     python_command,
 )
-from .._stack.native import DEMO_TARGETS, Native
-from .._stack.processes import NotReady, wait_http
+from ..stack.native import DEMO_TARGETS, Native
+from ..stack.processes import NotReady, wait_http
 from . import view
 from .load import parse_report
 

@@ -13,10 +13,9 @@ import os
 import random
 import time
 
+import sightline
 from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
-
-import sightline
 
 sightline.init(service=os.environ.get("SIGHTLINE_SERVICE", "shop-worker"))
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._version import __version__
+from sightline._version import __version__
 
 Json = dict[str, Any]
 Out = Callable[[str], object]
@@ -54,10 +54,10 @@ Auth = str | tuple[str, str]
 # The files Grafana provisions in the stack, where `_stack.native.FILES` finds them (a
 # source checkout resolves the package's symlinks to the repository; a wheel carries
 # copies); not imported from there, which needs PyYAML.
-DASHBOARDS = (Path(__file__).resolve().parent / "_stackfiles" / "dashboards").resolve()
+DASHBOARDS = (Path(__file__).resolve().parent / "stackfiles" / "dashboards").resolve()
 FOLDER = "Sightline"
 TIMEOUT = 10.0
-INSTALL = "pip install 'sightline[grafana]'"
+INSTALL = "pip install 'sightline-appliance[grafana]'"
 #: Grafana's own data sources (`-- Grafana --`, `-- Mixed --`, `-- Dashboard --`): no backend.
 BUILT_IN = frozenset({"grafana", "datasource"})
 #: Without these the dashboards show nothing: missing is an error, not a warning.

@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _queries as q
-from ._doctor import default_prometheus
-from ._stack.processes import API_FAILURES, get_json
+from . import queries as q
+from .doctor import default_prometheus
+from .stack.processes import API_FAILURES, get_json
 
 #: The reasons of ``sightline:required_replicas:count``, in the order they are shown.
 REASONS = ("concurrency", "cpu", "queue")

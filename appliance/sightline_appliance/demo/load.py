@@ -1,6 +1,6 @@
 """Load for the demo shop: a steady baseline with periodic bursts past capacity.
 
-    python -m sightline.demo.load --target http://127.0.0.1:8000
+    python -m sightline_appliance.demo.load --target http://127.0.0.1:8000
 
 Open loop: requests are scheduled at the target rate whether or not earlier ones have
 answered, as real users arrive, so a slow server builds a backlog instead of slowing the
@@ -240,7 +240,7 @@ def parse_report(line: str) -> Counter[str] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sightline.demo.load", description=__doc__.split("\n\n")[0]
+        prog="python -m sightline_appliance.demo.load", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--target", default="http://127.0.0.1:8000", help="the shop's URL")
     parser.add_argument("--rate", type=float, default=Plan.rate, help="baseline requests/s")

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import yaml
+from sightline._version import __version__
 
-from ._stack.native import FILES
-from ._version import __version__
+from .stack.native import FILES
 
 FORMATS = ("prometheus", "mimir")
 DEFAULT_NAME = "sightline"

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._stack.processes import API_FAILURES, get_json
+from .stack.processes import API_FAILURES, get_json
 
 #: The root route's group_by in alerts/alertmanager.yml: how pending alerts are grouped.
 GROUP_BY = ("alertname", "job", "severity")

@@ -28,11 +28,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import _port
-from ._export import PushError
-from ._settings import ConfigError, Settings
-from ._stack import Stack, default_dir
-from ._store import Refused, Store
+from sightline import _port
+from sightline._export import PushError
+from sightline._settings import ConfigError, Settings
+from sightline._store import Refused, Store
+
+from .stack import Stack, default_dir
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 _RANK = {OK: 0, WARNING: 1, ERROR: 2}
@@ -104,7 +105,7 @@ class Doctor:
                 else f"OTEL_TRACES_EXPORTER={settings.traces_exporter}"
             )
             return Finding("traces", OK, f"off ({off})")
-        from .tracing import otlp_endpoint
+        from sightline.tracing import otlp_endpoint
 
         endpoint = otlp_endpoint(settings)
         # An export request with no spans: a valid OTLP write that stores nothing.
@@ -122,7 +123,7 @@ class Doctor:
                 else f"OTEL_LOGS_EXPORTER={settings.logs_exporter}"
             )
             return Finding("logs", OK, f"not shipped ({why})")
-        from .logs import loki_endpoint
+        from sightline.logs import loki_endpoint
 
         endpoint = loki_endpoint(settings)
         line = f"sightline doctor: test write from {socket.gethostname()}"
