@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from .panels import (
     ERRORS,
+    POOL_USE,
     SERVICE,
-    UTILISATION,
     ZERO_IS_GOOD,
     Grid,
     Json,
@@ -47,7 +47,7 @@ def dependencies() -> Json:
                 )
             ],
             "percentunit",
-            UTILISATION,
+            POOL_USE,
         ),
         stat(
             "Failing database calls",
@@ -151,6 +151,7 @@ def dependencies() -> Json:
                 )
             ],
             "percentunit",
+            steps=POOL_USE,
         ),
         timeseries(
             "Wait for a connection p95",

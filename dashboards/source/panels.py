@@ -48,6 +48,7 @@ def warn_at(orange: float, red: float) -> Steps:
 
 # Where an alert watches the same quantity, red is its threshold (alerts/*.rules.yml).
 UTILISATION = warn_at(0.8, 0.95)  # SightlineInFlightNearCapacity, SightlineAllWorkersBusy
+POOL_USE = warn_at(0.8, 0.9)  # SightlineDbPoolSaturated
 ERRORS = warn_at(0.01, 0.05)  # SightlineHighErrorRatio
 LATENCY = warn_at(0.5, 1.0)  # the latency objective's threshold, SightlineHighLatency
 CPU = warn_at(0.7, 0.9)  # the scaling target, SightlineCPUNearLimit
