@@ -26,13 +26,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import queries as q
+from . import thresholds as _thresholds
 from .doctor import default_prometheus
 from .stack.processes import API_FAILURES, get_json
 
 #: The reasons of ``sightline:required_replicas:count``, in the order they are shown.
 REASONS = ("concurrency", "cpu", "queue")
-#: The utilisation every reason aims at (scaling.rules.yml's 0.7).
-TARGET = 0.7
+#: The utilisation every reason aims at, and the share of it within which the cpu reason
+#: keeps the replica count (the numbers of scaling.rules.yml).
+TARGET = _thresholds.SCALING_TARGET.value
+TOLERANCE = _thresholds.SCALING_TOLERANCE.value
 #: Replicas answering scrapes: a service without this series does not report yet.
 ACTUAL = "sightline:actual_replicas:count"
 #: The recording rule the manifests scale on, and the name prometheus-adapter serves it as.
@@ -242,7 +245,7 @@ def _rows(hint: Hint) -> list[tuple[str, str]]:
             (
                 "cpu",
                 f"{_fmt(used, '{:.2f}')} of {_fmt(hint.cpu_limit, '{:.2f}')} cores "
-                f"({_fmt(hint.cpu_utilisation, '{:.0%}')}, {target} ±10%)",
+                f"({_fmt(hint.cpu_utilisation, '{:.0%}')}, {target} ±{TOLERANCE:.0%})",
             )
         )
     if "queue" in hint.required or hint.backlog is not None:

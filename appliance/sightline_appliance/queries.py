@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import thresholds as _thresholds
+
 
 @dataclass(frozen=True)
 class Query:
@@ -198,7 +200,7 @@ STATUS = (
 )
 
 #: Pool use from which more replicas are no answer (SightlineDbPoolSaturated's threshold).
-POOL_SATURATED = 0.9
+POOL_SATURATED = _thresholds.POOL_SATURATED.value
 
 
 # -- the numbers behind each scaling reason (``sightline hints``), as the rules use them ----

@@ -8,8 +8,11 @@ hints act on.
 
 from __future__ import annotations
 
+from sightline_appliance import thresholds as t
+
 from .panels import (
     BLUE,
+    BURN,
     DASHED,
     GREEN,
     ORANGE,
@@ -19,13 +22,13 @@ from .panels import (
     YELLOW,
     Grid,
     Json,
-    Steps,
     by_name,
     by_regex,
     colour_cells,
     dashboard,
     instant,
     panel,
+    percent,
     prom,
     ref_id,
     service_variable,
@@ -38,23 +41,27 @@ from .panels import (
 REQUIRED = "sightline:required_replicas:count"
 ACTUAL = "sightline:actual_replicas:count"
 RECOMMENDED = "sightline:recommended_replicas:count"
-# The burn-rate factors of the SLO alerts: tickets at 1 and 3, pages at 6 and 14.4.
-BURN: Steps = ((None, GREEN), (1, YELLOW), (3, ORANGE), (6, RED), (14.4, "dark-red"))
 SLO_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 
-REASONS = """\
-Each hint is a recording rule, `sightline:required_replicas:count{reason=...}`:
+TARGET = percent(t.SCALING_TARGET.value)
+REASONS = f"""\
+Each hint is a recording rule, `sightline:required_replicas:count{{reason=...}}`:
 
 - **concurrency** (web): the mean number of requests in flight (Little's law, busy
-  seconds per second) over request slots kept 70 % busy.
-- **cpu**: the HPA's rule, replicas times CPU utilisation over 70 %, unchanged while
-  within 10 % of the target.
+  seconds per second) over request slots kept {TARGET} busy.
+- **cpu**: the HPA's rule, replicas times CPU utilisation over {TARGET}, unchanged while
+  within {percent(t.SCALING_TOLERANCE.value)} of the target.
 - **queue** (workers): the task slots needed to keep up with arrivals and drain the
-  backlog within 300 s, over slots kept 70 % busy.
+  backlog within {t.DRAIN_TARGET.value:g} s, over slots kept {TARGET} busy.
 
 **Recommended** is the largest requirement of any reason, held for 5 minutes before it
 may fall, as the Kubernetes HPA stabilises scale-down. None is below 1.
 """
+# The alerts' burn-rate factors, as the description of the burn-rate graph names them.
+FACTORS = (
+    f"tickets {t.BURN_TICKET_3D.value:g} and {t.BURN_TICKET_1D.value:g}, "
+    f"pages {t.BURN_PAGE_6H.value:g} and {t.BURN_PAGE_1H.value:g}"
+)
 
 
 def per_reason(expr: str) -> str:
@@ -194,8 +201,7 @@ def capacity() -> Json:
         timeseries(
             "Burn rate now",
             "Error budget spent per unit of time over the last 5 minutes, relative to the "
-            "objective; the dashed lines are the alerts' factors (tickets 1 and 3, pages 6 "
-            "and 14.4).",
+            f"objective; the dashed lines are the alerts' factors ({FACTORS}).",
             [prom(f"slo:current_burn_rate:ratio{{{SERVICE}}}", "{{job}} {{slo}}")],
             "suffix:x",
             steps=BURN,

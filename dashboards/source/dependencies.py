@@ -8,16 +8,19 @@ more connections to a database that is already the limit (SightlineDbPoolSaturat
 
 from __future__ import annotations
 
+from sightline_appliance import thresholds as t
+
 from .panels import (
-    ERRORS,
+    DEPENDENCY_ERRORS,
+    POOL_USE,
     SERVICE,
-    UTILISATION,
     ZERO_IS_GOOD,
     Grid,
     Json,
     W,
     dashboard,
     histogram_quantile,
+    percent,
     prom,
     service_variable,
     stat,
@@ -39,7 +42,8 @@ def dependencies() -> Json:
         stat(
             "Fullest connection pool",
             "The share of its connections the fullest pool of each service has in use; "
-            "at 90 % requests start to wait for the pool, not the database.",
+            f"at {percent(t.POOL_SATURATED.value)} requests start to wait for the pool, not the "
+            "database.",
             [
                 prom(
                     f"max by (job) (job:db_client_connection_utilisation:max{{{SERVICE}}})",
@@ -47,7 +51,7 @@ def dependencies() -> Json:
                 )
             ],
             "percentunit",
-            UTILISATION,
+            POOL_USE,
         ),
         stat(
             "Failing database calls",
@@ -61,7 +65,7 @@ def dependencies() -> Json:
                 )
             ],
             "percentunit",
-            ERRORS,
+            DEPENDENCY_ERRORS,
         ),
         stat(
             "Failing HTTP calls",
@@ -75,7 +79,7 @@ def dependencies() -> Json:
                 )
             ],
             "percentunit",
-            ERRORS,
+            DEPENDENCY_ERRORS,
         ),
     )
 
@@ -107,7 +111,7 @@ def dependencies() -> Json:
                 )
             ],
             "percentunit",
-            steps=ERRORS,
+            steps=DEPENDENCY_ERRORS,
         ),
         timeseries(
             "Operation time p95",
@@ -151,6 +155,7 @@ def dependencies() -> Json:
                 )
             ],
             "percentunit",
+            steps=POOL_USE,
         ),
         timeseries(
             "Wait for a connection p95",
@@ -209,7 +214,7 @@ def dependencies() -> Json:
                 )
             ],
             "percentunit",
-            steps=ERRORS,
+            steps=DEPENDENCY_ERRORS,
         ),
         timeseries(
             "Response time p95 by host",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from sightline_appliance import queries as q
+from sightline_appliance import thresholds as t
 from sightline_appliance.queries import Query
 
 from .panels import (
@@ -47,6 +48,10 @@ from .panels import (
     variable,
     variant,
 )
+
+# A request slower than the latency objective's threshold spends its error budget; the
+# collector keeps every trace that slow.
+SLOW = f"{t.SLOW_REQUEST.value * 1000:g}"
 
 
 def overview() -> Json:
@@ -166,10 +171,12 @@ def overview() -> Json:
         panel(
             "table",
             "Slow or failed traces",
-            "Traces of the selected services with a failed span or a span slower than 500 ms.",
+            f"Traces of the selected services with a failed span or a span slower than {SLOW} ms.",
             TEMPO,
             targets=[
-                traceql('{resource.service.name=~"$service" && (status=error || duration>500ms)}')
+                traceql(
+                    f'{{resource.service.name=~"$service" && (status=error || duration>{SLOW}ms)}}'
+                )
             ],
             fieldConfig={"defaults": {"custom": {"inspect": False}}, "overrides": []},
             options={"cellHeight": "sm", "showHeader": True},

@@ -15,6 +15,7 @@ import json
 import urllib.parse
 from typing import Any
 
+from sightline_appliance import thresholds as t
 from sightline_appliance.queries import Query
 
 Json = dict[str, Any]
@@ -46,22 +47,41 @@ def warn_at(orange: float, red: float) -> Steps:
     return ((None, GREEN), (orange, ORANGE), (red, RED))
 
 
-# Where an alert watches the same quantity, red is its threshold (alerts/*.rules.yml).
-UTILISATION = warn_at(0.8, 0.95)  # SightlineInFlightNearCapacity, SightlineAllWorkersBusy
-ERRORS = warn_at(0.01, 0.05)  # SightlineHighErrorRatio
-LATENCY = warn_at(0.5, 1.0)  # the latency objective's threshold, SightlineHighLatency
-CPU = warn_at(0.7, 0.9)  # the scaling target, SightlineCPUNearLimit
-THROTTLING = warn_at(0.1, 0.25)  # SightlineCPUThrottlingHigh
-MEMORY = warn_at(0.8, 0.9)  # SightlineMemoryNearLimit
-FDS = warn_at(0.5, 0.9)  # SightlineFileDescriptorsRunningOut
-LOOP_LAG = warn_at(0.05, 0.1)  # SightlineEventLoopLagHigh
-TASK_FAILURES = warn_at(0.05, 0.1)  # SightlineHighTaskFailureRatio
-OLDEST = warn_at(60, 600)  # SightlineTaskQueueOldestMessageOld
-DRAIN = warn_at(300, 900)  # the scaling target, SightlineTaskQueueDrainSlow
+def percent(ratio: float) -> str:
+    """A ratio as the dashboards' texts write it: 0.7 is "70 %"."""
+    return f"{round(ratio * 100, 6):g} %"
+
+
+# Where an alert watches the same quantity, red is its threshold and orange, where it has
+# one, the alert's warning or the scaling target; both come from the rules' threshold table
+# (sightline_appliance/thresholds.py), which also names the panels coloured at each number. An
+# orange written here as a number is the dashboards' own early warning: no rule uses it.
+UTILISATION = warn_at(t.NEAR_CAPACITY.value, t.SATURATED.value)
+POOL_USE = warn_at(t.NEAR_CAPACITY.value, t.POOL_SATURATED.value)
+ERRORS = warn_at(0.01, t.ERROR_RATIO.value)
+DEPENDENCY_ERRORS = warn_at(0.01, t.DEPENDENCY_ERROR_RATIO.value)
+LATENCY = warn_at(t.SLOW_REQUEST.value, t.LATENCY_P95.value)
+CPU = warn_at(t.SCALING_TARGET.value, t.CPU_NEAR_LIMIT.value)
+THROTTLING = warn_at(0.1, t.CPU_THROTTLED.value)
+MEMORY = warn_at(t.MEMORY_FILLING.value, t.MEMORY_NEAR_LIMIT.value)
+FDS = warn_at(t.FDS_FILLING.value, t.FDS_NEAR_LIMIT.value)
+LOOP_LAG = warn_at(0.05, t.EVENT_LOOP_LAG.value)
+TASK_FAILURES = warn_at(0.05, t.TASK_FAILURE_RATIO.value)
+OLDEST = warn_at(60, t.OLDEST_MESSAGE.value)
+DRAIN = warn_at(t.DRAIN_TARGET.value, t.DRAIN_SLOW.value)
+BACKLOG = warn_at(t.BACKLOG.value, 1000)
+# The burn-rate factors of the SLO alerts: the tickets' yellow and orange, the pages' red.
+BURN: Steps = (
+    (None, GREEN),
+    (t.BURN_TICKET_3D.value, YELLOW),
+    (t.BURN_TICKET_1D.value, ORANGE),
+    (t.BURN_PAGE_6H.value, RED),
+    (t.BURN_PAGE_1H.value, "dark-red"),
+)
+# Thresholds of their own: no alert watches these quantities.
 QUEUE_TIME = warn_at(0.05, 0.25)
 WAIT = warn_at(5, 60)
 GC_PAUSE = warn_at(0.05, 0.1)
-BACKLOG = warn_at(100, 1000)
 ZERO_IS_GOOD: Steps = ((None, GREEN), (1, RED))
 NEUTRAL: Steps = ((None, BLUE),)
 
