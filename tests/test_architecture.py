@@ -40,6 +40,7 @@ DEFERRED_STDLIB = {
     ("sightline._settings", "importlib.metadata"): "only to name an entry point's package",
     ("sightline._port", "http.client"): "only when the metrics port is found taken",
     ("sightline._scrape", "wsgiref.simple_server"): "the first scrape",
+    ("sightline.cli", "importlib.metadata"): "commands other than `sightline run`",
 }
 
 

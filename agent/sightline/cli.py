@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from importlib import metadata
 
 from ._version import __version__
 
@@ -46,7 +45,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--service", help="the service name (sets SIGHTLINE_SERVICE)")
     run.add_argument("program", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     if command != "run":  # `sightline run` starts without reading the installed packages
-        for entry in metadata.entry_points(group=COMMANDS):
+        import importlib.metadata
+
+        for entry in importlib.metadata.entry_points(group=COMMANDS):
             entry.load()(commands)
     return parser
 
