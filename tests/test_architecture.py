@@ -38,6 +38,7 @@ DEFERRED = {
 DEFERRED_STDLIB = {
     ("sightline._settings", "ssl"): "only with a CA or client certificate set",
     ("sightline._settings", "importlib.metadata"): "only to name an entry point's package",
+    ("sightline.integrations._base", "importlib.metadata"): "an integration's library's version",
     ("sightline._port", "http.client"): "only when the metrics port is found taken",
     ("sightline._scrape", "wsgiref.simple_server"): "the first scrape",
     ("sightline.cli", "importlib.metadata"): "commands other than `sightline run`",

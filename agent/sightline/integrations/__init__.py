@@ -1,9 +1,11 @@
 """Integrations: one module per library, each behind the same tiny interface.
 
 A module imports its library at the top and raises :class:`DidNotEnable` when it is
-missing. Auto-enabled integrations then skip quietly; ones named in
-``SIGHTLINE_INTEGRATIONS`` make ``init()`` fail loudly instead. Each installs on its
-own: one failing is logged and skipped, and the rest still install.
+missing; loading it then checks the library's version (:meth:`Integration.check_version`),
+and one older than the integration supports is not enabled either, with one warning.
+Auto-enabled integrations then skip quietly; ones named in ``SIGHTLINE_INTEGRATIONS``
+make ``init()`` fail loudly instead. Each installs on its own: one failing is logged and
+skipped, and the rest still install.
 
 ``init()`` never imports a library the app has not imported: an integration whose
 library is installed but not yet imported is installed right after the app first
@@ -11,13 +13,13 @@ imports it (:data:`TRIGGERS`, :class:`ImportWatcher`), so a Flask service does n
 load Django or FastAPI because they happen to be installed. Integrations named in
 ``SIGHTLINE_INTEGRATIONS`` are installed at once, so a missing one fails ``init()``.
 
-Writing one::
+Writing one (see :mod:`._base`)::
 
     class RedisIntegration(Integration):
         name = "redis"
-
-        def install(self, agent: Agent) -> None: ...   # add hooks; safe to call twice
-        def uninstall(self) -> None: ...               # remove exactly those hooks
+        library = "redis"          # the distribution whose version is checked
+        minimum_version = "4.2"    # older: one warning, and the integration is not installed
+        patches = (Patch(Redis, "execute_command", _timed),)  # applied by install()
 
     INTEGRATION = RedisIntegration
 """
@@ -162,6 +164,7 @@ def load(name: str) -> type[Integration]:
     except ImportError as exc:
         raise DidNotEnable(f"{name} is not installed ({exc})") from None
     integration: type[Integration] = module.INTEGRATION
+    integration.check_version()  # an older library: one warning, then DidNotEnable
     return integration
 
 

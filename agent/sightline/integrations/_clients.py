@@ -2,9 +2,10 @@
 
 Each one measures every request its library sends (``http_client_request_duration_seconds``,
 by method, host, status and error), whether tracing is on or not, by wrapping the one
-method through which the library sends a request. With tracing on it also enables the
-official OpenTelemetry instrumentation, so that calls carry ``traceparent`` and show as
-CLIENT spans; when that package is missing, one warning says how to get it.
+method through which the library sends a request (its table of patches). With tracing on
+it also enables the official OpenTelemetry instrumentation, so that calls carry
+``traceparent`` and show as CLIENT spans; when that package is missing, one warning says
+how to get it.
 """
 
 from __future__ import annotations
@@ -32,16 +33,11 @@ class ClientIntegration(Integration):
     warn_without: ClassVar[bool] = True
 
     def __init__(self) -> None:
+        super().__init__()
         self._enabled: Any = None
 
-    def measure(self) -> None:
-        """Wrap the library's send method (idempotent)."""
-
-    def unmeasure(self) -> None:
-        """Put it back."""
-
     def install(self, agent: Agent) -> None:
-        self.measure()
+        super().install(agent)  # measured, traced or not
         if agent.tracing is None or self._enabled is not None:
             return
         if self.instrumentor is None:
@@ -60,7 +56,7 @@ class ClientIntegration(Integration):
         try:
             instrumentor.instrument()
         except BaseException:
-            self.unmeasure()  # a failed install leaves nothing behind
+            super().uninstall()  # a failed install leaves nothing behind
             raise
         self._enabled = instrumentor
 
@@ -70,7 +66,7 @@ class ClientIntegration(Integration):
         if self._enabled is not None:
             self._enabled.uninstrument()
             self._enabled = None
-        self.unmeasure()
+        super().uninstall()
 
 
 Describe = Callable[[tuple[Any, ...]], tuple[str, str]]

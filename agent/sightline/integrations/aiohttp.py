@@ -17,9 +17,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from .. import _safety, _state
-from ._base import DidNotEnable
+from ._base import DidNotEnable, Patch
 from ._clients import ClientIntegration
-from ._patches import Patches
 
 try:
     import aiohttp
@@ -92,17 +91,11 @@ def _session_init(original: Callable[..., None]) -> Callable[..., None]:
 
 class AiohttpIntegration(ClientIntegration):
     name = "aiohttp"
+    library = "aiohttp"
+    minimum_version = "3.9"
+    patches = (Patch(aiohttp.ClientSession, "__init__", _session_init),)
     instrumentor = _instrumentor
     package = "opentelemetry-instrumentation-aiohttp-client"
-
-    def measure(self) -> None:
-        _patches.apply(aiohttp.ClientSession, "__init__", _session_init)
-
-    def unmeasure(self) -> None:
-        _patches.restore()
-
-
-_patches = Patches()
 
 
 INTEGRATION = AiohttpIntegration

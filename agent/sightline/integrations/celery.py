@@ -321,8 +321,11 @@ _HOOKS = (
 
 class CeleryIntegration(Integration):
     name = "celery"
+    library = "celery"
+    minimum_version = "5.3"
 
     def install(self, agent: Agent) -> None:
+        super().install(agent)  # no patches: Celery's signals are its seams
         for signal, receiver in _HOOKS:
             # weak=False: the receivers are module functions; dispatch_uid makes it idempotent.
             signal.connect(receiver, weak=False, dispatch_uid=f"sightline.{receiver.__name__}")
@@ -332,6 +335,7 @@ class CeleryIntegration(Integration):
             signal.disconnect(receiver, dispatch_uid=f"sightline.{receiver.__name__}")
         _publishing.clear()
         _running.clear()
+        super().uninstall()
 
 
 INTEGRATION = CeleryIntegration

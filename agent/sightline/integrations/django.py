@@ -27,7 +27,7 @@ from opentelemetry.semconv.attributes import error_attributes
 
 from .. import _db, _safety, _state
 from . import asgi
-from ._base import DidNotEnable, Integration
+from ._base import DidNotEnable, Integration, Patch
 from .wsgi import ROUTE, SEEN, handle
 
 try:
@@ -39,33 +39,31 @@ try:
 except ImportError:
     raise DidNotEnable("django is not installed") from None
 
-if not callable(getattr(BaseHandler, "resolve_request", None)):
-    raise DidNotEnable("this Django version has no BaseHandler.resolve_request (needs 3.2+)")
-
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from .._agent import Agent
 
-# What install() replaced (perhaps another library's patch), restored by uninstall().
-_saved: dict[str, Any] = {}
+
+def _call(original: Any) -> Any:
+    def __call__(self: WSGIHandler, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        agent = _state.current
+        if agent is None or SEEN in environ:
+            return original(self, environ, start_response)
+        return handle(agent, original.__get__(self), environ, start_response, None)
+
+    return __call__
 
 
-def _call(self: WSGIHandler, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
-    original = _saved["call"]
-    agent = _state.current
-    if agent is None or SEEN in environ:
-        return original(self, environ, start_response)
-    return handle(agent, original.__get__(self), environ, start_response, None)
+def _asgi_call(original: Any) -> Any:
+    async def __call__(self: ASGIHandler, scope: Any, receive: Any, send: Any) -> None:
+        agent = _state.current
+        if agent is None or scope.get("type") != "http" or asgi.SEEN in scope:
+            await original(self, scope, receive, send)
+            return
+        await asgi.handle(agent, original.__get__(self), scope, receive, send, _route_in_scope)
 
-
-async def _asgi_call(self: ASGIHandler, scope: Any, receive: Any, send: Any) -> None:
-    original = _saved["asgi"]
-    agent = _state.current
-    if agent is None or scope.get("type") != "http" or asgi.SEEN in scope:
-        await original(self, scope, receive, send)
-        return
-    await asgi.handle(agent, original.__get__(self), scope, receive, send, _route_in_scope)
+    return __call__
 
 
 def _route_in_scope(scope: Any) -> str | None:
@@ -73,16 +71,19 @@ def _route_in_scope(scope: Any) -> str | None:
     return route if isinstance(route, str) else None
 
 
-def _resolve_request(self: BaseHandler, request: Any) -> Any:
-    match = _saved["resolve"](self, request)
-    route = getattr(match, "route", None)
-    if route is not None:
-        scope = getattr(request, "scope", None)  # an ASGIRequest keeps the server's scope
-        if isinstance(scope, dict):
-            scope[ROUTE] = route
-        else:  # request.META is the WSGI environ the core reads after the response
-            request.META[ROUTE] = route
-    return match
+def _resolve_request(original: Any) -> Any:
+    def resolve_request(self: BaseHandler, request: Any) -> Any:
+        match = original(self, request)
+        route = getattr(match, "route", None)
+        if route is not None:
+            scope = getattr(request, "scope", None)  # an ASGIRequest keeps the server's scope
+            if isinstance(scope, dict):
+                scope[ROUTE] = route
+            else:  # request.META is the WSGI environ the core reads after the response
+                request.META[ROUTE] = route
+        return match
+
+    return resolve_request
 
 
 def _record_exception(sender: Any, request: Any = None, **extra: Any) -> None:
@@ -96,19 +97,21 @@ def _record_exception(sender: Any, request: Any = None, **extra: Any) -> None:
         _safety.report("django.exception", exc)
 
 
-def _execute_with_wrappers(self: Any, sql: Any, params: Any, many: Any, executor: Any) -> Any:
-    original = _saved["execute"]
-    agent = _state.current
-    if agent is None or _db.measured_by_driver(self.cursor):
-        return original(self, sql, params, many, executor)
-    start = time.perf_counter()
-    try:
-        result = original(self, sql, params, many, executor)
-    except BaseException as exc:  # a cancelled async view's query included
-        _statement(agent, self, sql, type(exc).__name__, start)
-        raise
-    _statement(agent, self, sql, "", start)
-    return result
+def _execute_with_wrappers(original: Any) -> Any:
+    def execute(self: Any, sql: Any, params: Any, many: Any, executor: Any) -> Any:
+        agent = _state.current
+        if agent is None or _db.measured_by_driver(self.cursor):
+            return original(self, sql, params, many, executor)
+        start = time.perf_counter()
+        try:
+            result = original(self, sql, params, many, executor)
+        except BaseException as exc:  # a cancelled async view's query included
+            _statement(agent, self, sql, type(exc).__name__, start)
+            raise
+        _statement(agent, self, sql, "", start)
+        return result
+
+    return execute
 
 
 def _statement(agent: Agent, wrapper: Any, sql: Any, error: str, start: float) -> None:
@@ -120,39 +123,24 @@ def _statement(agent: Agent, wrapper: Any, sql: Any, error: str, start: float) -
 
 class DjangoIntegration(Integration):
     name = "django"
-
-    def __init__(self) -> None:
-        self._patched = False
+    library = "Django"
+    minimum_version = "4.2"
+    # Patched on the classes, never by swapping module attributes, so import order
+    # does not matter (see the module docstring).
+    patches = (
+        Patch(WSGIHandler, "__call__", _call),
+        Patch(ASGIHandler, "__call__", _asgi_call),
+        Patch(BaseHandler, "resolve_request", _resolve_request),
+        Patch(CursorWrapper, "_execute_with_wrappers", _execute_with_wrappers),
+    )
 
     def install(self, agent: Agent) -> None:
-        if WSGIHandler.__call__ is _call:
-            return
-        # Patched on the classes, never by swapping module attributes, so import order
-        # does not matter (see the module docstring).
-        _saved["call"] = WSGIHandler.__call__
-        _saved["asgi"] = ASGIHandler.__call__
-        _saved["resolve"] = BaseHandler.resolve_request
-        WSGIHandler.__call__ = _call
-        ASGIHandler.__call__ = _asgi_call
-        BaseHandler.resolve_request = _resolve_request
-        _saved["execute"] = CursorWrapper._execute_with_wrappers
-        CursorWrapper._execute_with_wrappers = _execute_with_wrappers
+        super().install(agent)
         got_request_exception.connect(_record_exception, dispatch_uid="sightline")
-        self._patched = True
 
     def uninstall(self) -> None:
-        if not self._patched:
-            return
-        if WSGIHandler.__call__ is _call:
-            WSGIHandler.__call__ = _saved["call"]
-        if ASGIHandler.__call__ is _asgi_call:
-            ASGIHandler.__call__ = _saved["asgi"]
-        if BaseHandler.resolve_request is _resolve_request:
-            BaseHandler.resolve_request = _saved["resolve"]
-        if CursorWrapper._execute_with_wrappers is _execute_with_wrappers:
-            CursorWrapper._execute_with_wrappers = _saved["execute"]
         got_request_exception.disconnect(dispatch_uid="sightline")
-        self._patched = False
+        super().uninstall()
 
 
 INTEGRATION = DjangoIntegration

@@ -15,7 +15,7 @@ from opentelemetry import trace
 from opentelemetry.semconv.attributes import error_attributes
 
 from .. import _safety, _state
-from ._base import DidNotEnable, Integration
+from ._base import DidNotEnable, Integration, Patch
 from .wsgi import ROUTE, SEEN, handle
 
 try:
@@ -23,9 +23,6 @@ try:
     from flask.ctx import RequestContext
 except ImportError:
     raise DidNotEnable("flask is not installed") from None
-
-if not callable(getattr(RequestContext, "match_request", None)):
-    raise DidNotEnable("this Flask version has no RequestContext.match_request")
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -40,17 +37,16 @@ def _call(self: Flask, environ: WSGIEnvironment, start_response: StartResponse) 
     return handle(agent, self.wsgi_app, environ, start_response, None)
 
 
-# What install() replaced (perhaps another library's patch), restored by uninstall().
-_saved: dict[str, Any] = {}
+def _match_request(original: Any) -> Any:
+    def match_request(self: RequestContext) -> None:
+        original(self)
+        rule = self.request.url_rule
+        if rule is not None:
+            # The string, not the request: Flask breaks the environ -> request cycle on
+            # teardown, and the core reads the route after that.
+            self.request.environ[ROUTE] = rule.rule
 
-
-def _match_request(self: RequestContext) -> None:
-    _saved["match_request"](self)
-    rule = self.request.url_rule
-    if rule is not None:
-        # The string, not the request: Flask breaks the environ -> request cycle on
-        # teardown, and the core reads the route after that.
-        self.request.environ[ROUTE] = rule.rule
+    return match_request
 
 
 def _record_exception(sender: Flask, exception: BaseException, **extra: Any) -> None:
@@ -67,31 +63,23 @@ def _record_exception(sender: Flask, exception: BaseException, **extra: Any) -> 
 
 class FlaskIntegration(Integration):
     name = "flask"
-
-    def __init__(self) -> None:
-        self._patched = False
+    library = "Flask"
+    minimum_version = "2.2"
+    # Patched on the class (not by swapping flask.Flask) so that apps created before
+    # init(), and subclasses that do not override __call__, are all instrumented.
+    patches = (
+        # Flask's own __call__ is self.wsgi_app(...): _call runs that itself.
+        Patch(Flask, "__call__", lambda original: _call),
+        Patch(RequestContext, "match_request", _match_request),
+    )
 
     def install(self, agent: Agent) -> None:
-        if Flask.__call__ is _call:
-            return
-        # Patched on the class (not by swapping flask.Flask) so that apps created before
-        # init(), and subclasses that do not override __call__, are all instrumented.
-        self._original_call = Flask.__call__
-        Flask.__call__ = _call  # type: ignore[method-assign]
-        _saved["match_request"] = RequestContext.match_request
-        RequestContext.match_request = _match_request  # type: ignore[method-assign]
-        got_request_exception.connect(_record_exception)
-        self._patched = True
+        super().install(agent)
+        got_request_exception.connect(_record_exception)  # once, however often
 
     def uninstall(self) -> None:
-        if not self._patched:
-            return
-        if Flask.__call__ is _call:
-            Flask.__call__ = self._original_call  # type: ignore[method-assign]
-        if RequestContext.match_request is _match_request:
-            RequestContext.match_request = _saved["match_request"]  # type: ignore[method-assign]
         got_request_exception.disconnect(_record_exception)
-        self._patched = False
+        super().uninstall()
 
 
 INTEGRATION = FlaskIntegration

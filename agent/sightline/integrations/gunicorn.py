@@ -74,8 +74,11 @@ def find_config() -> tuple[Any, bool, int] | None:
 
 class GunicornIntegration(Integration):
     name = "gunicorn"
+    library = "gunicorn"
+    minimum_version = "21"
 
     def install(self, agent: Agent) -> None:
+        super().install(agent)  # no patches: detection adds no hooks
         found = find_config()
         if found is None:
             return
@@ -86,9 +89,6 @@ class GunicornIntegration(Integration):
             )
         if agent.settings.worker_capacity is None:
             agent.detected_capacity = capacity_from_config(cfg)
-
-    def uninstall(self) -> None:
-        """Nothing to undo: detection adds no hooks."""
 
 
 INTEGRATION = GunicornIntegration

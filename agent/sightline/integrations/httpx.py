@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._base import DidNotEnable
+from ._base import DidNotEnable, Patch
 from ._clients import ClientIntegration, measuring
-from ._patches import Patches
 
 try:
     import httpx
@@ -31,28 +30,24 @@ def _describe(args: tuple[Any, ...]) -> tuple[str, str]:
     return str(request.method), str(request.url.host)
 
 
+def _sync(original: Any) -> Any:
+    return measuring(original, _describe, "httpx.measure")
+
+
+def _async(original: Any) -> Any:
+    return measuring(original, _describe, "httpx.measure", sync=False)
+
+
 class HTTPXIntegration(ClientIntegration):
     name = "httpx"
+    library = "httpx"
+    minimum_version = "0.27"
+    patches = (
+        Patch(httpx.HTTPTransport, "handle_request", _sync),
+        Patch(httpx.AsyncHTTPTransport, "handle_async_request", _async),
+    )
     instrumentor = _instrumentor
     package = "opentelemetry-instrumentation-httpx"
-
-    def measure(self) -> None:
-        _patches.apply(
-            httpx.HTTPTransport,
-            "handle_request",
-            lambda original: measuring(original, _describe, "httpx.measure"),
-        )
-        _patches.apply(
-            httpx.AsyncHTTPTransport,
-            "handle_async_request",
-            lambda original: measuring(original, _describe, "httpx.measure", sync=False),
-        )
-
-    def unmeasure(self) -> None:
-        _patches.restore()
-
-
-_patches = Patches()
 
 
 INTEGRATION = HTTPXIntegration

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._multiprocess import Server
 from . import _served
-from ._base import DidNotEnable, Integration
+from ._base import DidNotEnable, Integration, Patch
 
 try:
     from hypercorn.app_wrappers import ASGIWrapper, WSGIWrapper
@@ -35,16 +35,17 @@ except ImportError:
 if TYPE_CHECKING:
     from .._agent import Agent
 
-# What install() replaced (perhaps another library's patch), restored by uninstall().
-_saved: dict[str, Any] = {}
 
+def _init(kind: _served.Protocol) -> Any:
+    """The wrapper of an app wrapper's ``__init__``: the app it is given, measured."""
 
-def _asgi_init(self: ASGIWrapper, app: Any, *args: Any, **kwargs: Any) -> None:
-    _saved["asgi"](self, _served.measured(app, "asgi"), *args, **kwargs)
+    def wrap(original: Any) -> Any:
+        def __init__(self: Any, app: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, _served.measured(app, kind), *args, **kwargs)
 
+        return __init__
 
-def _wsgi_init(self: WSGIWrapper, app: Any, *args: Any, **kwargs: Any) -> None:
-    _saved["wsgi"](self, _served.measured(app, "wsgi"), *args, **kwargs)
+    return wrap
 
 
 def find_config() -> Any | None:
@@ -67,23 +68,19 @@ def find_config() -> Any | None:
 
 class HypercornIntegration(Integration):
     name = "hypercorn"
+    library = "hypercorn"
+    minimum_version = "0.17"
+    patches = (
+        Patch(ASGIWrapper, "__init__", _init("asgi")),
+        Patch(WSGIWrapper, "__init__", _init("wsgi")),
+    )
 
     def install(self, agent: Agent) -> None:
-        if ASGIWrapper.__init__ is not _asgi_init:
-            _saved["asgi"] = ASGIWrapper.__init__
-            _saved["wsgi"] = WSGIWrapper.__init__
-            ASGIWrapper.__init__ = _asgi_init  # type: ignore[method-assign]
-            WSGIWrapper.__init__ = _wsgi_init  # type: ignore[method-assign]
+        super().install(agent)
         config = find_config()
         workers = int(getattr(config, "workers", 0) or 0)
         if workers > 1 and multiprocessing.parent_process() is not None and agent.server is None:
             agent.server = Server("hypercorn", os.getppid(), workers=workers)
-
-    def uninstall(self) -> None:
-        if ASGIWrapper.__init__ is _asgi_init:
-            ASGIWrapper.__init__ = _saved["asgi"]  # type: ignore[method-assign]
-        if WSGIWrapper.__init__ is _wsgi_init:
-            WSGIWrapper.__init__ = _saved["wsgi"]  # type: ignore[method-assign]
 
 
 INTEGRATION = HypercornIntegration

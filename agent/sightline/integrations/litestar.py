@@ -10,10 +10,10 @@ there and is labelled ``<mount>/{path:path}``. A 404 or 405 is ``_unmatched``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import _state
-from ._base import DidNotEnable, Integration
+from ._base import DidNotEnable, Integration, Patch
 from .asgi import SEEN, Receive, Scope, Send, handle
 
 try:
@@ -21,11 +21,6 @@ try:
 except ImportError:
     raise DidNotEnable("litestar is not installed") from None
 
-if TYPE_CHECKING:
-    from .._agent import Agent
-
-# What install() replaced (perhaps another library's patch), restored by uninstall().
-_saved: dict[str, Any] = {}
 #: The template of each mounted handler seen, found once among its app's routes (by id:
 #: handlers take no weak references; the handler is kept to tell a reused id).
 _mounts: dict[int, tuple[Any, str]] = {}
@@ -54,27 +49,26 @@ def route_of(scope: Scope) -> str | None:
     return template
 
 
-async def _call(self: Litestar, scope: Scope, receive: Receive, send: Send) -> None:
-    original = _saved["call"]
-    agent = _state.current
-    if agent is None or scope.get("type") != "http" or SEEN in scope:
-        await original(self, scope, receive, send)
-        return
-    await handle(agent, original.__get__(self), scope, receive, send, route_of)
+def _call(original: Any) -> Any:
+    async def __call__(self: Litestar, scope: Scope, receive: Receive, send: Send) -> None:
+        agent = _state.current
+        if agent is None or scope.get("type") != "http" or SEEN in scope:
+            await original(self, scope, receive, send)
+            return
+        await handle(agent, original.__get__(self), scope, receive, send, route_of)
+
+    return __call__
 
 
 class LitestarIntegration(Integration):
     name = "litestar"
-
-    def install(self, agent: Agent) -> None:
-        # Patched on the class (never by swapping litestar.Litestar), see flask.py.
-        if Litestar.__call__ is not _call:
-            _saved["call"] = Litestar.__call__
-            Litestar.__call__ = _call  # type: ignore[method-assign,assignment]
+    library = "litestar"
+    minimum_version = "2.25"
+    # Patched on the class (never by swapping litestar.Litestar), see flask.py.
+    patches = (Patch(Litestar, "__call__", _call),)
 
     def uninstall(self) -> None:
-        if Litestar.__call__ is _call:
-            Litestar.__call__ = _saved["call"]  # type: ignore[method-assign]
+        super().uninstall()
         _mounts.clear()
 
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .. import _db, _state
-from ._base import DidNotEnable, Integration
+from ._base import DidNotEnable, Integration, Patch
 from ._patches import (
-    Patches,
     timed,
     timed_async,
     timed_async_block,
@@ -75,23 +74,26 @@ _TARGETS = (
     (psycopg.ServerCursor, "execute", _sync),
     (psycopg.AsyncServerCursor, "execute", _async),
 )
-_patches = Patches()
 
 
 class PsycopgIntegration(Integration):
     name = "psycopg"
+    library = "psycopg"
+    minimum_version = "3.1"
+    # Where the class defines the method itself: one it inherits is measured once, there.
+    patches = tuple(
+        Patch(cls, method, wrap) for cls, method, wrap in _TARGETS if method in vars(cls)
+    )
 
     def install(self, agent: Agent) -> None:
-        for cls, method, wrap in _TARGETS:
-            if method in cls.__dict__:
-                _patches.apply(cls, method, wrap)
+        super().install(agent)
         for cursor in (psycopg.Cursor, psycopg.AsyncCursor):
             if cursor not in _db.DRIVER_CURSORS:
                 _db.DRIVER_CURSORS.append(cursor)
         _db.DRIVER_NAMES.update(_SQLALCHEMY_DRIVERS)
 
     def uninstall(self) -> None:
-        _patches.restore()
+        super().uninstall()
         for cursor in (psycopg.Cursor, psycopg.AsyncCursor):
             if cursor in _db.DRIVER_CURSORS:
                 _db.DRIVER_CURSORS.remove(cursor)

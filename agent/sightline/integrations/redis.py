@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import _db, _state
-from ._base import DidNotEnable, Integration
-from ._patches import Patches, timed, timed_async
+from ._base import DidNotEnable, Integration, Patch
+from ._patches import timed, timed_async
 
 try:
     from redis.client import Pipeline, Redis
@@ -33,9 +33,6 @@ try:
     import redis.asyncio.client as _async
 except ImportError:  # redis-py before 4.2
     _async = None
-
-if TYPE_CHECKING:
-    from .._agent import Agent
 
 SYSTEM = "redis"
 OTHER = "_OTHER"
@@ -149,18 +146,11 @@ def _targets() -> list[tuple[Any, str, Any]]:
     return [(cls, name, wrap) for cls, name, wrap in found if name in cls.__dict__]
 
 
-_patches = Patches()
-
-
 class RedisIntegration(Integration):
     name = "redis"
-
-    def install(self, agent: Agent) -> None:
-        for cls, method, wrap in _targets():
-            _patches.apply(cls, method, wrap)
-
-    def uninstall(self) -> None:
-        _patches.restore()
+    library = "redis"
+    minimum_version = "4.2"
+    patches = tuple(Patch(cls, method, wrap) for cls, method, wrap in _targets())
 
 
 INTEGRATION = RedisIntegration

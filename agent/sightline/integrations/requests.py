@@ -2,7 +2,7 @@
 spans (``opentelemetry-instrumentation-requests``, ``pip install 'sightline[clients]'``).
 
 Its requests are measured where they are sent, in urllib3 (the urllib3 integration's
-wrapper, installed by either); put back when the urllib3 integration uninstalls.
+wrapper, installed by either, once); put back by whichever installed it.
 """
 
 from __future__ import annotations
@@ -28,16 +28,13 @@ except ImportError:
 
 class RequestsIntegration(ClientIntegration):
     name = "requests"
+    library = "requests"
+    minimum_version = "2.31"
+    patches = urllib3.PATCHES  # its requests are measured where they are sent
     instrumentor = _instrumentor
     package = "opentelemetry-instrumentation-requests"
     # requests sends through urllib3, whose instrumentation carries the trace context.
     warn_without = False
-
-    def measure(self) -> None:
-        urllib3.measure()  # its requests are measured where they are sent
-
-    def unmeasure(self) -> None:
-        urllib3.unmeasure()
 
 
 INTEGRATION = RequestsIntegration

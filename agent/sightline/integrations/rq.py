@@ -34,7 +34,7 @@ from opentelemetry import propagate, trace
 from .. import _db, _safety, _state
 from .._multiprocess import Server
 from .._tasks import Run, publish_span
-from ._base import DidNotEnable, Integration
+from ._base import DidNotEnable, Integration, Patch
 
 try:
     from rq.job import Job, JobStatus
@@ -58,61 +58,65 @@ META = "sightline"
 #: The most a work horse spends, after its job, handing over spans, logs and metrics.
 HORSE_FLUSH_SECONDS = 1.0
 
-_saved: dict[str, Any] = {}
 
-
-def _enqueue_job(self: Queue, job: Job, *args: Any, **kwargs: Any) -> Job:
-    agent = _state.current
-    span: Any = None
-    if agent is not None:
-        with _safety.internal_errors("rq.enqueue"):
-            span = publish_span(agent, (SYSTEM, self.name, str(job.func_name)), job.id)
-            if span is not None and agent.tracing is not None:
-                carrier: dict[str, str] = {}
-                agent.tracing.inject(carrier, span)
-                job.meta[META] = carrier
-    quiet = _db.untraced.set(True)  # the producer span stands for RQ's commands
-    try:
-        return _saved["enqueue_job"](self, job, *args, **kwargs)  # type: ignore[no-any-return]
-    finally:
-        _db.untraced.reset(quiet)
+def _enqueue_job(original: Any) -> Any:
+    def enqueue_job(self: Queue, job: Job, *args: Any, **kwargs: Any) -> Job:
+        agent = _state.current
+        span: Any = None
         if agent is not None:
-            with _safety.internal_errors("rq.enqueued"):
-                name = str(job.func_name)
-                agent.metrics.published(SYSTEM, self.name, name)
-                if span is not None:
-                    span.end()
+            with _safety.internal_errors("rq.enqueue"):
+                span = publish_span(agent, (SYSTEM, self.name, str(job.func_name)), job.id)
+                if span is not None and agent.tracing is not None:
+                    carrier: dict[str, str] = {}
+                    agent.tracing.inject(carrier, span)
+                    job.meta[META] = carrier
+        quiet = _db.untraced.set(True)  # the producer span stands for RQ's commands
+        try:
+            return original(self, job, *args, **kwargs)  # type: ignore[no-any-return]
+        finally:
+            _db.untraced.reset(quiet)
+            if agent is not None:
+                with _safety.internal_errors("rq.enqueued"):
+                    name = str(job.func_name)
+                    agent.metrics.published(SYSTEM, self.name, name)
+                    if span is not None:
+                        span.end()
+
+    return enqueue_job
 
 
-def _perform_job(self: Any, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> bool:
-    agent = _state.current
-    if agent is None:
-        return _saved["perform_job"](self, job, queue, *args, **kwargs)  # type: ignore[no-any-return]
-    run: Run | None = None
-    with _safety.internal_errors("rq.start"):
-        waited: float | None = None
-        enqueued = job.enqueued_at
-        if isinstance(enqueued, datetime):
-            if enqueued.tzinfo is None:
-                enqueued = enqueued.replace(tzinfo=timezone.utc)
-            waited = (datetime.now(timezone.utc) - enqueued).total_seconds()
-        carrier = job.meta.get(META) if isinstance(job.meta, dict) else None
-        parent = propagate.extract(carrier) if isinstance(carrier, dict) else None
-        run = Run(agent, (SYSTEM, queue.name, str(job.func_name)), parent, job.id, waited)
-    succeeded = False
-    quiet = _db.untraced.set(True)  # RQ's own commands around the job; the job's are traced
-    try:
-        succeeded = bool(_saved["perform_job"](self, job, queue, *args, **kwargs))
-        return succeeded
-    finally:
-        _db.untraced.reset(quiet)
-        if run is not None:
-            with _safety.internal_errors("rq.finish"):
-                run.finish("success" if succeeded else _failed_outcome(job))
-        if getattr(self, "_is_horse", False):
-            # The horse leaves through os._exit: hand everything over now.
-            with _safety.internal_errors("rq.exit"):
-                _state.stop(HORSE_FLUSH_SECONDS)
+def _perform_job(original: Any) -> Any:
+    def perform_job(self: Any, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> bool:
+        agent = _state.current
+        if agent is None:
+            return original(self, job, queue, *args, **kwargs)  # type: ignore[no-any-return]
+        run: Run | None = None
+        with _safety.internal_errors("rq.start"):
+            waited: float | None = None
+            enqueued = job.enqueued_at
+            if isinstance(enqueued, datetime):
+                if enqueued.tzinfo is None:
+                    enqueued = enqueued.replace(tzinfo=timezone.utc)
+                waited = (datetime.now(timezone.utc) - enqueued).total_seconds()
+            carrier = job.meta.get(META) if isinstance(job.meta, dict) else None
+            parent = propagate.extract(carrier) if isinstance(carrier, dict) else None
+            run = Run(agent, (SYSTEM, queue.name, str(job.func_name)), parent, job.id, waited)
+        succeeded = False
+        quiet = _db.untraced.set(True)  # RQ's own commands around the job; the job's are traced
+        try:
+            succeeded = bool(original(self, job, queue, *args, **kwargs))
+            return succeeded
+        finally:
+            _db.untraced.reset(quiet)
+            if run is not None:
+                with _safety.internal_errors("rq.finish"):
+                    run.finish("success" if succeeded else _failed_outcome(job))
+            if getattr(self, "_is_horse", False):
+                # The horse leaves through os._exit: hand everything over now.
+                with _safety.internal_errors("rq.exit"):
+                    _state.stop(HORSE_FLUSH_SECONDS)
+
+    return perform_job
 
 
 def _failed_outcome(job: Job) -> str:
@@ -122,27 +126,33 @@ def _failed_outcome(job: Job) -> str:
     return "failure"
 
 
-def _job_perform(self: Job) -> Any:
-    traced = _db.untraced.set(False)  # the job's own calls
-    try:
-        return _saved["job_perform"](self)
-    except BaseException as error:
-        with _safety.internal_errors("rq.exception"):
-            span = trace.get_current_span()
-            if span.is_recording():
-                span.record_exception(error)
-                span.set_attribute("error.type", type(error).__qualname__)
-        raise
-    finally:
-        _db.untraced.reset(traced)
+def _job_perform(original: Any) -> Any:
+    def perform(self: Job) -> Any:
+        traced = _db.untraced.set(False)  # the job's own calls
+        try:
+            return original(self)
+        except BaseException as error:
+            with _safety.internal_errors("rq.exception"):
+                span = trace.get_current_span()
+                if span.is_recording():
+                    span.record_exception(error)
+                    span.set_attribute("error.type", type(error).__qualname__)
+            raise
+        finally:
+            _db.untraced.reset(traced)
+
+    return perform
 
 
-def _work(self: Any, *args: Any, **kwargs: Any) -> bool:
-    agent = _state.current
-    if agent is not None:
-        with _safety.internal_errors("rq.work"):
-            _start_worker(agent, self)
-    return _saved["work"](self, *args, **kwargs)  # type: ignore[no-any-return]
+def _work(original: Any) -> Any:
+    def work(self: Any, *args: Any, **kwargs: Any) -> bool:
+        agent = _state.current
+        if agent is not None:
+            with _safety.internal_errors("rq.work"):
+                _start_worker(agent, self)
+        return original(self, *args, **kwargs)  # type: ignore[no-any-return]
+
+    return work
 
 
 def _start_worker(agent: Agent, worker: Any) -> None:
@@ -193,27 +203,16 @@ def _oldest_age(queue: Queue) -> float | None:
     return max(0.0, (datetime.now(timezone.utc) - enqueued).total_seconds())
 
 
-_PATCHES = (
-    (Queue, "enqueue_job", "enqueue_job", _enqueue_job),
-    (_WorkerBase, "perform_job", "perform_job", _perform_job),
-    (_WorkerBase, "work", "work", _work),
-    (Job, "perform", "job_perform", _job_perform),
-)
-
-
 class RQIntegration(Integration):
     name = "rq"
-
-    def install(self, agent: Agent) -> None:
-        for owner, attribute, key, patch in _PATCHES:
-            if getattr(owner, attribute) is not patch:
-                _saved[key] = getattr(owner, attribute)
-                setattr(owner, attribute, patch)
-
-    def uninstall(self) -> None:
-        for owner, attribute, key, patch in _PATCHES:
-            if getattr(owner, attribute) is patch:
-                setattr(owner, attribute, _saved[key])
+    library = "rq"
+    minimum_version = "1.15"
+    patches = (
+        Patch(Queue, "enqueue_job", _enqueue_job),
+        Patch(_WorkerBase, "perform_job", _perform_job),
+        Patch(_WorkerBase, "work", _work),
+        Patch(Job, "perform", _job_perform),
+    )
 
 
 INTEGRATION = RQIntegration

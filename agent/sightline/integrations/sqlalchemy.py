@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _db, _safety, _state
 from ..metrics import DB_SYSTEM, POOL_NAME, Described
-from ._base import DidNotEnable, Integration
-from ._patches import Patches
+from ._base import DidNotEnable, Integration, Patch
 
 try:
+    import sqlalchemy.pool
     from sqlalchemy import event
     from sqlalchemy import exc as sa_exc
     from sqlalchemy.engine import Engine
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 # Every pool seen, and its name (the engine's URL, or its dialect until an engine says).
 _pools: weakref.WeakKeyDictionary[Any, tuple[str, str]] = weakref.WeakKeyDictionary()
 _pools_lock = threading.Lock()
-_patches = Patches()
 
 
 def system(dialect: Any) -> str:
@@ -229,19 +228,38 @@ class PoolCollector(Described):
 
 def _pool_classes() -> list[type]:
     """Pool and every pool class SQLAlchemy ships (each may define connect or recreate)."""
-    import sqlalchemy.pool as pools
-
     found: list[type] = [Pool]
-    for value in vars(pools).values():
+    for value in vars(sqlalchemy.pool).values():
         if isinstance(value, type) and issubclass(value, Pool) and value not in found:
             found.append(value)
     return found
 
 
+def _patches() -> tuple[Patch, ...]:
+    """``connect`` and ``recreate`` where a pool class defines them (Pool, and
+    SingletonThreadPool's own), and ``Engine.__init__``."""
+    found = []
+    for cls in _pool_classes():
+        found += [Patch(cls, name, wrap) for name, wrap in _POOL if name in vars(cls)]
+    return (*found, Patch(Engine, "__init__", _engine_init))
+
+
+_POOL = (("connect", _connect), ("recreate", _recreate))
+_LISTENERS = (
+    ("before_cursor_execute", _before),
+    ("after_cursor_execute", _after),
+    ("handle_error", _error),
+)
+
+
 class SQLAlchemyIntegration(Integration):
     name = "sqlalchemy"
+    library = "SQLAlchemy"
+    minimum_version = "2.0"
+    patches = _patches()
 
     def __init__(self) -> None:
+        super().__init__()
         self._collector: PoolCollector | None = None
 
     def install(self, agent: Agent) -> None:
@@ -249,28 +267,17 @@ class SQLAlchemyIntegration(Integration):
             collector = PoolCollector()
             agent.metrics.register(collector)  # first: it may refuse a name the app took
             self._collector = collector
-        if not _patches:
-            for cls in _pool_classes():
-                if "connect" in cls.__dict__:  # Pool, and SingletonThreadPool's own
-                    _patches.apply(cls, "connect", _connect)
-                if "recreate" in cls.__dict__:
-                    _patches.apply(cls, "recreate", _recreate)
-            _patches.apply(Engine, "__init__", _engine_init)
-            for name, listener in _LISTENERS:
+        super().install(agent)
+        for name, listener in _LISTENERS:
+            if not event.contains(Engine, name, listener):  # class-level: once for all
                 event.listen(Engine, name, listener)
 
     def uninstall(self) -> None:
-        if _patches:
-            for name, listener in _LISTENERS:
+        for name, listener in _LISTENERS:
+            if event.contains(Engine, name, listener):
                 event.remove(Engine, name, listener)
-            _patches.restore()
+        super().uninstall()
         self._collector = None  # the agent's metrics unregister it
 
-
-_LISTENERS = (
-    ("before_cursor_execute", _before),
-    ("after_cursor_execute", _after),
-    ("handle_error", _error),
-)
 
 INTEGRATION = SQLAlchemyIntegration

@@ -20,10 +20,10 @@ which also keeps FastAPI's built-in telemetry from recording the request a secon
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import _state
-from ._base import DidNotEnable, Integration
+from ._base import DidNotEnable, Integration, Patch
 from .asgi import SEEN, Receive, Scope, Send, handle
 
 try:
@@ -32,15 +32,9 @@ try:
 except ImportError:
     raise DidNotEnable("starlette is not installed") from None
 
-
-if TYPE_CHECKING:
-    from .._agent import Agent
-
 #: The path templates of the mounts a request went through, joined.
 MOUNTS = "sightline.mounts"
 _FASTAPI_TELEMETRY = "fastapi.telemetry"
-# What install() replaced, restored by uninstall(); read by the patched methods.
-_saved: dict[str, Any] = {}
 #: The class of the route-selection record FastAPI's router fills in (None: this FastAPI
 #: reports no selections, or FastAPI is not imported).
 _selection_class: Any = None
@@ -123,43 +117,56 @@ def _selection(base: Any) -> Any:
     return Selection
 
 
-async def _call(self: Starlette, scope: Scope, receive: Receive, send: Send) -> None:
-    original = _saved["starlette"]
-    agent = _state.current
-    if agent is None or scope.get("type") != "http" or SEEN in scope:
+def _call(original: Any) -> Any:
+    async def __call__(self: Starlette, scope: Scope, receive: Receive, send: Send) -> None:
+        agent = _state.current
+        if agent is None or scope.get("type") != "http" or SEEN in scope:
+            await original(self, scope, receive, send)
+            return
+        await handle(agent, original.__get__(self), scope, receive, send, route_of)
+
+    return __call__
+
+
+def _mount_handle(original: Any) -> Any:
+    async def mount_handle(self: Mount, scope: Scope, receive: Receive, send: Send) -> None:
+        if SEEN in scope:
+            selection = scope.get(_FASTAPI_TELEMETRY)
+            if selection is not None and type(selection) is _selection_class:
+                # FastAPI knows the mount's full template (an included router's prefix too).
+                mount, selection.mount = selection.mount, None
+                scope[MOUNTS] = mount if mount is not None else scope.get(MOUNTS, "") + self.path
+                # See route_of: a Starlette router inside the mount may match a route.
+                selection.mounted = selection.selected
+                selection.route_at_mount = scope.get("route")
+            else:
+                scope[MOUNTS] = scope.get(MOUNTS, "") + self.path
         await original(self, scope, receive, send)
-        return
-    await handle(agent, original.__get__(self), scope, receive, send, route_of)
+
+    return mount_handle
 
 
-async def _mount_handle(self: Mount, scope: Scope, receive: Receive, send: Send) -> None:
-    if SEEN in scope:
-        selection = scope.get(_FASTAPI_TELEMETRY)
-        if selection is not None and type(selection) is _selection_class:
-            # FastAPI knows the mount's full template (an included router's prefix too).
-            mount, selection.mount = selection.mount, None
-            scope[MOUNTS] = mount if mount is not None else scope.get(MOUNTS, "") + self.path
-            # See route_of: a Starlette router inside the mount may match a route.
-            selection.mounted = selection.selected
-            selection.route_at_mount = scope.get("route")
-        else:
-            scope[MOUNTS] = scope.get(MOUNTS, "") + self.path
-    await _saved["mount"](self, scope, receive, send)
+def _fastapi_call(original: Any) -> Any:
+    # The record of FastAPI's selections is made for this FastAPI, when it is patched.
+    global _selection_class
+    base = _selection_base()
+    _selection_class = _selection(base) if base is not None else None
 
+    async def __call__(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        # FastAPI's built-in telemetry switches itself on once a tracer provider exists (as
+        # Sightline's does) and would record every request a second time; any value under
+        # this key is the marker FastAPI itself sets to keep an app from observing a
+        # request again. Sightline's value records the routes FastAPI's router selects.
+        if _state.current is not None and scope.get("type") == "http":
+            selection = scope.get(_FASTAPI_TELEMETRY, _NONE)
+            if selection is _NONE:
+                cls = _selection_class
+                scope[_FASTAPI_TELEMETRY] = cls(scope.get(MOUNTS, "")) if cls is not None else None
+            elif selection is not None and type(selection) is _selection_class:
+                selection.rebase(scope.get(MOUNTS, ""))  # a FastAPI app mounted in another
+        await original(self, scope, receive, send)
 
-async def _fastapi_call(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
-    # FastAPI's built-in telemetry switches itself on once a tracer provider exists (as
-    # Sightline's does) and would record every request a second time; any value under
-    # this key is the marker FastAPI itself sets to keep an app from observing a request
-    # again. Sightline's value records the routes FastAPI's router selects.
-    if _state.current is not None and scope.get("type") == "http":
-        selection = scope.get(_FASTAPI_TELEMETRY, _NONE)
-        if selection is _NONE:
-            cls = _selection_class
-            scope[_FASTAPI_TELEMETRY] = cls(scope.get(MOUNTS, "")) if cls is not None else None
-        elif selection is not None and type(selection) is _selection_class:
-            selection.rebase(scope.get(MOUNTS, ""))  # a FastAPI app mounted in another
-    await _saved["fastapi"](self, scope, receive, send)
+    return __call__
 
 
 _NONE = object()
@@ -185,32 +192,19 @@ def _fastapi_class() -> Any:
 
 class StarletteIntegration(Integration):
     name = "starlette"
-
-    def install(self, agent: Agent) -> None:
-        # Patched on the classes (never by swapping module attributes); what was there
-        # at install time, perhaps another library's patch, is what uninstall restores.
-        if Starlette.__call__ is not _call:
-            _saved["starlette"] = Starlette.__call__
-            _saved["mount"] = Mount.handle
-            Starlette.__call__ = _call  # type: ignore[method-assign]
-            Mount.handle = _mount_handle  # type: ignore[method-assign]
-        fastapi = _fastapi_class()
-        if fastapi is not None and fastapi.__call__ is not _fastapi_call:
-            global _selection_class
-            _selection_class = _selection_base()
-            if _selection_class is not None:
-                _selection_class = _selection(_selection_class)
-            _saved["fastapi"] = fastapi.__call__
-            fastapi.__call__ = _fastapi_call
+    library = "starlette"
+    minimum_version = "0.27"
+    # Patched on the classes (never by swapping module attributes); what was there at
+    # install time, perhaps another library's patch, is what uninstall restores. FastAPI
+    # is patched once the app has imported it (install runs again then).
+    patches = (
+        Patch(Starlette, "__call__", _call),
+        Patch(Mount, "handle", _mount_handle),
+        Patch(_fastapi_class, "__call__", _fastapi_call),
+    )
 
     def uninstall(self) -> None:
-        if Starlette.__call__ is _call:
-            Starlette.__call__ = _saved["starlette"]  # type: ignore[method-assign]
-        if Mount.handle is _mount_handle:
-            Mount.handle = _saved["mount"]  # type: ignore[method-assign]
-        fastapi = _fastapi_class()
-        if fastapi is not None and fastapi.__call__ is _fastapi_call:
-            fastapi.__call__ = _saved["fastapi"]
+        super().uninstall()
         global _selection_class
         _selection_class = None
 

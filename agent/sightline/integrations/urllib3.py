@@ -13,9 +13,8 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
-from ._base import DidNotEnable
+from ._base import DidNotEnable, Patch
 from ._clients import ClientIntegration, measuring
-from ._patches import Patches
 
 try:
     from urllib3.connectionpool import HTTPConnectionPool
@@ -37,31 +36,21 @@ def _describe(args: tuple[Any, ...]) -> tuple[str, str]:
     return str(method), str(pool.host)
 
 
-_patches = Patches()
+def _make_request(original: Any) -> Any:
+    return measuring(original, _describe, "urllib3.measure")
 
 
-def measure() -> None:
-    _patches.apply(
-        HTTPConnectionPool,
-        "_make_request",
-        lambda original: measuring(original, _describe, "urllib3.measure"),
-    )
-
-
-def unmeasure() -> None:
-    _patches.restore()
+#: What sends every request (requests' too: its integration installs this as well).
+PATCHES = (Patch(HTTPConnectionPool, "_make_request", _make_request),)
 
 
 class URLLib3Integration(ClientIntegration):
     name = "urllib3"
+    library = "urllib3"
+    minimum_version = "1.26"
+    patches = PATCHES
     instrumentor = _instrumentor
     package = "opentelemetry-instrumentation-urllib3"
-
-    def measure(self) -> None:
-        measure()
-
-    def unmeasure(self) -> None:
-        unmeasure()
 
 
 INTEGRATION = URLLib3Integration

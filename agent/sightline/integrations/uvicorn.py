@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _safety, _state
 from .._multiprocess import Server
-from ._base import DidNotEnable, Integration
+from ._base import DidNotEnable, Integration, Patch
 
 try:
     from uvicorn.config import Config
@@ -45,26 +45,26 @@ def find_config() -> Any | None:
     return None
 
 
-# What install() replaced, restored by uninstall().
-_saved: dict[str, Any] = {}
+def _shutdown(original: Any) -> Any:
+    async def shutdown(self: UvicornServer, *args: Any, **kwargs: Any) -> None:
+        try:
+            await original(self, *args, **kwargs)
+        finally:
+            if _state.current is not None:
+                with _safety.internal_errors("uvicorn.shutdown"):
+                    _state.stop()
 
-
-async def _shutdown(self: UvicornServer, *args: Any, **kwargs: Any) -> None:
-    try:
-        await _saved["shutdown"](self, *args, **kwargs)
-    finally:
-        if _state.current is not None:
-            with _safety.internal_errors("uvicorn.shutdown"):
-                _state.stop()
+    return shutdown
 
 
 class UvicornIntegration(Integration):
     name = "uvicorn"
+    library = "uvicorn"
+    minimum_version = "0.23"
+    patches = (Patch(UvicornServer, "shutdown", _shutdown),)
 
     def install(self, agent: Agent) -> None:
-        if UvicornServer.shutdown is not _shutdown:
-            _saved["shutdown"] = UvicornServer.shutdown
-            UvicornServer.shutdown = _shutdown  # type: ignore[method-assign]
+        super().install(agent)
         config = find_config()
         if config is None:
             return
@@ -74,10 +74,6 @@ class UvicornIntegration(Integration):
         limit = getattr(config, "limit_concurrency", None)
         if agent.settings.worker_capacity is None and agent.detected_capacity is None and limit:
             agent.detected_capacity = int(limit)
-
-    def uninstall(self) -> None:
-        if UvicornServer.shutdown is _shutdown:
-            UvicornServer.shutdown = _saved["shutdown"]  # type: ignore[method-assign]
 
 
 INTEGRATION = UvicornIntegration

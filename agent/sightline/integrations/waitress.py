@@ -12,20 +12,16 @@ SIGHTLINE_WORKER_CAPACITY says otherwise.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import _safety, _state
 from . import _served
-from ._base import DidNotEnable, Integration
-from ._patches import Patches
+from ._base import DidNotEnable, Integration, Patch
 
 try:
     from waitress.server import BaseWSGIServer
 except ImportError:
     raise DidNotEnable("waitress is not installed") from None
-
-if TYPE_CHECKING:
-    from .._agent import Agent
 
 
 def _init(original: Any) -> Any:
@@ -43,17 +39,11 @@ def _init(original: Any) -> Any:
     return __init__
 
 
-_patches = Patches()
-
-
 class WaitressIntegration(Integration):
     name = "waitress"
-
-    def install(self, agent: Agent) -> None:
-        _patches.apply(BaseWSGIServer, "__init__", _init)
-
-    def uninstall(self) -> None:
-        _patches.restore()
+    library = "waitress"
+    minimum_version = "2.0"
+    patches = (Patch(BaseWSGIServer, "__init__", _init),)
 
 
 INTEGRATION = WaitressIntegration
