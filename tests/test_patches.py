@@ -190,6 +190,25 @@ def test_every_integration_names_its_library_and_oldest_version() -> None:
         assert _base.installed_version(cls.library) is not None, f"{name}: {cls.library}"
 
 
+def test_a_version_read_from_the_module_is_the_packages_version() -> None:
+    """The version read from a loaded library's own ``__version__`` is the one its
+    package metadata gives, for every integration's library that keeps one."""
+    import importlib.metadata
+
+    read = 0
+    for name in INTEGRATION_NAMES:
+        try:
+            cls = importlib.import_module(f"sightline.integrations.{name}").INTEGRATION
+        except DidNotEnable:
+            continue
+        module = sys.modules.get(cls.library.lower())
+        if module is None or not isinstance(vars(module).get("__version__"), str):
+            continue
+        read += 1
+        assert _base.installed_version(cls.library) == importlib.metadata.version(cls.library)
+    assert read >= 5  # Django, Celery, Starlette, SQLAlchemy, redis, httpx and more keep one
+
+
 @pytest.mark.parametrize(
     ("installed", "minimum", "supported"),
     [

@@ -19,6 +19,7 @@ checked once, when the integration is loaded (:meth:`Integration.check_version`)
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -137,7 +138,17 @@ class Integration:
 
 
 def installed_version(distribution: str) -> str | None:
-    """The installed version of ``distribution``, None when it has no metadata."""
+    """The installed version of ``distribution``, None when it has no metadata.
+
+    Most libraries keep it as ``__version__`` in the module of the same name, which is
+    loaded by now: read from the module's own namespace (a module ``__getattr__`` that
+    warns, as Flask's does, is not called), it costs nothing. Otherwise the package
+    metadata says.
+    """
+    module = sys.modules.get(distribution.lower())
+    version = vars(module).get("__version__") if module is not None else None
+    if isinstance(version, str) and version[:1].isdigit():
+        return version
     # Loaded here, once an integration is: importing it takes longer than init() may.
     import importlib.metadata
 
