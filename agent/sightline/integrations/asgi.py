@@ -214,6 +214,24 @@ def _route(route_of: RouteOf, scope: Scope) -> str | None:
     return route if isinstance(route, str) else None
 
 
+def app_call(route_of: Callable[[Scope], str | None]) -> Callable[[Any], Any]:
+    """What a framework's patch row puts in place of its app's ``__call__``: HTTP requests
+    go through :func:`handle`, their route named by ``route_of``; anything else, and every
+    request once the agent has stopped, goes straight to the original."""
+
+    def wrap(original: Any) -> Any:
+        async def __call__(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
+            agent = _state.current
+            if agent is None or scope.get("type") != "http" or SEEN in scope:
+                await original(self, scope, receive, send)
+                return
+            await handle(agent, original.__get__(self), scope, receive, send, route_of)
+
+        return __call__
+
+    return wrap
+
+
 async def handle(
     agent: Agent,
     app: ASGIApp,

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _state
 from ._base import DidNotEnable, Integration, Patch
-from .asgi import SEEN, Receive, Scope, Send, handle
+from .asgi import Scope, app_call
 
 try:
     from litestar import Litestar
@@ -49,23 +48,12 @@ def route_of(scope: Scope) -> str | None:
     return template
 
 
-def _call(original: Any) -> Any:
-    async def __call__(self: Litestar, scope: Scope, receive: Receive, send: Send) -> None:
-        agent = _state.current
-        if agent is None or scope.get("type") != "http" or SEEN in scope:
-            await original(self, scope, receive, send)
-            return
-        await handle(agent, original.__get__(self), scope, receive, send, route_of)
-
-    return __call__
-
-
 class LitestarIntegration(Integration):
     name = "litestar"
     library = "litestar"
     minimum_version = "2.25"
     # Patched on the class (never by swapping litestar.Litestar), see flask.py.
-    patches = (Patch(Litestar, "__call__", _call),)
+    patches = (Patch(Litestar, "__call__", app_call(route_of)),)
 
     def uninstall(self) -> None:
         super().uninstall()

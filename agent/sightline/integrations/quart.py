@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _state
 from ._base import DidNotEnable, Integration, Patch
-from .asgi import SEEN, Receive, Scope, Send, handle, route_in_scope
+from .asgi import app_call, route_in_scope
 from .wsgi import ROUTE
 
 try:
@@ -22,17 +21,6 @@ try:
     from quart.ctx import RequestContext
 except ImportError:
     raise DidNotEnable("quart is not installed") from None
-
-
-def _call(original: Any) -> Any:
-    async def __call__(self: Quart, scope: Scope, receive: Receive, send: Send) -> None:
-        agent = _state.current
-        if agent is None or scope.get("type") != "http" or SEEN in scope:
-            await original(self, scope, receive, send)
-            return
-        await handle(agent, original.__get__(self), scope, receive, send, route_in_scope)
-
-    return __call__
 
 
 def _matcher() -> Any:
@@ -57,7 +45,7 @@ class QuartIntegration(Integration):
     minimum_version = "0.20"
     # Patched on the classes (never by swapping quart.Quart), see flask.py.
     patches = (
-        Patch(Quart, "__call__", _call),
+        Patch(Quart, "__call__", app_call(route_in_scope)),
         Patch(_matcher, "match_request", _match_request),
     )
 

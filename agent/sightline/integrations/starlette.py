@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import _state
 from ._base import DidNotEnable, Integration, Patch
-from .asgi import SEEN, Receive, Scope, Send, handle
+from .asgi import SEEN, Receive, Scope, Send, app_call
 
 try:
     from starlette.applications import Starlette
@@ -117,17 +117,6 @@ def _selection(base: Any) -> Any:
     return Selection
 
 
-def _call(original: Any) -> Any:
-    async def __call__(self: Starlette, scope: Scope, receive: Receive, send: Send) -> None:
-        agent = _state.current
-        if agent is None or scope.get("type") != "http" or SEEN in scope:
-            await original(self, scope, receive, send)
-            return
-        await handle(agent, original.__get__(self), scope, receive, send, route_of)
-
-    return __call__
-
-
 def _mount_handle(original: Any) -> Any:
     async def mount_handle(self: Mount, scope: Scope, receive: Receive, send: Send) -> None:
         if SEEN in scope:
@@ -198,7 +187,7 @@ class StarletteIntegration(Integration):
     # install time, perhaps another library's patch, is what uninstall restores. FastAPI
     # is patched once the app has imported it (install runs again then).
     patches = (
-        Patch(Starlette, "__call__", _call),
+        Patch(Starlette, "__call__", app_call(route_of)),
         Patch(Mount, "handle", _mount_handle),
         Patch(_fastapi_class, "__call__", _fastapi_call),
     )
