@@ -479,3 +479,16 @@ def test_an_answer_that_closes_the_connection_is_delivered_once(
         assert get(registry, "failures", signal="logs", reason="connection") == 0
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("body", [b"", b"x", bytes(range(256)) * 400])
+def test_a_gzipped_body_is_one_gzip_member_of_the_same_bytes(body: bytes) -> None:
+    """What the pusher compresses is a gzip member the gzip module reads back whole, at
+    least as small as ``gzip.compress`` makes it at the same level for repetitive data."""
+    import gzip
+
+    packed = _export.gzipped(body, 3)
+    assert packed[:2] == b"\x1f\x8b"  # the gzip magic number
+    assert gzip.decompress(packed) == body
+    if len(body) > 1000:
+        assert len(packed) <= len(gzip.compress(body, compresslevel=3))

@@ -23,7 +23,6 @@ own transport and how it behaves when Loki is slow or down.
 
 from __future__ import annotations
 
-import base64
 import json
 import json.encoder
 import logging
@@ -39,7 +38,15 @@ from typing import Any
 from opentelemetry import trace
 
 from . import _safety
-from ._export import BatchQueue, Endpoint, ExportStats, Retrying, push, split_credentials
+from ._export import (
+    BatchQueue,
+    Endpoint,
+    ExportStats,
+    Retrying,
+    basic_auth,
+    push,
+    split_credentials,
+)
 from ._settings import Settings, tls_context
 from ._spans import current_span_reader
 
@@ -282,8 +289,7 @@ def loki_endpoint(settings: Settings) -> Endpoint:
     elif settings.loki_username or user is not None:
         if settings.loki_username:
             user, password = settings.loki_username, settings.loki_password
-        pair = f"{user}:{password or ''}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        headers["Authorization"] = basic_auth(user or "", password)
     if settings.loki_tenant:
         headers["X-Scope-OrgID"] = settings.loki_tenant
     return Endpoint(
