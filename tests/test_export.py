@@ -60,6 +60,35 @@ def test_queue_is_bounded_and_drops_newest(registry: CollectorRegistry) -> None:
     assert all(len(batch) <= 4 for batch in sent)
 
 
+def test_each_full_batch_wakes_the_export_thread_before_its_interval(
+    registry: CollectorRegistry,
+) -> None:
+    """Every time a full batch is waiting, the export thread sends it at once rather than
+    at its (here one-minute) interval, and nothing put meanwhile is left behind."""
+    sent: list[list[int]] = []
+    arrived = threading.Condition()
+
+    def send(batch: Sequence[int]) -> None:
+        with arrived:
+            sent.append(list(batch))
+            arrived.notify_all()
+
+    queue: BatchQueue[int] = BatchQueue(
+        "logs", send, make_stats(registry), max_items=100, batch_items=4, interval=60.0
+    )
+
+    def delivered(count: int) -> Callable[[], bool]:
+        return lambda: sum(len(batch) for batch in sent) >= count
+
+    for round_ in range(5):
+        for i in range(4 * round_, 4 * round_ + 4):
+            queue.put(i)
+        with arrived:
+            assert arrived.wait_for(delivered(4 * round_ + 4), timeout=5)
+    assert [i for batch in sent for i in batch] == list(range(20))
+    queue.close(time.monotonic() + 5)
+
+
 def test_batches_are_capped_by_bytes(registry: CollectorRegistry) -> None:
     """A batch never holds more bytes than allowed (a single oversized item goes alone)."""
     sent: list[list[str]] = []

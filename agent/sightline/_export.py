@@ -381,7 +381,9 @@ class BatchQueue(Generic[T]):
             self._items.append(item)
         if self._thread is None:
             self._start()
-        elif len(self._items) >= self._batch_items:
+        elif len(self._items) >= self._batch_items and not self._wake.is_set():
+            # Set once: the thread takes everything queued before it waits again, and
+            # setting a set event would take its lock and notify on every put.
             self._wake.set()
 
     def _after_fork(self) -> None:
