@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -111,6 +112,13 @@ def wait_until(check: Callable[[], Any], timeout: float = 60, every: float = 0.2
         if result or time.monotonic() > deadline:
             return result
         time.sleep(every)
+
+
+def wakeups(thread: threading.Thread) -> int:
+    """How often ``thread`` has been switched out so far (Linux): a thread blocked with no
+    timer adds none while nothing wakes it."""
+    with open(f"/proc/self/task/{thread.native_id}/status") as status:
+        return sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
 
 
 def assert_depth_follows(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter
 from sightline import _export
 from sightline._export import BatchQueue, Endpoint, ExportStats, Retrying, push
 
-from .helpers import free_port
+from .helpers import free_port, wait_until, wakeups
 from .receivers import Backend
 
 
@@ -86,6 +87,65 @@ def test_each_full_batch_wakes_the_export_thread_before_its_interval(
         with arrived:
             assert arrived.wait_for(delivered(4 * round_ + 4), timeout=5)
     assert [i for batch in sent for i in batch] == list(range(20))
+    queue.close(time.monotonic() + 5)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc")
+def test_an_empty_queue_sleeps_with_no_timer_and_wakes_on_the_next_put(
+    registry: CollectorRegistry,
+) -> None:
+    """Once its queue is empty the export thread is never woken by its interval (a timer
+    would slow a busy app down), and an item put after a long idle still goes out within
+    about one interval, without close()."""
+    sent: list[int] = []
+    queue: BatchQueue[int] = BatchQueue(
+        "logs", sent.extend, make_stats(registry), max_items=100, batch_items=50, interval=0.05
+    )
+    for round_ in range(3):
+        queue.put(round_)
+        assert wait_until(lambda: round_ in sent, timeout=2, every=0.01)  # noqa: B023
+        time.sleep(0.1)  # back to sleep on the empty queue
+        thread = queue._thread
+        assert thread is not None
+        before = wakeups(thread)
+        time.sleep(0.6)  # twelve intervals
+        assert wakeups(thread) == before
+    queued = time.monotonic()
+    queue.put(99)
+    assert wait_until(lambda: 99 in sent, timeout=2, every=0.005)
+    assert time.monotonic() - queued < 0.5
+    queue.close(time.monotonic() + 5)
+    assert sent == [0, 1, 2, 99]
+
+
+def test_nothing_put_from_many_threads_is_left_behind_by_a_sleeping_thread(
+    registry: CollectorRegistry,
+) -> None:
+    """Items put from several threads while the export thread drains and goes back to
+    sleep are all sent within the interval, none stranded until close()."""
+    sent: list[int] = []
+    queue: BatchQueue[int] = BatchQueue(
+        "logs",
+        sent.extend,
+        make_stats(registry),
+        max_items=100_000,
+        batch_items=500,
+        interval=0.005,
+    )
+
+    def producer(first: int) -> None:
+        for i in range(first, first + 3000):
+            queue.put(i)
+            if i % 97 == 0:
+                time.sleep(0.002)  # let the queue run dry now and then
+
+    producers = [threading.Thread(target=producer, args=(n * 3000,)) for n in range(4)]
+    for thread in producers:
+        thread.start()
+    for thread in producers:
+        thread.join()
+    assert wait_until(lambda: len(sent) == 12_000, timeout=5, every=0.01), len(sent)
+    assert sorted(sent) == list(range(12_000))
     queue.close(time.monotonic() + 5)
 
 

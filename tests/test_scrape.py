@@ -19,7 +19,7 @@ from sightline import _scrape
 from sightline._process import process_key
 from sightline._scrape import MetricsServer
 
-from .helpers import free_port, wait_until
+from .helpers import free_port, wait_until, wakeups
 from .servers import ROOT
 
 PROCESS = """
@@ -205,6 +205,27 @@ def test_a_busy_server_answers_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
             assert busy.value.code == 503
             busy.value.close()
             assert time.monotonic() - started < 1.5
+    finally:
+        server.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_the_server_thread_sleeps_with_no_timer_between_scrapes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between scrapes the metrics server's thread is never woken (a thread woken by a
+    timer slows a busy app down), and the next scrape is still answered."""
+    server, port = serve_here(monkeypatch)
+    try:
+        for _ in range(2):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as got:
+                assert got.read() == b"metrics"
+            time.sleep(0.2)  # the scrape's own thread ends, and its deadline is dropped
+            thread = server._thread
+            assert thread is not None
+            before = wakeups(thread)
+            time.sleep(1.6)  # a 0.5 s timer would have woken it three times
+            assert wakeups(thread) == before
     finally:
         server.close()
 
