@@ -18,10 +18,11 @@ event loop per batch. Variants are entries in each suite module's ``VARIANTS`` (
     formatter; the baseline), ``incumbent`` (OpenTelemetry's Flask instrumentation and SDK with
     a batch processor and the OTLP/HTTP exporter, prometheus-flask-exporter, python-json-logger
     with a trace-id filter), ``sightline_full`` (``sightline.init()`` with traces and logs) and
-    both again sampling 10% of traces (``incumbent_10pct``, ``sightline_10pct``). Spans go to
-    a loopback OTLP/HTTP sink in the worker process, so export runs in a background thread of
-    the process being timed, as in production; the worker flushes after timing and checks
-    what the sink received.
+    both again sampling 10% of traces (``incumbent_10pct``, ``sightline_10pct``), and
+    ``sightline_served``: ``sightline_full`` with its background ``/metrics`` server running,
+    as it does by default. Spans go to a loopback OTLP/HTTP sink in the worker process, so
+    export runs in a background thread of the process being timed, as in production; the
+    worker flushes after timing and checks what the sink received.
 ``fastapi``
     The ``full`` suite's comparison, traces always on, for a FastAPI app (route
     ``/users/{uid}``, an ``async def`` endpoint that logs the same line and answers plain

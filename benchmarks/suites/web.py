@@ -118,8 +118,8 @@ def setup_incumbent(ratio: float | None = None) -> Variant:
     )
 
 
-def setup_sightline_full(ratio: float | None = None) -> Variant:
-    recorded, handler, exported = sightline_full(ratio)
+def setup_sightline_full(ratio: float | None = None, served: bool = False) -> Variant:
+    recorded, handler, exported = sightline_full(ratio, served=served)
     sampled = 1.0 if ratio is None else ratio
     return Variant(hello_app(log_line=True), recorded, handler, exported, sampled)
 
@@ -317,6 +317,7 @@ VARIANTS: dict[str, Setup] = {
     "incumbent_10pct": lambda: setup_incumbent(0.1),
     "sightline_full": setup_sightline_full,
     "sightline_10pct": lambda: setup_sightline_full(0.1),
+    "sightline_served": lambda: setup_sightline_full(served=True),
     "fastapi_bare": setup_fastapi_bare,
     "fastapi_incumbent": setup_fastapi_incumbent,
     "fastapi_sightline": setup_fastapi_sightline,
@@ -510,13 +511,21 @@ SUITES: dict[str, Suite] = {
     ),
     "full": Suite(
         title="Full stack: metrics, traces and a JSON log line per request",
-        variants=("bare_log", "incumbent", "incumbent_10pct", "sightline_full", "sightline_10pct"),
+        variants=(
+            "bare_log",
+            "incumbent",
+            "incumbent_10pct",
+            "sightline_full",
+            "sightline_10pct",
+            "sightline_served",
+        ),
         baseline="bare_log",
         references={
             "incumbent": "incumbent",
             "incumbent_10pct": "incumbent_10pct",
             "sightline_full": "incumbent",
             "sightline_10pct": "incumbent_10pct",
+            "sightline_served": "incumbent",
         },
         targets={"sightline_full": 0.25, "sightline_10pct": 1 / 6},
         rounds=12,
