@@ -104,7 +104,7 @@ def test_an_empty_queue_sleeps_with_no_timer_and_wakes_on_the_next_put(
     for round_ in range(3):
         queue.put(round_)
         assert wait_until(lambda: round_ in sent, timeout=2, every=0.01)  # noqa: B023
-        time.sleep(0.1)  # back to sleep on the empty queue
+        time.sleep(0.3)  # an interval with nothing, and then asleep for good
         thread = queue._thread
         assert thread is not None
         before = wakeups(thread)
@@ -136,8 +136,8 @@ def test_nothing_put_from_many_threads_is_left_behind_by_a_sleeping_thread(
     def producer(first: int) -> None:
         for i in range(first, first + 3000):
             queue.put(i)
-            if i % 97 == 0:
-                time.sleep(0.002)  # let the queue run dry now and then
+            if i % 97 == 0:  # let the queue run dry now and then, at times for intervals
+                time.sleep(0.02 if i % 970 == 0 else 0.002)
 
     producers = [threading.Thread(target=producer, args=(n * 3000,)) for n in range(4)]
     for thread in producers:

@@ -321,11 +321,11 @@ class BatchQueue(Generic[T]):
     ``put`` never blocks and never raises. The thread is started lazily, and again in a
     forked child (threads do not survive fork), so pre-forking servers work.
 
-    An empty queue's thread sleeps with no timer: the first ``put`` wakes it, it waits
-    up to ``interval`` for a batch to fill, sends, and sleeps again once the queue is
-    empty. A thread woken by a timer wants the GIL at once and, while the app's threads
-    are busy, waits for it through a storm of futile wakeups that slow them down; an
-    idle queue therefore costs the app nothing at all.
+    The thread wakes when a batch is full or an interval has passed, and sends what is
+    queued. Once a whole interval has brought nothing it sleeps with no timer, until the
+    next ``put`` wakes it. A thread woken by a timer wants the GIL at once and, while the
+    app's threads are busy, waits for it through a storm of futile wakeups that slow
+    them down: an idle queue costs the app nothing, and a busy one one wakeup an interval.
     """
 
     def __init__(
@@ -426,20 +426,20 @@ class BatchQueue(Generic[T]):
 
     def _run(self) -> None:
         while not self.stopping.is_set():
-            if not self._items:
-                # Said before the second look, so a put either is seen here or sees it.
-                self._idle = True
-                if not self._items:
-                    self._wake.wait()  # no timer: the first put, or close(), wakes it
-                self._idle = False
-                self._wake.clear()
-                waiting = len(self._items)
-                if 0 < waiting < self._batch_items and not self.stopping.is_set():
-                    self._wake.wait(self._interval)  # a batch fills, or the interval ends
-            else:
-                self._wake.wait(self._interval)
+            if len(self._items) < self._batch_items:
+                self._wake.wait(self._interval)  # a batch fills, or the interval ends
             self._wake.clear()
-            self._drain()
+            if self._items:
+                self._drain()
+                continue
+            # A whole interval brought nothing: sleep with no timer, so a queue fed all
+            # the time wakes once an interval, as before, and an idle one never. Said
+            # before the second look, so a put either is seen here or sees it.
+            self._idle = True
+            if not self._items and not self.stopping.is_set():
+                self._wake.wait()  # the next put, or close(), wakes it
+            self._idle = False
+            self._wake.clear()
         self._drain()  # the final flush, bounded by the deadline close() set
         if self._on_stop is not None:
             with _safety.internal_errors(f"export.{self.name}.stop"):
