@@ -21,6 +21,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import random
 import stat
 import time
 from collections.abc import Iterator
@@ -162,7 +163,9 @@ class Store:
     def write(self, name: str, data: bytes, durable: bool = False) -> None:
         """Replace ``name`` with ``data`` atomically: written to a new private file (never
         through a link), then renamed over it. ``durable`` also survives a power cut."""
-        temporary = f".{name}.{os.urandom(4).hex()}.tmp"
+        # Never guessed into: the directory is this user's alone, and O_EXCL|O_NOFOLLOW.
+        # (random, not os.urandom: no system call, each of which releases the GIL.)
+        temporary = f".{name}.{random.getrandbits(32):08x}.tmp"
         fd = os.open(temporary, _CREATE, 0o600, dir_fd=self.fd)
         try:
             try:
