@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.client
 import json
 import os
@@ -945,3 +946,129 @@ def test_a_fork_that_stops_waiting_for_an_exclusive_block_says_so(
         "a fork went ahead after waiting 0.1 s for another thread to finish starting a process "
         "or importing a module; the child may hang on it"
     ]
+
+
+def test_a_request_after_the_interval_writes_the_snapshot_on_its_own_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests recorded before the snapshot is due write nothing; the first one after
+    writes it, on the request's own thread, with that request's count in it, and moves
+    the next one an interval on."""
+    from sightline._settings import Settings
+    from sightline.metrics import Metrics
+
+    registry = CollectorRegistry()
+    metrics = Metrics(Settings.load({}, {"service": "t"}), registry)
+    snapshots = snapshots_in(tmp_path, registry)  # no thread started: only requests write
+    metrics.snapshots = snapshots
+    writers: list[str] = []
+    real_write = snapshots.store.write
+
+    def write(name: str, data: bytes, durable: bool = False) -> None:
+        writers.append(threading.current_thread().name)
+        real_write(name, data, durable)
+
+    monkeypatch.setattr(snapshots.store, "write", write)
+    snapshots.due = time.monotonic() + 60
+    for _ in range(3):
+        metrics.observe_request("GET", "/a", "200", 0.01)
+    assert writers == []
+    snapshots.due = time.monotonic() - 0.001
+    metrics.observe_request("GET", "/a", "200", 0.01)
+    assert writers == [threading.current_thread().name]
+    assert snapshots.due > time.monotonic() + 0.5 * _multiprocess.INTERVAL
+    written = snapshots.written
+    assert written is not None
+    counts = [
+        sample
+        for family in written["families"]
+        if family["name"] == "http_server_request_duration_seconds"
+        for sample in family["samples"]
+        if sample[0].endswith("_count")
+    ]
+    assert len(counts) == 1
+    assert counts[0][2] == 3, counts  # recorded before this request's own
+    metrics.observe_request("GET", "/a", "200", 0.01)
+    assert len(writers) == 1
+
+
+def test_a_slow_snapshot_hands_the_writing_back_to_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A snapshot that takes longer than the request path's budget is the last written
+    there: one warning says so and why, and later due requests leave it to the thread."""
+    registry = CollectorRegistry()
+    Counter("jobs", "Jobs.", ["queue"], registry=registry).labels("a").inc()
+    snapshots = snapshots_in(tmp_path, registry)
+    monkeypatch.setattr(_multiprocess, "INLINE_BUDGET", 0.0)
+    writes: list[float] = []
+    real_write = snapshots.store.write
+    monkeypatch.setattr(
+        snapshots.store, "write", lambda *a, **k: (writes.append(1), real_write(*a, **k))
+    )
+    with caplog.at_level("WARNING", logger="sightline"):
+        snapshots.write_due()
+        snapshots.due = 0.0
+        snapshots.write_due()
+    assert len(writes) == 1
+    assert not snapshots.inline
+    warnings = [r.getMessage() for r in caplog.records if "snapshot took" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "SIGHTLINE_MAX_SERIES" in warnings[0]
+    assert snapshots.write()  # the thread's write still works
+    assert len(writes) == 2
+
+
+BUSY_PROGRAM = """
+import logging, os, sys, time
+sys.stdout = open(os.devnull, "w")
+import sightline
+from flask import Flask
+sightline.init(service="busy", metrics_addr="off", traces=False, logs=True, log_level="INFO")
+app = Flask("busy")
+log = logging.getLogger("busy")
+
+@app.route("/u/<int:uid>")
+def user(uid):
+    log.info("served", extra={"uid": uid})
+    return "ok"
+
+environ = {
+    "REQUEST_METHOD": "GET", "PATH_INFO": "/u/1", "SERVER_NAME": "x", "SERVER_PORT": "80",
+    "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.input": sys.stdin.buffer,
+}
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:  # one thread serving flat out: no idle moment between requests
+    body = app(dict(environ), lambda status, headers, exc_info=None: None)
+    b"".join(body)
+    body.close()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="a Linux process model")
+def test_a_process_serving_flat_out_still_writes_its_snapshot_every_second(
+    tmp_path: Path,
+) -> None:
+    """A worker busy with requests without pause, each releasing the GIL once (its log
+    line), keeps its snapshot at most about an interval old: the merged view does not
+    freeze under load. (A snapshot left to a background thread was written once in
+    eight seconds of such a loop: the thread lost the GIL at every release.)"""
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(store)}
+    program = subprocess.Popen(
+        [sys.executable, "-c", BUSY_PROGRAM, "5"], env=env, stdin=subprocess.DEVNULL
+    )
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 30
+        while program.poll() is None and time.monotonic() < deadline:
+            for path in store.rglob("*-*.json"):  # a process's own snapshot
+                with contextlib.suppress(FileNotFoundError):
+                    seen.add(path.stat().st_mtime_ns)
+            time.sleep(0.05)
+    finally:
+        program.kill()
+        program.wait()
+    assert program.returncode in (0, -signal.SIGKILL)
+    assert len(seen) >= 3, f"{len(seen)} snapshots seen in 5 s of serving"

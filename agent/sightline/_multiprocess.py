@@ -81,6 +81,11 @@ logger = logging.getLogger("sightline")
 
 #: Seconds between two snapshots of a process's metrics.
 INTERVAL = 1.0
+#: How long the snapshot thread sleeps while requests or tasks write the snapshots.
+QUIET_INTERVAL = 5.0
+#: A snapshot written in a request's path taking longer than this hands the writing back
+#: to the thread for good (a registry too large, or a slow collector of the app's).
+INLINE_BUDGET = 0.02
 #: Snapshots between two folds of exited processes' files by the writing thread.
 FOLD_EVERY = 10
 #: How long a scrape waits for another process's merge before serving its last view.
@@ -259,6 +264,10 @@ class Snapshots:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        #: When the next snapshot is due (time.monotonic()); see write_due().
+        self.due = time.monotonic() + INTERVAL
+        #: Whether requests and tasks write snapshots when due (see write_due()).
+        self.inline = True
         # Counts inherited from the process that forked this one (gunicorn --preload):
         # they are that process's, and are taken out of this one's snapshots.
         self._baseline: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
@@ -283,17 +292,57 @@ class Snapshots:
         self._thread.start()
 
     def _run(self) -> None:
-        writes = 0
-        while not self._stop.wait(INTERVAL):
+        """Write the snapshot when nothing else did: while requests or tasks come, they
+        write it (see :meth:`write_due`) and this thread sleeps QUIET_INTERVAL."""
+        wakes = 0
+        wait = INTERVAL
+        while not self._stop.wait(wait):
             with _safety.internal_errors("multiprocess.snapshot"):
-                self.write()
-                writes += 1
+                if time.monotonic() < self.due:  # written meanwhile
+                    wait = QUIET_INTERVAL
+                else:
+                    self.write()
+                    wait = INTERVAL
+                wakes += 1
                 # Storage stays bounded even if nobody scrapes; while every process runs
                 # there is nothing to fold, and no merge is run for nothing.
-                if writes % FOLD_EVERY == 0 and leftovers(self.store):
+                if wakes % FOLD_EVERY == 0 and leftovers(self.store):
                     with self.store.lock(timeout=0) as locked:
                         if locked:
                             Merge(self).run()
+
+    def write_due(self) -> None:
+        """Write the snapshot from a request's or task's path, once it is due (the caller
+        checks :attr:`due`). Never waits (a snapshot being written elsewhere is enough)
+        and never raises.
+
+        Why not the thread alone: a thread woken by a timer wants the GIL at once, and
+        in a process whose request threads are busy it waits for it through futile
+        wakeups, woken at each of their GIL releases only to lose it again. Every file a
+        snapshot reads or writes releases the GIL again, so under load a snapshot could
+        take minutes (the merged view silently stale) while the wakeups slowed every
+        request down (by about a third, for a Flask app logging a line per request).
+        Written here, by a thread that holds the GIL already, it takes a millisecond or
+        two, once a second.
+        """
+        if not self.inline or not self._lock.acquire(blocking=False):
+            return
+        try:
+            started = time.monotonic()
+            with _safety.internal_errors("multiprocess.snapshot"):
+                self._write(False)
+            took = time.monotonic() - started
+            if took > INLINE_BUDGET:
+                self.inline = False
+                logger.warning(
+                    "sightline: writing this process's metrics snapshot took %.0f ms, too "
+                    "long for a request's path; a thread writes it from now on, and under "
+                    "load the merged metrics may lag. A collector of the app's that reads "
+                    "slowly, or a registry near SIGHTLINE_MAX_SERIES, makes it slow.",
+                    took * 1000,
+                )
+        finally:
+            self._lock.release()
 
     def document(self, final: bool = False) -> dict[str, Any]:
         with self._collecting:
@@ -313,23 +362,28 @@ class Snapshots:
     def write(self, final: bool = False) -> bool:
         """Write this process's snapshot; False (counted, logged) if it cannot be."""
         with self._lock:
-            if self._closed:  # a scrape answered while exiting must not undo the last one
-                return True
-            document = self.document(final)
-            data = json.dumps(document, separators=(",", ":")).encode()
-            try:
-                self.store.write(self.name, data)
-            except OSError as exc:
-                self.errors(
-                    "write_failed",
-                    "cannot write this process's metrics snapshot in %s (%s); other processes "
-                    "show its numbers as of its last snapshot",
-                    self.store.path,
-                    exc.strerror or exc,
-                )
-                return False
-            self.written = document
+            return self._write(final)
+
+    def _write(self, final: bool) -> bool:
+        """The snapshot's writing, under self._lock."""
+        self.due = time.monotonic() + INTERVAL
+        if self._closed:  # a scrape answered while exiting must not undo the last one
             return True
+        document = self.document(final)
+        data = json.dumps(document, separators=(",", ":")).encode()
+        try:
+            self.store.write(self.name, data)
+        except OSError as exc:
+            self.errors(
+                "write_failed",
+                "cannot write this process's metrics snapshot in %s (%s); other processes "
+                "show its numbers as of its last snapshot",
+                self.store.path,
+                exc.strerror or exc,
+            )
+            return False
+        self.written = document
+        return True
 
     def close(self) -> None:
         self._stop.set()
@@ -367,6 +421,8 @@ class Snapshots:
         self._collecting = threading.Lock()
         self._collecting_held = False
         self._stop = threading.Event()
+        self.due = time.monotonic() + INTERVAL
+        self.inline = True
         server = self.server
         key = process_key(os.getpid())
         if key is None or (server is not None and os.getppid() != server.pid):
