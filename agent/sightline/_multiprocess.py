@@ -85,7 +85,7 @@ INTERVAL = 1.0
 QUIET_INTERVAL = 5.0
 #: A snapshot written in a request's path taking longer than this hands the writing back
 #: to the thread for good (a registry too large, or a slow collector of the app's).
-INLINE_BUDGET = 0.02
+INLINE_BUDGET = 0.05
 #: Snapshots between two folds of exited processes' files by the writing thread.
 FOLD_EVERY = 10
 #: How long a scrape waits for another process's merge before serving its last view.
