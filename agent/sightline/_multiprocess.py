@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -83,6 +84,9 @@ logger = logging.getLogger("sightline")
 INTERVAL = 1.0
 #: How long the snapshot thread sleeps while requests or tasks write the snapshots.
 QUIET_INTERVAL = 5.0
+#: A snapshot thread waking this much later than asked found the GIL held by a busy
+#: app: from then on requests and tasks write the snapshots (see write_due()).
+BUSY_LATENESS = 0.05
 #: A snapshot written in a request's path taking longer than this hands the writing back
 #: to the thread for good (a registry too large, or a slow collector of the app's).
 INLINE_BUDGET = 0.05
@@ -264,8 +268,9 @@ class Snapshots:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
-        #: When the next snapshot is due (time.monotonic()); see write_due().
-        self.due = time.monotonic() + INTERVAL
+        #: When requests and tasks are to write the next snapshot (time.monotonic());
+        #: never while the thread writes them (see _run() and write_due()).
+        self.due = math.inf
         #: Whether requests and tasks write snapshots when due (see write_due()).
         self.inline = True
         # Counts inherited from the process that forked this one (gunicorn --preload):
@@ -292,15 +297,22 @@ class Snapshots:
         self._thread.start()
 
     def _run(self) -> None:
-        """Write the snapshot when nothing else did: while requests or tasks come, they
-        write it (see :meth:`write_due`) and this thread sleeps QUIET_INTERVAL."""
+        """Write the snapshot every interval, unless the app keeps the GIL busy: then
+        requests and tasks write it (see :meth:`write_due`) and this thread only looks,
+        every QUIET_INTERVAL, whether the app has calmed down."""
         wakes = 0
         wait = INTERVAL
-        while not self._stop.wait(wait):
+        while True:
+            woken = time.monotonic() + wait
+            if self._stop.wait(wait):
+                return
             with _safety.internal_errors("multiprocess.snapshot"):
-                if time.monotonic() < self.due:  # written meanwhile
+                if self.inline and time.monotonic() - woken > BUSY_LATENESS:
+                    if self.due == math.inf:
+                        self.due = time.monotonic()  # the next request writes it
                     wait = QUIET_INTERVAL
                 else:
+                    self.due = math.inf
                     self.write()
                     wait = INTERVAL
                 wakes += 1
@@ -313,8 +325,9 @@ class Snapshots:
 
     def write_due(self) -> None:
         """Write the snapshot from a request's or task's path, once it is due (the caller
-        checks :attr:`due`). Never waits (a snapshot being written elsewhere is enough)
-        and never raises.
+        checks :attr:`due`, and calls this while its work still counts as in flight: a
+        busy process's snapshot shows it busy). Never waits (a snapshot being written
+        elsewhere is enough) and never raises.
 
         Why not the thread alone: a thread woken by a timer wants the GIL at once, and
         in a process whose request threads are busy it waits for it through futile
@@ -323,7 +336,8 @@ class Snapshots:
         take minutes (the merged view silently stale) while the wakeups slowed every
         request down (by about a third, for a Flask app logging a line per request).
         Written here, by a thread that holds the GIL already, it takes a millisecond or
-        two, once a second.
+        two, once a second. The thread hands over only when it finds the GIL busy, so
+        a process with idle moments keeps sampling its in-flight gauges at random times.
         """
         if not self.inline or not self._lock.acquire(blocking=False):
             return
@@ -334,6 +348,7 @@ class Snapshots:
             took = time.monotonic() - started
             if took > INLINE_BUDGET:
                 self.inline = False
+                self.due = math.inf
                 logger.warning(
                     "sightline: writing this process's metrics snapshot took %.0f ms, too "
                     "long for a request's path; a thread writes it from now on, and under "
@@ -366,7 +381,8 @@ class Snapshots:
 
     def _write(self, final: bool) -> bool:
         """The snapshot's writing, under self._lock."""
-        self.due = time.monotonic() + INTERVAL
+        if self.due != math.inf:
+            self.due = time.monotonic() + INTERVAL
         if self._closed:  # a scrape answered while exiting must not undo the last one
             return True
         document = self.document(final)
@@ -421,7 +437,7 @@ class Snapshots:
         self._collecting = threading.Lock()
         self._collecting_held = False
         self._stop = threading.Event()
-        self.due = time.monotonic() + INTERVAL
+        self.due = math.inf
         self.inline = True
         server = self.server
         key = process_key(os.getpid())

@@ -668,9 +668,6 @@ class Metrics:
         self, method: str, route: str, status: str, seconds: float, span: Any = None
     ) -> None:
         """Record one request; a recording span (given, or current) becomes the exemplar."""
-        snapshots = self.snapshots
-        if snapshots is not None and snapshots.due <= _monotonic():
-            snapshots.write_due()
         key = (method, route, status)
         child = self._request_children.get(key) or self.request_duration.child(key)
         if self.exemplars:
@@ -687,7 +684,8 @@ class Metrics:
         child.observe(seconds)
 
     def snapshot_if_due(self) -> None:
-        """Write the multi-process snapshot if it is due (see Snapshots.write_due)."""
+        """Write the multi-process snapshot if it is due (see Snapshots.write_due): called
+        at the end of a request or task, before its in-flight gauge goes down."""
         snapshots = self.snapshots
         if snapshots is not None and snapshots.due <= _monotonic():
             snapshots.write_due()
