@@ -997,10 +997,12 @@ def test_a_slow_snapshot_hands_the_writing_back_to_the_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A snapshot that takes longer than the request path's budget is the last written
-    there: one warning says so and why, and later due requests leave it to the thread."""
+    there: one warning says so, why and what to change, it is counted as a snapshot
+    error, and later due requests leave it to the thread."""
     registry = CollectorRegistry()
     Counter("jobs", "Jobs.", ["queue"], registry=registry).labels("a").inc()
-    snapshots = snapshots_in(tmp_path, registry)
+    counted: list[str] = []
+    snapshots = snapshots_in(tmp_path, registry, errors=_multiprocess.Errors(counted.append))
     monkeypatch.setattr(_multiprocess, "INLINE_BUDGET", 0.0)
     writes: list[float] = []
     real_write = snapshots.store.write
@@ -1016,6 +1018,7 @@ def test_a_slow_snapshot_hands_the_writing_back_to_the_thread(
     warnings = [r.getMessage() for r in caplog.records if "snapshot took" in r.getMessage()]
     assert len(warnings) == 1
     assert "SIGHTLINE_MAX_SERIES" in warnings[0]
+    assert counted == ["slow_snapshot"]
     assert snapshots.write()  # the thread's write still works
     assert len(writes) == 2
 

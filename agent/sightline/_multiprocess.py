@@ -349,11 +349,13 @@ class Snapshots:
             if took > INLINE_BUDGET:
                 self.inline = False
                 self.due = math.inf
-                logger.warning(
-                    "sightline: writing this process's metrics snapshot took %.0f ms, too "
-                    "long for a request's path; a thread writes it from now on, and under "
-                    "load the merged metrics may lag. A collector of the app's that reads "
-                    "slowly, or a registry near SIGHTLINE_MAX_SERIES, makes it slow.",
+                self.errors(
+                    "slow_snapshot",
+                    "writing this process's metrics snapshot took %.0f ms, too long for a "
+                    "request's path; a thread writes it from now on, and while the app is "
+                    "busy the merged metrics may lag. A collector of the app's that reads "
+                    "slowly, or a registry near SIGHTLINE_MAX_SERIES, makes it slow: make "
+                    "the collector cheaper, or lower SIGHTLINE_MAX_SERIES.",
                     took * 1000,
                 )
         finally:

@@ -67,17 +67,23 @@ def _read(path: str) -> str | None:
         os.close(fd)
 
 
-#: (root, pid) -> what cannot change while the process runs; a forked child reads anew.
-_fixed: dict[tuple[str, int], tuple[dict[str, str], bool]] = {}
-_host_memory: dict[int, int] = {}
+#: root -> what cannot change while the process runs, for the process _fixed_pid; a
+#: forked child (which may have been moved to another cgroup) reads it anew.
+_fixed: dict[str, tuple[dict[str, str], bool]] = {}
+_fixed_pid = 0
+#: The host's memory, read once: psutil reads all of /proc/meminfo for it.
+_host_memory: int | None = None
 
 
 def _layout(root: str) -> tuple[dict[str, str], bool]:
     """This process's cgroup paths and whether the host runs cgroup v2, read once."""
-    key = (root, os.getpid())
-    found = _fixed.get(key)
+    global _fixed_pid
+    if _fixed_pid != os.getpid():
+        _fixed.clear()
+        _fixed_pid = os.getpid()
+    found = _fixed.get(root)
     if found is None:
-        found = _fixed[key] = (_cgroup_paths(root), _v2(root))
+        found = _fixed[root] = (_cgroup_paths(root), _v2(root))
     return found
 
 
@@ -186,13 +192,12 @@ def memory_limit_bytes(root: str = "/") -> int:
             text = _read(os.path.join(d, "memory.limit_in_bytes"))
             if text and 0 < int(text) < _UNLIMITED:
                 limits.append(int(text))
-    pid = os.getpid()
-    host = _host_memory.get(pid)
-    if host is None:
+    global _host_memory
+    if _host_memory is None:
         import psutil  # loaded by the first scrape, not by init()
 
-        host = _host_memory[pid] = psutil.virtual_memory().total
-    return min([host, *limits])
+        _host_memory = psutil.virtual_memory().total
+    return min([_host_memory, *limits])
 
 
 class GCPauses:
