@@ -87,12 +87,8 @@ def _layout(root: str) -> tuple[dict[str, str], bool]:
     return found
 
 
-def cgroup_paths(root: str = "/") -> dict[str, str]:
-    """Map each controller ("" for the v2 unified hierarchy) to this process's cgroup path."""
-    return dict(_layout(root)[0])
-
-
 def _cgroup_paths(root: str) -> dict[str, str]:
+    """Map each controller ("" for the v2 unified hierarchy) to this process's cgroup path."""
     text = _read(os.path.join(root, "proc/self/cgroup")) or ""
     paths: dict[str, str] = {}
     for line in text.splitlines():
