@@ -221,7 +221,6 @@ class Agent:
             )
             return
         self.snapshots.start()
-        self.metrics.snapshots = self.snapshots  # requests and tasks write it when due
         scrape = _multiprocess.Scrape(self.snapshots)
         self.metrics_app = scrape.wsgi
         self.metrics_asgi = scrape.asgi

@@ -47,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import tempfile
@@ -82,14 +81,6 @@ logger = logging.getLogger("sightline")
 
 #: Seconds between two snapshots of a process's metrics.
 INTERVAL = 1.0
-#: How long the snapshot thread sleeps while requests or tasks write the snapshots.
-QUIET_INTERVAL = 5.0
-#: A snapshot thread waking this much later than asked found the GIL held by a busy
-#: app: from then on requests and tasks write the snapshots (see write_due()).
-BUSY_LATENESS = 0.05
-#: A snapshot written in a request's path taking longer than this hands the writing back
-#: to the thread for good (a registry too large, or a slow collector of the app's).
-INLINE_BUDGET = 0.05
 #: Snapshots between two folds of exited processes' files by the writing thread.
 FOLD_EVERY = 10
 #: How long a scrape waits for another process's merge before serving its last view.
@@ -268,11 +259,6 @@ class Snapshots:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
-        #: When requests and tasks are to write the next snapshot (time.monotonic());
-        #: never while the thread writes them (see _run() and write_due()).
-        self.due = math.inf
-        #: Whether requests and tasks write snapshots when due (see write_due()).
-        self.inline = True
         # Counts inherited from the process that forked this one (gunicorn --preload):
         # they are that process's, and are taken out of this one's snapshots.
         self._baseline: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
@@ -297,69 +283,17 @@ class Snapshots:
         self._thread.start()
 
     def _run(self) -> None:
-        """Write the snapshot every interval, unless the app keeps the GIL busy: then
-        requests and tasks write it (see :meth:`write_due`) and this thread only looks,
-        every QUIET_INTERVAL, whether the app has calmed down."""
-        wakes = 0
-        wait = INTERVAL
-        while True:
-            woken = time.monotonic() + wait
-            if self._stop.wait(wait):
-                return
+        writes = 0
+        while not self._stop.wait(INTERVAL):
             with _safety.internal_errors("multiprocess.snapshot"):
-                if self.inline and time.monotonic() - woken > BUSY_LATENESS:
-                    if self.due == math.inf:
-                        self.due = time.monotonic()  # the next request writes it
-                    wait = QUIET_INTERVAL
-                else:
-                    self.due = math.inf
-                    self.write()
-                    wait = INTERVAL
-                wakes += 1
+                self.write()
+                writes += 1
                 # Storage stays bounded even if nobody scrapes; while every process runs
                 # there is nothing to fold, and no merge is run for nothing.
-                if wakes % FOLD_EVERY == 0 and leftovers(self.store):
+                if writes % FOLD_EVERY == 0 and leftovers(self.store):
                     with self.store.lock(timeout=0) as locked:
                         if locked:
                             Merge(self).run()
-
-    def write_due(self) -> None:
-        """Write the snapshot from a request's or task's path, once it is due (the caller
-        checks :attr:`due`, and calls this while its work still counts as in flight: a
-        busy process's snapshot shows it busy). Never waits (a snapshot being written
-        elsewhere is enough) and never raises.
-
-        Why not the thread alone: a thread woken by a timer wants the GIL at once, and
-        in a process whose request threads are busy it waits for it through futile
-        wakeups, woken at each of their GIL releases only to lose it again. Every file a
-        snapshot reads or writes releases the GIL again, so under load a snapshot could
-        take minutes (the merged view silently stale) while the wakeups slowed every
-        request down (by about a third, for a Flask app logging a line per request).
-        Written here, by a thread that holds the GIL already, it takes a millisecond or
-        two, once a second. The thread hands over only when it finds the GIL busy, so
-        a process with idle moments keeps sampling its in-flight gauges at random times.
-        """
-        if not self.inline or not self._lock.acquire(blocking=False):
-            return
-        try:
-            started = time.monotonic()
-            with _safety.internal_errors("multiprocess.snapshot"):
-                self._write(False)
-            took = time.monotonic() - started
-            if took > INLINE_BUDGET:
-                self.inline = False
-                self.due = math.inf
-                self.errors(
-                    "slow_snapshot",
-                    "writing this process's metrics snapshot took %.0f ms, too long for a "
-                    "request's path; a thread writes it from now on, and while the app is "
-                    "busy the merged metrics may lag. A collector of the app's that reads "
-                    "slowly, or a registry near SIGHTLINE_MAX_SERIES, makes it slow: make "
-                    "the collector cheaper, or lower SIGHTLINE_MAX_SERIES.",
-                    took * 1000,
-                )
-        finally:
-            self._lock.release()
 
     def document(self, final: bool = False) -> dict[str, Any]:
         with self._collecting:
@@ -379,29 +313,23 @@ class Snapshots:
     def write(self, final: bool = False) -> bool:
         """Write this process's snapshot; False (counted, logged) if it cannot be."""
         with self._lock:
-            return self._write(final)
-
-    def _write(self, final: bool) -> bool:
-        """The snapshot's writing, under self._lock."""
-        if self.due != math.inf:
-            self.due = time.monotonic() + INTERVAL
-        if self._closed:  # a scrape answered while exiting must not undo the last one
+            if self._closed:  # a scrape answered while exiting must not undo the last one
+                return True
+            document = self.document(final)
+            data = json.dumps(document, separators=(",", ":")).encode()
+            try:
+                self.store.write(self.name, data)
+            except OSError as exc:
+                self.errors(
+                    "write_failed",
+                    "cannot write this process's metrics snapshot in %s (%s); other processes "
+                    "show its numbers as of its last snapshot",
+                    self.store.path,
+                    exc.strerror or exc,
+                )
+                return False
+            self.written = document
             return True
-        document = self.document(final)
-        data = json.dumps(document, separators=(",", ":")).encode()
-        try:
-            self.store.write(self.name, data)
-        except OSError as exc:
-            self.errors(
-                "write_failed",
-                "cannot write this process's metrics snapshot in %s (%s); other processes "
-                "show its numbers as of its last snapshot",
-                self.store.path,
-                exc.strerror or exc,
-            )
-            return False
-        self.written = document
-        return True
 
     def close(self) -> None:
         self._stop.set()
@@ -439,8 +367,6 @@ class Snapshots:
         self._collecting = threading.Lock()
         self._collecting_held = False
         self._stop = threading.Event()
-        self.due = math.inf
-        self.inline = True
         server = self.server
         key = process_key(os.getpid())
         if key is None or (server is not None and os.getppid() != server.pid):

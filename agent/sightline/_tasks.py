@@ -78,7 +78,6 @@ class Run:
             return
         elapsed = time.perf_counter() - self.started
         agent.metrics.task_duration.child((*self.key, outcome)).observe(elapsed)
-        agent.metrics.snapshot_if_due()  # while the task still counts as in flight
         agent.metrics.active_tasks(self.key[0]).dec()
         if self.span is not None:
             self.span.set_attribute("task.outcome", outcome)

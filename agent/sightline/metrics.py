@@ -33,13 +33,8 @@ if TYPE_CHECKING:
     from prometheus_client.core import Metric
     from prometheus_client.registry import Collector, CollectorRegistry
 
-    from ._multiprocess import Snapshots
-
     #: An exemplar as recorded: its labels, the value and when (``time.time()``).
     Exemplar = tuple[dict[str, str], float, float]
-
-
-_monotonic = time.monotonic
 
 
 def prometheus_label(attribute: str) -> str:
@@ -427,8 +422,6 @@ class Metrics:
         # (an integration, at the app's import of its library) must not interleave.
         self._lock = threading.Lock()
         _fork.track(self)
-        #: A multi-process server's snapshots, written by requests and tasks once due.
-        self.snapshots: Snapshots | None = None
 
         self.series_folded = self._add(
             Counter(
@@ -682,13 +675,6 @@ class Metrics:
                 child.observe(seconds, {"trace_id": trace_id, "span_id": span_id})
                 return
         child.observe(seconds)
-
-    def snapshot_if_due(self) -> None:
-        """Write the multi-process snapshot if it is due (see Snapshots.write_due): called
-        at the end of a request or task, before its in-flight gauge goes down."""
-        snapshots = self.snapshots
-        if snapshots is not None and snapshots.due <= _monotonic():
-            snapshots.write_due()
 
     def observe_client(
         self, method: str, host: str, status: str, error: str, seconds: float

@@ -181,7 +181,6 @@ class _Exchange:
         code = self.status if self.status is not None and error is None else 500
         route = None
         try:
-            agent.metrics.snapshot_if_due()  # while the request still counts
             agent.metrics.active_requests.dec()
             framework = self.framework
             if framework is not None:

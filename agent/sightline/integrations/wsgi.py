@@ -250,7 +250,6 @@ class _Exchange:
         span, self.span = self.span, None
         code, route = "500", None
         try:
-            agent.metrics.snapshot_if_due()  # while the request still counts
             agent.metrics.active_requests.dec()
             status = self.status
             if error is None and status is not None and status[:3].isdigit():
