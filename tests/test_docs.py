@@ -75,7 +75,8 @@ def test_every_exposed_metric_is_documented(registry: CollectorRegistry) -> None
 
 
 def test_merged_view_families_are_documented(tmp_path: Path) -> None:
-    """The families a multi-process scrape adds (server_workers_*) are in docs/metrics.md."""
+    """The families a multi-process scrape adds (server_workers_*, the snapshots' age)
+    are in docs/metrics.md."""
     import os
 
     from sightline._multiprocess import Server, Snapshots, aggregate_registry
@@ -85,7 +86,12 @@ def test_merged_view_families_are_documented(tmp_path: Path) -> None:
     store = Store.open(tmp_path.parent, tmp_path.name)
     merged = aggregate_registry(Snapshots(store, "test", CollectorRegistry(), server))
     added = {family.name for family in merged.collect()}
-    assert added == {"server_workers_configured", "server_workers_live", "server_workers_busy"}
+    assert added == {
+        "server_workers_configured",
+        "server_workers_live",
+        "server_workers_busy",
+        "sightline_snapshot_age_seconds",
+    }
     assert added <= table_cells("metrics.md", 0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.client
 import json
 import os
@@ -945,3 +946,283 @@ def test_a_fork_that_stops_waiting_for_an_exclusive_block_says_so(
         "a fork went ahead after waiting 0.1 s for another thread to finish starting a process "
         "or importing a module; the child may hang on it"
     ]
+
+
+BUSY_PROGRAM = """
+import logging, os, sys, time
+sys.stdout = open(os.devnull, "w")
+import sightline
+from flask import Flask
+sightline.init(service="busy", metrics_addr="off", traces=False, logs=True, log_level="INFO")
+app = Flask("busy")
+log = logging.getLogger("busy")
+
+@app.route("/u/<int:uid>")
+def user(uid):
+    log.info("served", extra={"uid": uid})
+    return "ok"
+
+environ = {
+    "REQUEST_METHOD": "GET", "PATH_INFO": "/u/1", "SERVER_NAME": "x", "SERVER_PORT": "80",
+    "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.input": sys.stdin.buffer,
+}
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:  # one thread serving flat out: no idle moment between requests
+    body = app(dict(environ), lambda status, headers, exc_info=None: None)
+    b"".join(body)
+    body.close()
+"""
+
+
+def _active_requests(document: dict[str, Any]) -> float:
+    return sum(
+        sample[2]
+        for family in document["families"]
+        if family["name"] == "http_server_active_requests"
+        for sample in family["samples"]
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="a Linux process model")
+def test_a_process_serving_flat_out_keeps_writing_its_snapshot(tmp_path: Path) -> None:
+    """A worker busy with requests without pause, each releasing the GIL once (its log
+    line), keeps writing its snapshot about every second, and the snapshots show it busy
+    (a request in flight). Left to its thread alone, such a worker wrote one snapshot in
+    eight seconds: the thread lost the GIL at every release, and the view froze."""
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(store)}
+    program = subprocess.Popen(
+        [sys.executable, "-c", BUSY_PROGRAM, "8"], env=env, stdin=subprocess.DEVNULL
+    )
+    seen: dict[int, float] = {}  # mtime -> requests in flight in that snapshot
+    try:
+        deadline = time.monotonic() + 30
+        while program.poll() is None and time.monotonic() < deadline:
+            for path in store.rglob("*-*.json"):  # a process's own snapshot
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    written = path.stat().st_mtime_ns
+                    if written not in seen:
+                        seen[written] = _active_requests(json.loads(path.read_bytes()))
+            time.sleep(0.05)
+    finally:
+        program.kill()
+        program.wait()
+    assert program.returncode in (0, -signal.SIGKILL)
+    assert len(seen) >= 4, f"{len(seen)} snapshots seen in 8 s of serving"
+    busy = [active for active in seen.values() if active >= 1]
+    assert len(busy) > len(seen) / 2, seen
+
+
+def test_a_request_ending_once_the_thread_is_late_waits_for_its_snapshot(
+    tmp_path: Path,
+) -> None:
+    """A request or task that finds the snapshot thread late waits until the thread has
+    written, then goes on; nothing is counted as an error, and the next wait is an
+    interval away."""
+    registry = CollectorRegistry()
+    errors = snapshot_errors(registry)
+    snapshots = snapshots_in(
+        tmp_path, registry, errors=_multiprocess.Errors(lambda r: errors.labels(r).inc())
+    )
+    writes: list[str] = []
+    real_write = snapshots.store.write
+
+    def write(name: str, data: bytes, durable: bool = False) -> None:
+        real_write(name, data, durable)
+        writes.append(threading.current_thread().name)
+
+    snapshots.store.write = write  # type: ignore[method-assign]
+    snapshots.start()
+    try:
+        snapshots.late_at = 0.0
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_multiprocess, "PARK_TIMEOUT", 30.0)
+            snapshots.park()
+        assert writes == ["sightline-snapshots"]
+        assert snapshots.late_at > time.perf_counter() + 0.5 * _multiprocess.INTERVAL
+        assert (
+            registry.get_sample_value(
+                "sightline_snapshot_errors_total", {"reason": "late_snapshot"}
+            )
+            is None
+        )
+    finally:
+        snapshots.close()
+
+
+def test_a_thread_that_cannot_write_in_time_is_waited_for_once_and_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """If the snapshot thread does not write within PARK_TIMEOUT of a request waiting
+    for it (stuck on a slow disk), the request goes on, the lateness is counted and
+    logged with where to look, and no other request waits until an interval later."""
+    registry = CollectorRegistry()
+    errors = snapshot_errors(registry)
+    snapshots = snapshots_in(
+        tmp_path, registry, errors=_multiprocess.Errors(lambda r: errors.labels(r).inc())
+    )
+    stuck, release = threading.Event(), threading.Event()
+    real_write = snapshots.store.write
+
+    def slow_write(name: str, data: bytes, durable: bool = False) -> None:
+        stuck.set()
+        release.wait(30)
+        real_write(name, data, durable)
+
+    snapshots.store.write = slow_write  # type: ignore[method-assign]
+    snapshots.start()
+    try:
+        assert stuck.wait(10)
+        snapshots.late_at = 0.0
+        with caplog.at_level("WARNING", logger="sightline"):
+            snapshots.park()
+        assert (
+            registry.get_sample_value(
+                "sightline_snapshot_errors_total", {"reason": "late_snapshot"}
+            )
+            == 1
+        )
+        assert snapshots.late_at > time.perf_counter() + 0.5 * _multiprocess.INTERVAL
+        [warning] = [r.getMessage() for r in caplog.records if "did not write" in r.getMessage()]
+        assert "sightline_snapshot_age_seconds" in warning
+    finally:
+        release.set()
+        snapshots.close()
+
+
+STALE_PROGRAM = """
+import sys
+from pathlib import Path
+from prometheus_client import CollectorRegistry, Counter
+from sightline._multiprocess import Snapshots
+from sightline._store import Store
+
+registry = CollectorRegistry()
+Counter("jobs", "Jobs done.", ["queue"], registry=registry).labels("a").inc(5)
+path = Path(sys.argv[1])
+Snapshots(Store.open(path.parent, path.name), "test", registry, None).write()
+print("written", flush=True)
+sys.stdin.readline()  # running, and writing nothing more
+"""
+
+
+def test_a_running_process_with_an_old_snapshot_is_shown_and_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The merged view shows each live process's snapshot age; a running process whose
+    snapshot is older than STALE_AFTER is counted as stale at each scrape and warned
+    about once, and its counts are still in the view."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", STALE_PROGRAM, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "written"
+        [path] = tmp_path.glob("*-*.json")
+        document = json.loads(path.read_text())
+        document["time"] -= 60  # as if written a minute ago
+        path.write_text(json.dumps(document))
+        registry = CollectorRegistry()
+        errors = snapshot_errors(registry)
+        snapshots = snapshots_in(
+            tmp_path, registry, errors=_multiprocess.Errors(lambda r: errors.labels(r).inc())
+        )
+        merged = aggregate_registry(snapshots)
+        with caplog.at_level("WARNING", logger="sightline"):
+            for _ in range(3):
+                found = scrape(merged)
+        assert found[("jobs_total", (("queue", "a"),))] == 5
+        ages = {
+            dict(labels)["process_pid"]: age
+            for (name, labels), age in found.items()
+            if name == "sightline_snapshot_age_seconds"
+        }
+        assert set(ages) == {str(writer.pid), str(os.getpid())}
+        assert 60 <= ages[str(writer.pid)] < 120
+        assert ages[str(os.getpid())] < 5
+        assert (
+            registry.get_sample_value(
+                "sightline_snapshot_errors_total", {"reason": "stale_snapshot"}
+            )
+            == 3
+        )
+        stale = [r.getMessage() for r in caplog.records if "s ago" in r.getMessage()]
+        assert len(stale) == 1, stale
+        assert str(writer.pid) in stale[0]
+    finally:
+        writer.kill()
+        writer.wait()
+        for stream in (writer.stdin, writer.stdout):
+            if stream is not None:
+                stream.close()
+
+
+class AlwaysLate:
+    """Snapshots whose thread is always late: each wait records the work in flight."""
+
+    late_at = 0.0
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.seen: list[tuple[float | None, float | None]] = []
+
+    def park(self) -> None:
+        self.seen.append(
+            (
+                self.registry.get_sample_value("http_server_active_requests"),
+                self.registry.get_sample_value("worker_tasks_active", {"task_system": "custom"}),
+            )
+        )
+
+
+def test_requests_and_tasks_wait_for_a_late_snapshot_while_still_in_flight(
+    agent: CollectorRegistry,
+) -> None:
+    """A WSGI request, an ASGI request and a task ending once the snapshot thread is
+    late each wait for it once, before their in-flight gauge goes down (so the snapshot
+    written meanwhile shows the worker busy); after, nothing is left in flight."""
+    import asyncio
+
+    import sightline
+    from sightline import _state
+    from sightline.integrations.asgi import SightlineASGIMiddleware
+
+    from .helpers import call_wsgi
+
+    assert _state.current is not None
+    late = AlwaysLate(agent)
+    _state.current.metrics.snapshots = late  # type: ignore[assignment]
+
+    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    assert call_wsgi(sightline.instrument_app(wsgi_app)) == ("200 OK", b"ok")
+    assert late.seen == [(1.0, None)]
+
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def call() -> None:
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        await SightlineASGIMiddleware(asgi_app)(scope, receive, send)
+
+    asyncio.run(call())
+    assert late.seen[1:] == [(1.0, None)]
+    with sightline.task("resize"):
+        pass
+    assert late.seen[2:] == [(0.0, 1.0)]
+    assert agent.get_sample_value("http_server_active_requests") == 0
+    assert agent.get_sample_value("worker_tasks_active", {"task_system": "custom"}) == 0

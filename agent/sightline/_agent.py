@@ -221,6 +221,7 @@ class Agent:
             )
             return
         self.snapshots.start()
+        self.metrics.snapshots = self.snapshots  # requests and tasks wait for it when late
         scrape = _multiprocess.Scrape(self.snapshots)
         self.metrics_app = scrape.wsgi
         self.metrics_asgi = scrape.asgi

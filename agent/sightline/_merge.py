@@ -33,6 +33,8 @@ MAX_FILES = 512
 #: The label that tells the processes of a server apart in per-process families.
 PID_LABEL = "process_pid"
 SCHEMA = 2
+#: Seconds after which a running process's snapshot is stale: counted and logged at merge.
+STALE_AFTER = 10.0
 TOTALS = "totals.json"
 OVERFLOW = "_overflow"
 _PER_PROCESS_PREFIXES = (
@@ -373,6 +375,7 @@ class Merge:
         configured: int | None = None
         workers = busy = 0
         for pid, document in live:
+            self._age(pid, document, now, per_process)
             for family in document["families"]:
                 if family["type"] in SUMMED_TYPES and not is_per_process(family["name"]):
                     summed.add(family)
@@ -391,6 +394,33 @@ class Merge:
                     store.unlink(name)
         past.absorb(summed)
         return View(past, per_process, configured, workers, busy)
+
+    def _age(self, pid: str, document: dict[str, Any], now: float, into: _Families) -> None:
+        """Show how old a live process's snapshot is, and say so when it is stale."""
+        written = document.get("time")
+        if written is None:  # written by an earlier version
+            return
+        age = max(0.0, now - written)
+        into.add(
+            {
+                "name": "sightline_snapshot_age_seconds",
+                "type": "gauge",
+                "help": "Seconds since this process last wrote the metrics snapshot merged here.",
+                "unit": "",
+                "samples": [["sightline_snapshot_age_seconds", {}, age, None]],
+            },
+            {PID_LABEL: pid},
+        )
+        if age > STALE_AFTER:
+            self.errors(
+                "stale_snapshot",
+                "process %s last wrote its metrics snapshot in %s %.0f s ago, though it is "
+                "still running: its numbers in the merged view are that old (the process "
+                "stopped, or busy without a pause in C code that holds the GIL)",
+                pid,
+                self.store.path,
+                age,
+            )
 
     # -- reading
 
@@ -414,6 +444,7 @@ class Merge:
             and document.get("store") == self.snapshots.store_id
             and document.get("process") == key
             and type(document.get("final")) is bool
+            and type(document.get("time", 0.0)) in (int, float)
             and type(document.get("worker")) is bool
             and (document.get("workers") is None or type(document.get("workers")) is int)
             and _valid_families(document.get("families"))

@@ -20,7 +20,12 @@ they all answer scrapes on one shared socket (``_scrape``):
   totals and in the merged view: the label sets admitted are remembered in the totals,
   so a series never moves in or out of the overflow series;
 - histogram exemplars are kept, the newest per series;
-- ``server_workers_configured``, ``_live`` and ``_busy`` give the server's saturation.
+- ``server_workers_configured``, ``_live`` and ``_busy`` give the server's saturation;
+  ``sightline_snapshot_age_seconds`` how old each live process's snapshot is.
+
+A worker too busy for its snapshot thread to win the GIL makes its next request or task
+wait for the thread, once it is late (:meth:`Snapshots.park`); a running process whose
+snapshot is old all the same is counted and logged at each merge (``stale_snapshot``).
 
 Nothing in the directory is trusted: a file that is not a whole, valid snapshot of
 this store (its schema, its store, its file name, its size, its owner) is skipped with
@@ -47,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -81,6 +87,10 @@ logger = logging.getLogger("sightline")
 
 #: Seconds between two snapshots of a process's metrics.
 INTERVAL = 1.0
+#: How late the snapshot thread may be before requests and tasks stop to let it write.
+LATE_AFTER = 0.05
+#: How long a request or task waits for a late snapshot thread, at most once an interval.
+PARK_TIMEOUT = 0.25
 #: Snapshots between two folds of exited processes' files by the writing thread.
 FOLD_EVERY = 10
 #: How long a scrape waits for another process's merge before serving its last view.
@@ -259,6 +269,11 @@ class Snapshots:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        #: When the thread's next snapshot is late (``time.perf_counter()``); a request or
+        #: task ending after it waits for the thread (see :meth:`park`).
+        self.late_at = math.inf
+        self._written = threading.Condition()
+        self._writes = 0  # by the thread, under _written
         # Counts inherited from the process that forked this one (gunicorn --preload):
         # they are that process's, and are taken out of this one's snapshots.
         self._baseline: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
@@ -280,13 +295,17 @@ class Snapshots:
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sightline-snapshots", daemon=True)
+        self.late_at = time.perf_counter() + INTERVAL + LATE_AFTER
         self._thread.start()
 
     def _run(self) -> None:
         writes = 0
         while not self._stop.wait(INTERVAL):
             with _safety.internal_errors("multiprocess.snapshot"):
-                self.write()
+                try:
+                    self.write()
+                finally:
+                    self._wrote()
                 writes += 1
                 # Storage stays bounded even if nobody scrapes; while every process runs
                 # there is nothing to fold, and no merge is run for nothing.
@@ -294,6 +313,46 @@ class Snapshots:
                     with self.store.lock(timeout=0) as locked:
                         if locked:
                             Merge(self).run()
+
+    def _wrote(self) -> None:
+        """The thread has written (or failed to write) its snapshot: wake the requests
+        and tasks waiting for it, and set when the next one is late."""
+        self.late_at = time.perf_counter() + INTERVAL + LATE_AFTER
+        with self._written:
+            self._writes += 1
+            self._written.notify_all()
+
+    def park(self) -> None:
+        """Wait, at most :data:`PARK_TIMEOUT`, for the snapshot thread to write: called at
+        the end of a request or task once the thread is late (``late_at``), while the
+        work still counts as in flight. Never raises what the caller must handle.
+
+        Why: a thread woken by a timer wants the GIL at once, and in a process whose
+        request threads are busy without pause it waits for it through futile wakeups,
+        woken at each of their GIL releases only to lose the race again. Each file a
+        snapshot reads or writes releases the GIL, so a worker serving flat out wrote one
+        snapshot in eight seconds: the merged view froze exactly when it mattered. A
+        request that waits here releases the GIL for the thread, whose snapshot then
+        takes a millisecond or two. Only a worker so busy that the thread cannot run
+        ever waits, once an interval, and its snapshot shows it busy: it is.
+        """
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self.late_at = math.inf  # nothing to wait for (its error is reported)
+            return
+        with self._written:
+            seen = self._writes
+            if self._written.wait_for(lambda: self._writes != seen, PARK_TIMEOUT):
+                return
+        self.late_at = time.perf_counter() + INTERVAL  # one wait an interval at most
+        self.errors(
+            "late_snapshot",
+            "this process's metrics snapshot thread did not write within %.2f s of being "
+            "waited for (the process held up, or the store's disk slow); other processes "
+            "show this process's numbers as of its last snapshot. See "
+            "sightline_snapshot_age_seconds for how old they are.",
+            PARK_TIMEOUT,
+        )
 
     def document(self, final: bool = False) -> dict[str, Any]:
         with self._collecting:
@@ -305,6 +364,7 @@ class Snapshots:
             "store": self.store_id,
             "process": self.key,
             "final": final,
+            "time": time.time(),
             "workers": self.server.workers if self.server is not None else None,
             "worker": self.worker,
             "families": families,
@@ -332,6 +392,7 @@ class Snapshots:
             return True
 
     def close(self) -> None:
+        self.late_at = math.inf
         self._stop.set()
         thread = self._thread
         if thread is not None and thread.ident != threading.get_ident():
@@ -367,6 +428,9 @@ class Snapshots:
         self._collecting = threading.Lock()
         self._collecting_held = False
         self._stop = threading.Event()
+        self._written = threading.Condition()
+        self._writes = 0
+        self.late_at = math.inf  # until start()
         server = self.server
         key = process_key(os.getpid())
         if key is None or (server is not None and os.getppid() != server.pid):

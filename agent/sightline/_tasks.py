@@ -76,8 +76,12 @@ class Run:
         agent, self.agent = self.agent, None
         if agent is None:
             return
-        elapsed = time.perf_counter() - self.started
+        now = time.perf_counter()
+        elapsed = now - self.started
         agent.metrics.task_duration.child((*self.key, outcome)).observe(elapsed)
+        snapshots = agent.metrics.snapshots
+        if snapshots is not None and now >= snapshots.late_at:
+            snapshots.park()  # while the task still counts as in flight
         agent.metrics.active_tasks(self.key[0]).dec()
         if self.span is not None:
             self.span.set_attribute("task.outcome", outcome)

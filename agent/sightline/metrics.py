@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from prometheus_client.core import Metric
     from prometheus_client.registry import Collector, CollectorRegistry
 
+    from ._multiprocess import Snapshots
+
     #: An exemplar as recorded: its labels, the value and when (``time.time()``).
     Exemplar = tuple[dict[str, str], float, float]
 
@@ -422,6 +424,9 @@ class Metrics:
         # (an integration, at the app's import of its library) must not interleave.
         self._lock = threading.Lock()
         _fork.track(self)
+        #: A multi-process server's snapshots: a request or task ending once their thread
+        #: is late waits for it (``Snapshots.park``).
+        self.snapshots: Snapshots | None = None
 
         self.series_folded = self._add(
             Counter(

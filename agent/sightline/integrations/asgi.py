@@ -175,12 +175,16 @@ class _Exchange:
         agent = self.agent
         if agent is None:
             return
-        elapsed = _perf_counter() - self.started
+        now = _perf_counter()
+        elapsed = now - self.started
         self.agent = None
         span, self.span = self.span, None
         code = self.status if self.status is not None and error is None else 500
         route = None
         try:
+            snapshots = agent.metrics.snapshots
+            if snapshots is not None and now >= snapshots.late_at:
+                snapshots.park()  # while the request still counts as in flight
             agent.metrics.active_requests.dec()
             framework = self.framework
             if framework is not None:

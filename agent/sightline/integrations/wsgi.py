@@ -244,12 +244,16 @@ class _Exchange:
                     raise
         if self.agent is None:  # closed twice
             return
-        elapsed = _perf_counter() - self.started
+        now = _perf_counter()
+        elapsed = now - self.started
         error = self.error
         agent, self.agent = self.agent, None  # type: ignore[assignment]
         span, self.span = self.span, None
         code, route = "500", None
         try:
+            snapshots = agent.metrics.snapshots
+            if snapshots is not None and now >= snapshots.late_at:
+                snapshots.park()  # while the request still counts as in flight
             agent.metrics.active_requests.dec()
             status = self.status
             if error is None and status is not None and status[:3].isdigit():
