@@ -41,9 +41,17 @@ NEEDED = ("prometheus", "alertmanager", "redis")
 
 
 def free_ports(services: tuple[str, ...] = (*NEEDED, "demo-app", "demo-worker")) -> dict[str, int]:
-    """A free loopback port for every port of ``services``, by ``service:port``."""
+    """A free loopback port for every port of ``services``, by ``service:port``, no two
+    the same (each socket is held until all are bound: a port freed may come back)."""
     native = Native(Path("/nonexistent"), SERVICES)
-    return {key: free_port() for key in native.ports if key.split(":")[0] in services}
+    keys = [key for key in native.ports if key.split(":")[0] in services]
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in keys:
+            probe = held.enter_context(socket.socket())
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    return dict(zip(keys, ports, strict=True))
 
 
 def port_args(services: tuple[str, ...] = (*NEEDED, "demo-app", "demo-worker")) -> list[str]:

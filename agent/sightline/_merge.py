@@ -400,7 +400,8 @@ class Merge:
         written = document.get("time")
         if written is None:  # written by an earlier version
             return
-        age = max(0.0, now - written)
+        # This process's own numbers are current to the scrape, whenever they were written.
+        age = 0.0 if document["process"] == self.snapshots.key else max(0.0, now - written)
         into.add(
             {
                 "name": "sightline_snapshot_age_seconds",

@@ -169,7 +169,8 @@ def health() -> Json:
             "Snapshot store problems",
             "Trouble with the directory where a server's processes merge their metrics, "
             "by reason: a directory refused (the processes then serve their own metrics, "
-            "and the log names the fix), files skipped, writes failed.",
+            "and the log names the fix), files skipped, writes failed, a worker's "
+            "snapshot late or stale (its numbers in the merged view old).",
             [
                 prom(
                     "sum by (job, reason) (increase(sightline_snapshot_errors_total"
