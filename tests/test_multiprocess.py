@@ -1039,7 +1039,8 @@ def test_a_request_ending_once_the_thread_is_late_waits_for_its_snapshot(
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(_multiprocess, "PARK_TIMEOUT", 30.0)
             snapshots.park()
-        assert writes == ["sightline-snapshots"]
+        assert writes
+        assert set(writes) == {"sightline-snapshots"}
         assert snapshots.late_at > time.perf_counter() + 0.5 * _multiprocess.INTERVAL
         assert (
             registry.get_sample_value(
@@ -1056,7 +1057,8 @@ def test_a_thread_that_cannot_write_in_time_is_waited_for_once_and_reported(
 ) -> None:
     """If the snapshot thread does not write within PARK_TIMEOUT of a request waiting
     for it (stuck on a slow disk), the request goes on, the lateness is counted and
-    logged with where to look, and no other request waits until an interval later."""
+    logged with where to look, and the next wait is further off each time it happens
+    again (two intervals, then four)."""
     registry = CollectorRegistry()
     errors = snapshot_errors(registry)
     snapshots = snapshots_in(
@@ -1083,7 +1085,16 @@ def test_a_thread_that_cannot_write_in_time_is_waited_for_once_and_reported(
             )
             == 1
         )
-        assert snapshots.late_at > time.perf_counter() + 0.5 * _multiprocess.INTERVAL
+        assert snapshots.late_at > time.perf_counter() + 1.5 * _multiprocess.INTERVAL
+        snapshots.late_at = 0.0
+        snapshots.park()
+        assert snapshots.late_at > time.perf_counter() + 3.5 * _multiprocess.INTERVAL
+        assert (
+            registry.get_sample_value(
+                "sightline_snapshot_errors_total", {"reason": "late_snapshot"}
+            )
+            == 2
+        )
         [warning] = [r.getMessage() for r in caplog.records if "did not write" in r.getMessage()]
         assert "sightline_snapshot_age_seconds" in warning
     finally:
@@ -1226,3 +1237,28 @@ def test_requests_and_tasks_wait_for_a_late_snapshot_while_still_in_flight(
     assert late.seen[2:] == [(0.0, 1.0)]
     assert agent.get_sample_value("http_server_active_requests") == 0
     assert agent.get_sample_value("worker_tasks_active", {"task_system": "custom"}) == 0
+
+
+def test_a_snapshot_with_a_time_that_is_not_a_finite_number_is_skipped(
+    tmp_path: Path,
+) -> None:
+    """Snapshots whose time is NaN, infinite, a bool or an integer too large for a float
+    are skipped as invalid (counted each), and the merge goes on with the valid ones."""
+    run_and_exit(tmp_path, 3)
+    [valid] = tmp_path.glob("*-*.json")
+    document = json.loads(valid.read_text())
+    bad_times = ["NaN", "Infinity", "-Infinity", "true", "1" + "0" * 400]
+    for number, bad in enumerate(bad_times, start=1):
+        key = f"99999{number}-1"  # no running process has these keys
+        text = json.dumps({**document, "process": key, "time": 0}).replace(
+            '"time": 0', f'"time": {bad}'
+        )
+        (tmp_path / f"{key}.json").write_text(text)
+    registry = CollectorRegistry()
+    errors = snapshot_errors(registry)
+    snapshots = snapshots_in(
+        tmp_path, registry, errors=_multiprocess.Errors(lambda r: errors.labels(r).inc())
+    )
+    assert scrape(aggregate_registry(snapshots))[("jobs_total", (("queue", "a"),))] == 3
+    invalid = registry.get_sample_value("sightline_snapshot_errors_total", {"reason": "invalid"})
+    assert invalid == len(bad_times)

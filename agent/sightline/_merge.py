@@ -12,6 +12,7 @@ series). They are replaced atomically and synced to disk.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -412,7 +413,7 @@ class Merge:
             },
             {PID_LABEL: pid},
         )
-        if age > STALE_AFTER:
+        if age > STALE_AFTER and not document["final"]:  # a closed agent writes no more
             self.errors(
                 "stale_snapshot",
                 "process %s last wrote its metrics snapshot in %s %.0f s ago, though it is "
@@ -445,7 +446,7 @@ class Merge:
             and document.get("store") == self.snapshots.store_id
             and document.get("process") == key
             and type(document.get("final")) is bool
-            and type(document.get("time", 0.0)) in (int, float)
+            and _valid_time(document.get("time", 0.0))
             and type(document.get("worker")) is bool
             and (document.get("workers") is None or type(document.get("workers")) is int)
             and _valid_families(document.get("families"))
@@ -540,6 +541,16 @@ class Merge:
             )
             return False
         return True
+
+
+def _valid_time(written: Any) -> bool:
+    """A finite number of seconds since the epoch (not a bool, NaN or an int too large)."""
+    if type(written) not in (int, float):
+        return False
+    try:
+        return math.isfinite(float(written))
+    except OverflowError:
+        return False
 
 
 def _valid_admitted(admitted: Any) -> bool:

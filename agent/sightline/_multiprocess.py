@@ -272,8 +272,9 @@ class Snapshots:
         #: When the thread's next snapshot is late (``time.perf_counter()``); a request or
         #: task ending after it waits for the thread (see :meth:`park`).
         self.late_at = math.inf
-        self._written = threading.Condition()
-        self._writes = 0  # by the thread, under _written
+        self._written = threading.Condition()  # guards late_at, _writes and _misses
+        self._writes = 0  # by the thread
+        self._misses = 0  # waits in a row that the thread did not end in time
         # Counts inherited from the process that forked this one (gunicorn --preload):
         # they are that process's, and are taken out of this one's snapshots.
         self._baseline: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
@@ -313,46 +314,63 @@ class Snapshots:
                     with self.store.lock(timeout=0) as locked:
                         if locked:
                             Merge(self).run()
+                    self._schedule()  # the next interval starts after the fold
+
+    def _schedule(self) -> None:
+        with self._written:
+            self.late_at = time.perf_counter() + INTERVAL + LATE_AFTER
 
     def _wrote(self) -> None:
         """The thread has written (or failed to write) its snapshot: wake the requests
         and tasks waiting for it, and set when the next one is late."""
-        self.late_at = time.perf_counter() + INTERVAL + LATE_AFTER
         with self._written:
+            self.late_at = time.perf_counter() + INTERVAL + LATE_AFTER
             self._writes += 1
+            self._misses = 0
             self._written.notify_all()
 
     def park(self) -> None:
         """Wait, at most :data:`PARK_TIMEOUT`, for the snapshot thread to write: called at
         the end of a request or task once the thread is late (``late_at``), while the
-        work still counts as in flight. Never raises what the caller must handle.
+        work still counts as in flight. Never raises.
 
         Why: a thread woken by a timer wants the GIL at once, and in a process whose
-        request threads are busy without pause it waits for it through futile wakeups,
-        woken at each of their GIL releases only to lose the race again. Each file a
-        snapshot reads or writes releases the GIL, so a worker serving flat out wrote one
-        snapshot in eight seconds: the merged view froze exactly when it mattered. A
+        request thread never blocks it waits for it through futile wakeups, woken at
+        each of that thread's GIL releases only to lose the race again. Each file a
+        snapshot reads or writes releases the GIL, so a worker serving back to back wrote
+        one snapshot in eight seconds: the merged view froze exactly when it mattered. A
         request that waits here releases the GIL for the thread, whose snapshot then
-        takes a millisecond or two. Only a worker so busy that the thread cannot run
-        ever waits, once an interval, and its snapshot shows it busy: it is.
+        takes a few milliseconds. Only a worker so busy that the thread cannot run ever
+        waits, once an interval, and its snapshot shows it busy: it is. A thread that
+        does not write in time (a slow disk) is waited for less and less often.
         """
-        thread = self._thread
-        if thread is None or not thread.is_alive():
-            self.late_at = math.inf  # nothing to wait for (its error is reported)
-            return
-        with self._written:
-            seen = self._writes
-            if self._written.wait_for(lambda: self._writes != seen, PARK_TIMEOUT):
+        try:
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                self.late_at = math.inf  # nothing to wait for (its error is reported)
                 return
-        self.late_at = time.perf_counter() + INTERVAL  # one wait an interval at most
-        self.errors(
-            "late_snapshot",
-            "this process's metrics snapshot thread did not write within %.2f s of being "
-            "waited for (the process held up, or the store's disk slow); other processes "
-            "show this process's numbers as of its last snapshot. See "
-            "sightline_snapshot_age_seconds for how old they are.",
-            PARK_TIMEOUT,
-        )
+            with self._written:
+                if time.perf_counter() < self.late_at:
+                    return  # written since the caller looked
+                seen = self._writes
+                if self._written.wait_for(
+                    lambda: self._writes != seen or self._stop.is_set(), PARK_TIMEOUT
+                ):
+                    return
+                # Backing off: a thread stuck for good costs a request 0.25 s every
+                # 64 s at most, not every second.
+                self._misses += 1
+                self.late_at = time.perf_counter() + INTERVAL * 2 ** min(self._misses, 6)
+            self.errors(
+                "late_snapshot",
+                "this process's metrics snapshot thread did not write within %.2f s of "
+                "being waited for (the process held up, or the store's disk slow); other "
+                "processes show this process's numbers as of its last snapshot. See "
+                "sightline_snapshot_age_seconds for how old they are.",
+                PARK_TIMEOUT,
+            )
+        except Exception as exc:
+            _safety.report("multiprocess.park", exc)
 
     def document(self, final: bool = False) -> dict[str, Any]:
         with self._collecting:
@@ -394,6 +412,8 @@ class Snapshots:
     def close(self) -> None:
         self.late_at = math.inf
         self._stop.set()
+        with self._written:
+            self._written.notify_all()  # a request waiting for the thread goes on
         thread = self._thread
         if thread is not None and thread.ident != threading.get_ident():
             thread.join(INTERVAL)
@@ -430,6 +450,7 @@ class Snapshots:
         self._stop = threading.Event()
         self._written = threading.Condition()
         self._writes = 0
+        self._misses = 0
         self.late_at = math.inf  # until start()
         server = self.server
         key = process_key(os.getpid())
