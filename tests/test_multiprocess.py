@@ -974,12 +974,13 @@ while time.monotonic() < end:  # one thread serving flat out: no idle moment bet
 """
 
 
-def _active_requests(document: dict[str, Any]) -> float:
+def _total(document: dict[str, Any], family_name: str) -> float:
     return sum(
         sample[2]
         for family in document["families"]
-        if family["name"] == "http_server_active_requests"
+        if family["name"] == family_name
         for sample in family["samples"]
+        if not sample[0].endswith("_created")
     )
 
 
@@ -995,7 +996,7 @@ def test_a_process_serving_flat_out_keeps_writing_its_snapshot(tmp_path: Path) -
     program = subprocess.Popen(
         [sys.executable, "-c", BUSY_PROGRAM, "8"], env=env, stdin=subprocess.DEVNULL
     )
-    seen: dict[int, float] = {}  # mtime -> requests in flight in that snapshot
+    seen: dict[int, tuple[float, float]] = {}  # mtime -> (in flight, waits) in that snapshot
     try:
         deadline = time.monotonic() + 30
         while program.poll() is None and time.monotonic() < deadline:
@@ -1003,15 +1004,20 @@ def test_a_process_serving_flat_out_keeps_writing_its_snapshot(tmp_path: Path) -
                 with contextlib.suppress(FileNotFoundError, ValueError):
                     written = path.stat().st_mtime_ns
                     if written not in seen:
-                        seen[written] = _active_requests(json.loads(path.read_bytes()))
+                        document = json.loads(path.read_bytes())
+                        seen[written] = (
+                            _total(document, "http_server_active_requests"),
+                            _total(document, "sightline_snapshot_waits"),
+                        )
             time.sleep(0.05)
     finally:
         program.kill()
         program.wait()
     assert program.returncode in (0, -signal.SIGKILL)
     assert len(seen) >= 4, f"{len(seen)} snapshots seen in 8 s of serving"
-    busy = [active for active in seen.values() if active >= 1]
+    busy = [active for active, _ in seen.values() if active >= 1]
     assert len(busy) > len(seen) / 2, seen
+    assert max(waits for _, waits in seen.values()) >= 2, seen  # the waits are counted
 
 
 def test_a_request_ending_once_the_thread_is_late_waits_for_its_snapshot(
@@ -1022,8 +1028,12 @@ def test_a_request_ending_once_the_thread_is_late_waits_for_its_snapshot(
     interval away."""
     registry = CollectorRegistry()
     errors = snapshot_errors(registry)
+    waits: list[float] = []
     snapshots = snapshots_in(
-        tmp_path, registry, errors=_multiprocess.Errors(lambda r: errors.labels(r).inc())
+        tmp_path,
+        registry,
+        errors=_multiprocess.Errors(lambda r: errors.labels(r).inc()),
+        waited=waits.append,
     )
     writes: list[str] = []
     real_write = snapshots.store.write
@@ -1041,6 +1051,7 @@ def test_a_request_ending_once_the_thread_is_late_waits_for_its_snapshot(
             snapshots.park()
         assert writes
         assert set(writes) == {"sightline-snapshots"}
+        assert len(waits) == 1  # told, for sightline_snapshot_waits_total
         assert snapshots.late_at > time.perf_counter() + 0.5 * _multiprocess.INTERVAL
         assert (
             registry.get_sample_value(

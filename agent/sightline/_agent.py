@@ -207,6 +207,7 @@ class Agent:
                 self.server,
                 self.settings.max_series,
                 errors,
+                self._count_snapshot_wait,
             )
         except (Refused, OSError) as refused:
             self.store_refused = True
@@ -226,6 +227,10 @@ class Agent:
         self.metrics_app = scrape.wsgi
         self.metrics_asgi = scrape.asgi
         logger.debug("sightline: metrics merged across the server's processes in %s", store.path)
+
+    def _count_snapshot_wait(self, seconds: float) -> None:
+        self.metrics.snapshot_waits.labels().inc()
+        self.metrics.snapshot_wait_seconds.labels().inc(seconds)
 
     def _count_snapshot_error(self, reason: str) -> None:
         self.metrics.snapshot_errors.labels(reason).inc()

@@ -246,8 +246,10 @@ class Snapshots:
         server: Server | None,
         max_series: int = 2000,
         errors: Errors | None = None,
+        waited: Callable[[float], None] | None = None,
     ) -> None:
         self.store = store
+        self._waited = waited  # told how long each wait for the thread took
         self.store_id = store_id
         # A function giving the registry is called at the first read (a write, a scrape,
         # a fork), on whichever thread does it: prometheus-client may be loaded only then.
@@ -350,17 +352,22 @@ class Snapshots:
                 self.late_at = math.inf  # nothing to wait for (its error is reported)
                 return
             with self._written:
-                if time.perf_counter() < self.late_at:
+                started = time.perf_counter()
+                if started < self.late_at:
                     return  # written since the caller looked
                 seen = self._writes
-                if self._written.wait_for(
+                written = self._written.wait_for(
                     lambda: self._writes != seen or self._stop.is_set(), PARK_TIMEOUT
-                ):
-                    return
-                # Backing off: a thread stuck for good costs a request 0.25 s every
-                # 64 s at most, not every second.
-                self._misses += 1
-                self.late_at = time.perf_counter() + INTERVAL * 2 ** min(self._misses, 6)
+                )
+                if not written:
+                    # Backing off: a thread stuck for good costs a request 0.25 s every
+                    # 64 s at most, not every second.
+                    self._misses += 1
+                    self.late_at = time.perf_counter() + INTERVAL * 2 ** min(self._misses, 6)
+            if self._waited is not None:
+                self._waited(time.perf_counter() - started)
+            if written:
+                return
             self.errors(
                 "late_snapshot",
                 "this process's metrics snapshot thread did not write within %.2f s of "

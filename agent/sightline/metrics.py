@@ -474,8 +474,23 @@ class Metrics:
             Counter(
                 "sightline_snapshot_errors",
                 "Problems with the multi-process snapshot directory, by reason: a refused "
-                "directory, a file skipped, a write that failed, a merge that waited too long.",
+                "directory, a file skipped, a write that failed, a merge that waited too long, "
+                "a snapshot late or stale.",
                 ["reason"],
+            )
+        )
+        self.snapshot_waits = self._add(
+            Counter(
+                "sightline_snapshot_waits",
+                "Requests and tasks that waited for this process's late snapshot thread.",
+                [],
+            )
+        )
+        self.snapshot_wait_seconds = self._add(
+            Counter(
+                "sightline_snapshot_wait_seconds",
+                "Seconds requests and tasks waited for this process's late snapshot thread.",
+                [],
             )
         )
         self.queues = self._add(_Queues())
