@@ -1017,7 +1017,7 @@ def test_a_process_serving_flat_out_keeps_writing_its_snapshot(tmp_path: Path) -
     assert len(seen) >= 4, f"{len(seen)} snapshots seen in 8 s of serving"
     busy = [active for active, _ in seen.values() if active >= 1]
     assert len(busy) > len(seen) / 2, seen
-    assert max(waits for _, waits in seen.values()) >= 2, seen  # the waits are counted
+    assert max(waits for _, waits in seen.values()) >= 1, seen  # the waits are counted
 
 
 def test_a_request_ending_once_the_thread_is_late_waits_for_its_snapshot(
@@ -1063,7 +1063,7 @@ def test_a_request_ending_once_the_thread_is_late_waits_for_its_snapshot(
         snapshots.close()
 
 
-def test_a_thread_that_cannot_write_in_time_is_waited_for_once_and_reported(
+def test_a_thread_that_cannot_write_in_time_is_reported_and_waited_for_less_often(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """If the snapshot thread does not write within PARK_TIMEOUT of a request waiting

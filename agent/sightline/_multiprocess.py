@@ -298,7 +298,7 @@ class Snapshots:
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sightline-snapshots", daemon=True)
-        self.late_at = time.perf_counter() + INTERVAL + LATE_AFTER
+        self.late_at = _late_from_now()
         self._thread.start()
 
     def _run(self) -> None:
@@ -320,13 +320,13 @@ class Snapshots:
 
     def _schedule(self) -> None:
         with self._written:
-            self.late_at = time.perf_counter() + INTERVAL + LATE_AFTER
+            self.late_at = _late_from_now()
 
     def _wrote(self) -> None:
         """The thread has written (or failed to write) its snapshot: wake the requests
         and tasks waiting for it, and set when the next one is late."""
         with self._written:
-            self.late_at = time.perf_counter() + INTERVAL + LATE_AFTER
+            self.late_at = _late_from_now()
             self._writes += 1
             self._misses = 0
             self._written.notify_all()
@@ -495,6 +495,11 @@ class Snapshots:
             logger.debug("sightline: counts inherited at fork could not be read; kept as are")
             return {}
         return result
+
+
+def _late_from_now() -> float:
+    """When a snapshot the thread is about to wait an interval for will be late."""
+    return time.perf_counter() + INTERVAL + LATE_AFTER
 
 
 def _subtract(
