@@ -229,6 +229,70 @@ def test_gunicorn_recycling_workers_keeps_exact_totals(tmp_path: Path, backend: 
     assert len(booted) >= 40  # the workers really were recycled, many times
 
 
+def _scrape(url: str) -> dict[str, float]:
+    """One scrape of a merged view: every sample's value by name, summed over labels."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    values: dict[str, float] = collections.defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "http_server_request_duration_seconds_count":
+                if sample.labels.get("http_route") == "/spin/<int:ms>":
+                    values["spun"] += sample.value
+                continue
+            values[sample.name] += sample.value
+    return values
+
+
+def test_a_busy_sync_worker_reads_busy_though_its_samples_read_idle(
+    tmp_path: Path, backend: Backend
+) -> None:
+    """A gunicorn sync worker kept busy by requests that work the CPU for 5 ms reads busy:
+    its busy seconds cover at least those 5 ms of every request served, its share of its
+    slot is over half, and server_workers_busy counts it busy, whereas its in-flight gauge
+    is read (by the scrape, by the snapshot thread) between requests."""
+    pytest.importorskip("gunicorn")
+    pytest.importorskip("flask")
+    metrics_port = free_port()
+    env = server_env(metrics_port, backend, tmp_path)
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with gunicorn("tests.apps.flask_app:application", env, ["--workers", "1"], tmp_path) as base:
+        assert status_of(base + "/spin/1") == 200
+        assert wait_until(lambda: _scrape(url).get("http_server_capacity_seconds_total", 0) > 0)
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                assert status_of(base + "/spin/5") == 200
+
+        clients = [threading.Thread(target=load) for _ in range(2)]
+        for client in clients:
+            client.start()
+        time.sleep(0.5)
+        before = _scrape(url)
+        readings = []
+        for _ in range(16):
+            time.sleep(0.25)
+            now = _scrape(url)
+            readings.append((now["server_workers_busy"], now["http_server_active_requests"]))
+        after = _scrape(url)
+        stop.set()
+        for client in clients:
+            client.join()
+    busy = after["http_server_busy_seconds_total"] - before["http_server_busy_seconds_total"]
+    offered = (
+        after["http_server_capacity_seconds_total"] - before["http_server_capacity_seconds_total"]
+    )
+    spun = after["spun"] - before["spun"]
+    assert spun > 100, spun
+    # Each request spun 5 ms; one in flight at either end may have done part of it only.
+    assert busy >= spun * 0.005 - 0.01, (busy, spun)
+    assert busy <= offered * 1.01, (busy, offered)  # one slot: never more than all of it
+    assert busy / offered > 0.5, (busy, offered, readings)
+    workers_busy = [reading[0] for reading in readings]
+    assert sum(workers_busy) / len(workers_busy) > 0.5, readings
+
+
 def test_gunicorn_preload_master_serves_the_merged_view(tmp_path: Path, backend: Backend) -> None:
     """With --preload the master runs init(): workers forked from it report through the
     same seam, and the totals stay exact across recycling."""
@@ -1273,3 +1337,77 @@ def test_a_snapshot_with_a_time_that_is_not_a_finite_number_is_skipped(
     assert scrape(aggregate_registry(snapshots))[("jobs_total", (("queue", "a"),))] == 3
     invalid = registry.get_sample_value("sightline_snapshot_errors_total", {"reason": "invalid"})
     assert invalid == len(bad_times)
+
+
+def test_server_workers_busy_adds_up_each_worker_s_busy_share(tmp_path: Path) -> None:
+    """server_workers_busy adds up the live workers' busy shares (each capped at one),
+    counts a worker running a task as busy, and falls back on the in-flight gauge for a
+    snapshot without a share (an earlier version's); a share that is not a finite number
+    of at least 0 makes the snapshot invalid, counted."""
+    from sightline._process import process_key
+
+    run_and_exit(tmp_path, 1)
+    [template] = tmp_path.glob("*-*.json")
+    document = json.loads(template.read_text())
+    template.unlink()
+
+    def gauge(name: str, value: float) -> dict[str, Any]:
+        return {
+            "name": name,
+            "type": "gauge",
+            "help": "",
+            "unit": "",
+            "samples": [[name, {}, value, None]],
+        }
+
+    workers: list[tuple[Any, dict[str, Any]]] = [
+        (0.25, {}),
+        (1.7, {}),  # a threaded worker's mean in flight: counts as one
+        (0.0, {"families": [gauge("worker_tasks_active", 1.0)]}),
+        (None, {"families": [gauge("http_server_active_requests", 1.0)]}),
+        (None, {"families": [gauge("http_server_active_requests", 0.0)]}),
+        ("NaN", {}),
+        (-0.5, {}),
+        ("true", {}),
+    ]
+    sleepers = [
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in workers
+    ]
+    try:
+        for proc, (share, extra) in zip(sleepers, workers, strict=True):
+            key = process_key(proc.pid)
+            assert key is not None
+            text = json.dumps(
+                {**document, "process": key, "worker": True, "final": False, "busy": 0, **extra}
+            )
+            text = text.replace('"busy": 0', f'"busy": {"null" if share is None else share}')
+            (tmp_path / f"{key}.json").write_text(text)
+        registry = CollectorRegistry()
+        errors = snapshot_errors(registry)
+        snapshots = snapshots_in(
+            tmp_path, registry, errors=_multiprocess.Errors(lambda r: errors.labels(r).inc())
+        )
+        merged = scrape(aggregate_registry(snapshots))
+    finally:
+        for proc in sleepers:
+            proc.kill()
+            proc.wait()
+    assert merged[("server_workers_busy", ())] == 0.25 + 1 + 1 + 1 + 0
+    invalid = registry.get_sample_value("sightline_snapshot_errors_total", {"reason": "invalid"})
+    assert invalid == 3
+
+
+def test_a_snapshot_measures_its_busy_share_over_at_least_a_second(tmp_path: Path) -> None:
+    """Each snapshot's busy share is the busy seconds gained since the newest earlier
+    snapshot at least a second old (or since the first, in a younger process), per second;
+    the first snapshot has none."""
+    snapshots = snapshots_in(tmp_path, CollectorRegistry())
+    assert snapshots._busy_share(100.0, 0.0) is None
+    assert snapshots._busy_share(100.5, 0.4) == pytest.approx(0.8)  # younger than 1 s
+    assert snapshots._busy_share(101.2, 1.0) == pytest.approx(1.0 / 1.2)
+    assert snapshots._busy_share(101.4, 1.0) == pytest.approx(1.0 / 1.4)  # from 100.0
+    assert snapshots._busy_share(102.3, 1.0) == pytest.approx(0.0)  # from 101.2
+    assert snapshots._busy_share(102.4, None) is None  # no busy counter to read
+    for step in range(1, 200):  # many snapshots within a second keep a bounded history
+        snapshots._busy_share(102.3 + step / 1000, 1.0)
+    assert len(snapshots._busy_points) <= 64

@@ -145,6 +145,55 @@ def test_active_requests_rises_during_a_request(agent: CollectorRegistry) -> Non
     assert agent.get_sample_value("http_server_active_requests") == 0
 
 
+def test_busy_seconds_count_a_request_in_flight_and_every_one_finished(
+    agent: CollectorRegistry,
+) -> None:
+    """http_server_busy_seconds_total holds the time so far of a request still in flight
+    (read from inside it), then exactly the sum of the finished requests' durations, and
+    never goes back."""
+    seen: list[float] = []
+
+    def slow(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        time.sleep(0.05)
+        seen.append(agent.get_sample_value("http_server_busy_seconds_total") or 0.0)
+        time.sleep(0.05)
+        return hello(environ, start_response)
+
+    app = sightline.instrument_app(slow)
+    call_wsgi(app)
+    assert 0.05 <= seen[0] < 0.1
+    after_one = agent.get_sample_value("http_server_busy_seconds_total")
+    durations = agent.get_sample_value(
+        "http_server_request_duration_seconds_sum",
+        {
+            "http_request_method": "GET",
+            "http_route": "_unmatched",
+            "http_response_status_code": "200",
+        },
+    )
+    assert after_one == durations
+    assert after_one is not None
+    assert after_one >= 0.1
+    call_wsgi(app)
+    assert agent.get_sample_value("http_server_busy_seconds_total") >= after_one + 0.1
+
+
+def test_busy_seconds_never_go_back_when_read_between_a_request_and_its_sum(
+    agent: CollectorRegistry,
+) -> None:
+    """A read that finds a request neither in flight nor yet in the duration sum (it has
+    just ended) keeps the busy counter where it was instead of lowering it."""
+    metrics = sightline._state.current.metrics  # type: ignore[union-attr]
+    started = time.perf_counter() - 2.0
+    metrics.active_requests.inc(1, started)
+    in_flight = metrics.active_requests.busy_seconds()
+    assert in_flight >= 2.0
+    metrics.active_requests.dec(1, None)  # ended, its duration not yet observed
+    assert metrics.active_requests.busy_seconds() == in_flight
+    metrics.observe_request("GET", "/x", "200", 2.5)
+    assert metrics.active_requests.busy_seconds() == 2.5
+
+
 @pytest.mark.parametrize("unit", [1.0, 1e3, 1e6, 1e9])
 def test_queue_start_header_in_any_unit(agent: CollectorRegistry, unit: float) -> None:
     """X-Request-Start in seconds, ms, µs or ns since the epoch gives the queue wait."""

@@ -249,7 +249,7 @@ class View:
     per_process: _Families
     configured: int | None
     workers: int
-    busy: int
+    busy: float
 
     def families(self) -> list[Family]:
         """Every family of the merged page, in the order it is shown."""
@@ -268,7 +268,9 @@ class View:
         found.append(
             _gauge(
                 "server_workers_busy",
-                "Worker processes with at least one request in flight.",
+                "Worker processes busy: each one's share of its last second or two with a "
+                "request in flight (one-at-a-time workers; threaded and async ones count "
+                "their mean requests in flight, up to one), or 1 while it runs a task.",
                 self.busy,
             )
         )
@@ -374,7 +376,7 @@ class Merge:
         # The live processes, merged under the same admissions (shared with the totals).
         summed, per_process = _Families(snapshots.max_series, admitted, keys), _Families()
         configured: int | None = None
-        workers = busy = 0
+        workers, busy = 0, 0.0
         for pid, document in live:
             self._age(pid, document, now, per_process)
             for family in document["families"]:
@@ -384,7 +386,7 @@ class Merge:
                     per_process.add(family, {PID_LABEL: pid})
             if document["worker"]:
                 workers += 1
-                busy += _in_flight(document) > 0
+                busy += _busy(document)
             if document["workers"] is not None:
                 configured = max(configured or 0, document["workers"])
         if gone or past.admissions or summed.admissions:
@@ -447,6 +449,7 @@ class Merge:
             and document.get("process") == key
             and type(document.get("final")) is bool
             and _valid_time(document.get("time", 0.0))
+            and (document.get("busy") is None or _valid_share(document["busy"]))
             and type(document.get("worker")) is bool
             and (document.get("workers") is None or type(document.get("workers")) is int)
             and _valid_families(document.get("families"))
@@ -553,6 +556,11 @@ def _valid_time(written: Any) -> bool:
         return False
 
 
+def _valid_share(share: Any) -> bool:
+    """A busy share: a finite number, not negative (a bool is not one)."""
+    return _valid_time(share) and share >= 0
+
+
 def _valid_admitted(admitted: Any) -> bool:
     return type(admitted) is dict and all(
         type(children) is list
@@ -568,14 +576,22 @@ def _valid_admitted(admitted: Any) -> bool:
     )
 
 
-# What a worker process is busy with: requests (web servers) or tasks (Celery's pool).
-_WORK = ("http_server_active_requests", "worker_tasks_active")
+def _busy(document: dict[str, Any]) -> float:
+    """How busy one worker process was: its busy share over its last second or two,
+    capped at one (exact for a worker serving one request at a time), or 1 while it runs
+    a task (Celery's pool). A snapshot without a share (an earlier version's, or a
+    process's first) falls back on its in-flight gauges, a sample."""
+    tasks = _in_flight(document, "worker_tasks_active") > 0
+    share = document.get("busy")
+    if share is None:
+        return float(tasks or _in_flight(document, "http_server_active_requests") > 0)
+    return max(min(1.0, float(share)), float(tasks))
 
 
-def _in_flight(document: dict[str, Any]) -> float:
+def _in_flight(document: dict[str, Any], name: str) -> float:
     return sum(
         float(sample[2])
         for family in document["families"]
-        if family["name"] in _WORK
+        if family["name"] == name
         for sample in family["samples"]
     )

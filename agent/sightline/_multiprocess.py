@@ -21,6 +21,9 @@ they all answer scrapes on one shared socket (``_scrape``):
   so a series never moves in or out of the overflow series;
 - histogram exemplars are kept, the newest per series;
 - ``server_workers_configured``, ``_live`` and ``_busy`` give the server's saturation;
+  each snapshot carries its process's busy share over its last second or two (from the
+  exact busy-seconds counter, never a sample of the in-flight gauge), which
+  ``server_workers_busy`` adds up;
   ``sightline_snapshot_age_seconds`` how old each live process's snapshot is.
 
 A worker too busy for its snapshot thread to win the GIL makes its next request or task
@@ -91,6 +94,10 @@ INTERVAL = 1.0
 LATE_AFTER = 0.05
 #: How long a request or task waits for a late snapshot thread, at most once an interval.
 PARK_TIMEOUT = 0.25
+#: The shortest time over which a snapshot measures its process's busy share.
+BUSY_WINDOW = 1.0
+#: The counter the busy share is read from (see metrics.InFlight).
+BUSY_FAMILY = "http_server_busy_seconds"
 #: Snapshots between two folds of exited processes' files by the writing thread.
 FOLD_EVERY = 10
 #: How long a scrape waits for another process's merge before serving its last view.
@@ -282,6 +289,9 @@ class Snapshots:
         self._baseline: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         #: The document last written: what the file holds, without reading it back.
         self.written: dict[str, Any] | None = None
+        #: (perf_counter, busy seconds) at recent documents, oldest first: the busy share
+        #: of the next is measured from the newest at least BUSY_WINDOW old.
+        self._busy_points: list[tuple[float, float]] = []
         _fork.track(self)
 
     @property
@@ -382,6 +392,7 @@ class Snapshots:
     def document(self, final: bool = False) -> dict[str, Any]:
         with self._collecting:
             families = _encode(self.registry.collect(), self.max_series)
+            busy = self._busy_share(time.perf_counter(), _busy_seconds(families))
         if self._baseline:
             _subtract(families, self._baseline)
         return {
@@ -392,8 +403,28 @@ class Snapshots:
             "time": time.time(),
             "workers": self.server.workers if self.server is not None else None,
             "worker": self.worker,
+            "busy": busy,
             "families": families,
         }
+
+    def _busy_share(self, now: float, busy: float | None) -> float | None:
+        """The mean work in flight since a document at least BUSY_WINDOW ago (or since
+        the first, in a process younger than that); None for the first document."""
+        if busy is None:
+            return None
+        points = self._busy_points
+        base: tuple[float, float] | None = points[0] if points else None
+        for i in range(len(points) - 1, -1, -1):
+            if now - points[i][0] >= BUSY_WINDOW:
+                base = points[i]
+                del points[:i]
+                break
+        points.append((now, busy))
+        if len(points) > 64:  # documents faster than the window: keep the bound
+            del points[1:-32]
+        if base is None or now <= base[0]:
+            return None
+        return max(0.0, (busy - base[1]) / (now - base[0]))
 
     def write(self, final: bool = False) -> bool:
         """Write this process's snapshot; False (counted, logged) if it cannot be."""
@@ -458,6 +489,7 @@ class Snapshots:
         self._written = threading.Condition()
         self._writes = 0
         self._misses = 0
+        self._busy_points = []  # the parent's work is not this process's
         self.late_at = math.inf  # until start()
         server = self.server
         key = process_key(os.getpid())
@@ -500,6 +532,14 @@ class Snapshots:
 def _late_from_now() -> float:
     """When a snapshot the thread is about to wait an interval for will be late."""
     return time.perf_counter() + INTERVAL + LATE_AFTER
+
+
+def _busy_seconds(families: list[dict[str, Any]]) -> float | None:
+    """The process's busy-seconds counter, from its encoded families."""
+    for family in families:
+        if family["name"] == BUSY_FAMILY:
+            return sum(float(sample[2]) for sample in family["samples"])
+    return None
 
 
 def _subtract(

@@ -12,12 +12,11 @@ registered (see :meth:`Metrics.bind` and docs/performance.md, "Start-up").
 
 from __future__ import annotations
 
-import itertools
 import sys
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -140,6 +139,7 @@ OTHER_METHOD = "_OTHER"
 OVERFLOW = "_overflow"
 
 _SDK_TRACE = "opentelemetry.sdk.trace"
+_perf_counter = time.perf_counter
 
 KNOWN_METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
@@ -224,6 +224,13 @@ class Histogram(Described):
         """Label sets holding their own series (the overflow series not counted)."""
         return len(self._children)
 
+    def total(self) -> float:
+        """The sum of every observation, over all series."""
+        children = list(self._children.values())
+        if self._overflow is not None:
+            children.append(self._overflow)
+        return sum(child.total for child in children)  # a float read is atomic
+
     def collect(self) -> Iterable[Metric]:
         from prometheus_client.core import HistogramMetricFamily
         from prometheus_client.samples import Exemplar, Sample
@@ -297,37 +304,68 @@ class UnlockedHistogramChild(HistogramChild):
 
 
 class InFlight(Described):
-    """An unlabelled gauge of work in progress, costing one C call per change.
+    """An unlabelled gauge of work in progress, and its integral over time: busy seconds.
 
-    ``inc``/``dec`` advance two ``itertools.count`` objects (atomic under the GIL, no
-    lock, no Python frame); the gauge is their difference. Reading a count advances
-    it, but a scrape advances both equally, so the difference stays exact. "finished"
-    is read first, so a request ending mid-scrape can never make the value negative.
+    ``inc(key, started)`` and ``dec(key)`` are a dict's own ``__setitem__`` and ``pop``
+    (one C call each, atomic under the GIL, no lock, no Python frame): ``key`` is the
+    ``id()`` of the request, so nothing keeps a request alive, and ``started`` its
+    ``perf_counter()`` start. The gauge is the dict's size.
+
+    A gauge read at one moment is a sample, and the threads that read it (a scrape, a
+    snapshot) get the GIL mostly while the request thread is blocked, which under a sync
+    server is between requests: sampled, a busy worker looks idle. The busy counter
+    (``<busy_name>_total``) is exact whenever it is read: the seconds of finished work
+    (``completed()``, the duration histogram's sum) plus the time so far of the work in
+    flight, so its rate is the mean amount of work in flight. A request is taken out of
+    the dict before its duration is added to the sum, so a read in between can come out a
+    little low, never high; the counter keeps the highest value read and never goes back.
     """
 
-    def __init__(self, name: str, documentation: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        busy_name: str,
+        busy_documentation: str,
+        completed: Callable[[], float],
+    ) -> None:
         self.name = name
         self.documentation = documentation
-        self._started = itertools.count()
-        self._finished = itertools.count()
-        self._read_lock = threading.Lock()  # two scrapes at once must not interleave reads
+        self.busy_name = busy_name
+        self.busy_documentation = busy_documentation
+        self._completed = completed
+        self._active: dict[int, float] = {}
+        self._busy = 0.0
+        self._read_lock = threading.Lock()  # two reads at once keep the counter monotonic
         _fork.track(self)
-        self.inc = self._started.__next__
-        self.dec = self._finished.__next__
+        self.inc = self._active.__setitem__
+        self.dec = self._active.pop
 
     def _after_fork(self) -> None:
         self._read_lock = threading.Lock()
+        self._active.clear()  # the parent's requests are not this process's
 
     @property
     def value(self) -> int:
+        return len(self._active)
+
+    def busy_seconds(self) -> float:
+        """Seconds of work done so far, in-flight work included up to now."""
         with self._read_lock:
-            finished = next(self._finished)
-            return next(self._started) - finished
+            now = _perf_counter()
+            running = sum(now - started for started in self._active.copy().values())
+            busy = self._completed() + running
+            if busy > self._busy:
+                self._busy = busy
+            return self._busy
 
     def collect(self) -> Iterable[Metric]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         yield GaugeMetricFamily(self.name, self.documentation, value=self.value)
+        yield CounterMetricFamily(
+            self.busy_name, self.busy_documentation, value=self.busy_seconds()
+        )
 
 
 class Counter(Described):
@@ -506,7 +544,14 @@ class Metrics:
             )
         )
         self.active_requests = self._add(
-            InFlight("http_server_active_requests", "HTTP server requests in flight.")
+            InFlight(
+                "http_server_active_requests",
+                "HTTP server requests in flight.",
+                "http_server_busy_seconds",
+                "Request-seconds spent in flight (its rate is the mean number of requests "
+                "in flight, exact however rarely it is read).",
+                self.request_duration.total,
+            )
         )
         self.queue_duration = self._add(
             Histogram(

@@ -285,6 +285,11 @@ class SaturationCollector(Described):
     def __init__(self, capacity: Callable[[], int | None], root: str = "/") -> None:
         self._capacity = capacity
         self._root = root
+        # The integral of the capacity over time, from init() (see capacity_seconds).
+        self._capacity_seconds = 0.0
+        self._capacity_read = time.perf_counter()
+        self._capacity_lock = threading.Lock()
+        _fork.track(self)
         self._process: Any = None  # psutil's, made by the first scrape (psutil loads then)
         self.gc_pauses = GCPauses()
         self.loop_lag = LoopLag()
@@ -301,6 +306,25 @@ class SaturationCollector(Described):
         yield from self.gc_pauses.histogram.describe()
         yield from self.loop_lag.histogram.describe()
         yield GaugeMetricFamily("http_server_worker_capacity", "")
+        yield CounterMetricFamily("http_server_capacity_seconds", "")
+
+    def _after_fork(self) -> None:
+        self._capacity_lock = threading.Lock()
+        # The child offers its own slots from now on: the parent's time since its last
+        # read is not the child's. (The total so far stays: a snapshot's baseline, taken
+        # at fork, subtracts what the child inherited, as for every counter.)
+        self._capacity_read = time.perf_counter()
+
+    def capacity_seconds(self, capacity: int) -> float:
+        """Request-slot seconds this process has offered: the capacity integrated over
+        time. Each read adds the capacity as it is now for the time since the last read
+        (from init() on), so the ratio of the busy and capacity counters' rates is the
+        share of slots in use, right even for a series younger than the rate's window."""
+        with self._capacity_lock:
+            now = time.perf_counter()
+            self._capacity_seconds += capacity * (now - self._capacity_read)
+            self._capacity_read = now
+            return self._capacity_seconds
 
     def collect(self) -> Iterable[Metric]:
         try:
@@ -355,6 +379,15 @@ class SaturationCollector(Described):
                 "Requests this process can serve at once (utilisation = active / capacity).",
                 value=capacity,
             )
+            yield CounterMetricFamily(
+                "http_server_capacity_seconds",
+                "Request-slot seconds this process has offered (the rate of "
+                "http_server_busy_seconds_total over this rate is the share in use).",
+                value=self.capacity_seconds(capacity),
+            )
+        else:
+            with self._capacity_lock:  # no capacity known: none offered in the meantime
+                self._capacity_read = time.perf_counter()
 
 
 #: How a queue's depth and the age of its oldest message are read (None: not known).

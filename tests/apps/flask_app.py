@@ -26,6 +26,17 @@ def user(uid: int) -> dict[str, int]:
     return {"uid": uid}
 
 
+@app.route("/spin/<int:ms>")
+def spin(ms: int) -> str:
+    """Work on the CPU for ``ms`` milliseconds without blocking (no system call)."""
+    import time
+
+    end = time.perf_counter() + ms / 1000
+    while time.perf_counter() < end:
+        pass
+    return "spun"
+
+
 @app.route("/orders", methods=["POST"])
 def create_order() -> tuple[str, int]:
     return "created", 201
