@@ -373,7 +373,7 @@ def test_overview_golden_signals_are_the_shared_queries() -> None:
     numbers."""
     golden = re.compile(
         r"\b(http_server_request_duration_seconds|http_server_active_requests|"
-        r"http_server_worker_capacity)"
+        r"http_server_worker_capacity|http_server_busy_seconds|http_server_capacity_seconds)"
     )
     cases = [
         case

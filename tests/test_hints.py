@@ -73,7 +73,8 @@ def web(in_flight: float, cpu: float, pool_used: float) -> Replica:
     return Replica(
         gauges={
             "http_server_worker_capacity": 4,
-            "http_server_active_requests": in_flight,  # an average, hence not whole
+            # A sample, as a sync worker's scrape reads it: the rules do not use it.
+            "http_server_active_requests": 0,
             "process_cpu_limit_cores": 1,
             f"db_client_connection_max{{{pool}}}": 10,
             f'db_client_connection_count{{{pool},db_client_connection_state="used"}}': pool_used,
@@ -82,7 +83,9 @@ def web(in_flight: float, cpu: float, pool_used: float) -> Replica:
             ),
         },
         rates={
-            # Busy seconds per second: the same mean by Little's law.
+            # Busy seconds per second: the mean in flight; and 4 slot-seconds a second.
+            "http_server_busy_seconds_total": in_flight,
+            "http_server_capacity_seconds_total": 4,
             "http_server_request_duration_seconds_sum": in_flight,
             "http_server_request_duration_seconds_count": in_flight * 10,
             "process_cpu_seconds_total": cpu,

@@ -62,18 +62,22 @@ LATENCY_P95 = Query(
     "s",
 )
 
-# Requests in flight over what the server can run at once, summed over its workers.
+# The share of request slots in use over the window: request-seconds spent in flight over
+# slot-seconds offered, both exact counters (a ratio of two rates over the same samples,
+# so a series younger than the window reads right). Not the in-flight gauge: a sample,
+# read mostly between a sync worker's requests, it reads a busy server low.
 INFLIGHT_RATIO = Query(
-    "In flight / capacity",
-    "sum by ({by}) (http_server_active_requests{{{sel}}})"
-    " / sum by ({by}) (http_server_worker_capacity{{{sel}}})",
+    "Slots in use",
+    "sum by ({by}) (rate(http_server_busy_seconds_total{{{sel}}}[{w}]))"
+    " / sum by ({by}) (rate(http_server_capacity_seconds_total{{{sel}}}[{w}]))",
     ("job",),
     "percentunit",
 )
 
+# The mean number of requests in flight over the window (the busy counter's rate).
 INFLIGHT = Query(
-    "In flight",
-    "sum by ({by}) (http_server_active_requests{{{sel}}})",
+    "In flight (mean)",
+    "sum by ({by}) (rate(http_server_busy_seconds_total{{{sel}}}[{w}]))",
     ("job",),
     "short",
 )

@@ -87,7 +87,8 @@ def overview() -> Json:
         ),
         stat(
             "Request slots in use",
-            "Requests in flight over the requests the server's workers can run at once.",
+            "Request-seconds spent in flight over the slot-seconds the server's workers "
+            "offered: the share of request slots in use.",
             [prom(q.INFLIGHT_RATIO.render(SERVICE), "{{job}}")],
             q.INFLIGHT_RATIO.unit,
             UTILISATION,
@@ -127,9 +128,9 @@ def overview() -> Json:
         8,
         9,
         utilisation(
-            "In flight ÷ capacity",
-            "Requests in flight over the requests the server's workers can run at once; "
-            "near 1, new requests queue.",
+            "Slots in use",
+            "Request-seconds spent in flight over the slot-seconds the server's workers "
+            "offered; near 1, new requests queue.",
             [prom(q.INFLIGHT_RATIO.render(SERVICE), "{{job}}")],
             q.INFLIGHT_RATIO.unit,
         ),

@@ -29,21 +29,20 @@ from .panels import (
     service_variable,
     timeseries,
     utilisation,
-    variant,
 )
 
 
 def saturation() -> Json:
     grid = Grid()
-    by_process = variant(q.INFLIGHT_RATIO, by=("job", "process_pid"))
     grid.row("Request slots")
     grid.add(
-        6,
+        8,
         8,
         timeseries(
             "In flight vs capacity",
-            "Requests in flight (solid) against the requests the server's workers can run "
-            "at once (dashed).",
+            "The mean number of requests in flight (solid: request-seconds spent in flight "
+            "per second, exact however rarely scraped) against the requests the server's "
+            "workers can run at once (dashed).",
             [
                 prom(q.INFLIGHT.render(SERVICE), "{{job}} in flight"),
                 prom(q.CAPACITY.render(SERVICE), "{{job}} capacity"),
@@ -52,31 +51,24 @@ def saturation() -> Json:
             overrides=[by_regex(".* capacity", **{"custom.lineStyle": DASHED})],
         ),
         utilisation(
-            "In flight ÷ capacity",
-            "Requests in flight over the requests the server's workers can run at once, "
-            "sampled at each scrape.",
+            "Slots in use",
+            "Request-seconds spent in flight over the slot-seconds the workers offered: the "
+            "share of request slots in use (SightlineInFlightNearCapacity's measure).",
             [prom(q.INFLIGHT_RATIO.render(SERVICE), "{{job}}")],
             q.INFLIGHT_RATIO.unit,
         ),
-        utilisation(
-            "Mean concurrency ÷ capacity",
-            "Seconds spent serving requests per second (Little's law: the mean number in "
-            "flight) over capacity; unlike a scrape-time sample it misses no short request.",
+        timeseries(
+            "In flight at each scrape, per process",
+            "Each live worker process's in-flight gauge as the scrape read it (process_pid), "
+            "a sample that reads a busy sync worker low (it answers mostly between "
+            "requests), though a value that stays high is a request that is stuck.",
             [
                 prom(
-                    "sum by (job) (rate(http_server_request_duration_seconds_sum"
-                    f"{{{SERVICE}}}[{W}])) / sum by (job) "
-                    f"(http_server_worker_capacity{{{SERVICE}}})",
-                    "{{job}}",
+                    f"sum by (job, process_pid) (http_server_active_requests{{{SERVICE}}})",
+                    "{{job}} {{process_pid}}",
                 )
             ],
-            "percentunit",
-        ),
-        utilisation(
-            "In flight ÷ capacity per process",
-            "The same ratio for each live worker process (process_pid).",
-            [prom(by_process.render(SERVICE), "{{job}} {{process_pid}}")],
-            q.INFLIGHT_RATIO.unit,
+            "short",
         ),
     )
 
@@ -86,7 +78,8 @@ def saturation() -> Json:
         8,
         utilisation(
             "Busy workers ÷ configured",
-            "Worker processes with a request in flight over the workers the server is "
+            "Worker processes busy (each counted by its share of the last second or two "
+            "with a request in flight, or running a task) over the workers the server is "
             "configured to run.",
             [
                 prom(

@@ -98,7 +98,7 @@ def render(
         web = ""
         capacity = snapshot.get(q.CAPACITY, (job,))
         if capacity is not None:
-            inflight = _num(snapshot.get(q.INFLIGHT, (job,)), "{:.0f}")
+            inflight = _num(snapshot.get(q.INFLIGHT, (job,)), "{:.1f}")
             ratio = _num(snapshot.get(q.INFLIGHT_RATIO, (job,)), "{:.0f} %", 100)
             web = f"{inflight} / {capacity:.0f} ({ratio})"
         busy = _num(snapshot.get(q.WORKER_UTILISATION, (job,)), "{:.0f} %", 100)
