@@ -101,13 +101,16 @@ def worker(backlog: float, done: float, duration: float, cpu: float) -> Replica:
     return Replica(
         gauges={
             'worker_capacity{task_system="celery"}': 4,
-            'worker_tasks_active{task_system="celery"}': round(done * duration),
+            # A sample, which the rules do not use: the busy counter says how busy.
+            'worker_tasks_active{task_system="celery"}': 0,
             f"worker_queue_depth{{{task}}}": backlog,
             "process_cpu_limit_cores": 1,
         },
         rates={
             f"worker_task_duration_seconds_count{{{finished}}}": done,
             f"worker_task_duration_seconds_sum{{{finished}}}": done * duration,
+            'worker_busy_seconds_total{task_system="celery"}': done * duration,
+            'worker_capacity_seconds_total{task_system="celery"}': 4,
             "process_cpu_seconds_total": cpu,
         },
     )

@@ -1341,9 +1341,9 @@ def test_a_snapshot_with_a_time_that_is_not_a_finite_number_is_skipped(
 
 def test_server_workers_busy_adds_up_each_worker_s_busy_share(tmp_path: Path) -> None:
     """server_workers_busy adds up the live workers' busy shares (each capped at one),
-    counts a worker running a task as busy, and falls back on the in-flight gauge for a
-    snapshot without a share (an earlier version's); a share that is not a finite number
-    of at least 0 makes the snapshot invalid, counted."""
+    and falls back on the in-flight gauges (requests or tasks) for a snapshot without a
+    share (an earlier version's); a share that is not a finite number of at least 0
+    makes the snapshot invalid, counted."""
     from sightline._process import process_key
 
     run_and_exit(tmp_path, 1)
@@ -1363,7 +1363,7 @@ def test_server_workers_busy_adds_up_each_worker_s_busy_share(tmp_path: Path) ->
     workers: list[tuple[Any, dict[str, Any]]] = [
         (0.25, {}),
         (1.7, {}),  # a threaded worker's mean in flight: counts as one
-        (0.0, {"families": [gauge("worker_tasks_active", 1.0)]}),
+        (None, {"families": [gauge("worker_tasks_active", 1.0)]}),
         (None, {"families": [gauge("http_server_active_requests", 1.0)]}),
         (None, {"families": [gauge("http_server_active_requests", 0.0)]}),
         ("NaN", {}),

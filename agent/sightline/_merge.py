@@ -269,8 +269,8 @@ class View:
             _gauge(
                 "server_workers_busy",
                 "Worker processes busy: each one's share of its last second or two with a "
-                "request in flight (one-at-a-time workers; threaded and async ones count "
-                "their mean requests in flight, up to one), or 1 while it runs a task.",
+                "request or task in flight (one-at-a-time workers; threaded and async ones "
+                "count their mean number in flight, up to one).",
                 self.busy,
             )
         )
@@ -577,15 +577,18 @@ def _valid_admitted(admitted: Any) -> bool:
 
 
 def _busy(document: dict[str, Any]) -> float:
-    """How busy one worker process was: its busy share over its last second or two,
-    capped at one (exact for a worker serving one request at a time), or 1 while it runs
-    a task (Celery's pool). A snapshot without a share (an earlier version's, or a
-    process's first) falls back on its in-flight gauges, a sample."""
-    tasks = _in_flight(document, "worker_tasks_active") > 0
+    """How busy one worker process was: its busy share (requests and tasks) over its
+    last second or two, capped at one (exact for a worker running one request or task at
+    a time). A snapshot without a share (an earlier version's, or a process's first)
+    falls back on its in-flight gauges, a sample."""
     share = document.get("busy")
     if share is None:
-        return float(tasks or _in_flight(document, "http_server_active_requests") > 0)
-    return max(min(1.0, float(share)), float(tasks))
+        return float(any(_in_flight(document, name) > 0 for name in _WORK))
+    return min(1.0, float(share))
+
+
+# What a worker process is busy with: requests (web servers) or tasks (Celery's pool).
+_WORK = ("http_server_active_requests", "worker_tasks_active")
 
 
 def _in_flight(document: dict[str, Any], name: str) -> float:

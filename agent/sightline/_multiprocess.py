@@ -96,8 +96,9 @@ LATE_AFTER = 0.05
 PARK_TIMEOUT = 0.25
 #: The shortest time over which a snapshot measures its process's busy share.
 BUSY_WINDOW = 1.0
-#: The counter the busy share is read from (see metrics.InFlight).
-BUSY_FAMILY = "http_server_busy_seconds"
+#: The counters the busy share is read from: requests and tasks (metrics.InFlight and
+#: metrics.TaskSlots).
+BUSY_FAMILIES = ("http_server_busy_seconds", "worker_busy_seconds")
 #: Snapshots between two folds of exited processes' files by the writing thread.
 FOLD_EVERY = 10
 #: How long a scrape waits for another process's merge before serving its last view.
@@ -535,11 +536,14 @@ def _late_from_now() -> float:
 
 
 def _busy_seconds(families: list[dict[str, Any]]) -> float | None:
-    """The process's busy-seconds counter, from its encoded families."""
-    for family in families:
-        if family["name"] == BUSY_FAMILY:
-            return sum(float(sample[2]) for sample in family["samples"])
-    return None
+    """The process's busy seconds (requests and tasks), from its encoded families."""
+    found = [
+        float(sample[2])
+        for family in families
+        if family["name"] in BUSY_FAMILIES
+        for sample in family["samples"]
+    ]
+    return sum(found) if found else None
 
 
 def _subtract(

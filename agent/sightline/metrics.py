@@ -224,6 +224,17 @@ class Histogram(Described):
         """Label sets holding their own series (the overflow series not counted)."""
         return len(self._children)
 
+    def totals(self) -> dict[str, float]:
+        """The sum of the observations by the first label's value (the overflow series,
+        whose labels are all ``_overflow``, under that)."""
+        totals: dict[str, float] = {}
+        children = list(self._children.items())
+        if self._overflow is not None:
+            children.append(((OVERFLOW,), self._overflow))
+        for key, child in children:
+            totals[key[0]] = totals.get(key[0], 0.0) + child.total  # a float read is atomic
+        return totals
+
     def total(self) -> float:
         """The sum of every observation, over all series."""
         children = list(self._children.values())
@@ -368,6 +379,71 @@ class InFlight(Described):
         )
 
 
+class TaskSlots(Described):
+    """:class:`InFlight`'s gauge and busy counter, per task system: ``worker_tasks_active``
+    and ``worker_busy_seconds_total``, labelled ``task_system``.
+
+    ``system(name)`` is that system's dict of tasks running, by ``id()`` of the run, with
+    their ``perf_counter()`` starts: a run adds itself and pops itself (one C call each).
+    Busy seconds are the task durations recorded for the system plus the time so far of
+    its tasks running. (Durations that the cardinality guard folds into the overflow
+    series have no system, and are not counted.)
+    """
+
+    def __init__(self, durations: Histogram) -> None:
+        self._durations = durations
+        self._active: dict[str, dict[int, float]] = {}
+        self._busy: dict[str, float] = {}
+        self._read_lock = threading.Lock()
+        _fork.track(self)
+
+    def _after_fork(self) -> None:
+        self._read_lock = threading.Lock()
+        for active in list(self._active.values()):
+            active.clear()  # the parent's tasks are not this process's
+
+    def system(self, name: str) -> dict[int, float]:
+        """The tasks of ``name`` running (exposed, as 0, from this call on)."""
+        active = self._active.get(name)
+        if active is None:
+            active = self._active.setdefault(name, {})
+        return active
+
+    def busy_seconds(self) -> dict[str, tuple[int, float]]:
+        """Each system's tasks running and its busy seconds so far (never lower than a
+        read before: a task is popped before its duration is recorded)."""
+        with self._read_lock:
+            now = _perf_counter()
+            completed = self._durations.totals()
+            found = {}
+            for name, active in list(self._active.items()):
+                starts = list(active.copy().values())
+                busy = completed.get(name, 0.0) + sum(now - started for started in starts)
+                busy = self._busy[name] = max(self._busy.get(name, 0.0), busy)
+                found[name] = (len(starts), busy)
+            return found
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        running = GaugeMetricFamily(
+            "worker_tasks_active",
+            "Background tasks running in this process.",
+            labels=["task_system"],
+        )
+        busy = CounterMetricFamily(
+            "worker_busy_seconds",
+            "Task-seconds spent running (its rate is the mean number of tasks running, exact "
+            "however rarely it is read).",
+            labels=["task_system"],
+        )
+        for name, (count, seconds) in self.busy_seconds().items():
+            running.add_metric([name], count)
+            busy.add_metric([name], seconds)
+        yield running
+        yield busy
+
+
 class Counter(Described):
     """A labelled counter with prometheus-client's interface (``labels(...).inc(n)``),
     exposed as its ``Counter`` is: ``<name>_total`` and, unless
@@ -424,6 +500,44 @@ class Gauge(Counter):
     ``inc``, ``dec``)."""
 
     kind = "gauge"
+
+
+class Capacity(Gauge):
+    """A labelled gauge of slots, and its integral over time: ``<name>_seconds_total``,
+    the slot-seconds offered. Each read adds every series' value as it is now for the
+    time since the last read (since it was set, the first time), so the rate of a busy
+    counter over this one's is the share of slots in use, whatever the series' age."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        super().__init__(name, documentation, labelnames)
+        self._seconds: dict[tuple[str, ...], float] = {}
+        self._read_at: dict[tuple[str, ...], float] = {}
+
+    def _after_fork(self) -> None:
+        # A forked process (a Celery pool process, an RQ work horse) offers none of the
+        # slots of the process that forked it: that one goes on reporting them.
+        super()._after_fork()
+        self._children.clear()
+        self._seconds.clear()
+        self._read_at.clear()
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
+        yield from super().collect()
+        family = CounterMetricFamily(
+            f"{self.name}_seconds",
+            f"Slot-seconds offered: {self.name} integrated over time.",
+            labels=self.labelnames,
+        )
+        with self._lock:
+            now = time.time()
+            for key, child in list(self._children.items()):
+                since = self._read_at.get(key, child.created)
+                seconds = self._seconds.get(key, 0.0) + child.value * max(0.0, now - since)
+                self._seconds[key], self._read_at[key] = seconds, now
+                family.add_metric(key, seconds)
+        yield family
 
 
 class _Value:
@@ -634,15 +748,9 @@ class Metrics:
                 TASK_LABELS,
             )
         )
-        self.tasks_active = self._add(
-            Gauge(
-                "worker_tasks_active",
-                "Background tasks running in this process.",
-                ["task_system"],
-            )
-        )
+        self.tasks_active: TaskSlots = self._add(TaskSlots(self.task_duration))
         self.worker_capacity = self._add(
-            Gauge(
+            Capacity(
                 "worker_capacity",
                 "Background tasks this worker can run at once (its concurrency).",
                 ["task_system"],
@@ -655,7 +763,6 @@ class Metrics:
         # Read directly on the request path: a seen label set costs one dict lookup.
         self._request_children = self.request_duration._children
         # Children of labelled task instruments, looked up once (as Histogram.child does).
-        self._active_children: dict[str, Any] = {}
         self._published_children: dict[tuple[str, str, str], Any] = {}
         self._lookup_children: dict[tuple[str, str], Any] = {}
         self._timeout_children: dict[tuple[str, str], Any] = {}
@@ -705,12 +812,9 @@ class Metrics:
                         pass
             self._collectors.clear()
 
-    def active_tasks(self, system: str) -> Any:
-        """The ``worker_tasks_active`` child of ``system``, looked up once."""
-        child = self._active_children.get(system)
-        if child is None:
-            child = self._active_children[system] = self.tasks_active.labels(system)
-        return child
+    def active_tasks(self, system: str) -> dict[int, float]:
+        """The tasks of ``system`` running (see :class:`TaskSlots`), exposed from now on."""
+        return self.tasks_active.system(system)
 
     def published(self, system: str, queue: str, name: str) -> None:
         key = (system, queue, name)
