@@ -185,10 +185,10 @@ def test_busy_seconds_never_go_back_when_read_between_a_request_and_its_sum(
     just ended) keeps the busy counter where it was instead of lowering it."""
     metrics = sightline._state.current.metrics  # type: ignore[union-attr]
     started = time.perf_counter() - 2.0
-    metrics.active_requests.inc(1, started)
+    metrics.requests_in_flight[1] = started
     in_flight = metrics.active_requests.busy_seconds()
     assert in_flight >= 2.0
-    metrics.active_requests.dec(1, None)  # ended, its duration not yet observed
+    metrics.requests_in_flight.pop(1)  # ended, its duration not yet observed
     assert metrics.active_requests.busy_seconds() == in_flight
     metrics.observe_request("GET", "/x", "200", 2.5)
     assert metrics.active_requests.busy_seconds() == 2.5

@@ -317,9 +317,9 @@ class UnlockedHistogramChild(HistogramChild):
 class InFlight(Described):
     """An unlabelled gauge of work in progress, and its integral over time: busy seconds.
 
-    ``inc(key, started)`` and ``dec(key)`` are a dict's own ``__setitem__`` and ``pop``
-    (one C call each, atomic under the GIL, no lock, no Python frame): ``key`` is the
-    ``id()`` of the request, so nothing keeps a request alive, and ``started`` its
+    The work in flight is a dict that the request path adds itself to and pops itself
+    from (one C operation each, atomic under the GIL, no lock, no Python frame): the key
+    is the ``id()`` of the request, so nothing keeps a request alive, and the value its
     ``perf_counter()`` start. The gauge is the dict's size.
 
     A gauge read at one moment is a sample, and the threads that read it (a scrape, a
@@ -349,8 +349,6 @@ class InFlight(Described):
         self._busy = 0.0
         self._read_lock = threading.Lock()  # two reads at once keep the counter monotonic
         _fork.track(self)
-        self.inc = self._active.__setitem__
-        self.dec = self._active.pop
 
     def _after_fork(self) -> None:
         self._read_lock = threading.Lock()
@@ -667,6 +665,9 @@ class Metrics:
                 self.request_duration.total,
             )
         )
+        #: The requests in flight, by ``id()``, with their starts: what the request path
+        #: adds itself to and pops itself from (see InFlight).
+        self.requests_in_flight: dict[int, float] = self.active_requests._active
         self.queue_duration = self._add(
             Histogram(
                 "http_server_request_queue_duration_seconds",

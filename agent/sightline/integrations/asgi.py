@@ -149,7 +149,7 @@ class _Exchange:
             method = OTHER_METHOD
         self.method = method
         try:
-            agent.metrics.active_requests.inc(id(self), self.started)
+            agent.metrics.requests_in_flight[id(self)] = self.started
             headers = scope.get("headers") or ()
             for name in _QUEUE_HEADERS:
                 value = header(headers, name)
@@ -185,7 +185,7 @@ class _Exchange:
             snapshots = agent.metrics.snapshots
             if snapshots is not None and now >= snapshots.late_at:
                 snapshots.park()  # while the request still counts as in flight
-            agent.metrics.active_requests.dec(id(self), None)
+            agent.metrics.requests_in_flight.pop(id(self), None)
             framework = self.framework
             if framework is not None:
                 route = _route(framework, self.framework_scope)

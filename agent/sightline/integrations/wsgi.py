@@ -186,7 +186,7 @@ class _Exchange:
             method = OTHER_METHOD
         self.method = method
         try:
-            agent.metrics.active_requests.inc(id(self), self.started)
+            agent.metrics.requests_in_flight[id(self)] = self.started
             header = environ.get("HTTP_X_REQUEST_START") or environ.get("HTTP_X_QUEUE_START")
             if header:
                 waited = queue_seconds(header, time.time())
@@ -254,7 +254,7 @@ class _Exchange:
             snapshots = agent.metrics.snapshots
             if snapshots is not None and now >= snapshots.late_at:
                 snapshots.park()  # while the request still counts as in flight
-            agent.metrics.active_requests.dec(id(self), None)
+            agent.metrics.requests_in_flight.pop(id(self), None)
             status = self.status
             if error is None and status is not None and status[:3].isdigit():
                 code = status[:3]
