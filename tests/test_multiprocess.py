@@ -295,7 +295,8 @@ def test_a_busy_sync_worker_reads_busy_though_its_samples_read_idle(
 
 def test_gunicorn_preload_master_serves_the_merged_view(tmp_path: Path, backend: Backend) -> None:
     """With --preload the master runs init(): workers forked from it report through the
-    same seam, and the totals stay exact across recycling."""
+    same seam, the totals stay exact across recycling, and only the workers offer request
+    slots."""
     pytest.importorskip("gunicorn")
     pytest.importorskip("flask")
     metrics_port = free_port()
@@ -313,6 +314,10 @@ def test_gunicorn_preload_master_serves_the_merged_view(tmp_path: Path, backend:
         assert wait_until(
             lambda: value(prom, 'count(process_resident_memory_bytes{job="app"})') == 3
         )
+        # Request slots only where requests are served: the workers' 1 each, not the
+        # master's (it would read a full server as two-thirds busy).
+        assert value(prom, 'sum(http_server_worker_capacity{job="app"})') == 2
+        assert value(prom, 'count(http_server_worker_capacity{job="app"})') == 2
     assert len(snapshot_files(tmp_path)) <= 4
 
 

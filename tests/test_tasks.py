@@ -14,6 +14,7 @@ import pytest
 import sightline
 from opentelemetry import propagate, trace
 from prometheus_client import CollectorRegistry
+from sightline._tasks import Run
 
 from .receivers import Backend
 from .servers import redis
@@ -150,3 +151,40 @@ def test_tasks_and_queues_before_init_are_harmless(registry: CollectorRegistry) 
     ):
         time.sleep(0.05)
     assert value(registry, "worker_queue_depth", task_system="custom", task_queue="later") == 7
+
+
+def test_busy_task_seconds_are_exact_whatever_the_duration_series_fold(
+    registry: CollectorRegistry,
+) -> None:
+    """worker_busy_seconds_total adds up every task's time, also for tasks whose duration
+    series the cardinality guard folded into the overflow series, and a run given up on
+    (a task delivered again in its place) leaves the running tasks, adding no time."""
+    sightline.init(
+        service="t",
+        registry=registry,
+        metrics_addr="off",
+        traces=False,
+        logs=False,
+        max_series=1,
+    )
+    try:
+        agent = sightline._state.current
+        assert agent is not None
+        for name in ("first", "second", "third"):  # the 2nd and 3rd are folded
+            run = Run(agent, ("custom", "q", name))
+            run.started -= 2.0  # as if it had run for 2 s
+            run.finish("success")
+        busy = registry.get_sample_value("worker_busy_seconds_total", {"task_system": "custom"})
+        assert busy is not None
+        assert 6.0 <= busy < 6.5
+        given_up = Run(agent, ("custom", "q", "first"))
+        given_up.started -= 5.0  # had its end been recorded, 5 s more
+        assert registry.get_sample_value("worker_tasks_active", {"task_system": "custom"}) == 1
+        given_up.abandon()
+        given_up.finish("success")  # its end, seen late, counts nothing more
+        assert registry.get_sample_value("worker_tasks_active", {"task_system": "custom"}) == 0
+        again = registry.get_sample_value("worker_busy_seconds_total", {"task_system": "custom"})
+        assert again is not None
+        assert again - busy < 0.5
+    finally:
+        sightline.shutdown()

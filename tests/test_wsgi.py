@@ -11,6 +11,7 @@ import pytest
 import sightline
 from prometheus_client import CollectorRegistry
 from sightline import _http
+from sightline.metrics import InFlight
 
 from .helpers import call_wsgi, count, series
 
@@ -192,6 +193,25 @@ def test_busy_seconds_never_go_back_when_read_between_a_request_and_its_sum(
     assert metrics.active_requests.busy_seconds() == in_flight
     metrics.observe_request("GET", "/x", "200", 2.5)
     assert metrics.active_requests.busy_seconds() == 2.5
+
+
+def test_busy_seconds_never_count_twice_a_request_that_ends_during_a_read() -> None:
+    """A request that ends while the busy counter is being read (taken out of the in-flight
+    dict and its duration added to the finished seconds as the read looks at them) is
+    counted once: the read takes the finished seconds before the requests in flight."""
+    finished = [0.0]
+    in_flight: InFlight
+
+    def completed() -> float:
+        if 1 in in_flight._active:  # the 10 s request ends now
+            in_flight._active.pop(1)
+            finished[0] += 10.0
+        return finished[0]
+
+    in_flight = InFlight("active", "", "busy", "", completed)
+    in_flight._active[1] = time.perf_counter() - 10.0
+    assert 10.0 <= in_flight.busy_seconds() < 10.5
+    assert in_flight._active == {}
 
 
 @pytest.mark.parametrize("unit", [1.0, 1e3, 1e6, 1e9])

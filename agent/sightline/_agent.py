@@ -146,6 +146,11 @@ class Agent:
         await app(scope, receive, send)
 
     def capacity(self) -> int | None:
+        """Requests this process can serve at once; None when unknown, and in a server's
+        main process (gunicorn's master), which serves none: its workers offer the slots."""
+        snapshots = self.metrics.snapshots
+        if snapshots is not None and not snapshots.worker:
+            return None
         return self.settings.worker_capacity or self.detected_capacity
 
     def start(self) -> None:

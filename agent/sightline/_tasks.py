@@ -67,6 +67,13 @@ class Run:
         self.started = time.perf_counter()
         self.active[id(self)] = self.started  # running from now: in the gauge and busy time
 
+    def abandon(self) -> None:
+        """Stop counting this run as running, recording nothing: another run took its
+        place (a task delivered again while this run's end was never seen)."""
+        agent, self.agent = self.agent, None
+        if agent is not None:
+            agent.metrics.tasks_active.finish(self.key[0], id(self), None)
+
     def fail(self, error: BaseException) -> None:
         """Put the exception that ended the run on its span."""
         if self.span is not None:
@@ -82,9 +89,7 @@ class Run:
         snapshots = agent.metrics.snapshots
         if snapshots is not None and now >= snapshots.late_at:
             snapshots.park()  # while the task still counts as in flight
-        # Out of the running tasks before its duration is recorded: a read in between
-        # finds the busy time a little low, never counted twice (see TaskSlots).
-        self.active.pop(id(self), None)
+        agent.metrics.tasks_active.finish(self.key[0], id(self), elapsed)
         agent.metrics.task_duration.child((*self.key, outcome)).observe(elapsed)
         if self.span is not None:
             self.span.set_attribute("task.outcome", outcome)

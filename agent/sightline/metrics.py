@@ -224,17 +224,6 @@ class Histogram(Described):
         """Label sets holding their own series (the overflow series not counted)."""
         return len(self._children)
 
-    def totals(self) -> dict[str, float]:
-        """The sum of the observations by the first label's value (the overflow series,
-        whose labels are all ``_overflow``, under that)."""
-        totals: dict[str, float] = {}
-        children = list(self._children.items())
-        if self._overflow is not None:
-            children.append(((OVERFLOW,), self._overflow))
-        for key, child in children:
-            totals[key[0]] = totals.get(key[0], 0.0) + child.total  # a float read is atomic
-        return totals
-
     def total(self) -> float:
         """The sum of every observation, over all series."""
         children = list(self._children.values())
@@ -328,8 +317,9 @@ class InFlight(Described):
     (``<busy_name>_total``) is exact whenever it is read: the seconds of finished work
     (``completed()``, the duration histogram's sum) plus the time so far of the work in
     flight, so its rate is the mean amount of work in flight. A request is taken out of
-    the dict before its duration is added to the sum, so a read in between can come out a
-    little low, never high; the counter keeps the highest value read and never goes back.
+    the dict before its duration is added to the sum, and a read takes the sum before the
+    dict, so a request ending meanwhile is in neither: a read can come out a little low,
+    never high. The counter keeps the highest value read and never goes back.
     """
 
     def __init__(
@@ -361,9 +351,10 @@ class InFlight(Described):
     def busy_seconds(self) -> float:
         """Seconds of work done so far, in-flight work included up to now."""
         with self._read_lock:
+            completed = self._completed()  # first: see the class docstring
             now = _perf_counter()
             running = sum(now - started for started in self._active.copy().values())
-            busy = self._completed() + running
+            busy = completed + running
             if busy > self._busy:
                 self._busy = busy
             return self._busy
@@ -381,22 +372,21 @@ class TaskSlots(Described):
     """:class:`InFlight`'s gauge and busy counter, per task system: ``worker_tasks_active``
     and ``worker_busy_seconds_total``, labelled ``task_system``.
 
-    ``system(name)`` is that system's dict of tasks running, by ``id()`` of the run, with
-    their ``perf_counter()`` starts: a run adds itself and pops itself (one C call each).
-    Busy seconds are the task durations recorded for the system plus the time so far of
-    its tasks running. (Durations that the cardinality guard folds into the overflow
-    series have no system, and are not counted.)
+    A run adds itself to its system's dict of tasks running (by ``id()``, with its
+    ``perf_counter()`` start; one C operation) and :meth:`finish` takes it out and adds
+    its duration to the system's finished seconds under one lock, which a read holds too:
+    busy seconds (finished, plus the time so far of the tasks running) are exact and
+    never go back, whatever the duration histogram's cardinality guard folds.
     """
 
-    def __init__(self, durations: Histogram) -> None:
-        self._durations = durations
+    def __init__(self) -> None:
         self._active: dict[str, dict[int, float]] = {}
-        self._busy: dict[str, float] = {}
-        self._read_lock = threading.Lock()
+        self._done: dict[str, float] = {}
+        self._lock = threading.Lock()
         _fork.track(self)
 
     def _after_fork(self) -> None:
-        self._read_lock = threading.Lock()
+        self._lock = threading.Lock()
         for active in list(self._active.values()):
             active.clear()  # the parent's tasks are not this process's
 
@@ -407,18 +397,22 @@ class TaskSlots(Described):
             active = self._active.setdefault(name, {})
         return active
 
+    def finish(self, name: str, key: int, seconds: float | None) -> None:
+        """Task ``key`` of ``name`` has ended after ``seconds`` (None: it is given up on,
+        its time unknown, as when a redelivered task replaces it)."""
+        with self._lock:
+            if self.system(name).pop(key, None) is not None and seconds is not None:
+                self._done[name] = self._done.get(name, 0.0) + seconds
+
     def busy_seconds(self) -> dict[str, tuple[int, float]]:
-        """Each system's tasks running and its busy seconds so far (never lower than a
-        read before: a task is popped before its duration is recorded)."""
-        with self._read_lock:
+        """Each system's tasks running and its busy seconds so far."""
+        with self._lock:
             now = _perf_counter()
-            completed = self._durations.totals()
             found = {}
             for name, active in list(self._active.items()):
                 starts = list(active.copy().values())
-                busy = completed.get(name, 0.0) + sum(now - started for started in starts)
-                busy = self._busy[name] = max(self._busy.get(name, 0.0), busy)
-                found[name] = (len(starts), busy)
+                running = sum(max(0.0, now - started) for started in starts)
+                found[name] = (len(starts), self._done.get(name, 0.0) + running)
             return found
 
     def collect(self) -> Iterable[Metric]:
@@ -529,9 +523,11 @@ class Capacity(Gauge):
             labels=self.labelnames,
         )
         with self._lock:
-            now = time.time()
+            now = _perf_counter()  # monotonic: a clock step adds or takes no slot-seconds
             for key, child in list(self._children.items()):
-                since = self._read_at.get(key, child.created)
+                since = self._read_at.get(key)
+                if since is None:  # first read: from when it was set, on this clock
+                    since = now - max(0.0, time.time() - child.created)
                 seconds = self._seconds.get(key, 0.0) + child.value * max(0.0, now - since)
                 self._seconds[key], self._read_at[key] = seconds, now
                 family.add_metric(key, seconds)
@@ -749,7 +745,7 @@ class Metrics:
                 TASK_LABELS,
             )
         )
-        self.tasks_active: TaskSlots = self._add(TaskSlots(self.task_duration))
+        self.tasks_active: TaskSlots = self._add(TaskSlots())
         self.worker_capacity = self._add(
             Capacity(
                 "worker_capacity",

@@ -63,13 +63,15 @@ LATENCY_P95 = Query(
 )
 
 # The share of request slots in use over the window: request-seconds spent in flight over
-# slot-seconds offered, both exact counters (a ratio of two rates over the same samples,
-# so a series younger than the window reads right). Not the in-flight gauge: a sample,
+# slot-seconds offered, both exact counters, by the replicas that know their capacity (a
+# ratio of two rates over the same samples, so a series younger than the window reads
+# right). Not the in-flight gauge: a sample,
 # read mostly between a sync worker's requests, it reads a busy server low.
 INFLIGHT_RATIO = Query(
     "Slots in use",
-    "sum by ({by}) (rate(http_server_busy_seconds_total{{{sel}}}[{w}]))"
-    " / sum by ({by}) (rate(http_server_capacity_seconds_total{{{sel}}}[{w}]))",
+    "sum by ({by}) (rate(http_server_busy_seconds_total{{{sel}}}[{w}])"
+    " and on (job, instance) http_server_capacity_seconds_total{{{sel}}})"
+    " / (sum by ({by}) (rate(http_server_capacity_seconds_total{{{sel}}}[{w}])) > 0)",
     ("job",),
     "percentunit",
 )
@@ -122,9 +124,12 @@ TASK_FAILURE_RATIO = Query(
     "percentunit",
 )
 
+# Task slots in use over the window, from the exact counters as for request slots.
 WORKER_UTILISATION = Query(
     "Busy / capacity",
-    "sum by ({by}) (worker_tasks_active{{{sel}}}) / sum by ({by}) (worker_capacity{{{sel}}})",
+    "sum by ({by}) (rate(worker_busy_seconds_total{{{sel}}}[{w}])"
+    " and on (job, instance) worker_capacity_seconds_total{{{sel}}})"
+    " / (sum by ({by}) (rate(worker_capacity_seconds_total{{{sel}}}[{w}])) > 0)",
     ("job",),
     "percentunit",
 )

@@ -67,7 +67,7 @@ def workers() -> Json:
         ),
         stat(
             "Task slots in use",
-            "Tasks running over the tasks the workers can run at once.",
+            "Task-seconds run over the task-slot seconds the workers offered.",
             [prom(q.WORKER_UTILISATION.render(SERVICE), "{{job}}")],
             q.WORKER_UTILISATION.unit,
             UTILISATION,
@@ -172,8 +172,8 @@ def workers() -> Json:
         8,
         utilisation(
             "Busy ÷ capacity",
-            "Tasks running over the tasks the workers can run at once (their concurrency); "
-            "near 1 with a growing backlog, add workers.",
+            "Task-seconds run over the task-slot seconds the workers offered (their "
+            "concurrency over time); near 1 with a growing backlog, add workers.",
             [prom(q.WORKER_UTILISATION.render(SERVICE), "{{job}}")],
             q.WORKER_UTILISATION.unit,
         ),

@@ -164,6 +164,9 @@ def _prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **
             parent = propagate.extract(request, getter=_getter)
             if not trace.get_current_span(parent).get_span_context().is_valid:
                 parent = None  # eager, or an uninstrumented producer: the current context
+        replaced = _running.get(task_id)
+        if replaced is not None:  # delivered again: the run before it never ended here
+            replaced.abandon()
         _running[task_id] = Run(agent, (SYSTEM, queue, name), parent, task_id, waited)
 
 
