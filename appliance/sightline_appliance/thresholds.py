@@ -36,10 +36,8 @@ class Threshold:
 
 _SLOTS_PANELS = (
     "overview: Request slots in use",
-    "overview: In flight ÷ capacity",
-    "saturation: In flight ÷ capacity",
-    "saturation: Mean concurrency ÷ capacity",
-    "saturation: In flight ÷ capacity per process",
+    "overview: Slots in use",
+    "saturation: Slots in use",
     "saturation: Busy workers ÷ configured",
     "workers: Task slots in use",
     "workers: Busy ÷ capacity",
