@@ -55,10 +55,21 @@ def call_wsgi(
     return status[-1], data
 
 
+#: Every port free_port has handed out in this test process.
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port that is free now and was never handed out before in this process:
+    the kernel may offer a port just freed again, and two ports asked for one after the
+    other (an app's and its metrics port) would then be the same one."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _given:
+            _given.add(port)
+            return port
 
 
 def count(registry: CollectorRegistry, route: str, status: str, method: str = "GET") -> float:

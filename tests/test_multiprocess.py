@@ -1256,6 +1256,7 @@ class AlwaysLate:
     """Snapshots whose thread is always late: each wait records the work in flight."""
 
     late_at = 0.0
+    worker = True  # a process that serves requests (see Agent.capacity)
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
