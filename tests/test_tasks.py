@@ -188,3 +188,26 @@ def test_busy_task_seconds_are_exact_whatever_the_duration_series_fold(
         assert again - busy < 0.5
     finally:
         sightline.shutdown()
+
+
+def test_busy_task_seconds_never_go_back_when_read_while_a_task_waits_to_end(
+    registry: CollectorRegistry,
+) -> None:
+    """A read while a task waits for a late snapshot (its duration already measured)
+    counts its time so far past that duration; the counter then stays at that reading
+    instead of going back (Prometheus would take a fall for a reset)."""
+    sightline.init(service="t", registry=registry, metrics_addr="off", traces=False, logs=False)
+    try:
+        agent = sightline._state.current
+        assert agent is not None
+        run = Run(agent, ("custom", "q", "slow"))
+        run.started -= 3.0  # as if it had run for 3 s
+        run.active[id(run)] = run.started
+        waiting = registry.get_sample_value("worker_busy_seconds_total", {"task_system": "custom"})
+        assert waiting is not None
+        assert waiting >= 3.0
+        agent.metrics.tasks_active.finish("custom", id(run), 2.0)  # measured before the wait
+        after = registry.get_sample_value("worker_busy_seconds_total", {"task_system": "custom"})
+        assert after == waiting
+    finally:
+        sightline.shutdown()

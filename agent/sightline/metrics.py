@@ -375,13 +375,17 @@ class TaskSlots(Described):
     A run adds itself to its system's dict of tasks running (by ``id()``, with its
     ``perf_counter()`` start; one C operation) and :meth:`finish` takes it out and adds
     its duration to the system's finished seconds under one lock, which a read holds too:
-    busy seconds (finished, plus the time so far of the tasks running) are exact and
-    never go back, whatever the duration histogram's cardinality guard folds.
+    busy seconds (finished, plus the time so far of the tasks running) are exact whatever
+    the duration histogram's cardinality guard folds. A task's duration is measured
+    before it may wait for a late snapshot (:meth:`Snapshots.park`), and a read during
+    that wait counts its time so far past it: each system keeps its highest reading, so
+    the counter never goes back.
     """
 
     def __init__(self) -> None:
         self._active: dict[str, dict[int, float]] = {}
         self._done: dict[str, float] = {}
+        self._busy: dict[str, float] = {}  # the highest reading of each system
         self._lock = threading.Lock()
         _fork.track(self)
 
@@ -412,7 +416,9 @@ class TaskSlots(Described):
             for name, active in list(self._active.items()):
                 starts = list(active.copy().values())
                 running = sum(max(0.0, now - started) for started in starts)
-                found[name] = (len(starts), self._done.get(name, 0.0) + running)
+                busy = max(self._busy.get(name, 0.0), self._done.get(name, 0.0) + running)
+                self._busy[name] = busy
+                found[name] = (len(starts), busy)
             return found
 
     def collect(self) -> Iterable[Metric]:

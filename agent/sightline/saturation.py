@@ -376,7 +376,7 @@ class SaturationCollector(Described):
         if capacity is not None:
             yield GaugeMetricFamily(
                 "http_server_worker_capacity",
-                "Requests this process can serve at once (utilisation = active / capacity).",
+                "Requests this process can serve at once.",
                 value=capacity,
             )
             yield CounterMetricFamily(
