@@ -244,13 +244,11 @@ def _scrape(url: str) -> dict[str, float]:
     return values
 
 
-def test_a_busy_sync_worker_reads_busy_though_its_samples_read_idle(
-    tmp_path: Path, backend: Backend
-) -> None:
-    """A gunicorn sync worker kept busy by requests that work the CPU for 5 ms reads busy:
-    its busy seconds cover at least those 5 ms of every request served, its share of its
-    slot is over half, and server_workers_busy counts it busy, whereas its in-flight gauge
-    is read (by the scrape, by the snapshot thread) between requests."""
+def test_a_busy_sync_worker_reads_busy_from_its_counters(tmp_path: Path, backend: Backend) -> None:
+    """A gunicorn sync worker kept busy by requests that work the CPU for 5 ms reads busy
+    from its counters, whenever they are read: its busy seconds cover at least those 5 ms
+    of every request served and never exceed its one slot, its share of the slot is over
+    half, and server_workers_busy counts it busy at the scrapes on average."""
     pytest.importorskip("gunicorn")
     pytest.importorskip("flask")
     metrics_port = free_port()
