@@ -113,7 +113,7 @@ def test_waits_and_queue_depth(
 ) -> None:
     """Tasks published by an instrumented producer while no worker runs wait at least as
     long as the worker was away; the depth gauge follows the broker's list to 0; while
-    the backlog drains both pool processes count as busy."""
+    the backlog drains both pool processes count as busy nearly all the time."""
     sightline.init(service="producer", registry=registry, metrics_addr="off", traces=False)
     app = producer(broker)
     for _ in range(40):
@@ -152,7 +152,9 @@ def test_waits_and_queue_depth(
             return found if task_count(found, "tasks.slow", "success") == 40 else None
 
         found = wait_until(all_done)
-    assert max(busy) == 2, busy  # both pool processes seen running a task at once
+    # Both pool processes busy nearly all of their last second or two (each one's share,
+    # from its busy counter; the gaps between back-to-back tasks keep it just under 1).
+    assert max(busy) >= 1.9, busy
     assert_depth_follows(readings, lengths)
     labels = (("task_name", "tasks.slow"), ("task_queue", "work"), ("task_system", "celery"))
     assert found[("worker_task_wait_seconds_count", labels)] == 40
