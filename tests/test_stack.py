@@ -322,8 +322,13 @@ def test_a_second_stack_runs_beside_the_first_with_port_offset(tmp_path: Path) -
 
 
 def test_status_names_absent_components_and_how_to_get_them(tmp_path: Path) -> None:
-    """`stack status` lists every component: absent ones with how to install them."""
+    """`stack status` lists every component: absent ones with how to install them; the
+    long-term store and its ruler only with --longterm."""
     result = sightline("stack", "status", "--dir", str(tmp_path / "s"))
+    assert result.returncode == 0, result.stderr
+    for name in ("victoriametrics", "vmalert"):
+        assert not re.search(rf"^{name}\s", result.stdout, re.M), result.stdout
+    result = sightline("stack", "status", "--longterm", "--dir", str(tmp_path / "s"))
     assert result.returncode == 0, result.stderr
     for component in BY_NAME.values():
         line = re.search(rf"^{component.service}\s+(\w+)", result.stdout, re.M)
@@ -562,7 +567,9 @@ def test_without_names_a_component(tmp_path: Path) -> None:
     """--without accepts only the stack's component names, and says which they are."""
     result = sightline("stack", "up", "--dir", str(tmp_path / "s"), "--without", "mysql")
     assert result.returncode == 2
-    assert "--without: no component 'mysql' (one of redis, prometheus," in result.stderr
+    assert "--without: no component 'mysql' (one of redis, victoriametrics, prometheus," in (
+        result.stderr
+    )
     assert not (tmp_path / "s").exists()
 
 
@@ -589,7 +596,8 @@ def test_components_not_installed_here_get_complete_native_commands(tmp_path: Pa
     provisioning = Path(env["GF_PATHS_PROVISIONING"])
     sources = yaml.safe_load((provisioning / "datasources" / "datasources.yml").read_text())
     urls = {source["uid"]: source["url"] for source in sources["datasources"]}
-    assert urls["prometheus"] == native.url("prometheus", 9090)
+    assert urls["prometheus"] == "${SIGHTLINE_METRICS_URL}"  # Grafana expands it from env
+    assert env["SIGHTLINE_METRICS_URL"] == native.url("prometheus", 9090)
     assert urls["loki"] == native.url("loki", 3100)
     dashboards = yaml.safe_load((provisioning / "dashboards" / "dashboards.yml").read_text())
     assert Path(dashboards["providers"][0]["options"]["path"]) == (ROOT / "dashboards").resolve()

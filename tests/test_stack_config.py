@@ -164,7 +164,27 @@ def prometheus() -> dict[str, Any]:
 
 
 def grafana_datasources() -> list[dict[str, Any]]:
-    return load(DATASOURCES)["datasources"]
+    """The data sources as Grafana reads them: ``$VAR`` and ``${VAR}`` in each value from
+    its compose environment (Grafana expands them; ``$$`` is a literal ``$``)."""
+    variables = environment("grafana")
+
+    def expand(match: re.Match[str]) -> str:
+        if match.group() == "$$":
+            return "$"
+        name = match.group(1) or match.group(2)
+        assert name in variables, f"{DATASOURCES.name} reads ${name}, which compose does not set"
+        return variables[name]
+
+    def values(node: Any) -> Any:
+        if isinstance(node, str):
+            return re.sub(r"\$\$|\$\{(\w+)\}|\$(\w+)", expand, node)
+        if isinstance(node, dict):
+            return {key: values(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [values(item) for item in node]
+        return node
+
+    return values(load(DATASOURCES))["datasources"]  # type: ignore[no-any-return]
 
 
 def otlp_endpoints(config: dict[str, Any]) -> dict[str, str]:
@@ -244,6 +264,24 @@ def test_compose_file_matches_the_compose_spec_schema() -> None:
     """docker-compose.yml validates against the compose-spec JSON schema check-jsonschema ships."""
     result = check_compose_schema(COMPOSE_FILE)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_longterm_layer_and_the_merged_file_match_the_compose_spec_schema(
+    tmp_path: Path,
+) -> None:
+    """longterm.yml validates against the compose-spec schema, alone and merged over
+    docker-compose.yml, and every service the merged file's services depend on exists."""
+    from sightline_appliance.stack.native import LONGTERM_FILE, load_compose
+
+    merged = tmp_path / "merged.yml"
+    merged.write_text(yaml.safe_dump(load_compose(COMPOSE_FILE, LONGTERM_FILE)))
+    for path in (LONGTERM_FILE, merged):
+        result = check_compose_schema(path)
+        assert result.returncode == 0, result.stdout + result.stderr
+    services = load(merged)["services"]
+    for name, service in services.items():
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, (name, dependency)
 
 
 def test_schema_check_rejects_a_key_the_spec_does_not_define(tmp_path: Path) -> None:

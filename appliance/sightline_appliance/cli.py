@@ -2,7 +2,8 @@
 ``sightline.commands`` entry point this distribution declares.
 
 sightline stack up|down|status [--dir DIR] [--port SERVICE:PORT=HOSTPORT ...] [--port-offset N]
-sightline demo [--dir DIR] [--duration SECONDS]
+                               [--longterm]
+sightline demo [--dir DIR] [--duration SECONDS] [--longterm]
 sightline doctor [--service NAME] [--prometheus URL] [--json]
 sightline alerts [--prometheus URL] [--alertmanager URL] [--json]
 sightline rules export --format prometheus|mimir [--out FILE|DIR] [--name NAME]
@@ -60,6 +61,16 @@ def register(commands: Any) -> None:
         default=[],
         metavar="COMPONENT",
         help="do not start COMPONENT even if it is installed (e.g. grafana)",
+    )
+    state.add_argument(
+        "--longterm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "remote-write every series to VictoriaMetrics and read dashboards and rules "
+            "from it (compose's longterm.yml); kept for the state directory until "
+            "--no-longterm (default: as the directory's stack last ran, else off)"
+        ),
     )
     stack = commands.add_parser(
         "stack",
@@ -328,9 +339,17 @@ def stack_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             parser.error("--duration must be positive")
         if args.refresh <= 0:
             parser.error("--refresh must be positive")
-        return demo(directory, args.duration, ports, args.refresh, args.without, args.port_offset)
+        return demo(
+            directory,
+            args.duration,
+            ports,
+            args.refresh,
+            args.without,
+            args.port_offset,
+            longterm=args.longterm,
+        )
     try:
-        native = Stack(directory, ports, args.without, args.port_offset)
+        native = Stack(directory, ports, args.without, args.port_offset, longterm=args.longterm)
         if args.action == "up":
             _started, failures = native.up()
             return 1 if failures else 0

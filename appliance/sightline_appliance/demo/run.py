@@ -164,13 +164,14 @@ def demo(
     without: Iterable[str] = (),
     port_offset: int = 0,
     out: Out = print,
+    longterm: bool | None = None,
 ) -> int:
     started: list[str] = []  # components this demo started, filled as they start
     launched: list[str] = []  # demo services this demo started
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     stack: Stack | None = None
     try:
-        stack = Stack(directory, ports, without, port_offset)
+        stack = Stack(directory, ports, without, port_offset, longterm=longterm)
         _started, failures = stack.up(out, started=started)
         if "prometheus" not in stack.running():
             if "prometheus" in failures:

@@ -32,7 +32,9 @@ import yaml
 
 from . import processes
 from .native import (
+    COMPOSE_FILE,
     DEMO_TARGETS,
+    LONGTERM_FILE,
     TIME_SCALE_ENV,
     Native,
     assign_ports,
@@ -110,6 +112,13 @@ _RELEASES = (
 )
 COMPONENTS = (
     Component("redis", ("redis-server",), "apt-get install redis-server", 6379, ""),
+    Component(
+        "victoriametrics",
+        ("victoria-metrics",),
+        "apt-get install victoria-metrics",
+        8428,
+        "/health",
+    ),
     Component("prometheus", ("prometheus",), "apt-get install prometheus", 9090, "/-/ready"),
     Component(
         "alertmanager",
@@ -118,6 +127,7 @@ COMPONENTS = (
         9093,
         "/-/ready",
     ),
+    Component("vmalert", ("vmalert",), "apt-get install victoria-metrics", 8880, "/health"),
     Component("loki", ("loki",), _RELEASES.format("loki"), 3100, "/ready"),
     Component("tempo", ("tempo",), _RELEASES.format("tempo"), 3200, "/ready"),
     Component(
@@ -195,17 +205,27 @@ class Stack:
         without: Iterable[str] = (),
         port_offset: int = 0,
         time_scale: float | None = None,
+        longterm: bool | None = None,
     ) -> None:
         self.directory = directory.resolve()
         self.time_scale = _time_scale() if time_scale is None else time_scale
         self.state_file = self.directory / "stack.json"
         self.without = set(without)  # components not to start even if installed
-        self.compose = load_compose()
-        self.listening = listen_ports(self.compose["services"])
         state = self._load()
         self.records = {
             name: Record.from_json(data) for name, data in state.get("processes", {}).items()
         }
+        # With long-term storage (compose's longterm.yml layered on): None keeps the mode
+        # this directory's stack runs in, which only a stopped stack may change.
+        was = bool(state.get("longterm", False))
+        if longterm is not None and longterm != was and self.running():
+            raise StackError(
+                f"the stack in {self.directory} runs {'with' if was else 'without'} "
+                "--longterm; stop it first (sightline stack down)"
+            )
+        self.longterm = was if longterm is None else longterm
+        self.compose = load_compose(COMPOSE_FILE, *([LONGTERM_FILE] if self.longterm else []))
+        self.listening = listen_ports(self.compose["services"])
         self._added: dict[str, Record] = {}
         self._removed: set[str] = set()
         self.ports: dict[str, int] = dict(state.get("ports", {}))
@@ -254,6 +274,7 @@ class Stack:
             records.update(self._added)
             self.records = records
             data = {
+                "longterm": self.longterm,
                 "ports": {**current.get("ports", {}), **self.ports},
                 "processes": {name: rec.to_json() for name, rec in records.items()},
             }
@@ -312,10 +333,14 @@ class Stack:
     def running(self) -> set[str]:
         return {name for name, rec in self.records.items() if rec.alive()}
 
+    def components(self) -> list[Component]:
+        """The components of this stack's compose services, in start order."""
+        return [c for c in COMPONENTS if c.service in self.compose["services"]]
+
     def available(self) -> dict[str, str]:
         """Component -> binary, for the components this machine has."""
         found = {}
-        for component in COMPONENTS:
+        for component in self.components():
             if component.service in self.without:
                 continue
             binary = processes.find_binary(component.binaries)
@@ -354,7 +379,7 @@ class Stack:
         self._save()
         self._remove_stale_demo_targets()
         failures: dict[str, str] = {}
-        for component in COMPONENTS:
+        for component in self.components():
             name = component.service
             if name in alive:
                 out(f"{name:<13} already running (pid {self.records[name].pid})")
@@ -369,7 +394,7 @@ class Stack:
                 continue
             started.append(name)
             out(f"{name:<13} started   {self._where(component, native)}")
-        for component in COMPONENTS:
+        for component in self.components():
             if component.service in self.without and component.service not in alive:
                 out(f"{component.service:<13} left out (--without)")
             elif component.service not in alive and component.service not in available:
@@ -490,7 +515,7 @@ class Stack:
         alive = self.running()
         native = self.native(alive)
         states = {}
-        for component in COMPONENTS:
+        for component in self.components():
             name = component.service
             if name in alive:
                 states[name] = "running"

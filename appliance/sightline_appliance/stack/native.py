@@ -39,6 +39,8 @@ import yaml
 FILES = (Path(__file__).resolve().parent.parent / "stackfiles").resolve()
 COMPOSE_DIR = (FILES / "compose").resolve()
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
+#: The long-term storage layer (``--longterm``): VictoriaMetrics and vmalert.
+LONGTERM_FILE = COMPOSE_DIR / "longterm.yml"
 
 _CONFIG_SUFFIXES = {".yml", ".yaml", ".json", ".ini", ".conf"}
 #: Test-only: divide the stack's waiting times by this (module docstring).
@@ -84,11 +86,51 @@ worker) and removed when it stops: leave it alone, and do not name a file of you
 """
 
 
-def load_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text())
+def load_compose(path: Path = COMPOSE_FILE, *layers: Path) -> dict[str, Any]:
+    """The compose file, with ``layers`` (``-f`` files) merged over it in order."""
+    data: dict[str, Any] = yaml.safe_load(path.read_text())
     if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
         raise ValueError(f"{path}: no services")
+    for layer in layers:
+        extra = yaml.safe_load(layer.read_text())
+        if not isinstance(extra, dict):
+            raise ValueError(f"{layer}: not a compose file")
+        data = merge_compose(data, extra)
     return data
+
+
+def merge_compose(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    """``layer`` over ``base`` as ``docker compose -f base -f layer`` merges them: a
+    service's ``command`` (and any other single value) is replaced; its ``environment``
+    and ``depends_on`` are merged by key and its ``volumes`` by container path; services
+    and top-level volumes are added."""
+    merged = dict(base)
+    services = {name: dict(service) for name, service in base["services"].items()}
+    for name, extra in (layer.get("services") or {}).items():
+        service = services.setdefault(name, {})
+        for key, value in extra.items():
+            if key == "environment":
+                service[key] = {**environment(service), **environment({key: value})}
+            elif key == "depends_on":
+                before = service.get(key) or {}
+                if isinstance(before, list):
+                    before = {dependency: {} for dependency in before}
+                after = value if isinstance(value, dict) else {v: {} for v in value}
+                service[key] = {**before, **after}
+            elif key == "volumes":
+                targets = {mount.target for mount in mounts({key: value})}
+                kept = [
+                    entry
+                    for entry, mount in zip(service.get(key, []), mounts(service), strict=True)
+                    if mount.target not in targets
+                ]
+                service[key] = [*kept, *value]
+            else:
+                service[key] = value
+    merged["services"] = services
+    if layer.get("volumes"):
+        merged["volumes"] = {**(base.get("volumes") or {}), **layer["volumes"]}
+    return merged
 
 
 @dataclass(frozen=True)
@@ -254,7 +296,7 @@ class Native:
 
     def derive(self, path: Path, service: str) -> str:
         text = path.read_text()
-        if service == "prometheus" and path.name == "prometheus.yml":
+        if service == "prometheus" and path.name in ("prometheus.yml", "longterm.yml"):
             config = self.prune_prometheus(yaml.safe_load(text))
             if self.time_scale != 1:
                 _scale_keys(
@@ -263,7 +305,7 @@ class Native:
                     self.time_scale,
                 )
             text = yaml.safe_dump(config, sort_keys=False)
-        elif service == "prometheus" and path.name.endswith(".rules.yml") and self.time_scale != 1:
+        elif service in _RULERS and path.name.endswith(".rules.yml") and self.time_scale != 1:
             scale = self.time_scale
             text = _FOR.sub(lambda m: m.group(1) + scaled(m.group(2), scale), text)
         elif service == "alertmanager" and path.name == "alertmanager.yml" and self.time_scale != 1:
@@ -363,7 +405,13 @@ class Native:
         return self.rewrite((COMPOSE_DIR / "prometheus" / "targets" / "demo.yml").read_text(), "")
 
     def command(self, service: str) -> list[str]:
-        return [self.rewrite(arg, service) for arg in command(self.services[service])]
+        args = [self.rewrite(arg, service) for arg in command(self.services[service])]
+        if self.time_scale != 1:
+            for index, arg in enumerate(args):
+                flag, sep, value = arg.partition("=")
+                if sep and flag.lstrip("-") in _SCALED_FLAGS:
+                    args[index] = f"{flag}={scaled(value, self.time_scale)}"
+        return args
 
     def environment(self, service: str, variables: Mapping[str, str]) -> dict[str, str]:
         return {
@@ -372,6 +420,10 @@ class Native:
         }
 
 
+#: Services evaluating alerts/*.rules.yml, whose ``for:`` the time scale divides.
+_RULERS = ("prometheus", "vmalert")
+#: Command-line intervals the time scale divides (vmalert's, as Prometheus' config keys).
+_SCALED_FLAGS = ("evaluationInterval",)
 _FOR = re.compile(r"^(\s*for:\s*)(\S+)[ \t]*$", re.MULTILINE)
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
