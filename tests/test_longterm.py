@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 import yaml
+from sightline_appliance import alerts, hints
+from sightline_appliance.doctor import default_query_url, default_rules_url
 from sightline_appliance.stack import BY_NAME, Stack, StackError, processes
 from sightline_appliance.stack.native import (
     COMPOSE_DIR,
@@ -164,6 +166,39 @@ def test_vmalert_accepts_every_rule_file_and_refuses_a_broken_one(tmp_path: Path
     assert "a:b:c" in bad.stderr
 
 
+def test_longterm_refuses_to_run_without_its_store_or_ruler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--longterm with VictoriaMetrics or vmalert left out is refused, naming the fix; with
+    either not installed, `up` reports it as a failure (exit 1), not as an optional
+    component absent: without vmalert nothing would evaluate the rules."""
+    for name in ("victoriametrics", "vmalert"):
+        with pytest.raises(StackError, match=r"--longterm needs victoriametrics and vmalert"):
+            Stack(tmp_path / name, without=(name,), longterm=True)
+    others = tuple(name for name in BY_NAME if name not in ("victoriametrics", "vmalert"))
+    stack = Stack(tmp_path / "s", without=others, longterm=True)
+    monkeypatch.setattr(Stack, "available", lambda self: {})
+    lines: list[str] = []
+    started, failures = stack.up(lines.append)
+    assert started == []
+    assert set(failures) == {"victoriametrics", "vmalert"}
+    assert "apt-get install victoria-metrics" in failures["vmalert"]
+    assert any(line.startswith("vmalert") and "FAILED" in line for line in lines), lines
+
+
+def test_time_scale_shortens_the_store_delays_too(tmp_path: Path) -> None:
+    """Divided by 5 for alert tests: vmalert's interval, the store's latency offset and
+    Prometheus' remote-write batch deadline, so the rules' inputs are not held back longer
+    than the shortened `for:` durations."""
+    native = Native(tmp_path, LONGTERM["services"], compose=LONGTERM, time_scale=5)
+    assert "-evaluationInterval=1s" in native.command("vmalert")
+    assert "-search.latencyOffset=2s" in native.command("victoriametrics")
+    native.write_configs("prometheus")
+    config = yaml.safe_load((tmp_path / "prometheus" / "config" / "longterm.yml").read_text())
+    assert config["remote_write"][0]["queue_config"]["batch_send_deadline"] == "1s"
+    assert config["remote_write"][0]["url"] == native.url("victoriametrics", 8428, "/api/v1/write")
+
+
 # -- the running stack
 
 
@@ -197,13 +232,13 @@ def longterm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     for name in ("prometheus", "alertmanager", "redis", "victoriametrics", "vmalert"):
         binary(*BY_NAME[name].binaries)
     tmp = tmp_path_factory.mktemp("longterm")
-    directory = tmp / "stack"
+    directory = tmp / "state" / "sightline" / "stack"  # default_dir() under XDG_STATE_HOME
     without = ("loki", "tempo", "collector", "grafana")
     stack = Stack(directory, longterm_ports(), without, time_scale=5, longterm=True)
     lines: list[str] = []
     with contextlib.ExitStack() as stop:
         stop.callback(lambda: [p.kill() for p in processes.ours(directory)])
-        stop.callback(Stack(directory).down, lambda line: None)
+        stop.callback(lambda: Stack(directory).down(lambda line: None))
         _started, failures = stack.up(lines.append)
         assert not failures, lines
         native = stack.native()
@@ -252,6 +287,7 @@ def longterm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             "ruled": ruled,
             "lines": lines,
             "directory": directory,
+            "alertmanager": native.url("alertmanager", 9093),
         }
 
 
@@ -273,6 +309,38 @@ def test_the_mode_stays_with_the_directory_and_cannot_change_under_a_running_sta
     plain = Stack(directory.parent / "plain")
     assert not plain.longterm
     assert not {"victoriametrics", "vmalert"} & {c.service for c in plain.components()}
+
+
+def test_commands_read_the_rules_where_they_run(
+    longterm: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under --longterm `sightline hints` (and the demo's view) read the recorded series
+    from the store and `sightline alerts` the pending alerts from vmalert, by default:
+    the stack's Prometheus evaluates no rules, so reading it would show no hint at all."""
+    directory = longterm["directory"]
+    monkeypatch.setenv("XDG_STATE_HOME", str(directory.parent.parent))
+    assert default_query_url() == longterm["store"].url
+    assert default_rules_url() == longterm["vmalert"]
+    settled(longterm)
+    assert {h.service for h in hints.read(longterm["prometheus"].url)} == set()
+    assert wait_until(
+        lambda: {"shop", "shop-worker"} <= {h.service for h in hints.read(default_query_url())},
+        timeout=30,
+        every=2,
+    ), hints.read(default_query_url())
+
+    def shown() -> alerts.Alerts | None:
+        found = alerts.read(default_rules_url(), longterm["alertmanager"])
+        return found if found.pending or found.firing else None
+
+    found = wait_until(shown, timeout=30, every=2)
+    assert found is not None
+    assert not found.errors, found.errors
+    names = {a.labels["alertname"] for g in found.pending + found.firing for a in g.alerts}
+    assert names & {"SightlineHighErrorRatio", "SightlineAvailabilityBudgetBurn"}, names
+    # The store answers vmalert's alerts itself (-vmalert.proxyURL), as the demo reads them.
+    proxied = alerts.read(longterm["store"].url, longterm["alertmanager"])
+    assert {a.labels["alertname"] for g in proxied.pending + proxied.firing for a in g.alerts}
 
 
 #: Metric labels as a hashable key; vmalert labels the ALERTS series with its group too.
@@ -302,9 +370,10 @@ def settled(longterm: dict[str, Any], age: float = 80) -> float:
 
 
 def test_every_scraped_sample_reaches_the_store(longterm: dict[str, Any]) -> None:
-    """Every series Prometheus scraped from the apps is in VictoriaMetrics with the same
-    value at the same instant (to the store's 12 significant digits): remote write
-    carries everything, histograms' buckets and exemplar-bearing series included."""
+    """Every series Prometheus scraped from the apps is in VictoriaMetrics, and an instant
+    query at one time gives the same value from both (to a relative 1e-9: the store keeps
+    about 12 significant digits): remote write carries everything, histograms' buckets
+    included."""
     when = settled(longterm)
     scraped = at(longterm["prometheus"], SELECTOR, when)
     stored = at(longterm["store"], SELECTOR, when)
@@ -345,7 +414,14 @@ def test_vmalert_records_every_rule_prometheus_records(longterm: dict[str, Any])
         groups = json.load(response)["data"]["groups"]
     errors = [r for g in groups for r in g["rules"] if r.get("lastError")]
     assert not errors, errors[:3]
-    assert sum(len(g["rules"]) for g in groups) >= len(names)
+    recording = {r["name"] for g in groups for r in g["rules"] if r["type"] == "recording"}
+    assert recording == set(names)
+    # The stack's own components are not services, on the store as on Prometheus.
+    jobs = {
+        sample["metric"]["job"]
+        for sample in longterm["store"].query("sightline:actual_replicas:count")
+    }
+    assert jobs == set(JOBS), jobs
 
 
 PROMETHEUS_CASES = queries("prometheus")

@@ -28,7 +28,7 @@ from typing import Any
 
 from . import alerts, grafana, hints, rules
 from .demo.run import demo
-from .doctor import default_url
+from .doctor import default_rules_url, default_url
 from .doctor import main as doctor_main
 from .stack import BY_NAME, Stack, StackError, default_dir
 
@@ -121,7 +121,10 @@ def register(commands: Any) -> None:
         ),
     )
     alerts.add_argument(
-        "--prometheus", metavar="URL", help="Prometheus (default: the native stack's)"
+        "--prometheus",
+        metavar="URL",
+        help="Prometheus, or vmalert, evaluating the rules (default: the native stack's; "
+        "vmalert under --longterm)",
     )
     alerts.add_argument(
         "--alertmanager", metavar="URL", help="Alertmanager (default: the native stack's)"
@@ -227,7 +230,8 @@ def register(commands: Any) -> None:
     hints.add_argument(
         "--prometheus",
         metavar="URL",
-        help="the Prometheus that runs Sightline's rules (default: the native stack's)",
+        help="the Prometheus (or long-term store) holding Sightline's recording rules' "
+        "series (default: the native stack's; its store under --longterm)",
     )
     hints.add_argument("--json", action="store_true", help="print the hints as JSON")
     hints.set_defaults(handler=hints_command)
@@ -280,7 +284,7 @@ def hints_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def alerts_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    prometheus = args.prometheus or default_url("prometheus", 9090)
+    prometheus = args.prometheus or default_rules_url()
     alertmanager = args.alertmanager or default_url("alertmanager", 9093)
     found = alerts.read(prometheus.rstrip("/"), alertmanager.rstrip("/"))
     if args.json:
@@ -349,7 +353,9 @@ def stack_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             longterm=args.longterm,
         )
     try:
-        native = Stack(directory, ports, args.without, args.port_offset, longterm=args.longterm)
+        # Stopping needs no mode: `down --no-longterm` stops a long-term stack.
+        longterm = None if args.action == "down" else args.longterm
+        native = Stack(directory, ports, args.without, args.port_offset, longterm=longterm)
         if args.action == "up":
             _started, failures = native.up()
             return 1 if failures else 0

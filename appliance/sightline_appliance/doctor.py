@@ -470,6 +470,29 @@ def default_prometheus() -> str:
     return default_url("prometheus", 9090)
 
 
+def default_query_url() -> str:
+    """Where the series are queried, the rules' included: the native stack's Prometheus,
+    or under ``--longterm`` its long-term store (that Prometheus evaluates no rules)."""
+    if _longterm():
+        return default_url("victoriametrics", 8428)
+    return default_prometheus()
+
+
+def default_rules_url() -> str:
+    """What evaluates the rules (their pending alerts, ``/api/v1/alerts``): the native
+    stack's Prometheus, or vmalert under ``--longterm``."""
+    if _longterm():
+        return default_url("vmalert", 8880)
+    return default_prometheus()
+
+
+def _longterm() -> bool:
+    try:
+        return Stack(default_dir()).longterm
+    except Exception:
+        return False
+
+
 def default_url(service: str, port: int) -> str:
     """The native stack's ``service`` (listening on ``port`` in compose) if one was set up
     here, else ``port`` on this machine."""

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import queries as q
 from . import thresholds as _thresholds
-from .doctor import default_prometheus
+from .doctor import default_query_url
 from .stack.processes import API_FAILURES, get_json
 
 #: The reasons of ``sightline:required_replicas:count``, in the order they are shown.
@@ -287,7 +287,7 @@ def main(
     """``sightline hints``: 0 with hints, 1 when no service reports yet, 2 when Prometheus
     does not answer."""
     if prometheus is None:
-        prometheus = default_prometheus()
+        prometheus = default_query_url()
     try:
         hints = read(prometheus)
     except Unreachable as exc:

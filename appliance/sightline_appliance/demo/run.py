@@ -184,7 +184,12 @@ def demo(
         if "redis" not in stack.running():
             out("no Redis here: the demo's Celery messages go through files instead")
         start_demo(stack, launched)
-        prometheus = stack.native().url("prometheus", 9090)
+        # The view reads the rules' series too: under --longterm they are in the store.
+        native = stack.native()
+        if stack.longterm and "victoriametrics" in stack.running():
+            prometheus = native.url("victoriametrics", 8428)
+        else:
+            prometheus = native.url("prometheus", 9090)
         out("")
         out("\n".join(urls(stack)))
         out("")

@@ -147,6 +147,8 @@ COMPONENTS = (
     ),
 )
 BY_NAME = {c.service: c for c in COMPONENTS}
+#: What --longterm cannot run without: the store, and the ruler that replaces Prometheus'.
+LONGTERM_NEEDS = ("victoriametrics", "vmalert")
 DEMO = ("demo-app", "demo-worker", "demo-load")
 
 
@@ -217,13 +219,18 @@ class Stack:
         }
         # With long-term storage (compose's longterm.yml layered on): None keeps the mode
         # this directory's stack runs in, which only a stopped stack may change.
-        was = bool(state.get("longterm", False))
+        was = state.get("longterm") is True
         if longterm is not None and longterm != was and self.running():
             raise StackError(
                 f"the stack in {self.directory} runs {'with' if was else 'without'} "
                 "--longterm; stop it first (sightline stack down)"
             )
         self.longterm = was if longterm is None else longterm
+        if self.longterm and self.without & set(LONGTERM_NEEDS):
+            raise StackError(
+                f"--longterm needs {' and '.join(LONGTERM_NEEDS)}: do not leave them out "
+                "(--without), or run without long-term storage (--no-longterm)"
+            )
         self.compose = load_compose(COMPOSE_FILE, *([LONGTERM_FILE] if self.longterm else []))
         self.listening = listen_ports(self.compose["services"])
         self._added: dict[str, Record] = {}
@@ -379,6 +386,16 @@ class Stack:
         self._save()
         self._remove_stale_demo_targets()
         failures: dict[str, str] = {}
+        if self.longterm:
+            # Without them Prometheus still runs the long-term config, which has no rules:
+            # nothing would evaluate the alerts.
+            for name in LONGTERM_NEEDS:
+                if name not in available and name not in alive:
+                    failures[name] = (
+                        f"--longterm needs {name}, which is not installed: "
+                        f"{BY_NAME[name].get_it}; until then nothing evaluates the rules"
+                    )
+                    out(f"{name:<13} FAILED    {failures[name]}")
         for component in self.components():
             name = component.service
             if name in alive:
@@ -397,7 +414,11 @@ class Stack:
         for component in self.components():
             if component.service in self.without and component.service not in alive:
                 out(f"{component.service:<13} left out (--without)")
-            elif component.service not in alive and component.service not in available:
+            elif (
+                component.service not in alive
+                and component.service not in available
+                and component.service not in failures
+            ):
                 out(f"{component.service:<13} absent    install: {component.get_it}")
         self._reload_prometheus()
         return started, failures

@@ -304,6 +304,10 @@ class Native:
                     ("scrape_interval", "scrape_timeout", "evaluation_interval"),
                     self.time_scale,
                 )
+                for write in config.get("remote_write", []):
+                    queue = write.setdefault("queue_config", {})
+                    queue.setdefault("batch_send_deadline", "5s")  # Prometheus' default
+                    _scale_keys(queue, ("batch_send_deadline",), self.time_scale)
             text = yaml.safe_dump(config, sort_keys=False)
         elif service in _RULERS and path.name.endswith(".rules.yml") and self.time_scale != 1:
             scale = self.time_scale
@@ -422,8 +426,9 @@ class Native:
 
 #: Services evaluating alerts/*.rules.yml, whose ``for:`` the time scale divides.
 _RULERS = ("prometheus", "vmalert")
-#: Command-line intervals the time scale divides (vmalert's, as Prometheus' config keys).
-_SCALED_FLAGS = ("evaluationInterval",)
+#: Command-line durations the time scale divides: vmalert's evaluation interval, as
+#: Prometheus' own, and how long VictoriaMetrics hides new points from queries.
+_SCALED_FLAGS = ("evaluationInterval", "search.latencyOffset")
 _FOR = re.compile(r"^(\s*for:\s*)(\S+)[ \t]*$", re.MULTILINE)
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
