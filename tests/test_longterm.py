@@ -143,6 +143,11 @@ def test_merge_replaces_commands_and_merges_environment_and_mounts_by_key() -> N
     assert merged["services"]["c"] == {"image": "c:1"}
     assert merged["volumes"] == {"data": None, "more": None}
     assert base["services"]["a"]["command"] == ["x", "y"]  # the inputs are left alone
+    # Compose merges ports and healthchecks in ways not implemented: refused, not guessed.
+    for key, value in (("ports", ["1:1"]), ("healthcheck", {"test": ["CMD", "true"]})):
+        first = {"services": {"a": {key: value}}}
+        with pytest.raises(ValueError, match=rf"services\.a\.{key}: a layer may not"):
+            merge_compose(first, {"services": {"a": {key: value}}})
 
 
 def test_vmalert_accepts_every_rule_file_and_refuses_a_broken_one(tmp_path: Path) -> None:

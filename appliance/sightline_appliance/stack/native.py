@@ -103,7 +103,9 @@ def merge_compose(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str
     """``layer`` over ``base`` as ``docker compose -f base -f layer`` merges them: a
     service's ``command`` (and any other single value) is replaced; its ``environment``
     and ``depends_on`` are merged by key and its ``volumes`` by container path; services
-    and top-level volumes are added."""
+    and top-level volumes are added. Any other list or mapping a layer gives a service
+    that already has it (``ports``, ``healthcheck``: compose merges each its own way) is
+    refused rather than merged differently."""
     merged = dict(base)
     services = {name: dict(service) for name, service in base["services"].items()}
     for name, extra in (layer.get("services") or {}).items():
@@ -125,6 +127,15 @@ def merge_compose(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str
                     if mount.target not in targets
                 ]
                 service[key] = [*kept, *value]
+            elif (
+                key in service
+                and key not in ("command", "entrypoint")
+                and (isinstance(value, (list, dict)))
+            ):
+                raise ValueError(
+                    f"services.{name}.{key}: a layer may not change it here (only command, "
+                    "entrypoint, environment, depends_on, volumes and single values)"
+                )
             else:
                 service[key] = value
     merged["services"] = services
