@@ -62,6 +62,33 @@ def _unavailable(missing: str, fix: str) -> NoReturn:
     pytest.skip(f"{missing}: {fix}")
 
 
+#: The KEDA release whose ScaledObject CRD the manifest must satisfy. It and the Kubernetes
+#: release below need Go 1.25, as the Prometheus that compose pins does to build (their
+#: next releases need 1.26, which a machine building that Prometheus may not have).
+KEDA = GoModule(
+    "github.com/kedacore/keda/v2", "v2.19.0", "h1:IP3iMTwr9HkaAwPtLnhngPv74LghMf7ubLrsGLQo52M="
+)
+KEDA_CRD = "config/crd/bases/keda.sh_scaledobjects.yaml"
+#: The Kubernetes release whose published OpenAPI v3 schema the HPA must satisfy.
+KUBERNETES = GoModule(
+    "k8s.io/kubernetes", "v1.35.4", "h1:o/8dBC/pHVpYoGV4OAIytAlNPZbdYVTXJHoYvXC4qzM="
+)
+AUTOSCALING_V2 = "api/openapi-spec/v3/apis__autoscaling__v2_openapi.json"
+#: The Prometheus Operator release whose CRDs (PrometheusRule, PodMonitor, ServiceMonitor)
+#: the manifests must satisfy.
+PROMETHEUS_OPERATOR = GoModule(
+    "github.com/prometheus-operator/prometheus-operator",
+    "v0.85.0",
+    "h1:M5xLCLEoaW2IJfnuCwFzzpL+jSVQu3KGT84Pye+fW8s=",
+)
+PROMETHEUS_RULE_CRD = "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml"
+POD_MONITOR_CRD = "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml"
+SERVICE_MONITOR_CRD = "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"
+#: Kubernetes' published OpenAPI v3 of the core group (Service, ConfigMap) and of apps.
+CORE_V1 = "api/openapi-spec/v3/api__v1_openapi.json"
+APPS_V1 = "api/openapi-spec/v3/apis__apps__v1_openapi.json"
+
+
 #: ObjectMeta as the API server checks the fields a manifest sets (apimachinery's
 #: validation: a name is a DNS subdomain, a namespace a DNS label, label keys qualified
 #: names, label values up to 63 characters). A CRD's schema leaves metadata to the server.
@@ -126,7 +153,8 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
                 node["uniqueItems"] = True
         elif key == "x-kubernetes-preserve-unknown-fields" and value:
             node["additionalProperties"] = node.get("additionalProperties", True)
-        elif key != "x-kubernetes-list-map-keys":
+        elif key not in ("x-kubernetes-list-map-keys", "x-kubernetes-map-type"):
+            # (A map type says how server-side apply merges a map: not what is valid.)
             raise NotImplementedError(f"CRD schema extension {key} is not checked here")
     if "pattern" in node:
         node["pattern"] = _python_pattern(node["pattern"])
@@ -167,7 +195,8 @@ def crd_validator(crd_path: Path, version: str = "v1") -> Validator:
     (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     schema = structural(served["schema"]["openAPIV3Schema"])
     schema["properties"]["metadata"] = OBJECT_META
-    schema["properties"]["apiVersion"]["enum"] = [f"{crd['spec']['group']}/{version}"]
+    group = crd["spec"]["group"]  # "" for the core group: apiVersion "v1"
+    schema["properties"]["apiVersion"]["enum"] = [f"{group}/{version}" if group else version]
     schema["properties"]["kind"]["enum"] = [crd["spec"]["names"]["kind"]]
     schema["required"] = sorted({*schema.get("required", ()), "apiVersion", "kind", "metadata"})
     # OpenAPI v3.0 schemas, which CRDs use, are JSON Schema draft 4 with extensions.
@@ -175,3 +204,75 @@ def crd_validator(crd_path: Path, version: str = "v1") -> Validator:
     cls.check_schema(schema)
     validator: Validator = cls(schema)
     return validator
+
+
+#: The CEL rule of newer KEDA CRDs (2.21's), as written there.
+KEDA_CEL = {
+    "message": "minReplicaCount must be less than or equal to maxReplicaCount",
+    "rule": "!has(self.minReplicaCount) || self.minReplicaCount <= "
+    "(has(self.maxReplicaCount) ? self.maxReplicaCount : 100)",
+}
+
+
+def keda_validator(tmp_path: Path) -> Any:
+    """KEDA's ScaledObject schema; the CEL rule newer CRDs have is :func:`keda_cel`."""
+    crd = yaml.safe_load(KEDA.file(KEDA_CRD).read_text())
+    (version,) = crd["spec"]["versions"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    # Any other rule (a newer CRD) fails here until it is checked too.
+    for rule in spec.pop("x-kubernetes-validations", []):
+        assert rule == KEDA_CEL, f"a CEL rule not checked here: {rule}"
+    path = tmp_path / "scaledobjects.yaml"
+    path.write_text(yaml.safe_dump(crd))
+    return crd_validator(path, "v1alpha1")
+
+
+def keda_cel(spec: dict[str, Any]) -> bool:
+    """:data:`KEDA_CEL` in Python: minReplicaCount <= maxReplicaCount (default 100)."""
+    return "minReplicaCount" not in spec or spec["minReplicaCount"] <= spec.get(
+        "maxReplicaCount", 100
+    )
+
+
+def kubernetes_validator(tmp_path: Path, spec_file: str, name: str) -> Any:
+    """The object ``name`` (``io.k8s.api.apps.v1.Deployment``) from Kubernetes' published
+    OpenAPI v3 file ``spec_file``, with the references inlined and the API server's
+    pruning of unknown fields written out (by :func:`crd_validator`, given the schema as
+    if it were a CRD's)."""
+    document = json.loads(KUBERNETES.file(spec_file).read_text())
+    components = document["components"]["schemas"]
+
+    def inline(node: Any, seen: tuple[str, ...] = ()) -> Any:
+        if isinstance(node, list):
+            return [inline(item, seen) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            name = node["$ref"].removeprefix("#/components/schemas/")
+            assert name not in seen, f"recursive schema {name}"
+            return inline(components[name], (*seen, name))
+        if "x-kubernetes-unions" in node:
+            # A union's rule (AppArmor's and seccomp's localhostProfile only with type
+            # Localhost) is the API server's own code, not checked here: an object using
+            # one is refused, stricter than the server, rather than passed unchecked.
+            return {"not": {}}
+        # How clients merge and patch, not what is valid.
+        docs = {"x-kubernetes-group-version-kind", "x-kubernetes-map-type"}
+        docs |= {"x-kubernetes-patch-strategy", "x-kubernetes-patch-merge-key"}
+        return {k: inline(v, seen) for k, v in node.items() if k not in docs}
+
+    schema = inline(components[name])
+    ((group, version, kind),) = {
+        (gvk["group"], gvk["version"], gvk["kind"])
+        for gvk in components[name]["x-kubernetes-group-version-kind"]
+    }
+    crd = {
+        "spec": {
+            "group": group,
+            "names": {"kind": kind},
+            "versions": [{"name": version, "schema": {"openAPIV3Schema": schema}}],
+        }
+    }
+    path = tmp_path / f"{kind.lower()}.json"
+    path.write_text(json.dumps(crd))
+    return crd_validator(path, version)

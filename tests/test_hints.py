@@ -22,7 +22,7 @@ from sightline_appliance import hints as _hints
 from sightline_appliance.stack import BY_NAME
 
 from .helpers import free_port, wait_until
-from .schemas import GoModule, crd_validator
+from .schemas import AUTOSCALING_V2, keda_cel, keda_validator, kubernetes_validator
 from .servers import FLAVOURS, Prometheus, binary, started
 
 # Starts Prometheus and reads Go modules: not run again by .ci/newest-sdk.
@@ -33,19 +33,6 @@ RULE_FILES = [
     ROOT / "alerts" / f"{name}.rules.yml"
     for name in ("http", "saturation", "workers", "dependencies", "scaling")
 ]
-
-#: The KEDA release whose ScaledObject CRD the manifest must satisfy. It and the Kubernetes
-#: release below need Go 1.25, as the Prometheus that compose pins does to build (their
-#: next releases need 1.26, which a machine building that Prometheus may not have).
-KEDA = GoModule(
-    "github.com/kedacore/keda/v2", "v2.19.0", "h1:IP3iMTwr9HkaAwPtLnhngPv74LghMf7ubLrsGLQo52M="
-)
-KEDA_CRD = "config/crd/bases/keda.sh_scaledobjects.yaml"
-#: The Kubernetes release whose published OpenAPI v3 schema the HPA must satisfy.
-KUBERNETES = GoModule(
-    "k8s.io/kubernetes", "v1.35.4", "h1:o/8dBC/pHVpYoGV4OAIytAlNPZbdYVTXJHoYvXC4qzM="
-)
-AUTOSCALING_V2 = "api/openapi-spec/v3/apis__autoscaling__v2_openapi.json"
 
 #: Seconds of history written into the TSDB before Prometheus starts, so that every
 #: 5-minute rate the rules take has a full window from the first scrape on.
@@ -426,67 +413,6 @@ def test_prometheus_without_sightline_series_says_no_service_reports_yet(tmp_pat
 # -- the manifests ----------------------------------------------------------------------------
 
 
-#: The CEL rule of newer KEDA CRDs (2.21's), as written there.
-KEDA_CEL = {
-    "message": "minReplicaCount must be less than or equal to maxReplicaCount",
-    "rule": "!has(self.minReplicaCount) || self.minReplicaCount <= "
-    "(has(self.maxReplicaCount) ? self.maxReplicaCount : 100)",
-}
-
-
-def keda_validator(tmp_path: Path) -> Any:
-    """KEDA's ScaledObject schema; the CEL rule newer CRDs have is :func:`keda_cel`."""
-    crd = yaml.safe_load(KEDA.file(KEDA_CRD).read_text())
-    (version,) = crd["spec"]["versions"]
-    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    # Any other rule (a newer CRD) fails here until it is checked too.
-    for rule in spec.pop("x-kubernetes-validations", []):
-        assert rule == KEDA_CEL, f"a CEL rule not checked here: {rule}"
-    path = tmp_path / "scaledobjects.yaml"
-    path.write_text(yaml.safe_dump(crd))
-    return crd_validator(path, "v1alpha1")
-
-
-def keda_cel(spec: dict[str, Any]) -> bool:
-    """:data:`KEDA_CEL` in Python: minReplicaCount <= maxReplicaCount (default 100)."""
-    return "minReplicaCount" not in spec or spec["minReplicaCount"] <= spec.get(
-        "maxReplicaCount", 100
-    )
-
-
-def hpa_validator(tmp_path: Path) -> Any:
-    """autoscaling/v2 HorizontalPodAutoscaler from Kubernetes' published OpenAPI v3, with the
-    references inlined and the API server's pruning of unknown fields written out (by
-    :func:`crd_validator`, given the schema as if it were a CRD's)."""
-    components = json.loads(KUBERNETES.file(AUTOSCALING_V2).read_text())["components"]["schemas"]
-
-    def inline(node: Any, seen: tuple[str, ...] = ()) -> Any:
-        if isinstance(node, list):
-            return [inline(item, seen) for item in node]
-        if not isinstance(node, dict):
-            return node
-        if "$ref" in node:
-            name = node["$ref"].removeprefix("#/components/schemas/")
-            assert name not in seen, f"recursive schema {name}"
-            return inline(components[name], (*seen, name))
-        # How clients merge and patch, not what is valid.
-        docs = {"x-kubernetes-group-version-kind", "x-kubernetes-map-type"}
-        docs |= {"x-kubernetes-patch-strategy", "x-kubernetes-patch-merge-key"}
-        return {k: inline(v, seen) for k, v in node.items() if k not in docs}
-
-    schema = inline(components["io.k8s.api.autoscaling.v2.HorizontalPodAutoscaler"])
-    crd = {
-        "spec": {
-            "group": "autoscaling",
-            "names": {"kind": "HorizontalPodAutoscaler"},
-            "versions": [{"name": "v2", "schema": {"openAPIV3Schema": schema}}],
-        }
-    }
-    path = tmp_path / "hpa.json"
-    path.write_text(json.dumps(crd))
-    return crd_validator(path, "v2")
-
-
 def errors(validator: Any, document: Any) -> list[str]:
     return [
         f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
@@ -533,7 +459,9 @@ def test_hpa_satisfies_the_kubernetes_autoscaling_v2_schema(tmp_path: Path) -> N
     documents = list(yaml.safe_load_all(text))
     assert len(documents) == 1, "the adapter's rule is a comment: kubectl applies the output"
     (document,) = documents
-    validator = hpa_validator(tmp_path)
+    validator = kubernetes_validator(
+        tmp_path, AUTOSCALING_V2, "io.k8s.api.autoscaling.v2.HorizontalPodAutoscaler"
+    )
     assert errors(validator, document) == []
     spec = document["spec"]
     assert (spec["minReplicas"], spec["maxReplicas"]) == (2, 20)

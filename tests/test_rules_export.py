@@ -12,7 +12,7 @@ import yaml
 from sightline import cli
 from sightline_appliance import rules as _rules
 
-from .schemas import GoModule, crd_validator, structural
+from .schemas import PROMETHEUS_OPERATOR, PROMETHEUS_RULE_CRD, crd_validator, structural
 from .servers import FLAVOURS, binary
 
 # Checks the stack's files, binaries and processes: not run again by .ci/newest-sdk.
@@ -21,13 +21,7 @@ pytestmark = pytest.mark.stack
 ROOT = Path(__file__).resolve().parent.parent
 RULE_FILES = sorted((ROOT / "alerts").glob("*.rules.yml"))
 
-#: The Prometheus Operator release whose PrometheusRule CRD the manifest must satisfy.
-PROMETHEUS_OPERATOR = GoModule(
-    "github.com/prometheus-operator/prometheus-operator",
-    "v0.85.0",
-    "h1:M5xLCLEoaW2IJfnuCwFzzpL+jSVQu3KGT84Pye+fW8s=",
-)
-CRD = "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml"
+CRD = PROMETHEUS_RULE_CRD
 RELEASE = {"release": "kube-prometheus-stack"}
 
 
