@@ -266,22 +266,91 @@ def test_compose_file_matches_the_compose_spec_schema() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_longterm_layer_and_the_merged_file_match_the_compose_spec_schema(
-    tmp_path: Path,
-) -> None:
-    """longterm.yml validates against the compose-spec schema, alone and merged over
-    docker-compose.yml, and every service the merged file's services depend on exists."""
-    from sightline_appliance.stack.native import LONGTERM_FILE, load_compose
+OBJECTSTORE_FILE = COMPOSE_DIR / "objectstore.yml"
 
+
+@pytest.mark.parametrize("layers", [("longterm",), ("objectstore",), ("longterm", "objectstore")])
+def test_layers_and_the_merged_files_match_the_compose_spec_schema(
+    tmp_path: Path, layers: tuple[str, ...]
+) -> None:
+    """Each layer (longterm.yml, objectstore.yml) validates against the compose-spec
+    schema, alone and merged over docker-compose.yml (together too), and every service the
+    merged file's services depend on exists."""
+    from sightline_appliance.stack.native import load_compose
+
+    files = [COMPOSE_DIR / f"{name}.yml" for name in layers]
     merged = tmp_path / "merged.yml"
-    merged.write_text(yaml.safe_dump(load_compose(COMPOSE_FILE, LONGTERM_FILE)))
-    for path in (LONGTERM_FILE, merged):
+    merged.write_text(yaml.safe_dump(load_compose(COMPOSE_FILE, *files)))
+    for path in (*files, merged):
         result = check_compose_schema(path)
         assert result.returncode == 0, result.stdout + result.stderr
     services = load(merged)["services"]
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, (name, dependency)
+
+
+#: What objectstore.yml changes in each config: (path of keys, main value, S3 value).
+STORAGE_KEYS = {
+    "loki": [("common", "storage"), ("schema_config",), ("compactor", "delete_request_store")],
+    "tempo": [
+        ("storage", "trace", "backend"),
+        ("storage", "trace", "local"),
+        ("storage", "trace", "s3"),
+    ],
+}
+
+
+def _without(config: dict[str, Any], paths: list[tuple[str, ...]]) -> dict[str, Any]:
+    for path in paths:
+        node = config
+        for key in path[:-1]:
+            node = node[key]
+        node.pop(path[-1], None)
+    return config
+
+
+@pytest.mark.parametrize("service", ["loki", "tempo"])
+def test_objectstore_configs_differ_from_the_main_ones_only_in_storage(service: str) -> None:
+    """loki-s3.yml and tempo-s3.yml are loki.yml and tempo.yml with the storage moved to
+    S3 (Loki's chunks and index, its compactor's delete requests; Tempo's blocks), with
+    path-style bucket addressing, and nothing else changed."""
+    main = load(COMPOSE_DIR / service / f"{service}.yml")
+    s3 = load(COMPOSE_DIR / service / f"{service}-s3.yml")
+    if service == "loki":
+        assert s3["common"]["storage"]["s3"]["s3forcepathstyle"] is True
+        assert [c["object_store"] for c in s3["schema_config"]["configs"]] == ["s3"]
+        assert s3["compactor"]["delete_request_store"] == "s3"
+        main_schema = [{**c, "object_store": "s3"} for c in main["schema_config"]["configs"]]
+        assert s3["schema_config"]["configs"] == main_schema
+    else:
+        assert s3["storage"]["trace"]["backend"] == "s3"
+        assert s3["storage"]["trace"]["s3"]["forcepathstyle"] is True
+    assert _without(s3, STORAGE_KEYS[service]) == _without(main, STORAGE_KEYS[service])
+
+
+@pytest.mark.parametrize("service", ["loki", "tempo"])
+def test_objectstore_settings_come_from_the_environment_compose_sets(service: str) -> None:
+    """The S3 config expands only variables the layer puts in that service's environment
+    (and no other dollar sign, comments included: the whole file is expanded), its command
+    turns expansion on and reads the file the layer mounts, and every variable the layer
+    takes from compose/.env is described in .env.example."""
+    from sightline_appliance.stack.native import load_compose
+
+    layer = load(OBJECTSTORE_FILE)["services"][service]
+    text = (COMPOSE_DIR / service / f"{service}-s3.yml").read_text()
+    used = set(re.findall(r"\$\{(\w+)\}", text))
+    assert text.count("$") == len(re.findall(r"\$\{\w+\}", text)), "a stray $ in the file"
+    assert used <= set(layer["environment"]), used - set(layer["environment"])
+    assert "-config.expand-env=true" in layer["command"]
+    config = layer["command"][0].removeprefix("-config.file=")
+    assert any(v.split(":")[1] == config for v in layer["volumes"])
+    merged = load_compose(COMPOSE_FILE, OBJECTSTORE_FILE)["services"][service]
+    assert merged["command"] == layer["command"]
+    example = (COMPOSE_DIR / ".env.example").read_text()
+    for value in layer["environment"].values():
+        (variable,) = re.findall(r"\$\{(\w+)", value)
+        assert re.search(rf"^# {variable}=", example, re.M), variable
 
 
 def test_schema_check_rejects_a_key_the_spec_does_not_define(tmp_path: Path) -> None:
