@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -102,15 +103,15 @@ OBJECT_META: dict[str, Any] = {
         "name": {
             "type": "string",
             "maxLength": 253,
-            "pattern": f"^{_DNS_LABEL}(\\.{_DNS_LABEL})*$",
+            "pattern": f"^{_DNS_LABEL}(\\.{_DNS_LABEL})*\\Z",
         },
-        "namespace": {"type": "string", "maxLength": 63, "pattern": f"^{_DNS_LABEL}$"},
+        "namespace": {"type": "string", "maxLength": 63, "pattern": f"^{_DNS_LABEL}\\Z"},
         "labels": {
             "type": "object",
             "patternProperties": {
-                f"^({_DNS_LABEL}(\\.{_DNS_LABEL})*/)?{_NAME}$": {
+                f"^({_DNS_LABEL}(\\.{_DNS_LABEL})*/)?{_NAME}\\Z": {
                     "type": "string",
-                    "pattern": f"^({_NAME})?$",
+                    "pattern": f"^({_NAME})?\\Z",
                 }
             },
             "additionalProperties": False,
@@ -121,10 +122,20 @@ OBJECT_META: dict[str, Any] = {
 }
 
 
+OBJECT_META_NAME = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+#: A pod template's metadata: as :data:`OBJECT_META`, without a name.
+TEMPLATE_META: dict[str, Any] = {k: v for k, v in OBJECT_META.items() if k != "required"}
+#: Union members' Go names -> the discriminator value that selects them.
+UNION_VALUES = {"LocalhostProfile": "Localhost"}
+
+
 def _python_pattern(pattern: str) -> str:
     """A Go (RE2) regular expression as Python reads it. RE2 takes a flag group anywhere
     and applies it to the rest (the CRD's ``^(?i)(abort|warn)?$``); Python only at the
-    start, so the rest becomes a scoped group, which means the same."""
+    start, so the rest becomes a scoped group, which means the same. RE2's ``$`` is the
+    end of the text; Python's also matches before a final newline, so it becomes ``\\Z``
+    (no CRD here has a ``$`` inside a character class)."""
+    pattern = re.sub(r"(?<!\\)\$", r"\\Z", pattern)
     head, flag, tail = pattern.partition("(?i)")
     return f"{head}(?i:{tail})" if flag and head else pattern
 
@@ -172,16 +183,29 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
+def _item_defaults(items: Any) -> dict[str, Any]:
+    """The defaults the API server fills in for a list item's fields (``protocol: TCP``)."""
+    found: dict[str, Any] = {}
+    if isinstance(items, dict):
+        for name, field in items.get("properties", {}).items():
+            if isinstance(field, dict) and "default" in field:
+                found[name] = field["default"]
+        for sub in items.get("allOf", []):
+            found.update(_item_defaults(sub))
+    return found
+
+
 def _list_map_keys(
     validator: Validator, keys: list[str], instance: Any, schema: dict[str, Any]
 ) -> Any:
     if not validator.is_type(instance, "array"):
         return
+    defaults = _item_defaults(schema.get("items"))
     seen = set()
     for item in instance:
         if not isinstance(item, dict):
             continue
-        key = tuple(json.dumps(item.get(k), sort_keys=True) for k in keys)
+        key = tuple(json.dumps(item.get(k, defaults.get(k)), sort_keys=True) for k in keys)
         if key in seen:
             yield jsonschema.ValidationError(
                 f"{dict(zip(keys, key, strict=True))} is in the list twice"
@@ -250,12 +274,27 @@ def kubernetes_validator(tmp_path: Path, spec_file: str, name: str) -> Any:
         if "$ref" in node:
             name = node["$ref"].removeprefix("#/components/schemas/")
             assert name not in seen, f"recursive schema {name}"
+            if name == OBJECT_META_NAME:
+                return TEMPLATE_META  # a pod template's: labels checked as the top's are
             return inline(components[name], (*seen, name))
-        if "x-kubernetes-unions" in node:
-            # A union's rule (AppArmor's and seccomp's localhostProfile only with type
-            # Localhost) is the API server's own code, not checked here: an object using
-            # one is refused, stricter than the server, rather than passed unchecked.
-            return {"not": {}}
+        unions = node.get("x-kubernetes-unions")
+        if unions is not None:
+            # A discriminated union (AppArmor's and seccomp's profiles): each member
+            # field only with the discriminator naming it.
+            # The discriminator's value names the member by its Go field; the value that
+            # selects it is the API's own, known here for the unions Kubernetes has.
+            rules = [
+                {
+                    "anyOf": [
+                        {"properties": {union["discriminator"]: {"enum": [UNION_VALUES[value]]}}},
+                        {"not": {"required": [field]}},
+                    ]
+                }
+                for union in unions
+                for field, value in union["fields-to-discriminateBy"].items()
+            ]
+            node = {k: v for k, v in node.items() if k != "x-kubernetes-unions"}
+            return {"allOf": [inline(node, seen), *rules]}
         # How clients merge and patch, not what is valid.
         docs = {"x-kubernetes-group-version-kind", "x-kubernetes-map-type"}
         docs |= {"x-kubernetes-patch-strategy", "x-kubernetes-patch-merge-key"}

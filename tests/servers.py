@@ -64,6 +64,9 @@ def binary(*names: str, flavour: str = "installed") -> str:
         path = str(found[0]) if found else None
         missing = f"{names[0]} at the version compose pins is not in {pinned_dir()}"
         fix = "run compose/build-binaries"
+        if names[0] == "kustomize":
+            missing = f"kustomize is not in {pinned_dir()}"
+            fix = "run deploy/kubernetes/build-tools"
     else:
         path = processes.find_binary(names)
         missing, fix = f"{names[0]} is not installed", "apt-get install it"
