@@ -1,11 +1,11 @@
 """What one instance of an instrumented service asks of Prometheus, Loki and Tempo,
 measured on the demo, and what Prometheus spends per series.
 
-The demo runs for real (``sightline demo``: the native stack's Prometheus, Alertmanager
-and Redis; the shop under gunicorn, 4 workers; its Celery worker; the load generator,
-10 requests/s with bursts of 70). Where the Collector and Loki would listen, a sink
-receives what the agents send and counts items and wire bytes (as sent: OTLP protobuf
-and Loki JSON, gzipped). Over a window after a warm-up the benchmark reads:
+The demo runs for real, as ``sightline demo`` runs it (the native stack's Prometheus,
+Alertmanager and Redis; the shop under gunicorn, 4 workers; its Celery worker; the load
+generator, 10 requests/s with bursts of 70), its traces and logs sent to a sink in place
+of the Collector and Loki, which counts items and wire bytes (as sent: OTLP protobuf and
+Loki JSON, gzipped). Over a window after a warm-up the benchmark reads:
 
 - from the shop's own ``/metrics``: series (per route, and those no route has), bytes
   per scrape, plain and gzipped;
@@ -32,9 +32,7 @@ import gzip
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -75,6 +73,7 @@ class CountingSink:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def add(self, path: str, encoding: str, body: bytes) -> None:
@@ -133,31 +132,45 @@ def series_of(text: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def demo(directory: Path, duration: float, ports: dict[str, int]) -> Iterator[Any]:
-    """``sightline demo`` for ``duration`` seconds in ``directory``; stopped on exit."""
-    command = [sys.executable, "-m", "sightline.cli", "demo", "--dir", str(directory)]
-    command += ["--duration", str(duration), *(f"--without={name}" for name in WITHOUT)]
-    for key, port in ports.items():
-        command += ["--port", f"{key}={port}"]
-    log = open(directory.parent / "demo.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def demo(directory: Path, otlp: str, loki: str) -> Iterator[Any]:
+    """The native stack (``sightline stack up``) with the demo's shop, worker and load
+    started as ``sightline demo`` starts them, but sending their traces to ``otlp`` and
+    their logs to ``loki`` (the demo turns both off where no Collector or Loki runs);
+    everything stopped on exit."""
+    from sightline_appliance.stack import Stack, python_command
+    from sightline_appliance.stack.native import DEMO_TARGETS
+
+    stack = Stack(directory, without=WITHOUT)
     try:
-        yield proc
+        lines: list[str] = []
+        stack.up(lines.append)
+        if "prometheus" not in stack.running() or "redis" not in stack.running():
+            raise SystemExit("the demo needs Prometheus and Redis here:\n" + "\n".join(lines))
+        native = stack.native()
+        targets = directory / "targets"
+        targets.mkdir(parents=True, exist_ok=True)
+        (targets / DEMO_TARGETS).write_text(native.demo_targets())
+        for service in ("demo-app", "demo-worker", "demo-load"):
+            if service == "demo-load":
+                wait_ready(native.url("demo-app", 8000, "/health"), 60, stack.records["demo-app"])
+            env = {
+                **os.environ,
+                **native.environment(service, os.environ),
+                "PYTHONUNBUFFERED": "1",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": otlp,
+                "SIGHTLINE_LOKI_URL": loki,
+            }
+            stack.start_process(service, python_command(native.command(service)), env)
+        yield stack
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        stack.down(out=lambda line: None)
 
 
-def wait_ready(url: str, timeout: float, proc: Any) -> None:
+def wait_ready(url: str, timeout: float, record: Any) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the demo exited ({proc.returncode}) before {url} answered")
+        if not record.alive():
+            raise SystemExit(f"{record.name} exited before {url} answered (see {record.log})")
         with contextlib.suppress(OSError):
             urllib.request.urlopen(url, timeout=2).close()
             return
@@ -166,30 +179,19 @@ def wait_ready(url: str, timeout: float, proc: Any) -> None:
 
 
 def measure_demo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from sightline_appliance.stack import Stack
-
-    otlp, loki = free_port(), free_port()
-    directory = work / "stack"
-    ports = {"collector:4318": otlp, "loki:3100": loki}
-    sinks = [CountingSink(otlp), CountingSink(loki)]
+    otlp, loki = CountingSink(free_port()), CountingSink(free_port())
     try:
-        # Long enough for everything below; stopped as soon as it is done.
-        duration = args.warmup + args.window + 2 * args.settle + 180
-        with demo(directory, duration, ports) as proc:
-            # The state file exists once `up` chose the ports.
-            deadline = time.monotonic() + 60
-            while not (directory / "stack.json").exists() and time.monotonic() < deadline:
-                time.sleep(0.5)
-            native = Stack(directory).native()
+        with demo(work / "stack", otlp.url, loki.url) as stack:
+            native = stack.native()
             prometheus = native.url("prometheus", 9090)
             app_metrics = native.url("demo-app", 9464, "/metrics")
-            wait_ready(app_metrics, 120, proc)
+            wait_ready(app_metrics, 60, stack.records["demo-app"])
             time.sleep(args.warmup)
-            before = {**sinks[0].snapshot(), **sinks[1].snapshot()}
+            before = {**otlp.snapshot(), **loki.snapshot()}
             started = time.monotonic()
             time.sleep(args.window)
             elapsed = time.monotonic() - started
-            after = {**sinks[0].snapshot(), **sinks[1].snapshot()}
+            after = {**otlp.snapshot(), **loki.snapshot()}
             window = f"{int(args.window)}s"
             result = read_prometheus(prometheus, window)
             plain, zipped = fetch(app_metrics, False), fetch(app_metrics, True)
@@ -200,17 +202,17 @@ def measure_demo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 result[f"{name}_bytes_per_s"] = (
                     now.get("bytes", 0) - then.get("bytes", 0)
                 ) / elapsed
-            result["shop_metrics_address"] = app_metrics
-            if proc.poll() is not None:
-                raise SystemExit(f"the demo exited early ({proc.returncode})")
+            dead = [name for name, record in stack.records.items() if not record.alive()]
+            if dead:
+                raise SystemExit(f"exited during the measurement: {dead} (see {work})")
             if args.targets:
                 result["prometheus_per_series"] = per_series(
                     app_metrics, args.targets, args.settle, work
                 )
             return result
     finally:
-        for sink in sinks:
-            sink.close()
+        otlp.close()
+        loki.close()
 
 
 def read_prometheus(prometheus: str, window: str) -> dict[str, Any]:
@@ -313,9 +315,9 @@ def per_series(target: str, targets: int, settle: float, work: Path) -> dict[str
                     break
                 time.sleep(0.5)
             time.sleep(settle)
-            # It scrapes only the shop, not itself: its memory from the OS.
+            # It scrapes only the shop, not itself: its own page, and its memory from the OS.
             readings[count] = {
-                "head_series": scalar(url, "prometheus_tsdb_head_series"),
+                "head_series": own_metric(url, "prometheus_tsdb_head_series"),
                 "resident_bytes": float(psutil_rss(proc.pid)),
             }
         finally:
@@ -329,6 +331,14 @@ def per_series(target: str, targets: int, settle: float, work: Path) -> dict[str
         "readings": readings,
         "bytes_per_series": (many["resident_bytes"] - one["resident_bytes"]) / series,
     }
+
+
+def own_metric(url: str, name: str) -> float:
+    """A sample of Prometheus' own /metrics page (it does not scrape itself here)."""
+    for line in fetch(f"{url}/metrics", False).decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise SystemExit(f"{url}/metrics has no {name}")
 
 
 def psutil_rss(pid: int) -> int:

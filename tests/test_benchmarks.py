@@ -76,6 +76,41 @@ def test_scrape_benchmark_fills_every_worker_and_reports_every_configuration() -
     assert "goal" not in report  # 4 workers x 50 routes did not run
 
 
+@pytest.mark.benchmark
+def test_fleet_benchmark_measures_the_demo_and_what_a_series_costs_prometheus() -> None:
+    """benchmarks/fleet.py runs the real demo with sinks where the Collector and Loki would
+    be, and reports its requests and tasks per second, the shop's series by route, bytes
+    per scrape, samples per scrape, spans and log lines received per second with their
+    bytes, the same per 100 requests/s, and a second Prometheus's memory per head series
+    from scraping the shop once and as two targets."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIGHTLINE_", "OTEL_"))}
+    result = subprocess.run(
+        [
+            sys.executable, "benchmarks/fleet.py", "--warmup", "20", "--window", "10",
+            "--targets", "2", "--settle", "6", "--json",
+        ],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["requests_per_s"] > 1
+    assert report["tasks_per_s"] > 0
+    assert report["shop_routes"] >= 3
+    assert (
+        sum(report["shop_series_per_route"].values()) + report["shop_series_without_route"]
+        == report["shop_series"]
+    )
+    assert report["shop_scrape_bytes"] > report["shop_scrape_bytes_gzip"] > 0
+    assert report["shop_samples_per_scrape"] >= report["shop_series"] * 0.9
+    assert report["scrape_interval_s"] == 5
+    for name in ("spans", "log_lines"):
+        assert report[f"{name}_per_s"] > 0, name
+        assert report[f"{name}_bytes_per_s"] > report[f"{name}_per_s"], name
+        assert report["per_100_requests_per_s"][f"{name}_per_s"] > 0, name
+    cost = report["prometheus_per_series"]
+    assert cost["readings"]["2"]["head_series"] > cost["readings"]["1"]["head_series"] * 1.5
+
+
 #: Every suite of benchmarks/overhead.py, and the variants its smoke run leaves out:
 #: OpenTelemetry's SQLAlchemy instrumentation instruments nothing on SQLAlchemy 2.1 and
 #: later (the bench extra pins 2.0; the tests install the newest).
