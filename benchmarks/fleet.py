@@ -1,27 +1,32 @@
 """What one instance of an instrumented service asks of Prometheus, Loki and Tempo,
 measured on the demo, and what Prometheus spends per series.
 
-The demo runs for real, as ``sightline demo`` runs it (the native stack's Prometheus,
-Alertmanager and Redis; the shop under gunicorn, 4 workers; its Celery worker; the load
-generator, 10 requests/s with bursts of 70), its traces and logs sent to a sink in place
-of the Collector and Loki, which counts items and wire bytes (as sent: OTLP protobuf and
-Loki JSON, gzipped). Over a window after a warm-up the benchmark reads:
+The demo's processes run as ``sightline demo`` starts them (the native stack's
+Prometheus, Alertmanager and Redis; the shop under gunicorn, 4 workers; its Celery worker;
+the load generator, 10 requests/s with bursts of 70 for 15 s of every 60 s), except that
+their traces and logs go to a receiver standing in for the Collector and Loki, which
+counts, per service, items and the HTTP body bytes as sent (OTLP protobuf and Loki JSON,
+gzipped) and decompressed. Over a window after a warm-up (``--window`` a multiple of the
+load's 60 s cycle, so that every rate covers the same share of bursts) the benchmark
+reads:
 
 - from the shop's own ``/metrics``: series (per route, and those no route has), bytes
   per scrape, plain and gzipped;
-- from Prometheus: requests and tasks per second, samples per scrape, so samples per
-  second at the stack's scrape interval;
-- from the sink: spans and log lines per second, and their bytes.
+- from Prometheus, at the window's end: requests and tasks per second over the window,
+  samples per scrape of the shop and the worker, and the scrape interval;
+- from the receiver: spans and log lines per second of each service, and their bytes.
 
-Then what a series costs Prometheus, which one demo's few thousand series cannot show
-(the server's own footprint dominates): a second Prometheus (this machine's) scrapes the
-shop's endpoint as 1 target, then as ``--targets`` targets (each with its own
-``replica`` label, so ``--targets`` times the series), for ``--settle`` seconds each, and
-the difference in resident memory, divided by the difference in head series, is bytes
-per series. Everything else per 100 requests/s is the measured rate scaled linearly.
+Then what a series costs Prometheus, which one demo's thousand-odd series cannot show
+(the server's own footprint dominates): this machine's Prometheus scrapes the shop's
+endpoint as 1 target, then as ``--targets`` targets (each with its own ``replica``
+label, so ``--targets`` times the series). Once every target's series are in its head,
+it runs ``--settle`` seconds more; the difference in resident memory, divided by the
+difference in head series, is bytes per series (one reading each, of a young head).
 
-    python benchmarks/fleet.py                    # about 6 minutes
+    python benchmarks/fleet.py                    # about 7 minutes
     python benchmarks/fleet.py --json
+
+A run that fails keeps its directory (logs of every process) and names it.
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ import contextlib
 import gzip
 import json
 import os
+import platform
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -43,68 +51,93 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from suites.common import free_port
-
-#: Components the demo runs here; the sinks stand where the others would listen.
+#: Components the demo runs here without; the receiver stands where two of them would be.
 WITHOUT = ("loki", "tempo", "collector", "grafana")
+#: Series Prometheus adds to each target it scrapes (up, scrape_duration_seconds, ...).
+SYNTHETIC_SERIES = 5
 
 
 class CountingSink:
-    """Answers OTLP/HTTP and Loki pushes with 200; counts requests, wire bytes and items
-    (spans decoded from protobuf, log lines from Loki's JSON) per path."""
+    """Answers OTLP/HTTP and Loki pushes with 200 and counts, per path and service,
+    requests, items (spans decoded from protobuf, log lines from Loki's JSON), body bytes
+    as sent and decompressed. A body it cannot read is answered 400 and counted."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.counts: dict[str, dict[str, int]] = {}
+        self.errors = 0
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                sink.add(self.path, self.headers.get("Content-Encoding", ""), body)
-                self.send_response(200)
+                length = self.headers.get("Content-Length")
+                body = self.rfile.read(int(length)) if length else b""
+                try:
+                    sink.add(self.path, self.headers.get("Content-Encoding", ""), body)
+                    status = 200
+                except Exception:
+                    with sink.lock:
+                        sink.errors += 1
+                    status = 400
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def add(self, path: str, encoding: str, body: bytes) -> None:
         plain = gzip.decompress(body) if encoding == "gzip" else body
-        items = 0
+        found: dict[str, int] = {}  # service -> items
         if path == "/v1/traces":
             from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
                 ExportTraceServiceRequest,
             )
 
-            request = ExportTraceServiceRequest.FromString(plain)
-            items = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+            for resource in ExportTraceServiceRequest.FromString(plain).resource_spans:
+                service = next(
+                    (a.value.string_value for a in resource.resource.attributes
+                     if a.key == "service.name"), "?",
+                )  # fmt: skip
+                spans = sum(len(scope.spans) for scope in resource.scope_spans)
+                found[service] = found.get(service, 0) + spans
         elif path == "/loki/api/v1/push":
-            items = sum(len(stream["values"]) for stream in json.loads(plain)["streams"])
+            for stream in json.loads(plain)["streams"]:
+                service = stream["stream"].get("service_name", "?")
+                found[service] = found.get(service, 0) + len(stream["values"])
+        else:
+            raise ValueError(f"not a push path: {path}")
+        if len(found) != 1:
+            raise ValueError(f"one request for {len(found)} services")  # one process each
+        ((service, items),) = found.items()
         with self.lock:
-            entry = self.counts.setdefault(path, {"requests": 0, "bytes": 0, "items": 0})
+            entry = self.counts.setdefault(
+                f"{path} {service}", {"requests": 0, "items": 0, "bytes": 0, "plain_bytes": 0}
+            )
             entry["requests"] += 1
-            entry["bytes"] += len(body)
             entry["items"] += items
+            entry["bytes"] += len(body)
+            entry["plain_bytes"] += len(plain)
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         with self.lock:
-            return {path: dict(entry) for path, entry in self.counts.items()}
+            return {key: dict(entry) for key, entry in self.counts.items()}
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
 
-def query(prometheus: str, promql: str) -> list[dict[str, Any]]:
-    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+def query(prometheus: str, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+    params = {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {})}
+    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode(params)
     with urllib.request.urlopen(url, timeout=10) as response:
         payload = json.load(response)
     if payload["status"] != "success":
@@ -113,8 +146,8 @@ def query(prometheus: str, promql: str) -> list[dict[str, Any]]:
     return result
 
 
-def scalar(prometheus: str, promql: str) -> float:
-    result = query(prometheus, promql)
+def scalar(prometheus: str, promql: str, at: float | None = None) -> float:
+    result = query(prometheus, promql, at)
     if len(result) != 1:
         raise SystemExit(f"expected one series from {promql}, got {result}")
     return float(result[0]["value"][1])
@@ -127,17 +160,14 @@ def fetch(url: str, gzipped: bool) -> bytes:
         return body
 
 
-def series_of(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line and not line.startswith("#")]
-
-
 @contextlib.contextmanager
 def demo(directory: Path, otlp: str, loki: str) -> Iterator[Any]:
-    """The native stack (``sightline stack up``) with the demo's shop, worker and load
-    started as ``sightline demo`` starts them, but sending their traces to ``otlp`` and
-    their logs to ``loki`` (the demo turns both off where no Collector or Loki runs);
-    everything stopped on exit."""
-    from sightline_appliance.stack import Stack, python_command
+    """The native stack (``sightline stack up``) and the demo's shop, worker and load,
+    started with ``sightline demo``'s commands and environment but sending traces to
+    ``otlp`` and logs to ``loki`` (``sightline demo`` turns both off where no Collector or
+    Loki runs); everything stopped on exit, SIGTERM included (see ``main``)."""
+    from sightline_appliance.demo.run import environment
+    from sightline_appliance.stack import Stack, check_ports, python_command
     from sightline_appliance.stack.native import DEMO_TARGETS
 
     stack = Stack(directory, without=WITHOUT)
@@ -151,15 +181,13 @@ def demo(directory: Path, otlp: str, loki: str) -> Iterator[Any]:
         targets.mkdir(parents=True, exist_ok=True)
         (targets / DEMO_TARGETS).write_text(native.demo_targets())
         for service in ("demo-app", "demo-worker", "demo-load"):
+            check_ports(native, service)
             if service == "demo-load":
                 wait_ready(native.url("demo-app", 8000, "/health"), 60, stack.records["demo-app"])
-            env = {
-                **os.environ,
-                **native.environment(service, os.environ),
-                "PYTHONUNBUFFERED": "1",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": otlp,
-                "SIGHTLINE_LOKI_URL": loki,
-            }
+            env = environment(stack, service)
+            if service != "demo-load":
+                env.update(OTEL_EXPORTER_OTLP_ENDPOINT=otlp, SIGHTLINE_LOKI_URL=loki)
+                env.pop("SIGHTLINE_TRACES", None)
             stack.start_process(service, python_command(native.command(service)), env)
         yield stack
     finally:
@@ -179,7 +207,7 @@ def wait_ready(url: str, timeout: float, record: Any) -> None:
 
 
 def measure_demo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    otlp, loki = CountingSink(free_port()), CountingSink(free_port())
+    otlp, loki = CountingSink(), CountingSink()
     try:
         with demo(work / "stack", otlp.url, loki.url) as stack:
             native = stack.native()
@@ -190,50 +218,69 @@ def measure_demo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             before = {**otlp.snapshot(), **loki.snapshot()}
             started = time.monotonic()
             time.sleep(args.window)
-            elapsed = time.monotonic() - started
             after = {**otlp.snapshot(), **loki.snapshot()}
-            window = f"{int(args.window)}s"
-            result = read_prometheus(prometheus, window)
+            elapsed, end = time.monotonic() - started, time.time()
+            result = read_prometheus(prometheus, round(elapsed), end)
             plain, zipped = fetch(app_metrics, False), fetch(app_metrics, True)
             result.update(read_exposition(plain.decode(), len(zipped)))
-            for path, name in (("/v1/traces", "spans"), ("/loki/api/v1/push", "log_lines")):
-                now, then = after.get(path, {}), before.get(path, {})
-                result[f"{name}_per_s"] = (now.get("items", 0) - then.get("items", 0)) / elapsed
-                result[f"{name}_bytes_per_s"] = (
-                    now.get("bytes", 0) - then.get("bytes", 0)
-                ) / elapsed
+            result["received"] = received(before, after, elapsed)
+            result["receiver_errors"] = otlp.errors + loki.errors
+            if result["receiver_errors"]:
+                raise SystemExit(f"the receiver could not read {result['receiver_errors']} bodies")
             dead = [name for name, record in stack.records.items() if not record.alive()]
             if dead:
-                raise SystemExit(f"exited during the measurement: {dead} (see {work})")
-            if args.targets:
-                result["prometheus_per_series"] = per_series(
-                    app_metrics, args.targets, args.settle, work
-                )
+                raise SystemExit(f"exited during the measurement: {', '.join(dead)}")
+            result["prometheus_per_series"] = per_series(
+                app_metrics, args.targets, args.settle, result["shop_series"], work
+            )
             return result
     finally:
         otlp.close()
         loki.close()
 
 
-def read_prometheus(prometheus: str, window: str) -> dict[str, Any]:
-    shop, worker = 'job="shop"', 'job="shop-worker"'
+def received(
+    before: dict[str, dict[str, int]], after: dict[str, dict[str, int]], elapsed: float
+) -> dict[str, dict[str, float]]:
+    """Per ``signal service``: items, body bytes and decompressed bytes per second."""
+    names = {"/v1/traces": "spans", "/loki/api/v1/push": "logs"}
+    found = {}
+    for key, now in after.items():
+        path, _, service = key.partition(" ")
+        then = before.get(key, {})
+        found[f"{names[path]} {service}"] = {
+            field: (now[field] - then.get(field, 0)) / elapsed
+            for field in ("requests", "items", "bytes", "plain_bytes")
+        }
+    return found
+
+
+def read_prometheus(prometheus: str, seconds: int, end: float) -> dict[str, Any]:
+    shop, worker, window = 'job="shop"', 'job="shop-worker"', f"[{seconds}s]"
     return {
         "requests_per_s": scalar(
-            prometheus, f"sum(rate(http_server_request_duration_seconds_count{{{shop}}}[{window}]))"
+            prometheus,
+            f"sum(rate(http_server_request_duration_seconds_count{{{shop}}}{window}))",
+            end,
         ),
         "tasks_per_s": scalar(
-            prometheus, f"sum(rate(worker_task_duration_seconds_count{{{worker}}}[{window}]))"
+            prometheus,
+            f"sum(rate(worker_task_duration_seconds_count{{{worker}}}{window}))",
+            end,
         ),
-        "shop_samples_per_scrape": scalar(prometheus, f"sum(scrape_samples_scraped{{{shop}}})"),
-        "worker_samples_per_scrape": scalar(prometheus, f"sum(scrape_samples_scraped{{{worker}}})"),
+        "shop_samples_per_scrape": scalar(
+            prometheus, f"sum(scrape_samples_scraped{{{shop}}})", end
+        ),
+        "worker_samples_per_scrape": scalar(
+            prometheus, f"sum(scrape_samples_scraped{{{worker}}})", end
+        ),
         "scrape_interval_s": scrape_interval(prometheus),
     }
 
 
 def scrape_interval(prometheus: str) -> float:
     """The scrape interval the stack's Prometheus runs with (its config's global one)."""
-    url = f"{prometheus}/api/v1/status/config"
-    with urllib.request.urlopen(url, timeout=10) as response:
+    with urllib.request.urlopen(f"{prometheus}/api/v1/status/config", timeout=10) as response:
         text = json.load(response)["data"]["yaml"]
     for line in text.splitlines():
         key, _, value = line.strip().partition(":")
@@ -252,10 +299,12 @@ def duration_seconds(text: str) -> float:
 
 def read_exposition(text: str, gzipped: int) -> dict[str, Any]:
     """Series by route, and those without one, of the shop's merged ``/metrics``."""
-    series = series_of(text)
     by_route: dict[str, int] = {}
-    unrouted = 0
-    for line in series:
+    unrouted = total = 0
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        total += 1
         labels = line.partition("{")[2].partition("}")[0]
         route = None
         for pair in labels.split('",'):
@@ -267,7 +316,7 @@ def read_exposition(text: str, gzipped: int) -> dict[str, Any]:
         else:
             by_route[route] = by_route.get(route, 0) + 1
     return {
-        "shop_series": len(series),
+        "shop_series": total,
         "shop_series_without_route": unrouted,
         "shop_routes": len(by_route),
         "shop_series_per_route": by_route,
@@ -276,14 +325,16 @@ def read_exposition(text: str, gzipped: int) -> dict[str, Any]:
     }
 
 
-def per_series(target: str, targets: int, settle: float, work: Path) -> dict[str, Any]:
+def per_series(
+    target: str, targets: int, settle: float, per_target: int, work: Path
+) -> dict[str, Any]:
     """Resident memory per head series of this machine's Prometheus, from scraping
-    ``target`` once and then ``targets`` times (as distinct targets)."""
+    ``target`` (``per_target`` series) once and then ``targets`` times."""
     exe = shutil.which("prometheus")
     if exe is None:
         raise SystemExit("prometheus is not installed (apt-get install prometheus)")
     address = target.removeprefix("http://").partition("/")[0]
-    readings = {}
+    readings: dict[int, dict[str, float]] = {}
     for count in (1, targets):
         port = free_port()
         config = work / f"prometheus-{count}.yml"
@@ -295,42 +346,59 @@ def per_series(target: str, targets: int, settle: float, work: Path) -> dict[str
             "global:\n  scrape_interval: 5s\nscrape_configs:\n  - job_name: shop\n"
             "    static_configs:\n" + groups
         )
-        data = work / f"tsdb-{count}"
-        proc = subprocess.Popen(
-            [
-                exe,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={data}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        argv = [exe, f"--config.file={config}", f"--storage.tsdb.path={work / f'tsdb-{count}'}"]
+        argv.append(f"--web.listen-address=127.0.0.1:{port}")
+        log = open(work / f"prometheus-{count}.log", "w")  # noqa: SIM115
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                with contextlib.suppress(OSError):
-                    urllib.request.urlopen(f"{url}/-/ready", timeout=2).close()
-                    break
-                time.sleep(0.5)
+            # Every target scraped (its series in the head), then the settle time.
+            wanted = 0.95 * count * (per_target + SYNTHETIC_SERIES)
+            deadline = time.monotonic() + 90
+            head = 0.0
+            while head < wanted:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"Prometheus of {count} targets: {head:.0f} series, "
+                                     f"not {wanted:.0f} (see {log.name})")  # fmt: skip
+                time.sleep(1)
+                with contextlib.suppress(OSError, SystemExit):
+                    head = own_metric(url, "prometheus_tsdb_head_series")
             time.sleep(settle)
-            # It scrapes only the shop, not itself: its own page, and its memory from the OS.
             readings[count] = {
                 "head_series": own_metric(url, "prometheus_tsdb_head_series"),
+                # It scrapes only the shop, not itself: its memory from the OS.
                 "resident_bytes": float(psutil_rss(proc.pid)),
             }
         finally:
-            proc.terminate()
-            proc.wait(30)
+            stop(proc)
+            log.close()
     one, many = readings[1], readings[targets]
-    series = many["head_series"] - one["head_series"]
     return {
         "targets": targets,
         "settle_s": settle,
         "readings": readings,
-        "bytes_per_series": (many["resident_bytes"] - one["resident_bytes"]) / series,
+        "bytes_per_series": (many["resident_bytes"] - one["resident_bytes"])
+        / (many["head_series"] - one["head_series"]),
     }
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def own_metric(url: str, name: str) -> float:
@@ -347,64 +415,86 @@ def psutil_rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
 
-def per_hundred(result: dict[str, Any]) -> dict[str, float]:
+def per_hundred(result: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """What the receiver got from each service, per 100 of the shop's requests/s."""
     scale = 100 / result["requests_per_s"]
     return {
-        "spans_per_s": result["spans_per_s"] * scale,
-        "span_bytes_per_s": result["spans_bytes_per_s"] * scale,
-        "log_lines_per_s": result["log_lines_per_s"] * scale,
-        "log_bytes_per_s": result["log_lines_bytes_per_s"] * scale,
+        key: {field: value * scale for field, value in rates.items()}
+        for key, rates in result["received"].items()
+    }
+
+
+def machine() -> dict[str, Any]:
+    prometheus = shutil.which("prometheus")
+    version = ""
+    if prometheus:
+        out = subprocess.run([prometheus, "--version"], capture_output=True, text=True)
+        version = (out.stdout + out.stderr).split("\n", 1)[0]
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "prometheus": version,
     }
 
 
 def markdown(result: dict[str, Any]) -> str:
     interval = result["scrape_interval_s"]
-    routes = result["shop_series_per_route"]
-    per_route = sorted(routes.values())
-    samples = result["shop_samples_per_scrape"] + result["worker_samples_per_scrape"]
+    per_route = sorted(result["shop_series_per_route"].values())
     lines = [
-        f"Measured on the demo over {result['window_s']:.0f} s "
-        f"({result['requests_per_s']:.1f} requests/s, {result['tasks_per_s']:.1f} tasks/s)",
+        f"Measured on the demo over {result['window_s']:.0f} s ({result['requests_per_s']:.1f} "
+        f"requests/s, {result['tasks_per_s']:.1f} tasks/s); {result['machine']}",
         "",
         "| Quantity | Value |",
         "|---|---|",
-        f"| shop series (4 workers merged) | {result['shop_series']} |",
-        f"| of which without a route | {result['shop_series_without_route']} |",
-        f"| routes / series per route (min-median-max) | {result['shop_routes']} / "
+        f"| shop series (4 workers merged), without a route | {result['shop_series']}, "
+        f"{result['shop_series_without_route']} |",
+        f"| routes; series per route (min-median-max) | {result['shop_routes']}; "
         f"{per_route[0]}-{per_route[len(per_route) // 2]}-{per_route[-1]} |",
         f"| bytes per scrape, plain / gzip | {result['shop_scrape_bytes']} / "
         f"{result['shop_scrape_bytes_gzip']} |",
-        f"| samples per scrape, shop / worker | {result['shop_samples_per_scrape']:.0f} / "
-        f"{result['worker_samples_per_scrape']:.0f} |",
-        f"| samples/s at the {interval:g} s interval, shop + worker | {samples / interval:.0f} |",
+        f"| samples per scrape, shop / worker ({interval:g} s interval) | "
+        f"{result['shop_samples_per_scrape']:.0f} / {result['worker_samples_per_scrape']:.0f} |",
     ]
-    hundred = per_hundred(result)
-    lines += [
-        f"| spans/s per 100 requests/s | {hundred['spans_per_s']:.0f} |",
-        f"| span bytes/s per 100 requests/s (OTLP, gzip) | {hundred['span_bytes_per_s']:.0f} |",
-        f"| log lines/s per 100 requests/s | {hundred['log_lines_per_s']:.0f} |",
-        f"| log bytes/s per 100 requests/s (Loki push, gzip) | {hundred['log_bytes_per_s']:.0f} |",
-    ]
-    if "prometheus_per_series" in result:
-        cost = result["prometheus_per_series"]
+    for key, rates in sorted(per_hundred(result).items()):
         lines.append(
-            f"| Prometheus resident bytes per head series ({cost['targets']} targets) | "
-            f"{cost['bytes_per_series']:.0f} |"
+            f"| {key}, per 100 shop requests/s: items/s, bytes/s (gzip; plain) | "
+            f"{rates['items']:.0f}, {rates['bytes']:.0f} ({rates['plain_bytes']:.0f}) |"
         )
+    cost = result["prometheus_per_series"]
+    lines.append(
+        f"| Prometheus resident bytes per head series ({cost['targets']} targets) | "
+        f"{cost['bytes_per_series']:.0f} |"
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warmup", type=float, default=90, help="seconds before the window")
-    parser.add_argument("--window", type=float, default=120, help="seconds measured")
+    parser.add_argument(
+        "--window", type=float, default=120, help="seconds measured (a multiple of 60)"
+    )
     parser.add_argument("--targets", type=int, default=40, help="targets for bytes/series")
     parser.add_argument("--settle", type=float, default=60, help="seconds per Prometheus run")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="sightline-fleet-") as tmp:
-        result = measure_demo(args, Path(tmp))
+    if args.targets < 2:
+        parser.error("--targets must be at least 2")
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)  # cleaned up as on any other exit
+    work = Path(tempfile.mkdtemp(prefix="sightline-fleet-"))
+    try:
+        result = measure_demo(args, work)
+    except BaseException:
+        print(f"fleet: the run failed; its processes' logs are in {work}", file=sys.stderr)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
     result["window_s"] = args.window
+    result["machine"] = machine()
     result["per_100_requests_per_s"] = per_hundred(result)
     print(json.dumps(result, indent=2) if args.json else markdown(result))
 
