@@ -31,7 +31,7 @@ pytestmark = pytest.mark.stack
 ROOT = Path(__file__).resolve().parent.parent
 RULE_FILES = [
     ROOT / "alerts" / f"{name}.rules.yml"
-    for name in ("http", "saturation", "workers", "dependencies", "scaling", "targets")
+    for name in ("http", "saturation", "workers", "dependencies", "scaling")
 ]
 
 #: Seconds of history written into the TSDB before Prometheus starts, so that every
@@ -59,7 +59,6 @@ def web(in_flight: float, cpu: float, pool_used: float) -> Replica:
     pool = 'db_system_name="postgresql",db_client_connection_pool_name="default"'
     return Replica(
         gauges={
-            "sightline_metrics_server_up": 1,  # what makes its job a service to the rules
             "http_server_worker_capacity": 4,
             # A sample, as a sync worker's scrape reads it: the rules do not use it.
             "http_server_active_requests": 0,
@@ -88,7 +87,6 @@ def worker(backlog: float, done: float, duration: float, cpu: float) -> Replica:
     finished = f'{task},task_name="send",task_outcome="success"'
     return Replica(
         gauges={
-            "sightline_metrics_server_up": 1,
             'worker_capacity{task_system="celery"}': 4,
             # A sample, which the rules do not use: the busy counter says how busy.
             'worker_tasks_active{task_system="celery"}': 0,
