@@ -51,6 +51,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from suites.common import free_port
+
 #: Components the demo runs here without; the receiver stands where two of them would be.
 WITHOUT = ("loki", "tempo", "collector", "grafana")
 #: Series Prometheus adds to each target it scrapes (up, scrape_duration_seconds, ...).
@@ -390,15 +392,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def own_metric(url: str, name: str) -> float:
