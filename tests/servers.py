@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sightline_appliance.doctor import MARKER, MARKER_VALUE
 from sightline_appliance.stack import BY_NAME, processes
 
 from .helpers import free_port
@@ -100,15 +101,23 @@ def prometheus(
     rule_files: Sequence[Path] = (),
     flavour: str = "installed",
     alertmanager: str = "",
+    services: bool = True,
 ) -> Iterator[Prometheus]:
     """Start a real Prometheus (of ``flavour``, see :data:`FLAVOURS`) scraping ``targets``
     (job -> host:port) every second and evaluating ``rule_files`` every second, sending
-    its alerts to ``alertmanager`` (host:port) if given, resent every second."""
+    its alerts to ``alertmanager`` (host:port) if given, resent every second. With
+    ``services`` the targets are labelled application services as the stack's `apps`
+    job labels them."""
     exe = binary(*BY_NAME["prometheus"].binaries, flavour=flavour)
     port = free_port()
     config = tmp_path / "prometheus.yml"
+    relabel = (
+        f"    relabel_configs:\n      - target_label: {MARKER}\n"
+        f"        replacement: {MARKER_VALUE}\n"
+    )
     jobs = "".join(
         f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
+        + (relabel if services else "")
         for job, target in targets.items()
     )
     rules = "".join(f"  - {path}\n" for path in rule_files)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sightline_appliance.doctor import MARKER, MARKER_VALUE
 
 from .servers import FLAVOURS, binary
 
@@ -256,3 +257,23 @@ def test_runbook_anchors_and_recording_rules_are_in_the_docs() -> None:
     for rule in rules():
         if "record" in rule:
             assert f"`{rule['record']}`" in page, f"{rule['record']} is not in docs/alerts.md"
+
+
+def test_metrics_other_exporters_serve_too_are_read_from_services_only() -> None:
+    """Every selector of `up` and `process_open_fds` in the rules (metrics every exporter
+    or many serve) carries the service label the stack's scrape config and the Kubernetes
+    monitors set and `sightline doctor` checks, so a cluster's or the stack's own jobs
+    are never taken for services; and the label is named nowhere else by another value."""
+    marker = f'{MARKER}="{MARKER_VALUE}"'
+    found = 0
+    for rule in rules():
+        expr = rule["expr"]
+        for metric in ("up", "process_open_fds"):
+            for selector in re.finditer(rf"\b{metric}\b(\{{[^}}]*\}})?", expr):
+                if selector.start() and expr[selector.start() - 1] in ":_":
+                    continue  # part of a longer name
+                assert marker in (selector.group(1) or ""), (rule.get("record"), expr)
+                found += 1
+        values = re.findall(rf'\b{MARKER}\s*!?=~?\s*"([^"]*)"', expr)
+        assert set(values) <= {MARKER_VALUE}, expr
+    assert found >= 6

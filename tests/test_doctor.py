@@ -166,6 +166,34 @@ def test_closed_port_is_an_error_and_a_skewed_clock_a_warning(
     assert "--prometheus URL" in found["prometheus"]["fix"]
 
 
+def test_a_service_scraped_without_the_service_label_is_a_warning_naming_the_relabelling(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """A Prometheus that scrapes the service with a scrape config lacking the
+    sightline="service" relabelling (its targets up and scraped) makes the prometheus
+    check a warning that names the label, the alerts the service misses and the
+    relabelling to add; exit code 1."""
+    otlp, loki = backends
+    port = free_port()
+    env = {"SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{port}"}
+    with (
+        gunicorn("tests.apps.flask_app:app", env, [], tmp_path),
+        prometheus(tmp_path, {"shop": f"127.0.0.1:{port}"}, services=False) as prom,
+    ):
+        assert wait_until(lambda: _up(prom, "shop"), timeout=20)
+        code, found, text = doctor(settings(otlp, loki, port), "--prometheus", prom.url)
+    assert code == 1, text
+    assert found["prometheus"]["status"] == "warning", text
+    message, fix = found["prometheus"]["message"], found["prometheus"]["fix"]
+    assert f'scrapes http://127.0.0.1:{port}/metrics without the label sightline="service"' in (
+        message
+    )
+    assert "no SightlineServiceDown, no replica count" in message
+    assert "target_label: sightline, replacement: service" in fix
+    others = {name: f["status"] for name, f in found.items() if name != "prometheus"}
+    assert set(others.values()) == {"ok"}, text
+
+
 def test_an_invalid_setting_is_an_error_naming_it() -> None:
     """A setting that does not parse is the one error reported, naming the variable and
     the bad value; exit code 2."""

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from sightline_appliance import hints as _hints
+from sightline_appliance.doctor import MARKER, MARKER_VALUE
 from sightline_appliance.stack import BY_NAME
 
 from .helpers import free_port, wait_until
@@ -170,7 +171,8 @@ def backfill(
             # when its first sample is within 1.1 mean intervals of it.
             for at in range(int(now - HISTORY), int(now)):
                 for series, value in replica.samples(at, start).items():
-                    labelled = _label(series, job=job, instance=exporter.address)
+                    where = {"job": job, "instance": exporter.address, MARKER: MARKER_VALUE}
+                    labelled = _label(series, **where)
                     lines.setdefault(series.partition("{")[0], []).append(
                         f"{labelled} {value!r} {at}"
                     )
@@ -213,7 +215,8 @@ def prom(
         jobs = "".join(
             f"  - job_name: {job}\n    static_configs:\n      - targets: "
             + json.dumps([e.address for e, _ in targets])
-            + "\n"
+            + f"\n    relabel_configs:\n      - target_label: {MARKER}\n"
+            + f"        replacement: {MARKER_VALUE}\n"
             for job, targets in exporters.items()
         )
         config = tmp / "prometheus.yml"

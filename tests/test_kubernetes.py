@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from sightline_appliance import rules
+from sightline_appliance.doctor import MARKER, MARKER_VALUE
 
 from .schemas import (
     APPS_V1,
@@ -208,7 +209,8 @@ def test_scrape_job_service_name_and_scaling_query_agree() -> None:
     ScaledObject's job; their selectors match the pod (and the Service), and under
     app-servicemonitor the PodMonitor's does not, so no target is scraped twice; the
     scraped port is the container port SIGHTLINE_METRICS_ADDR listens on, on every
-    interface, a valid port with a valid name; the ScaledObject scales this Deployment."""
+    interface, a valid port with a valid name; both monitors label their targets as the
+    rules' services; the ScaledObject scales this Deployment."""
     objects = {d["kind"]: d for d in rendered("app")}
     other = {d["kind"]: d for d in rendered("app-servicemonitor")}
     objects.update(Service=other["Service"], ServiceMonitor=other["ServiceMonitor"])
@@ -223,6 +225,9 @@ def test_scrape_job_service_name_and_scaling_query_agree() -> None:
         spec = objects[monitor]["spec"]
         assert objects[monitor]["metadata"]["labels"] == {"release": "kube-prometheus-stack"}
         assert [e["port"] for e in spec[endpoints]] == ["metrics"]
+        # Their targets are services to the rules, as the stack's `apps` job's are.
+        marker = {"targetLabel": MARKER, "replacement": MARKER_VALUE}
+        assert [e["relabelings"] for e in spec[endpoints]] == [[marker]]
         label = spec["jobLabel"]
         owner = pod if monitor == "PodMonitor" else objects["Service"]
         assert owner["metadata"]["labels"][label] == env["SIGHTLINE_SERVICE"]

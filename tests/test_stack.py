@@ -19,6 +19,7 @@ import psutil
 import pytest
 import yaml
 from sightline_appliance.demo.load import Plan, pick
+from sightline_appliance.doctor import MARKER, MARKER_VALUE
 from sightline_appliance.stack import BY_NAME, Stack, processes, python_command
 from sightline_appliance.stack.native import (
     COMPOSE_DIR,
@@ -487,8 +488,12 @@ def test_native_prometheus_config_passes_promtool_and_skips_absent_services(
         {"targets": ["127.0.0.1:9464"], "labels": {"job": "checkout"}}
     ]
     config = yaml.safe_load(path.read_text())
-    jobs = {job["job_name"] for job in config["scrape_configs"]}
-    assert jobs == {"apps", "prometheus", "alertmanager"}
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"apps", "prometheus", "alertmanager"}
+    # Only the apps' targets are labelled services (the rules select the label).
+    marker = {"target_label": MARKER, "replacement": MARKER_VALUE}
+    assert jobs["apps"]["relabel_configs"] == [marker]
+    assert "relabel_configs" not in jobs["prometheus"]
     managers = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert managers == [f"127.0.0.1:{native.port('alertmanager', 9093)}"]
     assert config["rule_files"] == [str((ROOT / "alerts").resolve()) + "/*.rules.yml"]

@@ -39,6 +39,9 @@ OK, WARNING, ERROR = "ok", "warning", "error"
 _RANK = {OK: 0, WARNING: 1, ERROR: 2}
 #: Clock differences below this are Date headers' one-second resolution and network time.
 SKEW_WARNING = 5.0
+#: The target label that makes a scrape job's targets an application service to the
+#: rules (targets.rules.yml), set by the stack's `apps` job and the Kubernetes monitors.
+MARKER, MARKER_VALUE = "sightline", "service"
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,17 @@ class Doctor:
                 f"{where} cannot scrape {target.get('scrapeUrl')}: "
                 f"{target.get('lastError') or target.get('health')}",
                 "start the app, or make the target's address its SIGHTLINE_METRICS_ADDR",
+            )
+        unmarked = [t for t in ours if t.get("labels", {}).get(MARKER) != MARKER_VALUE]
+        if unmarked:
+            return Finding(
+                "prometheus",
+                WARNING,
+                f"{where} scrapes {unmarked[0].get('scrapeUrl')} without the label "
+                f'{MARKER}="{MARKER_VALUE}": the target and scaling rules do not take '
+                f"{service!r} for a service (no SightlineServiceDown, no replica count)",
+                f"add to its scrape config `relabel_configs: [{{target_label: {MARKER}, "
+                f"replacement: {MARKER_VALUE}}}]` (docs/alerts.md)",
             )
         ages = [_age(t.get("lastScrape", "")) for t in ours]
         known = [age for age in ages if age is not None]

@@ -77,6 +77,9 @@ here, named after it, for example `checkout.yml`:
 - **Several processes or hosts** of one service go in the same file:
   `targets: ["127.0.0.1:9464", "10.0.0.6:9464"]`. The workers of one gunicorn or Celery
   master share one port: one target.
+- **Every target here is a service** to the alerts and scaling hints: Prometheus labels
+  it `sightline="service"` (the `apps` job's relabelling), a label you will see on its
+  series.
 
 Prometheus notices new, changed and deleted files within seconds, without a restart. The
 new job shows on {prometheus}/targets.
