@@ -283,3 +283,32 @@ def test_logs_switched_off_by_opentelemetry_are_not_tested_against_loki() -> Non
         _code, found, _text = doctor({**env, switch: value})
         assert found["logs"]["status"] == "ok"
         assert f"not shipped ({switch}={value})" in found["logs"]["message"]
+
+
+def test_a_damaged_native_stack_state_is_said_once_and_the_defaults_named(
+    tmp_path: Path,
+) -> None:
+    """When the native stack's state file cannot be read, `sightline doctor` and `sightline
+    hints` say so once on standard error, naming the file and the option that names the
+    server, and then use the compose stack's address instead of failing."""
+    state = tmp_path / "sightline" / "stack" / "stack.json"
+    state.parent.mkdir(parents=True)
+    state.write_text("{not json")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SIGHTLINE_", "OTEL_"))}
+    env = {
+        **base,
+        "XDG_STATE_HOME": str(tmp_path),
+        "SIGHTLINE_SERVICE": "shop",
+        "SIGHTLINE_METRICS_ADDR": "off",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        "SIGHTLINE_LOKI_URL": f"http://127.0.0.1:{free_port()}",
+    }
+    for command in (["doctor", "--json"], ["hints"]):
+        result = subprocess.run(
+            [*launcher(), *command], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
+        )
+        said = [line for line in result.stderr.splitlines() if str(state) in line]
+        assert len(said) == 1, result.stderr
+        assert "is damaged" in said[0]
+        assert "--prometheus" in said[0]
+        assert "http://127.0.0.1:9090" in result.stdout + result.stderr, result

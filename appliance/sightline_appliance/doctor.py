@@ -17,6 +17,7 @@ import json
 import os
 import re
 import socket
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -33,7 +34,7 @@ from sightline._export import PushError
 from sightline._settings import ConfigError, Settings
 from sightline._store import Refused, Store
 
-from .stack import Stack, default_dir
+from .stack import Stack, StackError, default_dir
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 _RANK = {OK: 0, WARNING: 1, ERROR: 2}
@@ -469,9 +470,8 @@ def _seconds(duration: str) -> float | None:
 
 def _targets_hint(prometheus: str) -> str:
     """Where the native stack's targets directory is, when ``prometheus`` is its."""
-    try:
-        stack = Stack(default_dir())
-    except Exception:
+    stack = _native_stack()
+    if stack is None:
         return ""
     port = stack.ports.get("prometheus:9090")
     if port and urllib.parse.urlsplit(prometheus).port == port:
@@ -501,20 +501,37 @@ def default_rules_url() -> str:
 
 
 def _longterm() -> bool:
-    try:
-        return Stack(default_dir()).longterm
-    except Exception:
-        return False
+    stack = _native_stack()
+    return stack is not None and stack.longterm
 
 
 def default_url(service: str, port: int) -> str:
     """The native stack's ``service`` (listening on ``port`` in compose) if one was set up
     here, else ``port`` on this machine."""
-    try:
-        port = Stack(default_dir()).ports.get(f"{service}:{port}", port)
-    except Exception:
-        pass
+    stack = _native_stack()
+    if stack is not None:
+        port = stack.ports.get(f"{service}:{port}", port)
     return f"http://127.0.0.1:{port}"
+
+
+_unreadable: set[str] = set()
+
+
+def _native_stack() -> Stack | None:
+    """The native stack's state in the default directory (empty when none was set up),
+    or None when it cannot be read: said once on standard error, since the defaults then
+    taken may not be where that stack listens."""
+    try:
+        return Stack(default_dir())
+    except (StackError, OSError) as exc:
+        if str(exc) not in _unreadable:
+            _unreadable.add(str(exc))
+            print(
+                f"sightline: {exc}. Its ports are unknown: using the compose stack's "
+                "defaults on 127.0.0.1; name the server with --prometheus (or --alertmanager)",
+                file=sys.stderr,
+            )
+        return None
 
 
 def worst(findings: list[Finding]) -> int:
