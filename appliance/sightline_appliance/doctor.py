@@ -235,7 +235,9 @@ class Doctor:
                 f'{MARKER}="{MARKER_VALUE}": the target and scaling rules do not take '
                 f"{service!r} for a service (no SightlineServiceDown, no replica count)",
                 f"add to its scrape config `relabel_configs: [{{target_label: {MARKER}, "
-                f"replacement: {MARKER_VALUE}}}]` (docs/alerts.md)",
+                f"replacement: {MARKER_VALUE}}}]`, or to its PodMonitor or ServiceMonitor "
+                f"endpoint `relabelings: [{{targetLabel: {MARKER}, replacement: "
+                f"{MARKER_VALUE}}}]` (docs/alerts.md)",
             )
         ages = [_age(t.get("lastScrape", "")) for t in ours]
         known = [age for age in ages if age is not None]

@@ -298,7 +298,8 @@ def main(
     if not hints:
         err(
             f"sightline hints: no service reports to Prometheus at {prometheus} yet "
-            f"(no {ACTUAL} series: are Sightline's rules loaded and the services scraped?)"
+            f"(no {ACTUAL} series: are Sightline's rules loaded, and the services scraped "
+            'with their targets labelled sightline="service"?)'
         )
         return 1
     if not as_json:
