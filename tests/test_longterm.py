@@ -171,6 +171,46 @@ def test_vmalert_accepts_every_rule_file_and_refuses_a_broken_one(tmp_path: Path
     assert "a:b:c" in bad.stderr
 
 
+def test_status_gives_the_store_and_ruler_versions_even_when_the_binary_prints_none(
+    tmp_path: Path,
+) -> None:
+    """`stack status --longterm` gives VictoriaMetrics' and vmalert's version: the
+    binary's own, or, when it prints none (Debian's build), that of the Debian package
+    that installed it, saying so, and warns when compose pins another."""
+    command = ["stack", "status", "--longterm", "--dir", str(tmp_path)]
+    result = subprocess.run(
+        [sys.executable, "-m", "sightline.cli", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    compose = load_compose(COMPOSE_FILE, LONGTERM_FILE)
+    for service in ("victoriametrics", "vmalert"):
+        exe = binary(*BY_NAME[service].binaries)
+        line = re.search(rf"^{service} .*\n\s+(.*)$", result.stdout, re.M)
+        assert line is not None, result.stdout
+        own = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10)
+        said = re.search(r"(\d+\.\d+\.\d+)", own.stdout + own.stderr)
+        if said is None:
+            query = ["dpkg-query", "-W", "-f=${Version}", "victoria-metrics"]
+            package = subprocess.run(query, capture_output=True, text=True, check=True)
+            found = re.match(r"(?:\d+:)?(\d+\.\d+\.\d+)", package.stdout)
+            assert found is not None, package.stdout
+            version = found.group(1)
+            expected = f"version {version} (its package's: {exe} --version says none"
+        else:
+            version = said.group(1)
+            expected = f"version {version}"
+        assert line.group(1).startswith(expected), line.group(1)
+        pinned = compose["services"][service]["image"].partition(":v")[2]
+        if version == pinned:
+            assert "as compose pins" in line.group(1), line.group(1)
+        else:
+            assert f"WARNING: compose pins {pinned}, behaviour may differ" in line.group(1)
+
+
 def test_longterm_refuses_to_run_without_its_store_or_ruler(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -558,13 +559,20 @@ class Stack:
 
     def _version_line(self, service: str, binary: str) -> str:
         """The binary's version, and a warning when compose runs another one."""
-        have = binary_version(binary)
-        pinned = pinned_version(self.compose, service)
+        have, notes = binary_version(binary), []
+        if have is None:
+            # Some distribution builds print an empty version (Debian's VictoriaMetrics).
+            have = package_version(binary)
+            notes.append(f"its package's: {binary} --version says none")
         if have is None:
             return f"version unknown ({binary} --version said none)"
+        pinned = pinned_version(self.compose, service)
+        if have == pinned:
+            notes.insert(0, "as compose pins")
+        line = f"version {have}" + (f" ({'; '.join(notes)})" if notes else "")
         if pinned is None or have == pinned:
-            return f"version {have}" + (" (as compose pins)" if pinned else "")
-        warning = f"version {have}; WARNING: compose pins {pinned}, behaviour may differ"
+            return line
+        warning = f"{line}; WARNING: compose pins {pinned}, behaviour may differ"
         if service in BUILT:
             return warning + " (compose/build-binaries builds the pinned one)"
         if service in ("loki", "tempo", "grafana"):
@@ -596,6 +604,31 @@ def binary_version(binary: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     match = _VERSION.search(result.stdout + result.stderr)
+    return match.group(1) if match else None
+
+
+def package_version(binary: str) -> str | None:
+    """``X.Y.Z`` of the Debian package that installed ``binary``, if one did."""
+    try:
+        path = os.path.realpath(shutil.which(binary) or binary)
+        owner = subprocess.run(
+            ["dpkg-query", "-S", path], capture_output=True, text=True, timeout=10, check=False
+        )
+        package = owner.stdout.partition(":")[0].strip()
+        if owner.returncode != 0 or not package or "," in package:
+            return None
+        version = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", package],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    # Debian's version: [epoch:]upstream[-revision]; the upstream part is compose's tag.
+    upstream = version.stdout.rpartition(":")[2] if version.returncode == 0 else ""
+    match = _VERSION.match(upstream)
     return match.group(1) if match else None
 
 
