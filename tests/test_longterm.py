@@ -34,7 +34,17 @@ from sightline_appliance.stack.native import (
 
 from .helpers import free_port, wait_until
 from .receivers import Backend
-from .servers import ROOT, Prometheus, binary, celery_worker, gunicorn, process, prometheus
+from .servers import (
+    ROOT,
+    Prometheus,
+    alertmanager,
+    binary,
+    celery_worker,
+    gunicorn,
+    process,
+    prometheus,
+    started,
+)
 from .test_dashboards import (
     MAY_BE_EMPTY,
     PRODUCER,
@@ -169,6 +179,38 @@ def test_vmalert_accepts_every_rule_file_and_refuses_a_broken_one(tmp_path: Path
     bad = subprocess.run([exe, "-dryRun", f"-rule={broken}"], capture_output=True, text=True)
     assert bad.returncode != 0
     assert "a:b:c" in bad.stderr
+
+
+def test_alerts_reads_a_quiet_vmalert_as_no_alerts_not_as_an_error(tmp_path: Path) -> None:
+    """`sightline alerts` against a vmalert with no active alert (Debian 12's answers
+    `"alerts": null` there, newer ones an empty list) shows no alert and no error, as for
+    a quiet Prometheus."""
+    rules = tmp_path / "quiet.rules.yml"
+    rules.write_text(
+        "groups:\n  - name: quiet\n    rules:\n      - alert: Never\n        expr: vector(1) == 0\n"
+    )
+    port = free_port()
+    for part in ("p", "a"):
+        (tmp_path / part).mkdir()
+    with (
+        prometheus(tmp_path / "p", {}) as prom,
+        alertmanager(tmp_path / "a", ROOT / "alerts" / "alertmanager.yml") as manager,
+    ):
+        argv = [
+            binary(*BY_NAME["vmalert"].binaries),
+            f"-rule={rules}",
+            f"-datasource.url={prom.url}",
+            f"-notifier.url={manager}",
+            f"-httpListenAddr=127.0.0.1:{port}",
+            "-evaluationInterval=1s",
+        ]
+        url = f"http://127.0.0.1:{port}"
+        with started("vmalert", argv, tmp_path, f"{url}/health"):
+            with urllib.request.urlopen(f"{url}/api/v1/alerts", timeout=5) as response:
+                assert json.load(response)["data"]["alerts"] in (None, [])
+            found = alerts.read(url, manager)
+    assert found.errors == []
+    assert (found.pending, found.firing) == ([], [])
 
 
 def test_status_gives_the_store_and_ruler_versions_even_when_the_binary_prints_none(

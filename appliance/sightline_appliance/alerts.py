@@ -52,11 +52,9 @@ def read(prometheus: str, alertmanager: str, timeout: float = 3.0) -> Alerts:
     found = Alerts()
     rules: list[Mapping[str, Any]] = []
     try:
-        rules = [
-            a
-            for a in get_json(f"{prometheus}/api/v1/alerts", timeout)["data"]["alerts"]
-            if isinstance(a, dict) and isinstance(a.get("labels"), dict)
-        ]
+        # vmalert before 1.79.14 (Debian 12's) answers null when no alert is active.
+        active = get_json(f"{prometheus}/api/v1/alerts", timeout)["data"]["alerts"] or []
+        rules = [a for a in active if isinstance(a, dict) and isinstance(a.get("labels"), dict)]
     except API_FAILURES as exc:
         found.errors.append(f"Prometheus at {prometheus} did not answer as expected: {exc!r}")
     found.pending = _grouped(a for a in rules if a.get("state") == "pending")
