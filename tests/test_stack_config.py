@@ -353,6 +353,24 @@ def test_objectstore_settings_come_from_the_environment_compose_sets(service: st
         assert re.search(rf"^# {variable}=", example, re.M), variable
 
 
+@pytest.mark.parametrize("service", ["loki", "tempo"])
+def test_objectstore_settings_survive_any_characters_a_secret_may_hold(service: str) -> None:
+    """Expanded as Loki and Tempo expand them (-config.expand-env: each ${VAR} replaced by
+    its text before the YAML is parsed), settings holding YAML's special characters
+    (a MinIO secret like `*a: b #c`) parse to exactly the text given, and `insecure` to a
+    boolean."""
+    text = (COMPOSE_DIR / service / f"{service}-s3.yml").read_text()
+    used = set(re.findall(r"\$\{(\w+)\}", text)) - {"SIGHTLINE_S3_INSECURE"}
+    values = {name: f"*{name}: x #y&!%@[{{/+=" for name in used}
+    values["SIGHTLINE_S3_INSECURE"] = "true"
+    config = yaml.safe_load(re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], text))
+    storage = config["common"]["storage"] if service == "loki" else config["storage"]["trace"]
+    s3 = dict(storage["s3"])
+    assert s3.pop("insecure") is True
+    s3.pop("s3forcepathstyle" if service == "loki" else "forcepathstyle")
+    assert sorted(s3.values()) == sorted(values[name] for name in used)
+
+
 def test_schema_check_rejects_a_key_the_spec_does_not_define(tmp_path: Path) -> None:
     """The schema check fails on a misspelt service key, so a pass above means something."""
     bad = tmp_path / "docker-compose.yml"
