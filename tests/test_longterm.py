@@ -158,6 +158,26 @@ def test_merge_replaces_commands_and_merges_environment_and_mounts_by_key() -> N
         first = {"services": {"a": {key: value}}}
         with pytest.raises(ValueError, match=rf"services\.a\.{key}: a layer may not"):
             merge_compose(first, {"services": {"a": {key: value}}})
+    # Top-level keys it does not merge (networks, secrets, configs) are refused, not
+    # dropped; a service given with no keys changes nothing; x- fields are YAML anchors.
+    for key in ("networks", "secrets", "configs"):
+        with pytest.raises(ValueError, match=rf"^{key}: a layer may not add them here"):
+            merge_compose(base, {key: {"n": {}}, "services": {}})
+    same = merge_compose(base, {"x-s3": {"K": "1"}, "services": {"a": None}})
+    assert same["services"] == base["services"]
+
+
+def test_a_layer_the_merge_cannot_read_is_refused_naming_it(tmp_path: Path) -> None:
+    """A layer using compose's own YAML tags (!reset, !override), which this merge does not
+    implement, or adding networks, is an error naming the file, not a partial merge."""
+    tagged = tmp_path / "tagged.yml"
+    tagged.write_text("services:\n  prometheus:\n    ports: !reset []\n")
+    with pytest.raises(ValueError, match=rf"^{tagged}: not YAML this merge reads"):
+        load_compose(COMPOSE_FILE, tagged)
+    networked = tmp_path / "networked.yml"
+    networked.write_text("networks:\n  outside: {external: true}\n")
+    with pytest.raises(ValueError, match=rf"^{networked}: networks: a layer may not add"):
+        load_compose(COMPOSE_FILE, networked)
 
 
 def test_vmalert_accepts_every_rule_file_and_refuses_a_broken_one(tmp_path: Path) -> None:

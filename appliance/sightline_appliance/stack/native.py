@@ -95,10 +95,16 @@ def load_compose(path: Path = COMPOSE_FILE, *layers: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
         raise ValueError(f"{path}: no services")
     for layer in layers:
-        extra = yaml.safe_load(layer.read_text())
+        try:
+            extra = yaml.safe_load(layer.read_text())
+        except yaml.YAMLError as exc:  # compose's own tags (!reset, !override) among them
+            raise ValueError(f"{layer}: not YAML this merge reads: {exc}") from None
         if not isinstance(extra, dict):
             raise ValueError(f"{layer}: not a compose file")
-        data = merge_compose(data, extra)
+        try:
+            data = merge_compose(data, extra)
+        except ValueError as exc:
+            raise ValueError(f"{layer}: {exc}") from None
     return data
 
 
@@ -109,11 +115,19 @@ def merge_compose(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str
     and top-level volumes are added. Any other list or mapping a layer gives a service
     that already has it (``ports``, ``healthcheck``: compose merges each its own way) is
     refused rather than merged differently."""
+    unknown = sorted(
+        k for k in layer if k not in ("services", "volumes", "name") and not str(k).startswith("x-")
+    )
+    if unknown:
+        raise ValueError(
+            f"{', '.join(map(str, unknown))}: a layer may not add them here (only services, "
+            "volumes and x- extension fields)"
+        )
     merged = dict(base)
-    services = {name: dict(service) for name, service in base["services"].items()}
+    services = {name: dict(service or {}) for name, service in base["services"].items()}
     for name, extra in (layer.get("services") or {}).items():
         service = services.setdefault(name, {})
-        for key, value in extra.items():
+        for key, value in (extra or {}).items():
             if key == "environment":
                 service[key] = {**environment(service), **environment({key: value})}
             elif key == "depends_on":
