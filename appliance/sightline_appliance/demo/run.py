@@ -21,6 +21,7 @@ from types import FrameType
 from ..stack import (
     BY_NAME,
     DEMO,
+    LONGTERM_NEEDS,
     Out,
     Stack,
     StackError,
@@ -186,10 +187,17 @@ def demo(
         start_demo(stack, launched)
         # The view reads the rules' series too: under --longterm they are in the store.
         native = stack.native()
-        if stack.longterm and "victoriametrics" in stack.running():
-            prometheus = native.url("victoriametrics", 8428)
-        else:
-            prometheus = native.url("prometheus", 9090)
+        prometheus = native.url("prometheus", 9090)
+        if stack.longterm:
+            missing = [name for name in LONGTERM_NEEDS if name not in stack.running()]
+            if missing:
+                # up has printed why; without them the view has no rules' series to show.
+                out(
+                    f"sightline demo --longterm: {' and '.join(missing)} not running (above), "
+                    "so no rule runs: the view shows no hints and no pending alerts"
+                )
+            else:
+                prometheus = native.url("victoriametrics", 8428)
         out("")
         out("\n".join(urls(stack)))
         out("")
