@@ -261,16 +261,16 @@ def test_status_gives_the_store_and_ruler_versions_even_when_the_binary_prints_n
             found = re.match(r"(?:\d+:)?(\d+\.\d+\.\d+)", package.stdout)
             assert found is not None, package.stdout
             version = found.group(1)
-            expected = f"version {version} (its package's: {exe} --version says none"
+            source = f"its package's: {exe} --version says none"
         else:
-            version = said.group(1)
-            expected = f"version {version}"
-        assert line.group(1).startswith(expected), line.group(1)
+            version, source = said.group(1), ""
         pinned = compose["services"][service]["image"].partition(":v")[2]
-        if version == pinned:
-            assert "as compose pins" in line.group(1), line.group(1)
-        else:
-            assert f"WARNING: compose pins {pinned}, behaviour may differ" in line.group(1)
+        notes = ["as compose pins"] if version == pinned else []
+        notes += [source] if source else []
+        expected = f"version {version}" + (f" ({'; '.join(notes)})" if notes else "")
+        if version != pinned:
+            expected += f"; WARNING: compose pins {pinned}, behaviour may differ"
+        assert line.group(1) == expected, line.group(1)
 
 
 def test_longterm_refuses_to_run_without_its_store_or_ruler(

@@ -525,12 +525,15 @@ def _native_stack() -> Stack | None:
     taken may not be where that stack listens."""
     try:
         return Stack(default_dir())
-    except (StackError, OSError) as exc:
+    except Exception as exc:  # a damaged state file, whatever its damage
         if str(exc) not in _unreadable:
             _unreadable.add(str(exc))
+            state = default_dir() / "stack.json"
+            cause = str(exc) if isinstance(exc, StackError) else f"{state} is damaged ({exc})"
             print(
-                f"sightline: {exc}. Its ports are unknown: using the compose stack's "
-                "defaults on 127.0.0.1; name the server with --prometheus (or --alertmanager)",
+                f"sightline: {cause}. The native stack's ports are unknown: using the compose "
+                "stack's defaults on 127.0.0.1; name the server with --prometheus "
+                "(or --alertmanager)",
                 file=sys.stderr,
             )
         return None

@@ -609,20 +609,26 @@ def binary_version(binary: str) -> str | None:
 
 def package_version(binary: str) -> str | None:
     """``X.Y.Z`` of the Debian package that installed ``binary``, if one did."""
+    found = shutil.which(binary) or binary
+    package = ""
     try:
-        path = os.path.realpath(shutil.which(binary) or binary)
-        owner = subprocess.run(
-            ["dpkg-query", "-S", path], capture_output=True, text=True, timeout=10, check=False
-        )
-        package = owner.stdout.partition(":")[0].strip()
-        if owner.returncode != 0 or not package or "," in package:
+        # The path as found and as resolved: dpkg knows one of them (merged /usr).
+        for path in dict.fromkeys((found, os.path.realpath(found))):
+            owner = subprocess.run(
+                ["dpkg-query", "-S", path], capture_output=True, text=True, timeout=10
+            )
+            # The last line names the owner ("diversion by ..." lines come first).
+            lines = owner.stdout.strip().splitlines()
+            if owner.returncode == 0 and lines:
+                package = lines[-1].partition(":")[0].strip()
+                break
+        if not package or "," in package:
             return None
         version = subprocess.run(
             ["dpkg-query", "-W", "-f=${Version}", package],
             capture_output=True,
             text=True,
             timeout=10,
-            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None

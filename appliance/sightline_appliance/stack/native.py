@@ -115,13 +115,13 @@ def merge_compose(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str
     and top-level volumes are added. Any other list or mapping a layer gives a service
     that already has it (``ports``, ``healthcheck``: compose merges each its own way) is
     refused rather than merged differently."""
-    unknown = sorted(
-        k for k in layer if k not in ("services", "volumes", "name") and not str(k).startswith("x-")
-    )
+    # `version` is obsolete (compose ignores it); `name` names the compose project.
+    known = ("services", "volumes", "name", "version")
+    unknown = sorted(k for k in layer if k not in known and not str(k).startswith("x-"))
     if unknown:
         raise ValueError(
             f"{', '.join(map(str, unknown))}: a layer may not add them here (only services, "
-            "volumes and x- extension fields)"
+            "volumes, name and x- extension fields)"
         )
     merged = dict(base)
     services = {name: dict(service or {}) for name, service in base["services"].items()}
@@ -156,6 +156,8 @@ def merge_compose(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str
             else:
                 service[key] = value
     merged["services"] = services
+    if layer.get("name"):
+        merged["name"] = layer["name"]
     if layer.get("volumes"):
         merged["volumes"] = {**(base.get("volumes") or {}), **layer["volumes"]}
     return merged
