@@ -7,6 +7,7 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import re
 import ssl
 import subprocess
 import time
@@ -21,6 +22,8 @@ from sightline_appliance import doctor as _doctor
 from .helpers import free_port, wait_until
 from .receivers import Backend
 from .servers import ROOT, Prometheus, gunicorn, launcher, prometheus
+
+RULE_FILES = sorted((ROOT / "alerts").glob("*.rules.yml"))
 
 
 def doctor(env: dict[str, str], *args: str) -> tuple[int, dict[str, dict[str, str]], str]:
@@ -75,16 +78,18 @@ def test_all_ok_when_the_app_is_served_scraped_and_every_backend_accepts(
     env = {"SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{port}"}
     with (
         gunicorn("tests.apps.flask_app:app", env, ["--workers", "2"], tmp_path),
-        prometheus(tmp_path, {"shop": f"127.0.0.1:{port}"}) as prom,
+        prometheus(tmp_path, {"shop": f"127.0.0.1:{port}"}, RULE_FILES) as prom,
     ):
-        assert wait_until(lambda: _up(prom, "shop"), timeout=20)
+        assert wait_until(lambda: _up(prom, "shop") and _ruled(prom), timeout=20)
         code, found, text = doctor(settings(otlp, loki, port), "--prometheus", prom.url)
     assert code == 0, text
     assert {f["status"] for f in found.values()} == {"ok"}, text
     assert set(found) == {
-        "settings", "metrics port", "traces", "logs", "prometheus", "multiprocess", "clock",
-        "packages",
+        "settings", "metrics port", "traces", "logs", "prometheus", "rules", "multiprocess",
+        "clock", "packages",
     }  # fmt: skip
+    groups = len({g for path in RULE_FILES for g in re.findall(r"- name: (\S+)", path.read_text())})
+    assert f"evaluates all {groups} rule groups" in found["rules"]["message"]
     assert "serves this service's metrics" in found["metrics port"]["message"]
     assert f"scrapes http://127.0.0.1:{port}/metrics (up" in found["prometheus"]["message"]
     assert found["clock"]["message"].startswith("within 5 s of 3 backend(s)")
@@ -178,9 +183,9 @@ def test_a_service_scraped_without_the_service_label_is_a_warning_naming_the_rel
     env = {"SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{port}"}
     with (
         gunicorn("tests.apps.flask_app:app", env, [], tmp_path),
-        prometheus(tmp_path, {"shop": f"127.0.0.1:{port}"}, services=False) as prom,
+        prometheus(tmp_path, {"shop": f"127.0.0.1:{port}"}, RULE_FILES, services=False) as prom,
     ):
-        assert wait_until(lambda: _up(prom, "shop"), timeout=20)
+        assert wait_until(lambda: _up(prom, "shop") and _ruled(prom), timeout=20)
         code, found, text = doctor(settings(otlp, loki, port), "--prometheus", prom.url)
     assert code == 1, text
     assert found["prometheus"]["status"] == "warning", text
@@ -203,6 +208,47 @@ def test_an_invalid_setting_is_an_error_naming_it() -> None:
     assert "SIGHTLINE_MAX_SERIES" in found["settings"]["message"]
     assert "'lots'" in found["settings"]["message"]
     assert set(found) == {"settings", "packages"}
+
+
+def _ruled(prom: Prometheus) -> bool:
+    """Prometheus has loaded the rule files it was given."""
+    return bool(prom.get("/api/v1/rules")["groups"])
+
+
+def test_rules_missing_where_they_should_run_are_a_warning_and_rules_names_the_ruler(
+    tmp_path: Path,
+) -> None:
+    """Against a Prometheus that scrapes the app but loads none of Sightline's rules, the
+    rules check is a warning saying what stays empty and how to load them or name the
+    ruler; with --rules naming a Prometheus that runs them (as vmalert would), it is ok;
+    a ruler that lacks some groups is a warning naming them."""
+    port = free_port()
+    env = {
+        "SIGHTLINE_SERVICE": "shop",
+        "SIGHTLINE_METRICS_ADDR": f"127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        "SIGHTLINE_LOKI_URL": f"http://127.0.0.1:{free_port()}",
+    }
+    for name in ("bare", "ruler", "partial"):
+        (tmp_path / name).mkdir()
+    with (
+        prometheus(tmp_path / "bare", {}) as bare,
+        prometheus(tmp_path / "ruler", {}, RULE_FILES) as ruler,
+        prometheus(tmp_path / "partial", {}, RULE_FILES[:1]) as partial,
+    ):
+        assert wait_until(lambda: _ruled(ruler) and _ruled(partial), timeout=20)
+        _, found, _ = doctor(env, "--prometheus", bare.url)
+        rules = found["rules"]
+        assert rules["status"] == "warning", rules
+        assert f"the rules' evaluator at {bare.url} evaluates none of" in rules["message"]
+        assert "recorded panels, the alerts and the hints stay empty" in rules["message"]
+        assert "rule_files" in rules["fix"]
+        assert "--rules URL" in rules["fix"]
+        _, found, _ = doctor(env, "--prometheus", bare.url, "--rules", ruler.url)
+        assert found["rules"]["status"] == "ok", found["rules"]
+        _, found, _ = doctor(env, "--prometheus", bare.url, "--rules", partial.url)
+        assert found["rules"]["status"] == "warning", found["rules"]
+        assert "an older copy of the rule files?" in found["rules"]["message"]
 
 
 def _up(prom: Prometheus, job: str) -> bool:

@@ -4,7 +4,7 @@
 sightline stack up|down|status [--dir DIR] [--port SERVICE:PORT=HOSTPORT ...] [--port-offset N]
                                [--longterm]
 sightline demo [--dir DIR] [--duration SECONDS] [--longterm]
-sightline doctor [--service NAME] [--prometheus URL] [--json]
+sightline doctor [--service NAME] [--prometheus URL] [--rules URL] [--json]
 sightline alerts [--prometheus URL] [--alertmanager URL] [--json]
 sightline rules export --format prometheus|mimir [--out FILE|DIR] [--name NAME]
                        [--namespace NS] [--label KEY=VALUE ...]
@@ -99,7 +99,8 @@ def register(commands: Any) -> None:
         description=(
             "Run from the app's environment (its SIGHTLINE_* and OTEL_* variables): checks "
             "the settings, the metrics port, the OTLP and Loki endpoints (a test write), "
-            "whether Prometheus scrapes the service, the workers' shared directory, the "
+            "whether Prometheus scrapes the service and runs Sightline's rules, the workers' "
+            "shared directory, the "
             "clock and the packages. Exit code 0, 1 or 2: ok, warnings, errors."
         ),
     )
@@ -108,6 +109,11 @@ def register(commands: Any) -> None:
         "--prometheus",
         metavar="URL",
         help="the Prometheus that should scrape the app (default: the native stack's)",
+    )
+    doctor.add_argument(
+        "--rules",
+        metavar="URL",
+        help="what evaluates Sightline's rules, if not that Prometheus (vmalert, a ruler)",
     )
     doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
     doctor.set_defaults(handler=doctor_command)
@@ -266,7 +272,7 @@ def register(commands: Any) -> None:
 
 def doctor_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     overrides = {"service": args.service} if args.service else {}
-    return doctor_main(os.environ, overrides, args.prometheus, args.json)
+    return doctor_main(os.environ, overrides, args.prometheus, args.json, rules=args.rules)
 
 
 def hints_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

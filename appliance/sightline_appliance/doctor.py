@@ -60,6 +60,8 @@ class Doctor:
     prometheus: str
     dates: list[tuple[str, str, float]]  # (backend, its Date header, our time then)
     service: str = ""
+    #: What evaluates Sightline's rules: Prometheus, or vmalert or another ruler.
+    rules: str = ""
 
     def run(self) -> list[Finding]:
         try:
@@ -86,6 +88,7 @@ class Doctor:
             ("traces", self.traces),
             ("logs", self.logs),
             ("prometheus", self.scraped),
+            ("rules", self.rules_loaded),
             ("multiprocess", self.multiprocess_dir),
         )
         for name, check in checks:
@@ -254,6 +257,62 @@ class Doctor:
         ago = f", last {age:.0f} s ago" if age is not None else ""
         return Finding("prometheus", OK, f"{where} scrapes {urls} (up{ago})")
 
+    def rules_loaded(self, settings: Settings) -> Finding:
+        """Every rule group Sightline ships is loaded where the rules run, and none fails:
+        without them the dashboards' recorded panels, the alerts and the hints are empty."""
+        from .rules import RulesError, load_groups
+
+        ruler = self.rules or self.prometheus
+        where = f"the rules' evaluator at {ruler}"
+        fix = (
+            "load Sightline's alerts/*.rules.yml there (rule_files; `sightline rules export` "
+            "for the Prometheus Operator or Mimir), or name the ruler that runs them with "
+            "--rules URL"
+        )
+        try:
+            shipped = [str(g["name"]) for g in load_groups()]
+        except RulesError as exc:
+            return Finding("rules", WARNING, f"this installation's rule files: {exc}")
+        try:
+            data = _get_json(f"{ruler}/api/v1/rules", self.dates)
+            groups = {g["name"]: g for g in data["data"]["groups"] if isinstance(g, dict)}
+        except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException) as exc:
+            return Finding("rules", WARNING, f"no answer from {where}: {exc}", fix)
+        missing = [name for name in shipped if name not in groups]
+        if len(missing) == len(shipped):
+            return Finding(
+                "rules",
+                WARNING,
+                f"{where} evaluates none of Sightline's {len(shipped)} rule groups: the "
+                "dashboards' recorded panels, the alerts and the hints stay empty",
+                fix,
+            )
+        if missing:
+            return Finding(
+                "rules",
+                WARNING,
+                f"{where} lacks {len(missing)} of Sightline's {len(shipped)} rule groups "
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): an older "
+                "copy of the rule files?",
+                "load this version's alerts/*.rules.yml there",
+            )
+        failing = [
+            (rule.get("name", ""), str(rule.get("lastError") or ""))
+            for name in shipped
+            for rule in groups[name].get("rules") or []
+            if isinstance(rule, dict) and (rule.get("lastError") or rule.get("health") == "err")
+        ]
+        if failing:
+            rule, error = failing[0]
+            return Finding(
+                "rules",
+                WARNING,
+                f"{len(failing)} of Sightline's rules fail at {where}, first {rule}: {error}",
+                "see that rule on the evaluator's rules page; a store lacking a function "
+                "or a series name clash is the usual cause",
+            )
+        return Finding("rules", OK, f"{where} evaluates all {len(shipped)} rule groups")
+
 
 # -- checks that need no network
 
@@ -327,7 +386,8 @@ def clock(dates: list[tuple[str, str, float]]) -> Finding:
             "spans and log lines land at the wrong times",
             "synchronise the clocks (NTP: timedatectl set-ntp true)",
         )
-    return Finding("clock", OK, f"within {SKEW_WARNING:.0f} s of {len(skews)} backend(s)")
+    backends = len({backend for _, backend in skews})  # a backend asked twice counts once
+    return Finding("clock", OK, f"within {SKEW_WARNING:.0f} s of {backends} backend(s)")
 
 
 _PACKAGES = (
@@ -560,8 +620,12 @@ def main(
     prometheus: str | None,
     as_json: bool,
     out: Callable[[str], None] = print,
+    rules: str | None = None,
 ) -> int:
-    doctor = Doctor(environ, overrides, prometheus or default_prometheus(), [])
+    # The rules run where the scraping Prometheus is named, unless said otherwise; by
+    # default, the native stack's evaluator (vmalert under --longterm).
+    ruler = rules or prometheus or default_rules_url()
+    doctor = Doctor(environ, overrides, prometheus or default_prometheus(), [], rules=ruler)
     findings = doctor.run()
     code = worst(findings)
     service = doctor.service
