@@ -102,12 +102,13 @@ def prometheus(
     flavour: str = "installed",
     alertmanager: str = "",
     services: bool = True,
+    remote_write: str = "",
 ) -> Iterator[Prometheus]:
     """Start a real Prometheus (of ``flavour``, see :data:`FLAVOURS`) scraping ``targets``
     (job -> host:port) every second and evaluating ``rule_files`` every second, sending
     its alerts to ``alertmanager`` (host:port) if given, resent every second. With
     ``services`` the targets are labelled application services as the stack's `apps`
-    job labels them."""
+    job labels them. With ``remote_write`` (a URL) it remote-writes every series there."""
     exe = binary(*BY_NAME["prometheus"].binaries, flavour=flavour)
     port = free_port()
     config = tmp_path / "prometheus.yml"
@@ -130,6 +131,7 @@ def prometheus(
             if alertmanager
             else ""
         )
+        + (f"remote_write:\n  - url: {remote_write}\n" if remote_write else "")
         + "scrape_configs:\n"
         + jobs
     )

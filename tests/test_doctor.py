@@ -218,10 +218,12 @@ def _ruled(prom: Prometheus) -> bool:
 def test_rules_missing_where_they_should_run_are_a_warning_and_rules_names_the_ruler(
     tmp_path: Path,
 ) -> None:
-    """Against a Prometheus that scrapes the app but loads none of Sightline's rules, the
-    rules check is a warning saying what stays empty and how to load them or name the
-    ruler; with --rules naming a Prometheus that runs them (as vmalert would), it is ok;
-    a ruler that lacks some groups is a warning naming them."""
+    """The rules check, against real Prometheus servers: one that loads none of
+    Sightline's rules is a warning saying what stays empty and how to load them or name
+    the ruler; one that remote-writes and runs no rules (long-term storage) is a warning
+    naming --rules and the stack's vmalert; with --rules naming one that runs them (as
+    vmalert would) it is ok; one lacking some groups is a warning counting them; one whose
+    rule fails at evaluation is a warning naming the rule and the error."""
     port = free_port()
     env = {
         "SIGHTLINE_SERVICE": "shop",
@@ -229,14 +231,30 @@ def test_rules_missing_where_they_should_run_are_a_warning_and_rules_names_the_r
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
         "SIGHTLINE_LOKI_URL": f"http://127.0.0.1:{free_port()}",
     }
-    for name in ("bare", "ruler", "partial"):
+    # One shipped group replaced by one of the same name whose rule cannot be evaluated:
+    # the right side matches two series for the one on the left.
+    broken = tmp_path / "broken.rules.yml"
+    broken.write_text(
+        "groups:\n  - name: sightline.agent.alerts\n    rules:\n"
+        "      - record: broken:rule:sum\n"
+        "        expr: vector(1) * on ()\n"
+        '          (vector(1) or label_replace(vector(1), "a", "b", "", ""))\n'
+    )
+    others = [path for path in RULE_FILES if path.name != "agent.rules.yml"]
+    for name in ("bare", "writer", "ruler", "partial", "failing"):
         (tmp_path / name).mkdir()
+    dead = f"http://127.0.0.1:{free_port()}/api/v1/write"
     with (
         prometheus(tmp_path / "bare", {}) as bare,
+        prometheus(tmp_path / "writer", {}, remote_write=dead) as writer,
         prometheus(tmp_path / "ruler", {}, RULE_FILES) as ruler,
         prometheus(tmp_path / "partial", {}, RULE_FILES[:1]) as partial,
+        prometheus(tmp_path / "failing", {}, [*others, broken]) as failing,
     ):
-        assert wait_until(lambda: _ruled(ruler) and _ruled(partial), timeout=20)
+        evaluated = lambda: any(  # noqa: E731
+            r.get("lastError") for g in failing.get("/api/v1/rules")["groups"] for r in g["rules"]
+        )
+        assert wait_until(lambda: _ruled(ruler) and _ruled(partial) and evaluated(), timeout=20)
         _, found, _ = doctor(env, "--prometheus", bare.url)
         rules = found["rules"]
         assert rules["status"] == "warning", rules
@@ -244,11 +262,24 @@ def test_rules_missing_where_they_should_run_are_a_warning_and_rules_names_the_r
         assert "recorded panels, the alerts and the hints stay empty" in rules["message"]
         assert "rule_files" in rules["fix"]
         assert "--rules URL" in rules["fix"]
+        _, found, _ = doctor(env, "--prometheus", writer.url)
+        assert found["rules"]["status"] == "warning", found["rules"]
+        assert "runs no rules and remote-writes its series" in found["rules"]["message"]
+        assert "--rules URL (the stack's vmalert: http://127.0.0.1:8880)" in found["rules"]["fix"]
         _, found, _ = doctor(env, "--prometheus", bare.url, "--rules", ruler.url)
         assert found["rules"]["status"] == "ok", found["rules"]
         _, found, _ = doctor(env, "--prometheus", bare.url, "--rules", partial.url)
         assert found["rules"]["status"] == "warning", found["rules"]
-        assert "an older copy of the rule files?" in found["rules"]["message"]
+        groups = len(re.findall(r"- name: ", "".join(p.read_text() for p in RULE_FILES)))
+        first = len(re.findall(r"- name: ", RULE_FILES[0].read_text()))
+        assert (
+            f"lacks {groups - first} of Sightline's {groups} rule groups"
+            in (found["rules"]["message"])
+        )
+        _, found, _ = doctor(env, "--prometheus", bare.url, "--rules", failing.url)
+        assert found["rules"]["status"] == "warning", found["rules"]
+        assert "1 of Sightline's rules fail" in found["rules"]["message"]
+        assert "first broken:rule:sum: " in found["rules"]["message"]
 
 
 def _up(prom: Prometheus, job: str) -> bool:

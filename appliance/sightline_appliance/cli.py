@@ -113,7 +113,10 @@ def register(commands: Any) -> None:
     doctor.add_argument(
         "--rules",
         metavar="URL",
-        help="what evaluates Sightline's rules, if not that Prometheus (vmalert, a ruler)",
+        help=(
+            "what evaluates Sightline's rules (vmalert, a ruler; default: the Prometheus "
+            "named, else the native stack's evaluator)"
+        ),
     )
     doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
     doctor.set_defaults(handler=doctor_command)

@@ -62,6 +62,8 @@ class Doctor:
     service: str = ""
     #: What evaluates Sightline's rules: Prometheus, or vmalert or another ruler.
     rules: str = ""
+    #: Whether the user named it (--rules) rather than it being taken by default.
+    rules_named: bool = False
 
     def run(self) -> list[Finding]:
         try:
@@ -262,7 +264,7 @@ class Doctor:
         without them the dashboards' recorded panels, the alerts and the hints are empty."""
         from .rules import RulesError, load_groups
 
-        ruler = self.rules or self.prometheus
+        ruler = (self.rules or self.prometheus).rstrip("/")
         where = f"the rules' evaluator at {ruler}"
         fix = (
             "load Sightline's alerts/*.rules.yml there (rule_files; `sightline rules export` "
@@ -277,7 +279,23 @@ class Doctor:
             data = _get_json(f"{ruler}/api/v1/rules", self.dates)
             groups = {g["name"]: g for g in data["data"]["groups"] if isinstance(g, dict)}
         except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException) as exc:
-            return Finding("rules", WARNING, f"no answer from {where}: {exc}", fix)
+            return Finding(
+                "rules",
+                WARNING,
+                f"no answer from {where}: {exc}",
+                "start it, or name the one that runs Sightline's rules with --rules URL "
+                "(a ruler that wants credentials, as Mimir's, cannot be checked here)",
+            )
+        if not groups and not self.rules_named and _remote_writes(ruler, self.dates):
+            # Long-term storage: this Prometheus writes its series to a store whose ruler
+            # (vmalert under longterm.yml) runs the rules; which one, it cannot tell.
+            return Finding(
+                "rules",
+                WARNING,
+                f"Prometheus at {ruler} runs no rules and remote-writes its series: the rules "
+                "run elsewhere, on a ruler this check was not named",
+                "name it with --rules URL (the stack's vmalert: http://127.0.0.1:8880)",
+            )
         missing = [name for name in shipped if name not in groups]
         if len(missing) == len(shipped):
             return Finding(
@@ -292,8 +310,8 @@ class Doctor:
                 "rules",
                 WARNING,
                 f"{where} lacks {len(missing)} of Sightline's {len(shipped)} rule groups "
-                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): an older "
-                "copy of the rule files?",
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): a copy "
+                "of the rule files from another version?",
                 "load this version's alerts/*.rules.yml there",
             )
         failing = [
@@ -496,6 +514,15 @@ def _bind_error(host: str, port: int) -> int | None:
     return None
 
 
+def _remote_writes(prometheus: str, dates: list[tuple[str, str, float]]) -> bool:
+    """Whether the Prometheus at ``prometheus`` remote-writes (its loaded configuration)."""
+    try:
+        config = _get_json(f"{prometheus}/api/v1/status/config", dates)["data"]["yaml"]
+    except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException):
+        return False
+    return bool(re.search(r"^remote_write:", str(config), re.M))
+
+
 def _get_json(url: str, dates: list[tuple[str, str, float]], timeout: float = 5.0) -> Any:
     # Prometheus on this machine is reached directly, never through a proxy.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -625,7 +652,14 @@ def main(
     # The rules run where the scraping Prometheus is named, unless said otherwise; by
     # default, the native stack's evaluator (vmalert under --longterm).
     ruler = rules or prometheus or default_rules_url()
-    doctor = Doctor(environ, overrides, prometheus or default_prometheus(), [], rules=ruler)
+    doctor = Doctor(
+        environ,
+        overrides,
+        prometheus or default_prometheus(),
+        [],
+        rules=ruler,
+        rules_named=bool(rules),
+    )
     findings = doctor.run()
     code = worst(findings)
     service = doctor.service
