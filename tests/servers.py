@@ -94,6 +94,13 @@ class Prometheus:
         return result
 
 
+#: A scrape job's relabelling that marks its targets as services, as the stack's `apps`
+#: job does (compose/prometheus/prometheus.yml), indented for a job in scrape_configs.
+SERVICE_RELABEL = (
+    f"    relabel_configs:\n      - target_label: {MARKER}\n        replacement: {MARKER_VALUE}\n"
+)
+
+
 @contextlib.contextmanager
 def prometheus(
     tmp_path: Path,
@@ -112,13 +119,9 @@ def prometheus(
     exe = binary(*BY_NAME["prometheus"].binaries, flavour=flavour)
     port = free_port()
     config = tmp_path / "prometheus.yml"
-    relabel = (
-        f"    relabel_configs:\n      - target_label: {MARKER}\n"
-        f"        replacement: {MARKER_VALUE}\n"
-    )
     jobs = "".join(
         f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
-        + (relabel if services else "")
+        + (SERVICE_RELABEL if services else "")
         for job, target in targets.items()
     )
     rules = "".join(f"  - {path}\n" for path in rule_files)

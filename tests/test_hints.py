@@ -24,7 +24,7 @@ from sightline_appliance.stack import BY_NAME
 
 from .helpers import free_port, wait_until
 from .schemas import AUTOSCALING_V2, keda_cel, keda_validator, kubernetes_validator
-from .servers import FLAVOURS, Prometheus, binary, started
+from .servers import FLAVOURS, SERVICE_RELABEL, Prometheus, binary, started
 
 # Starts Prometheus and reads Go modules: not run again by .ci/newest-sdk.
 pytestmark = pytest.mark.stack
@@ -215,8 +215,8 @@ def prom(
         jobs = "".join(
             f"  - job_name: {job}\n    static_configs:\n      - targets: "
             + json.dumps([e.address for e, _ in targets])
-            + f"\n    relabel_configs:\n      - target_label: {MARKER}\n"
-            + f"        replacement: {MARKER_VALUE}\n"
+            + "\n"
+            + SERVICE_RELABEL
             for job, targets in exporters.items()
         )
         config = tmp / "prometheus.yml"

@@ -114,7 +114,9 @@ def merge_compose(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str
     and ``depends_on`` are merged by key and its ``volumes`` by container path; services
     and top-level volumes are added. Any other list or mapping a layer gives a service
     that already has it (``ports``, ``healthcheck``: compose merges each its own way) is
-    refused rather than merged differently."""
+    refused rather than merged differently, and so are top-level keys other than
+    ``services``, ``volumes``, ``name`` and ``x-`` fields (``networks``, ``secrets``,
+    ``configs``), which would otherwise be dropped."""
     # `version` is obsolete (compose ignores it); `name` names the compose project.
     known = ("services", "volumes", "name", "version")
     unknown = sorted(k for k in layer if k not in known and not str(k).startswith("x-"))
