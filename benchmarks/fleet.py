@@ -13,7 +13,8 @@ reads:
 - from the shop's own ``/metrics``: series (per route, and those no route has), bytes
   per scrape, plain and gzipped;
 - from Prometheus, at the window's end: requests and tasks per second over the window,
-  samples per scrape of the shop and the worker, and the scrape interval;
+  and the scrape interval; then samples per scrape of the shop and the worker from their
+  first scrapes after the shop's ``/metrics`` was read (so they compare with its series);
 - from the receiver: spans and log lines per second of each service, and their bytes.
 
 Then what a series costs Prometheus, which one demo's thousand-odd series cannot show
@@ -223,8 +224,10 @@ def measure_demo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             after = {**otlp.snapshot(), **loki.snapshot()}
             elapsed, end = time.monotonic() - started, time.time()
             result = read_prometheus(prometheus, round(elapsed), end)
+            fetched = time.time()
             plain, zipped = fetch(app_metrics, False), fetch(app_metrics, True)
             result.update(read_exposition(plain.decode(), len(zipped)))
+            result.update(samples_per_scrape(prometheus, fetched, result["scrape_interval_s"]))
             result["received"] = received(before, after, elapsed)
             result["receiver_errors"] = otlp.errors + loki.errors
             if result["receiver_errors"]:
@@ -270,14 +273,26 @@ def read_prometheus(prometheus: str, seconds: int, end: float) -> dict[str, Any]
             f"sum(rate(worker_task_duration_seconds_count{{{worker}}}{window}))",
             end,
         ),
-        "shop_samples_per_scrape": scalar(
-            prometheus, f"sum(scrape_samples_scraped{{{shop}}})", end
-        ),
-        "worker_samples_per_scrape": scalar(
-            prometheus, f"sum(scrape_samples_scraped{{{worker}}})", end
-        ),
         "scrape_interval_s": scrape_interval(prometheus),
     }
+
+
+def samples_per_scrape(prometheus: str, after: float, interval: float) -> dict[str, float]:
+    """Samples in the shop's and the worker's scrapes, from the first scrape of each that
+    began after ``after`` (when the exposition was read): the demo's series only grow, so
+    these count at least the series that exposition showed, and compare with it."""
+    found: dict[str, float] = {}
+    deadline = time.monotonic() + 4 * interval + 10
+    for job, key in (("shop", "shop"), ("shop-worker", "worker")):
+        selector = f'scrape_samples_scraped{{job="{job}"}}'
+        while True:
+            if scalar(prometheus, f"min(timestamp({selector}))") > after:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"Prometheus did not scrape {job} within {interval * 4:.0f} s")
+            time.sleep(0.5)
+        found[f"{key}_samples_per_scrape"] = scalar(prometheus, f"sum({selector})")
+    return found
 
 
 def scrape_interval(prometheus: str) -> float:
