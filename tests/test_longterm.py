@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 import yaml
+from sightline import cli
 from sightline_appliance import alerts, hints
-from sightline_appliance.doctor import default_query_url, default_rules_url
+from sightline_appliance.doctor import default_query_url, default_ruler
 from sightline_appliance.stack import BY_NAME, Stack, StackError, processes
 from sightline_appliance.stack.native import (
     COMPOSE_DIR,
@@ -419,15 +420,16 @@ def test_the_mode_stays_with_the_directory_and_cannot_change_under_a_running_sta
 
 
 def test_commands_read_the_rules_where_they_run(
-    longterm: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    longterm: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Under --longterm `sightline hints` (and the demo's view) read the recorded series
-    from the store and `sightline alerts` the pending alerts from vmalert, by default:
-    the stack's Prometheus evaluates no rules, so reading it would show no hint at all."""
+    from the store and `sightline alerts` the pending alerts from vmalert, by default, and
+    says they wait in vmalert: the stack's Prometheus evaluates no rules, so reading it
+    would show no hint at all."""
     directory = longterm["directory"]
     monkeypatch.setenv("XDG_STATE_HOME", str(directory.parent.parent))
     assert default_query_url() == longterm["store"].url
-    assert default_rules_url() == longterm["vmalert"]
+    assert default_ruler() == (longterm["vmalert"], "vmalert")
     settled(longterm)
     assert {h.service for h in hints.read(longterm["prometheus"].url)} == set()
     assert wait_until(
@@ -437,7 +439,7 @@ def test_commands_read_the_rules_where_they_run(
     ), hints.read(default_query_url())
 
     def shown() -> alerts.Alerts | None:
-        found = alerts.read(default_rules_url(), longterm["alertmanager"])
+        found = alerts.read(longterm["vmalert"], longterm["alertmanager"])
         return found if found.pending or found.firing else None
 
     found = wait_until(shown, timeout=30, every=2)
@@ -445,6 +447,8 @@ def test_commands_read_the_rules_where_they_run(
     assert not found.errors, found.errors
     names = {a.labels["alertname"] for g in found.pending + found.firing for a in g.alerts}
     assert names & {"SightlineHighErrorRatio", "SightlineAvailabilityBudgetBurn"}, names
+    assert cli.main(["alerts", "--alertmanager", longterm["alertmanager"]]) == 0
+    assert "PENDING (in vmalert until their `for` passes" in capsys.readouterr().out
     # The store answers vmalert's alerts itself (-vmalert.proxyURL), as the demo reads them.
     proxied = alerts.read(longterm["store"].url, longterm["alertmanager"])
     assert {a.labels["alertname"] for g in proxied.pending + proxied.firing for a in g.alerts}

@@ -5,9 +5,10 @@ Firing alerts come from Alertmanager's groups (``/api/v2/alerts/groups``): one g
 route and value of the route's ``group_by`` labels, with the receiver that gets it, so
 what is shown is what is (or would be) notified together; an alert silenced or inhibited
 there says so. Pending alerts have not reached Alertmanager (their ``for`` has not passed):
-they come from Prometheus (``/api/v1/alerts``), grouped by the root route's ``group_by``
-of the shipped configuration. When Alertmanager does not answer, Prometheus' firing
-alerts are shown instead, ungrouped, and the first line says why.
+they come from what runs the rules (``/api/v1/alerts``: Prometheus, or vmalert under
+the long-term storage layer, named by the caller), grouped by the root route's
+``group_by`` of the shipped configuration. When Alertmanager does not answer, the ruler's
+firing alerts are shown instead, ungrouped, and the first line says why.
 """
 
 from __future__ import annotations
@@ -43,20 +44,26 @@ class Alerts:
     pending: list[Group] = field(default_factory=list)
     #: Why a source did not answer (shown above the alerts), by source.
     errors: list[str] = field(default_factory=list)
+    #: What runs the rules, where pending alerts wait: Prometheus, or vmalert.
+    ruler: str = "Prometheus"
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def read(prometheus: str, alertmanager: str, timeout: float = 3.0) -> Alerts:
-    found = Alerts()
+def read(
+    prometheus: str, alertmanager: str, timeout: float = 3.0, ruler: str = "Prometheus"
+) -> Alerts:
+    """The alerts of the ruler at ``prometheus`` (Prometheus, or vmalert or VictoriaMetrics
+    answering for it; ``ruler`` names it in what is shown) and of Alertmanager."""
+    found = Alerts(ruler=ruler)
     rules: list[Mapping[str, Any]] = []
     try:
         # vmalert before 1.79.14 (Debian 12's) answers null when no alert is active.
         active = get_json(f"{prometheus}/api/v1/alerts", timeout)["data"]["alerts"] or []
         rules = [a for a in active if isinstance(a, dict) and isinstance(a.get("labels"), dict)]
     except API_FAILURES as exc:
-        found.errors.append(f"Prometheus at {prometheus} did not answer as expected: {exc!r}")
+        found.errors.append(f"{ruler} at {prometheus} did not answer as expected: {exc!r}")
     found.pending = _grouped(a for a in rules if a.get("state") == "pending")
     try:
         groups = get_json(f"{alertmanager}/api/v2/alerts/groups", timeout)
@@ -67,7 +74,7 @@ def read(prometheus: str, alertmanager: str, timeout: float = 3.0) -> Alerts:
     except API_FAILURES as exc:
         found.errors.append(
             f"Alertmanager at {alertmanager} did not answer as expected ({exc!r}): the "
-            "firing alerts below are Prometheus' view, ungrouped, and may not be notified"
+            f"firing alerts below are {ruler}'s view, ungrouped, and may not be notified"
         )
         firing = [a for a in rules if a.get("state") == "firing"]
         found.firing = [Group({}, "", [_alert(a, "firing") for a in firing])] if firing else []
@@ -109,7 +116,7 @@ def render(found: Alerts) -> list[str]:
     lines = [f"! {error}" for error in found.errors]
     lines.append("FIRING (as Alertmanager groups and routes them)")
     lines += _lines(found.firing) or ["(none)"]
-    lines.append("PENDING (in Prometheus until their `for` passes; not notified yet)")
+    lines.append(f"PENDING (in {found.ruler} until their `for` passes; not notified yet)")
     lines += _lines(found.pending) or ["(none)"]
     return lines
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from . import alerts, grafana, hints, rules
 from .demo.run import demo
-from .doctor import default_rules_url, default_url
+from .doctor import default_ruler, default_url
 from .doctor import main as doctor_main
 from .stack import BY_NAME, Stack, StackError, default_dir
 
@@ -293,9 +293,10 @@ def hints_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def alerts_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    prometheus = args.prometheus or default_rules_url()
+    # A URL given is called Prometheus, as its flag is; the default is named by the stack.
+    prometheus, ruler = (args.prometheus, "Prometheus") if args.prometheus else default_ruler()
     alertmanager = args.alertmanager or default_url("alertmanager", 9093)
-    found = alerts.read(prometheus.rstrip("/"), alertmanager.rstrip("/"))
+    found = alerts.read(prometheus.rstrip("/"), alertmanager.rstrip("/"), ruler=ruler)
     if args.json:
         print(json.dumps(found.as_json(), indent=2))
     else:

@@ -584,9 +584,14 @@ def default_query_url() -> str:
 def default_rules_url() -> str:
     """What evaluates the rules (their pending alerts, ``/api/v1/alerts``): the native
     stack's Prometheus, or vmalert under ``--longterm``."""
+    return default_ruler()[0]
+
+
+def default_ruler() -> tuple[str, str]:
+    """The URL of what evaluates the rules by default, and its name."""
     if _longterm():
-        return default_url("vmalert", 8880)
-    return default_prometheus()
+        return default_url("vmalert", 8880), "vmalert"
+    return default_prometheus(), "Prometheus"
 
 
 def _longterm() -> bool:

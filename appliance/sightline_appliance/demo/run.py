@@ -188,6 +188,7 @@ def demo(
         # The view reads the rules' series too: under --longterm they are in the store.
         native = stack.native()
         prometheus = native.url("prometheus", 9090)
+        names = ("Prometheus", "Prometheus")  # the store the view queries, the ruler
         if stack.longterm:
             missing = [name for name in LONGTERM_NEEDS if name not in stack.running()]
             if missing:
@@ -198,10 +199,11 @@ def demo(
                 )
             else:
                 prometheus = native.url("victoriametrics", 8428)
+                names = ("VictoriaMetrics", "vmalert")
         out("")
         out("\n".join(urls(stack)))
         out("")
-        _watch(stack, prometheus, duration, refresh, out)
+        _watch(stack, prometheus, names, duration, refresh, out)
         return 0
     except (StackError, OSError) as exc:
         out(f"sightline demo: {exc}")
@@ -224,7 +226,14 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _watch(stack: Stack, prometheus: str, duration: float | None, refresh: float, out: Out) -> None:
+def _watch(
+    stack: Stack,
+    prometheus: str,
+    names: tuple[str, str],
+    duration: float | None,
+    refresh: float,
+    out: Out,
+) -> None:
     interactive = out is print and sys.stdout.isatty()
     start = time.monotonic()
     deadline = None if duration is None else start + duration
@@ -239,7 +248,7 @@ def _watch(stack: Stack, prometheus: str, duration: float | None, refresh: float
         ]
         header.append(load_report(stack))
         alertmanager = stack.native().url("alertmanager", 9093)
-        snapshot = view.read(prometheus, alertmanager, demo_jobs)
+        snapshot = view.read(prometheus, alertmanager, demo_jobs, names=names)
         text = view.render(snapshot, header, signals(stack))
         if interactive:
             out("\x1b[H\x1b[2J" + "\n".join(urls(stack)) + "\n" + text)

@@ -36,7 +36,17 @@ class Snapshot:
         return sorted(self.values.get(query.title, {}))
 
 
-def read(prometheus: str, alertmanager: str, sel: str = "", timeout: float = 3.0) -> Snapshot:
+def read(
+    prometheus: str,
+    alertmanager: str,
+    sel: str = "",
+    timeout: float = 3.0,
+    names: tuple[str, str] = ("Prometheus", "Prometheus"),
+) -> Snapshot:
+    """The demo's signals and the stack's alerts from ``prometheus``, which ``names`` name
+    as the store queried and the ruler answering for alerts (VictoriaMetrics and vmalert,
+    whose alerts it proxies, under the long-term storage layer)."""
+    store, ruler = names
     snapshot = Snapshot()
     try:
         for query in (*q.GOLDEN_SIGNALS, *q.STATUS):
@@ -48,10 +58,10 @@ def read(prometheus: str, alertmanager: str, sel: str = "", timeout: float = 3.0
                 series[key] = float(item["value"][1])
             snapshot.values[query.title] = series
     except API_FAILURES as exc:
-        snapshot.error = f"Prometheus at {prometheus} did not answer as expected: {exc!r}"
+        snapshot.error = f"{store} at {prometheus} did not answer as expected: {exc!r}"
         return snapshot
     # Every alert of the stack, not only the demo's: a user's own service may be down.
-    snapshot.alerts = alerts.read(prometheus, alertmanager, timeout)
+    snapshot.alerts = alerts.read(prometheus, alertmanager, timeout, ruler)
     return snapshot
 
 
