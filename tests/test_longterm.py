@@ -31,6 +31,7 @@ from sightline_appliance.stack.native import (
     Native,
     load_compose,
     merge_compose,
+    mounts,
 )
 
 from .helpers import free_port, wait_until
@@ -166,6 +167,37 @@ def test_merge_replaces_commands_and_merges_environment_and_mounts_by_key() -> N
             merge_compose(base, {key: {"n": {}}, "services": {}})
     same = merge_compose(base, {"x-s3": {"K": "1"}, "services": {"a": None}})
     assert same["services"] == base["services"]
+
+
+def test_mounts_without_a_source_are_the_services_own_data_directories(tmp_path: Path) -> None:
+    """An anonymous volume (short or long syntax) or a tmpfs in a layer is read, replaces the
+    mount at its target, and natively gets a data directory of the service's own, made
+    under the stack's directory, never a host path or the service's whole directory."""
+    base = {
+        "services": {"a": {"command": ["x"], "volumes": ["./one:/etc/one:ro", "/cache"]}},
+    }
+    layer = {
+        "services": {
+            "a": {
+                "volumes": [
+                    {"type": "tmpfs", "target": "/etc/one", "tmpfs": {"size": 1000}},
+                    {"type": "volume", "target": "/var/lib/a"},
+                ]
+            }
+        }
+    }
+    merged = merge_compose(base, layer)
+    found = mounts(merged["services"]["a"])
+    assert [(m.target, m.source, m.named) for m in found] == [
+        ("/cache", "anonymous-cache", True),
+        ("/etc/one", "anonymous-etc-one", True),
+        ("/var/lib/a", "anonymous-var-lib-a", True),
+    ]
+    native = Native(tmp_path, ["a"], compose=merged, listening={"a": []})
+    native.write_configs("a")
+    paths = native.paths("a")
+    assert paths == {m.target: tmp_path / "a" / m.source for m in found}
+    assert all(path.is_dir() for path in paths.values())
 
 
 def test_a_layer_the_merge_cannot_read_is_refused_naming_it(tmp_path: Path) -> None:

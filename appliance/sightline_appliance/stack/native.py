@@ -173,12 +173,21 @@ class Mount:
 
 
 def mounts(service: Mapping[str, Any]) -> list[Mount]:
+    """A service's mounts, short or long syntax. One with no source (an anonymous volume,
+    ``/data`` or ``type: volume`` with no ``source``, or a ``type: tmpfs``) is a volume of
+    the service's own, named after its target: natively, a data directory like a named
+    volume's, never a host path."""
     found = []
     for entry in service.get("volumes", ()):
         if isinstance(entry, str):
-            source, target = entry.split(":")[:2]
+            parts = entry.split(":")
+            source, target = (parts[0], parts[1]) if len(parts) > 1 else ("", parts[0])
         else:
-            source, target = str(entry.get("source", "")), str(entry["target"])
+            source, target = str(entry.get("source") or ""), str(entry["target"])
+            if entry.get("type") == "tmpfs":
+                source = ""
+        if not source:
+            source = "anonymous-" + (target.strip("/").replace("/", "-") or "root")
         named = not source.startswith((".", "/", "~"))
         found.append(Mount(source, target, named))
     return found
