@@ -167,6 +167,10 @@ def test_merge_replaces_commands_and_merges_environment_and_mounts_by_key() -> N
             merge_compose(base, {key: {"n": {}}, "services": {}})
     same = merge_compose(base, {"x-s3": {"K": "1"}, "services": {"a": None}})
     assert same["services"] == base["services"]
+    # A new service with nothing to run is refused, naming it, not added empty.
+    for empty in (None, {"command": ["x"]}):
+        with pytest.raises(ValueError, match=r"^services\.d: a service a layer adds needs"):
+            merge_compose(base, {"services": {"d": empty}})
 
 
 def test_mounts_without_a_source_are_the_services_own_data_directories(tmp_path: Path) -> None:

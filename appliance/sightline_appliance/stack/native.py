@@ -116,7 +116,8 @@ def merge_compose(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str
     that already has it (``ports``, ``healthcheck``: compose merges each its own way) is
     refused rather than merged differently, and so are top-level keys other than
     ``services``, ``volumes``, ``name`` and ``x-`` fields (``networks``, ``secrets``,
-    ``configs``), which would otherwise be dropped."""
+    ``configs``), which would otherwise be dropped, and so is a new service with neither
+    ``image`` nor ``build``."""
     # `version` is obsolete (compose ignores it); `name` names the compose project.
     known = ("services", "volumes", "name", "version")
     unknown = sorted(k for k in layer if k not in known and not str(k).startswith("x-"))
@@ -128,6 +129,9 @@ def merge_compose(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str
     merged = dict(base)
     services = {name: dict(service or {}) for name, service in base["services"].items()}
     for name, extra in (layer.get("services") or {}).items():
+        if name not in services and not {"image", "build"} & set(extra or {}):
+            # Compose refuses it too, when it starts the service.
+            raise ValueError(f"services.{name}: a service a layer adds needs an image or build")
         service = services.setdefault(name, {})
         for key, value in (extra or {}).items():
             if key == "environment":
