@@ -224,8 +224,8 @@ def measure_demo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             after = {**otlp.snapshot(), **loki.snapshot()}
             elapsed, end = time.monotonic() - started, time.time()
             result = read_prometheus(prometheus, round(elapsed), end)
-            fetched = time.time()
             plain, zipped = fetch(app_metrics, False), fetch(app_metrics, True)
+            fetched = time.time()  # a scrape begun later shows every series it showed
             result.update(read_exposition(plain.decode(), len(zipped)))
             result.update(samples_per_scrape(prometheus, fetched, result["scrape_interval_s"]))
             result["received"] = received(before, after, elapsed)
@@ -282,14 +282,15 @@ def samples_per_scrape(prometheus: str, after: float, interval: float) -> dict[s
     began after ``after`` (when the exposition was read): the demo's series only grow, so
     these count at least the series that exposition showed, and compare with it."""
     found: dict[str, float] = {}
-    deadline = time.monotonic() + 4 * interval + 10
+    wait = 4 * interval + 10
+    deadline = time.monotonic() + wait
     for job, key in (("shop", "shop"), ("shop-worker", "worker")):
         selector = f'scrape_samples_scraped{{job="{job}"}}'
         while True:
             if scalar(prometheus, f"min(timestamp({selector}))") > after:
                 break
             if time.monotonic() > deadline:
-                raise SystemExit(f"Prometheus did not scrape {job} within {interval * 4:.0f} s")
+                raise SystemExit(f"Prometheus did not scrape {job} again within {wait:.0f} s")
             time.sleep(0.5)
         found[f"{key}_samples_per_scrape"] = scalar(prometheus, f"sum({selector})")
     return found

@@ -175,33 +175,50 @@ def test_merge_replaces_commands_and_merges_environment_and_mounts_by_key() -> N
 
 def test_mounts_without_a_source_are_the_services_own_data_directories(tmp_path: Path) -> None:
     """An anonymous volume (short or long syntax) or a tmpfs in a layer is read, replaces the
-    mount at its target, and natively gets a data directory of the service's own, made
-    under the stack's directory, never a host path or the service's whole directory."""
+    mount at its target, and natively gets a data directory of the service's own (one per
+    target, a tmpfs's emptied at each start), made under the stack's directory, never a
+    host path or the service's whole directory; long syntax's type decides bind or volume,
+    and a kind of mount that cannot be made natively is refused, naming it."""
     base = {
-        "services": {"a": {"command": ["x"], "volumes": ["./one:/etc/one:ro", "/cache"]}},
+        "services": {"a": {"command": ["x"], "volumes": ["./one:/etc/one:ro", "/cache/a-b"]}},
     }
     layer = {
         "services": {
             "a": {
                 "volumes": [
                     {"type": "tmpfs", "target": "/etc/one", "tmpfs": {"size": 1000}},
-                    {"type": "volume", "target": "/var/lib/a"},
+                    {"type": "volume", "target": "/cache/a/b"},
+                    {"type": "bind", "source": "conf", "target": "/etc/conf"},
+                    {"type": "volume", "source": "./data", "target": "/data"},
                 ]
             }
         }
     }
     merged = merge_compose(base, layer)
     found = mounts(merged["services"]["a"])
-    assert [(m.target, m.source, m.named) for m in found] == [
-        ("/cache", "anonymous-cache", True),
-        ("/etc/one", "anonymous-etc-one", True),
-        ("/var/lib/a", "anonymous-var-lib-a", True),
+    assert [(m.target, m.source, m.named, m.scratch) for m in found] == [
+        ("/cache/a-b", "anonymous-cache%2Fa-b", True, False),
+        ("/etc/one", "anonymous-etc%2Fone", True, True),
+        ("/cache/a/b", "anonymous-cache%2Fa%2Fb", True, False),
+        ("/etc/conf", "conf", False, False),
+        ("/data", "./data", True, False),
+    ]
+    volumes = {m.target: m for m in found if m.named}
+    merged["services"]["a"]["volumes"] = [
+        e for e, m in zip(merged["services"]["a"]["volumes"], found, strict=True) if m.named
     ]
     native = Native(tmp_path, ["a"], compose=merged, listening={"a": []})
     native.write_configs("a")
     paths = native.paths("a")
-    assert paths == {m.target: tmp_path / "a" / m.source for m in found}
+    assert paths == {target: tmp_path / "a" / m.source for target, m in volumes.items()}
     assert all(path.is_dir() for path in paths.values())
+    for target in ("/etc/one", "/cache/a/b"):
+        (paths[target] / "left").write_text("from the last run")
+    native.write_configs("a")  # the next start
+    assert not (paths["/etc/one"] / "left").exists()
+    assert (paths["/cache/a/b"] / "left").exists()
+    with pytest.raises(ValueError, match=r"^volumes: a npipe mount at /p cannot be made"):
+        mounts({"volumes": [{"type": "npipe", "source": "x", "target": "/p"}]})
 
 
 def test_a_layer_the_merge_cannot_read_is_refused_naming_it(tmp_path: Path) -> None:

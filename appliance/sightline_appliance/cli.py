@@ -125,8 +125,8 @@ def register(commands: Any) -> None:
         help="list the alerts firing and pending, grouped as Alertmanager groups them",
         description=(
             "Firing alerts as Alertmanager groups and routes them (each group's receiver; "
-            "silenced or inhibited ones marked), and the alerts pending in Prometheus. Exit "
-            "code 1 when Prometheus or Alertmanager did not answer."
+            "silenced or inhibited ones marked), and the alerts pending where the rules run "
+            "(Prometheus, or vmalert). Exit code 1 when either did not answer."
         ),
     )
     alerts.add_argument(
@@ -293,8 +293,8 @@ def hints_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def alerts_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    # A URL given is called Prometheus, as its flag is; the default is named by the stack.
-    prometheus, ruler = (args.prometheus, "Prometheus") if args.prometheus else default_ruler()
+    # The default is named by the stack; a URL given may be Prometheus, vmalert or another.
+    prometheus, ruler = (args.prometheus, "the ruler") if args.prometheus else default_ruler()
     alertmanager = args.alertmanager or default_url("alertmanager", 9093)
     found = alerts.read(prometheus.rstrip("/"), alertmanager.rstrip("/"), ruler=ruler)
     if args.json:

@@ -199,7 +199,7 @@ def demo(
                 )
             else:
                 prometheus = native.url("victoriametrics", 8428)
-                names = ("VictoriaMetrics", "vmalert")
+                names = ("VictoriaMetrics", "vmalert")  # its alerts, proxied by the store
         out("")
         out("\n".join(urls(stack)))
         out("")

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 
@@ -174,26 +176,33 @@ class Mount:
     source: str  # as written: a relative host path or a volume name
     target: str  # the path inside the container
     named: bool  # a named volume rather than a bind mount
+    scratch: bool = False  # a tmpfs: natively, a data directory emptied at each start
 
 
 def mounts(service: Mapping[str, Any]) -> list[Mount]:
     """A service's mounts, short or long syntax. One with no source (an anonymous volume,
     ``/data`` or ``type: volume`` with no ``source``, or a ``type: tmpfs``) is a volume of
     the service's own, named after its target: natively, a data directory like a named
-    volume's, never a host path."""
+    volume's, never a host path. Long syntax says by its ``type`` which kind it is."""
     found = []
     for entry in service.get("volumes", ()):
+        kind = ""
         if isinstance(entry, str):
             parts = entry.split(":")
             source, target = (parts[0], parts[1]) if len(parts) > 1 else ("", parts[0])
         else:
+            kind = str(entry.get("type") or "")
             source, target = str(entry.get("source") or ""), str(entry["target"])
-            if entry.get("type") == "tmpfs":
+            if kind not in ("", "bind", "volume", "tmpfs"):
+                raise ValueError(f"volumes: a {kind} mount at {target} cannot be made natively")
+            if kind == "tmpfs":
                 source = ""
         if not source:
-            source = "anonymous-" + (target.strip("/").replace("/", "-") or "root")
-        named = not source.startswith((".", "/", "~"))
-        found.append(Mount(source, target, named))
+            # Quoted, so that /a-b and /a/b are two volumes.
+            source = "anonymous-" + (quote(target.strip("/"), safe="") or "root")
+            kind = kind or "volume"
+        named = kind == "volume" or (kind != "bind" and not source.startswith((".", "/", "~")))
+        found.append(Mount(source, target, named, scratch=kind == "tmpfs"))
     return found
 
 
@@ -322,6 +331,8 @@ class Native:
         for mount in mounts(self.services[service]):
             host = self.paths(service)[mount.target]
             if mount.named:
+                if mount.scratch:
+                    shutil.rmtree(host, ignore_errors=True)
                 host.mkdir(parents=True, exist_ok=True)
                 continue
             source = (COMPOSE_DIR / mount.source).resolve()
