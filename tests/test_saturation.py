@@ -87,6 +87,33 @@ def test_no_cgroup_filesystem(tmp_path: Path) -> None:
     assert saturation.cpu_stat(str(tmp_path)) is None
 
 
+@pytest.mark.internal_errors_expected
+def test_a_cgroup_file_that_does_not_parse_loses_only_its_own_families(
+    tmp_path: Path, internal_errors: list[BaseException]
+) -> None:
+    """A cgroup file that does not parse is an internal error (counted and logged) that
+    loses only what it gives: a bad cpu.max is skipped, so the CPU limit is still served
+    (the CPUs we may run on), and bad cpu.stat and memory.max lose their own families,
+    not the thread count beside them."""
+    write(tmp_path, "proc/self/cgroup", "0::/\n")
+    write(tmp_path, "sys/fs/cgroup/cgroup.controllers", "cpu memory\n")
+    write(tmp_path, "sys/fs/cgroup/cpu.max", "banana 100000\n")
+    write(tmp_path, "sys/fs/cgroup/cpu.stat", "nr_periods many\n")
+    write(tmp_path, "sys/fs/cgroup/memory.max", "lots\n")
+    registry = CollectorRegistry()
+    registry.register(saturation.SaturationCollector(lambda: None, root=str(tmp_path)))
+    get = registry.get_sample_value
+    assert get("process_cpu_limit_cores") == cores()
+    assert get("process_threads") == psutil.Process().num_threads()
+    assert get("process_cpu_periods_total") is None
+    assert get("process_memory_limit_bytes") is None
+    assert sorted({str(e) for e in internal_errors}) == [  # each scrape reports them
+        "invalid literal for int() with base 10: 'banana'",
+        "invalid literal for int() with base 10: 'lots'",
+        "invalid literal for int() with base 10: 'many'",
+    ]
+
+
 def test_this_machine_is_read_without_error() -> None:
     """On the real machine the readers return sane values."""
     assert 0 < saturation.cpu_limit_cores() <= (os.cpu_count() or 1)

@@ -132,7 +132,12 @@ def cpu_limit_cores(root: str = "/") -> float:
             if text:
                 quota, _, period = text.partition(" ")
                 if quota != "max" and period:
-                    limits.append(int(quota) / int(period))
+                    try:
+                        limits.append(int(quota) / int(period))
+                    except (ValueError, ZeroDivisionError) as exc:
+                        # Reported (an internal error), and the other levels still count:
+                        # the gauge is what tells Sightline's targets apart in the rules.
+                        _safety.report("saturation.cpu_limit", exc)
     else:
         for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
             for d in _candidate_dirs(root, mount, paths.get("cpu", "/")):
@@ -327,22 +332,28 @@ class SaturationCollector(Described):
             return self._capacity_seconds
 
     def collect(self) -> Iterable[Metric]:
-        try:
-            yield from self._collect()
-        except Exception as exc:
-            _safety.report("saturation.collect", exc)
+        # Each reading apart: a cgroup file that does not parse loses its own families
+        # (reported as an internal error), not the limits and counters beside it.
+        # process_cpu_limit_cores first, and on its own: the rules tell Sightline's
+        # targets by it (SightlineServiceNotLabelled).
+        for part in (self._cpu_limit, self._cpu_stat, self._memory, self._threads_and_capacity):
+            try:
+                yield from part()
+            except Exception as exc:
+                _safety.report(f"saturation.{part.__name__.strip('_')}", exc)
 
-    def _collect(self) -> Iterable[Metric]:
-        import psutil  # loaded by the first scrape, not by init()
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    def _cpu_limit(self) -> Iterable[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
 
-        if self._process is None or self._process.pid != os.getpid():  # or forked since
-            self._process = psutil.Process()
         yield GaugeMetricFamily(
             "process_cpu_limit_cores",
             "CPU cores this process may use: the cgroup quota, else the CPUs it may run on.",
             value=cpu_limit_cores(self._root),
         )
+
+    def _cpu_stat(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
         stat = cpu_stat(self._root)
         if stat is not None:
             yield CounterMetricFamily(
@@ -360,11 +371,22 @@ class SaturationCollector(Described):
                 "Time this cgroup's threads were held back by CPU throttling.",
                 value=stat.throttled_seconds,
             )
+
+    def _memory(self) -> Iterable[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         yield GaugeMetricFamily(
             "process_memory_limit_bytes",
             "Memory this process may use: the cgroup limit, else the host's memory.",
             value=memory_limit_bytes(self._root),
         )
+
+    def _threads_and_capacity(self) -> Iterable[Metric]:
+        import psutil  # loaded by the first scrape, not by init()
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        if self._process is None or self._process.pid != os.getpid():  # or forked since
+            self._process = psutil.Process()
         yield GaugeMetricFamily(
             "process_threads",
             "Operating-system threads in this process.",
