@@ -216,18 +216,17 @@ class _Exchange:
     def _iterate(self, body: Iterable[bytes]) -> Iterator[bytes]:
         # A body that raises half-way (a generator streaming a response) is the request's
         # error, as a view raising is: the server has sent a status it cannot take back.
-        # Iterated by hand: `yield from` would close the body when this generator is closed
-        # (a client gone mid-stream), and the server closes it again through close().
-        iterator = iter(body)
-        while True:
-            try:
-                chunk = next(iterator)
-            except StopIteration:
-                return
-            except BaseException as error:
-                self.error = error
-                raise
-            yield chunk
+        # A for loop, not `yield from`, which would close the body when this generator is
+        # closed (a client gone mid-stream) while the server closes it again through
+        # close(); that closing is the GeneratorExit let through here, not an error.
+        try:
+            for chunk in body:  # noqa: UP028 (yield from would close the body, see above)
+                yield chunk
+        except GeneratorExit:
+            raise
+        except BaseException as error:
+            self.error = error
+            raise
 
     def close(self) -> None:
         """Close the body (the server's call), then record the request, once (one frame:
