@@ -94,7 +94,7 @@ def test_a_cgroup_file_that_does_not_parse_loses_only_its_own_families(
     """A cgroup file that does not parse is an internal error (counted and logged) that
     loses only what it gives: a bad cpu.max is skipped, so the CPU limit is still served
     (the CPUs we may run on), and bad cpu.stat and memory.max lose their own families,
-    not the thread count beside them."""
+    not the thread count beside them; on cgroup v1 as on v2."""
     write(tmp_path, "proc/self/cgroup", "0::/\n")
     write(tmp_path, "sys/fs/cgroup/cgroup.controllers", "cpu memory\n")
     write(tmp_path, "sys/fs/cgroup/cpu.max", "banana 100000\n")
@@ -112,6 +112,14 @@ def test_a_cgroup_file_that_does_not_parse_loses_only_its_own_families(
         "invalid literal for int() with base 10: 'lots'",
         "invalid literal for int() with base 10: 'many'",
     ]
+    # cgroup v1 alike: a quota that does not parse is skipped and reported.
+    internal_errors.clear()
+    v1 = tmp_path / "v1"
+    write(v1, "proc/self/cgroup", "1:cpu:/\n")
+    write(v1, "sys/fs/cgroup/cpu/cpu.cfs_quota_us", "-x\n")
+    write(v1, "sys/fs/cgroup/cpu/cpu.cfs_period_us", "100000\n")
+    assert saturation.cpu_limit_cores(str(v1)) == cores()
+    assert [str(e) for e in internal_errors] == ["invalid literal for int() with base 10: '-x'"]
 
 
 def test_this_machine_is_read_without_error() -> None:

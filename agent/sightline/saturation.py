@@ -132,19 +132,14 @@ def cpu_limit_cores(root: str = "/") -> float:
             if text:
                 quota, _, period = text.partition(" ")
                 if quota != "max" and period:
-                    try:
-                        limits.append(int(quota) / int(period))
-                    except (ValueError, ZeroDivisionError) as exc:
-                        # Reported (an internal error), and the other levels still count:
-                        # the gauge is what tells Sightline's targets apart in the rules.
-                        _safety.report("saturation.cpu_limit", exc)
+                    limits += _quota(quota, period)
     else:
         for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
             for d in _candidate_dirs(root, mount, paths.get("cpu", "/")):
                 cfs_quota = _read(os.path.join(d, "cpu.cfs_quota_us"))
                 cfs_period = _read(os.path.join(d, "cpu.cfs_period_us"))
-                if cfs_quota and cfs_period and int(cfs_quota) > 0 and int(cfs_period) > 0:
-                    limits.append(int(cfs_quota) / int(cfs_period))
+                if cfs_quota and cfs_period:
+                    limits += _quota(cfs_quota, cfs_period)
             if limits:
                 break
     try:
@@ -152,6 +147,18 @@ def cpu_limit_cores(root: str = "/") -> float:
     except (AttributeError, OSError):
         cores = float(os.cpu_count() or 1)
     return min([cores, *limits])
+
+
+def _quota(quota: str, period: str) -> list[float]:
+    """A CFS quota over its period, in cores; none for no quota (v1's -1) or one that does
+    not parse, which is reported (an internal error) while the other levels still count:
+    the gauge is what tells Sightline's targets apart in the rules."""
+    try:
+        cores = int(quota) / int(period)
+    except (ValueError, ZeroDivisionError) as exc:
+        _safety.report("saturation.cpu_limit", exc)
+        return []
+    return [cores] if cores > 0 else []
 
 
 def cpu_stat(root: str = "/") -> CpuStat | None:
