@@ -101,6 +101,27 @@ def test_alerts_command_prints_the_groups_and_json(
     assert "-> scaling-hints" in capsys.readouterr().out
 
 
+def test_a_ruler_that_does_not_answer_is_named_as_the_caller_names_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """When neither the rules' evaluator nor Alertmanager answers, each is named in an
+    error line, the evaluator as the caller named it (vmalert under the long-term layer;
+    "the ruler" for a URL given on the command line, which may be either), and so is
+    where the pending alerts would wait; the command exits 1."""
+    ruler, nowhere = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    found = _alerts.read(ruler, nowhere, ruler="vmalert")
+    assert found.errors[0].startswith(f"No answer as expected from vmalert at {ruler}: ")
+    assert found.errors[1].startswith(f"Alertmanager at {nowhere} did not answer")
+    assert "firing alerts below are vmalert's view" in found.errors[1]
+    assert "PENDING (in vmalert until their `for` passes; not notified yet)" in _alerts.render(
+        found
+    )
+    assert cli.main(["alerts", "--prometheus", ruler, "--alertmanager", nowhere]) == 1
+    out = capsys.readouterr().out
+    assert f"! No answer as expected from the ruler at {ruler}: " in out
+    assert "PENDING (in the ruler until" in out
+
+
 def test_without_alertmanager_the_firing_alerts_come_from_prometheus_and_say_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -63,8 +63,7 @@ def read(
         active = get_json(f"{prometheus}/api/v1/alerts", timeout)["data"]["alerts"] or []
         rules = [a for a in active if isinstance(a, dict) and isinstance(a.get("labels"), dict)]
     except API_FAILURES as exc:
-        named = "The" + ruler[3:] if ruler.startswith("the ") else ruler  # not "Vmalert"
-        found.errors.append(f"{named} at {prometheus} did not answer as expected: {exc!r}")
+        found.errors.append(f"No answer as expected from {ruler} at {prometheus}: {exc!r}")
     found.pending = _grouped(a for a in rules if a.get("state") == "pending")
     try:
         groups = get_json(f"{alertmanager}/api/v2/alerts/groups", timeout)
