@@ -388,5 +388,6 @@ def test_a_damaged_native_stack_state_is_said_once_and_the_defaults_named(
         assert "Traceback" not in result.stderr, result.stderr
         said = [line for line in result.stderr.splitlines() if "stack.json" in line]
         assert len(said) == 1, result.stderr
+        assert f"{state} is damaged" in said[0], said
         assert "--prometheus" in said[0]
         assert "http://127.0.0.1:9090" in result.stdout + result.stderr, result

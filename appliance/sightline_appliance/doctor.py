@@ -581,14 +581,9 @@ def default_query_url() -> str:
     return default_prometheus()
 
 
-def default_rules_url() -> str:
-    """What evaluates the rules (their pending alerts, ``/api/v1/alerts``): the native
-    stack's Prometheus, or vmalert under ``--longterm``."""
-    return default_ruler()[0]
-
-
 def default_ruler() -> tuple[str, str]:
-    """The URL of what evaluates the rules by default, and its name."""
+    """What evaluates the rules by default (their pending alerts, ``/api/v1/alerts``), its
+    URL and name: the native stack's Prometheus, or vmalert under ``--longterm``."""
     if _longterm():
         return default_url("vmalert", 8880), "vmalert"
     return default_prometheus(), "Prometheus"
@@ -656,7 +651,7 @@ def main(
 ) -> int:
     # The rules run where the scraping Prometheus is named, unless said otherwise; by
     # default, the native stack's evaluator (vmalert under --longterm).
-    ruler = rules or prometheus or default_rules_url()
+    ruler = rules or prometheus or default_ruler()[0]
     doctor = Doctor(
         environ,
         overrides,
