@@ -10,8 +10,10 @@ event loop per batch. Variants are entries in each suite module's ``VARIANTS`` (
 
 ``metrics``
     ``bare`` (plain Flask, the baseline), ``pfe`` (prometheus-flask-exporter's
-    ``PrometheusMetrics`` with its defaults, a private registry and no ``/metrics`` route) and
-    ``sightline`` (``sightline.init()``, metrics only, no metrics server).
+    ``PrometheusMetrics`` with its defaults, a private registry and no ``/metrics`` route),
+    ``floor`` (the least any WSGI recorder does: a request timed until its body is closed,
+    into one histogram by status; a reference, not a product) and ``sightline``
+    (``sightline.init()``, metrics only, no metrics server).
 ``full``
     Metrics, traces and one JSON log line per request. The view logs ``served user`` with
     ``extra={"uid": uid}`` in every variant: ``bare_log`` (plain Flask, the line through a plain

@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -180,3 +182,51 @@ def test_overhead_suite_runs_checks_its_variants_and_reports_their_ratios(suite:
         assert comparison["variant"] in chosen
         assert isinstance(comparison["meets_target"], bool)
         assert isinstance(comparison["ratio"], float), comparison
+
+
+def test_the_floor_recorder_counts_each_request_by_status_once_its_body_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The metrics suite's floor reference does the least work it claims and no less: each
+    request is counted once, under its status, only when the server closes its body (which
+    it closes in turn); a body raising half-way counts as a 500; its buckets are Sightline's."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from suites.web import FLOOR_BOUNDS, FloorRecorder
+
+    assert FLOOR_BOUNDS == HTTP_DURATION_BUCKETS
+    closed: list[str] = []
+
+    class Body:
+        def __init__(self, chunks: list[bytes], fail: bool = False) -> None:
+            self.chunks, self.fail = chunks, fail
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield from self.chunks
+            if self.fail:
+                raise RuntimeError("stream broke")
+
+        def close(self) -> None:
+            closed.append("closed")
+
+    def app(environ: dict[str, Any], start_response: Any) -> Body:
+        status = environ["status"]
+        start_response(status, [])
+        return Body([b"a", b"b"], fail=environ.get("fail", False))
+
+    recorder = FloorRecorder(app)
+    seen: list[str] = []
+    for environ in ({"status": "200 OK"}, {"status": "404 Not Found"}, {"status": "200 OK"}):
+        body = recorder(environ, lambda status, headers, exc_info=None: seen.append(status))
+        assert list(body) == [b"a", b"b"]
+        assert recorder.count() == len(closed)  # not counted before close
+        body.close()
+    broken = recorder({"status": "200 OK", "fail": True}, lambda *args: None)
+    with pytest.raises(RuntimeError):
+        list(broken)
+    broken.close()
+    assert seen == ["200 OK", "404 Not Found", "200 OK"]
+    assert closed == ["closed"] * 4
+    assert recorder.count() == 4
+    counts = {status: sum(buckets[:-1]) for status, buckets in recorder.histograms.items()}
+    assert counts == {"200": 2, "404": 1, "500": 1}
+    assert all(buckets[0] == sum(buckets[:-1]) for buckets in recorder.histograms.values())
