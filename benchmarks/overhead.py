@@ -57,7 +57,9 @@ event loop per batch. Variants are entries in each suite module's ``VARIANTS`` (
     Celery's tracer with the task signals both stacks hook, in-process). ``celery_bare`` (the
     line through a plain formatter; the baseline), ``celery_incumbent`` (OpenTelemetry's
     Celery instrumentation with the SDK and exporter as in ``incumbent``, python-json-logger
-    with the trace-id filter) and ``celery_sightline`` (as ``sightline_full``).
+    with the trace-id filter), ``celery_sightline`` (as ``sightline_full``) and
+    ``celery_signals`` (``celery_bare`` with a receiver doing nothing on each signal the
+    incumbent hooks: what Celery's dispatch costs alone; a reference, not a product).
 ``rq``
     The same for RQ on fakeredis (Redis in the worker process): ``queue.enqueue()``, then
     the jobs run one after another as RQ's worker loop runs them, without forking

@@ -372,17 +372,26 @@ class Suite:
 
 
 def versus(
-    prefix: str, title: str, target: float = 0.25, target_text: str = "0.25x", **settings: Any
+    prefix: str,
+    title: str,
+    target: float = 0.25,
+    target_text: str = "0.25x",
+    floor: str | None = None,
+    **settings: Any,
 ) -> Suite:
     """The usual comparison: ``<prefix>_bare`` (the baseline), ``<prefix>_incumbent`` and
     ``<prefix>_sightline``, which must add at most ``target`` times what the incumbent
-    adds. ``settings`` are the rest of :class:`Suite`'s fields."""
+    adds; with ``floor``, ``<prefix>_<floor>`` too, a reference compared with the
+    incumbent and given no target. ``settings`` are the rest of :class:`Suite`'s fields."""
     bare, incumbent, ours = (f"{prefix}_{stack}" for stack in ("bare", "incumbent", "sightline"))
+    references = {incumbent: incumbent, ours: incumbent}
+    if floor is not None:
+        references = {f"{prefix}_{floor}": incumbent, **references}
     return Suite(
         title=title,
-        variants=(bare, incumbent, ours),
+        variants=(bare, *references),
         baseline=bare,
-        references={incumbent: incumbent, ours: incumbent},
+        references=references,
         targets={ours: target},
         target_text={ours: target_text},
         **settings,

@@ -113,6 +113,33 @@ def setup_celery_bare() -> TaskVariant:
     return hello_celery(plain_log_handler())
 
 
+def _ignore(sender: Any = None, **extra: Any) -> None:
+    """A signal receiver doing nothing: what Celery's dispatch costs on its own."""
+
+
+#: The signals OpenTelemetry's Celery instrumentation connects to (Sightline connects to
+#: the same four a task that succeeds sends, and to more that it does not send).
+INCUMBENT_SIGNALS = (
+    "before_task_publish",
+    "after_task_publish",
+    "task_prerun",
+    "task_postrun",
+    "task_failure",
+    "task_retry",
+)
+
+
+def setup_celery_signals() -> TaskVariant:
+    """``celery_bare`` with a receiver that does nothing on each signal the incumbent
+    hooks: the floor of any instrumentation built on Celery's signals. Celery sends a task
+    signal only once something is connected to it, so the baseline does not pay for it."""
+    from celery import signals
+
+    for name in INCUMBENT_SIGNALS:
+        getattr(signals, name).connect(_ignore, weak=False)
+    return hello_celery(plain_log_handler())
+
+
 def setup_celery_incumbent() -> TaskVariant:
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
@@ -200,6 +227,7 @@ def setup_rq_sightline() -> TaskVariant:
 
 VARIANTS: dict[str, TaskSetup] = {
     "celery_bare": setup_celery_bare,
+    "celery_signals": setup_celery_signals,
     "celery_incumbent": setup_celery_incumbent,
     "celery_sightline": setup_celery_sightline,
     "rq_bare": setup_rq_bare,
@@ -260,6 +288,7 @@ SUITES: dict[str, Suite] = {
     "celery": versus(
         "celery",
         "Celery: a task published to the in-memory broker and run, with a JSON log line",
+        floor="signals",
         rounds=8,
         requests=3000,
         warmup=1000,
