@@ -11,8 +11,8 @@ event loop per batch. Variants are entries in each suite module's ``VARIANTS`` (
 ``metrics``
     ``bare`` (plain Flask, the baseline), ``pfe`` (prometheus-flask-exporter's
     ``PrometheusMetrics`` with its defaults, a private registry and no ``/metrics`` route),
-    ``floor`` (the least any WSGI recorder does: a request timed until its body is closed,
-    into one histogram by status; a reference, not a product) and ``sightline``
+    ``floor`` (a minimal WSGI recorder in Python: a request timed until its body is
+    closed, into one histogram by status; a reference, not a product) and ``sightline``
     (``sightline.init()``, metrics only, no metrics server).
 ``full``
     Metrics, traces and one JSON log line per request. The view logs ``served user`` with
@@ -57,9 +57,10 @@ event loop per batch. Variants are entries in each suite module's ``VARIANTS`` (
     Celery's tracer with the task signals both stacks hook, in-process). ``celery_bare`` (the
     line through a plain formatter; the baseline), ``celery_incumbent`` (OpenTelemetry's
     Celery instrumentation with the SDK and exporter as in ``incumbent``, python-json-logger
-    with the trace-id filter), ``celery_sightline`` (as ``sightline_full``) and
-    ``celery_signals`` (``celery_bare`` with a receiver doing nothing on each signal the
-    incumbent hooks: what Celery's dispatch costs alone; a reference, not a product).
+    with the trace-id filter), ``celery_sightline`` (as ``sightline_full``), and
+    ``celery_signals`` (``celery_bare`` with a receiver on each signal the incumbent hooks,
+    doing no more than count tasks: what Celery's dispatch costs alone; a reference, not a
+    product).
 ``rq``
     The same for RQ on fakeredis (Redis in the worker process): ``queue.enqueue()``, then
     the jobs run one after another as RQ's worker loop runs them, without forking

@@ -184,49 +184,67 @@ def test_overhead_suite_runs_checks_its_variants_and_reports_their_ratios(suite:
         assert isinstance(comparison["ratio"], float), comparison
 
 
-def test_the_floor_recorder_counts_each_request_by_status_once_its_body_is_closed(
+def test_the_floor_recorder_times_each_request_until_its_body_is_closed_by_status(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The metrics suite's floor reference does the least work it claims and no less: each
-    request is counted once, under its status, only when the server closes its body (which
-    it closes in turn); a body raising half-way counts as a 500; its buckets are Sightline's."""
+    """The metrics suite's minimal recorder records what it claims: each request once,
+    under its status, timed from the call until the server closes the body (after the
+    body's own close), into the bucket its duration falls in; an app raising before it
+    returns a body, and a body raising half-way, are 500s; its buckets are Sightline's."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from suites.web import FLOOR_BOUNDS, FloorRecorder
 
     assert FLOOR_BOUNDS == HTTP_DURATION_BUCKETS
-    closed: list[str] = []
+    now = [100.0]
+    events: list[str] = []
 
     class Body:
-        def __init__(self, chunks: list[bytes], fail: bool = False) -> None:
-            self.chunks, self.fail = chunks, fail
+        def __init__(self, took: float, fail: bool) -> None:
+            self.took, self.fail = took, fail
 
         def __iter__(self) -> Iterator[bytes]:
-            yield from self.chunks
+            yield b"a"
             if self.fail:
                 raise RuntimeError("stream broke")
+            yield b"b"
 
         def close(self) -> None:
-            closed.append("closed")
+            now[0] += self.took  # the body's own close takes time, and is timed
+            events.append("closed")
 
     def app(environ: dict[str, Any], start_response: Any) -> Body:
-        status = environ["status"]
-        start_response(status, [])
-        return Body([b"a", b"b"], fail=environ.get("fail", False))
+        if environ.get("raise"):
+            raise LookupError("no body at all")
+        start_response(environ["status"], [])
+        return Body(environ["took"], environ.get("fail", False))
 
-    recorder = FloorRecorder(app)
-    seen: list[str] = []
-    for environ in ({"status": "200 OK"}, {"status": "404 Not Found"}, {"status": "200 OK"}):
-        body = recorder(environ, lambda status, headers, exc_info=None: seen.append(status))
+    recorder = FloorRecorder(app, clock=lambda: now[0])
+    statuses: list[str] = []
+    requests = [
+        {"status": "200 OK", "took": 0.003},  # the first bucket, <= 0.005
+        {"status": "404 Not Found", "took": 0.03},  # (0.025, 0.05]
+        {"status": "200 OK", "took": 20.0},  # past the last bound, 10 s
+    ]
+    for environ in requests:
+        body = recorder(environ, lambda status, headers, exc_info=None: statuses.append(status))
         assert list(body) == [b"a", b"b"]
-        assert recorder.count() == len(closed)  # not counted before close
+        assert recorder.count() == len(events)  # nothing recorded before the close
         body.close()
-    broken = recorder({"status": "200 OK", "fail": True}, lambda *args: None)
+        body.close()  # a second close records nothing more
+    broken = recorder({"status": "200 OK", "took": 0.06, "fail": True}, lambda *args: None)
     with pytest.raises(RuntimeError):
         list(broken)
     broken.close()
-    assert seen == ["200 OK", "404 Not Found", "200 OK"]
-    assert closed == ["closed"] * 4
-    assert recorder.count() == 4
-    counts = {status: sum(buckets[:-1]) for status, buckets in recorder.histograms.items()}
-    assert counts == {"200": 2, "404": 1, "500": 1}
-    assert all(buckets[0] == sum(buckets[:-1]) for buckets in recorder.histograms.values())
+    with pytest.raises(LookupError):
+        recorder({"raise": True}, lambda *args: None)
+
+    assert statuses == ["200 OK", "404 Not Found", "200 OK"]
+    assert events == ["closed"] * 4  # each body closed once; the raising app had none
+    assert recorder.count() == 5
+    last = len(FLOOR_BOUNDS)  # the +Inf bucket; the sum follows it
+    expected = {"200": {0: 1, last: 1}, "404": {3: 1}, "500": {0: 1, 4: 1}}  # 0.06 s: (0.05, 0.075]
+    for status, buckets in recorder.histograms.items():
+        counts = {i: n for i, n in enumerate(buckets[:-1]) if n}
+        assert counts == expected[status], status
+    assert recorder.histograms["200"][-1] == pytest.approx(20.003)
+    assert recorder.histograms["500"][-1] == pytest.approx(0.06)

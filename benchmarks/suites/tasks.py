@@ -113,10 +113,6 @@ def setup_celery_bare() -> TaskVariant:
     return hello_celery(plain_log_handler())
 
 
-def _ignore(sender: Any = None, **extra: Any) -> None:
-    """A signal receiver doing nothing: what Celery's dispatch costs on its own."""
-
-
 #: The signals OpenTelemetry's Celery instrumentation connects to (Sightline connects to
 #: the same four a task that succeeds sends, and to more that it does not send).
 INCUMBENT_SIGNALS = (
@@ -130,14 +126,30 @@ INCUMBENT_SIGNALS = (
 
 
 def setup_celery_signals() -> TaskVariant:
-    """``celery_bare`` with a receiver that does nothing on each signal the incumbent
-    hooks: the floor of any instrumentation built on Celery's signals. Celery sends a task
-    signal only once something is connected to it, so the baseline does not pay for it."""
+    """``celery_bare`` with a receiver on each signal the incumbent hooks, doing no more
+    than count the tasks published and run (the variant's ``recorded``, so the worker
+    checks that they ran): the floor of any instrumentation built on Celery's signals.
+
+    Celery calls ``send`` for the publish signals on every publish, but with no receiver
+    connected it returns at once; the worker's tracer skips ``task_prerun`` and
+    ``task_postrun`` altogether then. The baseline pays for neither.
+    """
     from celery import signals
 
+    counted = {"before_task_publish": 0, "task_postrun": 0}
+
+    def receiver(signal: Any = None, sender: Any = None, **extra: Any) -> None:
+        name = signal.name if signal is not None else ""
+        if name in counted:
+            counted[name] += 1
+
     for name in INCUMBENT_SIGNALS:
-        getattr(signals, name).connect(_ignore, weak=False)
-    return hello_celery(plain_log_handler())
+        getattr(signals, name).connect(receiver, weak=False)
+
+    def recorded() -> tuple[float, float]:
+        return counted["before_task_publish"], counted["task_postrun"]
+
+    return hello_celery(plain_log_handler(), recorded)
 
 
 def setup_celery_incumbent() -> TaskVariant:

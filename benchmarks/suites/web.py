@@ -103,46 +103,64 @@ FLOOR_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
 
 
 class FloorRecorder:
-    """The least any in-process WSGI recorder of request durations does, as a reference
-    for the ``metrics`` suite: what Sightline's added cost is near.
+    """A minimal recorder of request durations at the WSGI level, written in Python as
+    Sightline is: a reference for the ``metrics`` suite, near the least such a recorder
+    can cost.
 
-    Per request: a clock read at the start and one when the server closes the body (a
-    streamed body is timed until then), the status taken from ``start_response``, the
+    Per request: a clock read at the start and one once the server has closed the body
+    (a streamed body is timed until then), the status taken from ``start_response``, the
     body passed through a generator (to see an error raised half-way), and one
     observation: its bucket found by bisection and counted, with the sum, under a lock,
-    in a histogram per status code. Nothing else: no route, method, in-flight gauge,
+    in a histogram per status code. An app raising before it returns a body, or a body
+    raising half-way, is a 500. Nothing else: no route, method, in-flight gauge,
     exemplar, cardinality cap or queue-time header, which a useful recorder (Sightline,
-    prometheus-flask-exporter) adds on top. Its count is the variant's ``recorded``.
+    prometheus-flask-exporter) adds on top. A request is recorded, and its body closed,
+    once, however often the server closes it. Its count is the variant's ``recorded``.
     """
 
-    def __init__(self, app: WSGIApp) -> None:
+    def __init__(self, app: WSGIApp, clock: Callable[[], float] = time.perf_counter) -> None:
         self.app = app
+        self.clock = clock
         self.lock = threading.Lock()
         self.histograms: dict[str, list[float]] = {}  # status -> bucket counts, then the sum
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        return _FloorExchange(self, environ, start_response)
+        exchange = FloorExchange(self, start_response)
+        try:
+            exchange.body = self.app(environ, exchange.start_response)
+        except BaseException:
+            exchange.status = "500"
+            exchange.close()
+            raise
+        return exchange
+
+    def record(self, status: str, elapsed: float) -> None:
+        with self.lock:
+            buckets = self.histograms.get(status)
+            if buckets is None:
+                buckets = self.histograms[status] = [0.0] * (len(FLOOR_BOUNDS) + 2)
+            buckets[bisect_left(FLOOR_BOUNDS, elapsed)] += 1
+            buckets[-1] += elapsed
 
     def count(self) -> float:
         return sum(sum(buckets[:-1]) for buckets in self.histograms.values())
 
 
-class _FloorExchange:
-    __slots__ = ("body", "error", "recorder", "start_response_", "started", "status")
+class FloorExchange:
+    """One request in :class:`FloorRecorder`: the ``start_response`` hook and the body."""
 
-    def __init__(
-        self, recorder: FloorRecorder, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> None:
-        self.started = time.perf_counter()
-        self.recorder = recorder
-        self.start_response_ = start_response
+    __slots__ = ("body", "recorder", "server_start_response", "started", "status")
+
+    def __init__(self, recorder: FloorRecorder, start_response: Callable[..., Any]) -> None:
+        self.started = recorder.clock()
+        self.recorder: FloorRecorder | None = recorder
+        self.server_start_response = start_response
         self.status = "500"
-        self.error = False
-        self.body = recorder.app(environ, self.start_response)
+        self.body: Iterable[bytes] = ()
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
         self.status = status[:3]
-        return self.start_response_(status, headers, exc_info)
+        return self.server_start_response(status, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -151,22 +169,17 @@ class _FloorExchange:
         except GeneratorExit:
             raise
         except BaseException:
-            self.error = True
+            self.status = "500"
             raise
 
     def close(self) -> None:
-        close = getattr(self.body, "close", None)
+        body, self.body = self.body, ()
+        close = getattr(body, "close", None)
         if close is not None:
             close()
-        elapsed = time.perf_counter() - self.started
-        status = "500" if self.error else self.status
-        recorder = self.recorder
-        with recorder.lock:
-            buckets = recorder.histograms.get(status)
-            if buckets is None:
-                buckets = recorder.histograms[status] = [0.0] * (len(FLOOR_BOUNDS) + 2)
-            buckets[bisect_left(FLOOR_BOUNDS, elapsed)] += 1
-            buckets[-1] += elapsed
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            recorder.record(self.status, recorder.clock() - self.started)
 
 
 def setup_floor() -> Variant:
@@ -558,7 +571,7 @@ DJANGO_METRICS_LIBRARIES = ("django", "prometheus-client", "django-prometheus")
 
 SUITES: dict[str, Suite] = {
     "metrics": Suite(
-        title="Metrics: Sightline vs prometheus-flask-exporter (and the floor of any recorder)",
+        title="Metrics: Sightline vs prometheus-flask-exporter, and a minimal recorder (floor)",
         variants=("bare", "pfe", "floor", "sightline"),
         baseline="bare",
         references={"pfe": "pfe", "floor": "pfe", "sightline": "pfe"},
